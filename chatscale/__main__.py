@@ -1,0 +1,3 @@
+from chatscale.cli import main
+
+raise SystemExit(main())

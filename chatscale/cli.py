@@ -1,0 +1,282 @@
+"""The ``chatscale`` command: one entry point for every service and tool.
+
+Services read their configuration from the environment (``chatscale.config``); flags only
+override what is specific to one process (its port, its consumer name). Tools that talk to a
+running topology (``token``, ``trace``, ``seed``) find it through ``REDIS_URL`` or, when that is
+unset, through the ``.chatscale/run.json`` that ``chatscale run`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from chatscale import community, tokens
+from chatscale.config import Settings
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+
+WORKDIR = Path(".chatscale")
+
+
+def settings_for_tools(workdir: Path = WORKDIR) -> Settings:
+    settings = Settings()
+    state = workdir / "run.json"
+    if settings.redis_url is None and state.exists():
+        data = json.loads(state.read_text())
+        settings = settings.model_copy(
+            update={"redis_url": data["redis_url"], "storage_url": data["storage_url"], "key_prefix": data["key_prefix"]}
+        )
+    return settings
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ---- services -----------------------------------------------------------------------------
+
+
+async def _serve_until_signal(start, stop) -> None:  # noqa: ANN001
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await start()
+    await done.wait()
+    await stop()
+
+
+async def cmd_gateway(args: argparse.Namespace) -> int:
+    from gateway.server import Gateway
+    from storage import open_store
+
+    settings = Settings()
+    if args.port is not None:
+        settings = settings.model_copy(update={"gateway_port": args.port, "gateway_host": args.host})
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    gw = Gateway(settings, store=store, gateway_id=args.id)
+
+    async def stop() -> None:
+        await gw.stop()
+        await store.close()
+
+    async def start() -> None:
+        await gw.start()
+        print(f"gateway {gw.id} ready on {gw.url}", flush=True)
+
+    await _serve_until_signal(start, stop)
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from storage import open_store
+    from workers.worker import Worker
+
+    settings = Settings()
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    worker = Worker(settings, store=store, consumer=args.consumer, ordering=args.ordering, stop_after=args.stop_after)
+    worker.install_signal_handlers()
+    print(f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})", flush=True)
+    try:
+        await worker.run(burst=args.burst)
+    finally:
+        print(f"worker {worker.consumer} stopping: {vars(worker.stats)}", flush=True)
+        await worker.close()
+        await store.close()
+    return 0
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from chatscale import supervisor
+
+    settings = Settings()
+    if args.storage_url:
+        settings = settings.model_copy(update={"storage_url": args.storage_url})
+    topo = supervisor.Topology(
+        settings, Path(args.workdir), gateways=args.gateways, workers=args.workers, base_port=args.base_port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await supervisor.start(topo)
+        if args.demo:
+            await supervisor.demo(topo)
+        print(supervisor.how_to_connect(topo), flush=True)
+        if args.duration is not None:
+            loop.call_later(args.duration, stop.set)
+        await supervisor.supervise(topo, stop)
+    finally:
+        print("stopping...", flush=True)
+        topo.stop_all()
+        print("stopped: every process exited.", flush=True)
+    return 0
+
+
+# ---- tools --------------------------------------------------------------------------------
+
+
+async def cmd_token(args: argparse.Namespace) -> int:
+    from storage import open_store
+
+    settings = settings_for_tools()
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    try:
+        user = await store.find_user(args.user)
+    finally:
+        await store.close()
+    if user is None:
+        print(f"no user named {args.user!r} in {settings.storage_url} (load a seed first)", file=sys.stderr)
+        return 2
+    print(tokens.mint(user.id, secret=settings.token_secret, ttl_s=args.ttl or settings.token_ttl_s, now=time.time()))
+    return 0
+
+
+async def cmd_seed(args: argparse.Namespace) -> int:
+    from storage import open_store
+
+    settings = settings_for_tools()
+    spec = community.load_file(args.file)
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings) if settings.redis_url else None
+    try:
+        counts = await community.apply(spec, store, redis, Keys(settings.key_prefix))
+    finally:
+        await store.close()
+        if redis is not None:
+            await redis.aclose()
+    print(f"loaded {spec.name!r} into {settings.storage_url}: {counts}")
+    return 0
+
+
+async def cmd_trace(args: argparse.Namespace) -> int:
+    from chatscale.client import ChatClient
+    from chatscale.trace import format_timeline
+    from storage import open_store
+
+    settings = settings_for_tools()
+    state = WORKDIR / "run.json"
+    urls = args.gateway or (json.loads(state.read_text())["gateways"] if state.exists() else [])
+    if not urls:
+        print("no gateway: pass --gateway ws://host:port or start `chatscale run` first", file=sys.stderr)
+        return 2
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    try:
+        users = [await store.find_user(name) for name in (args.sender, args.to)]
+    finally:
+        await store.close()
+    if None in users:
+        print(f"unknown user among {args.sender!r}, {args.to!r}", file=sys.stderr)
+        return 2
+    now = time.time()
+    toks = [tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now) for u in users if u]
+    a = await ChatClient.identify(urls[0], toks[0])
+    b = await ChatClient.identify(urls[-1], toks[1])
+    try:
+        channel = next(
+            (c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == args.channel), None
+        )
+        if channel is None:
+            print(f"{args.sender} sees no channel named {args.channel!r}", file=sys.stderr)
+            return 2
+        ack = await a.send_message(channel["id"], args.content, trace=True)
+        got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
+        while got["d"]["id"] != ack["id"]:
+            got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
+        print(f"message {ack['id']}: {args.sender} via {urls[0]} -> {args.to} via {urls[-1]}")
+        print(format_timeline([(h, ns) for h, ns in got["trace"]]))
+    finally:
+        await a.close()
+        await b.close()
+    return 0
+
+
+async def cmd_evict(args: argparse.Namespace) -> int:
+    from workers.leases import evict
+
+    settings = settings_for_tools()
+    redis = connect(settings)
+    try:
+        freed = await evict(redis, Keys(settings.key_prefix), shards=settings.ingest_shards, consumer=args.consumer)
+    finally:
+        await redis.aclose()
+    print(f"freed {freed} shard lease(s) of {args.consumer}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chatscale",
+        description="A runnable miniature of a Discord-class chat backend. Configuration comes from "
+        "CHATSCALE_* environment variables (see README, 'Knobs').",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="start Valkey, gateways and workers on this machine; demo; serve until Ctrl-C")
+    r.add_argument("--gateways", type=int, default=2)
+    r.add_argument("--workers", type=int, default=2)
+    r.add_argument("--base-port", type=int, default=8765, help="gateway i listens on base+i (0: any free port)")
+    r.add_argument("--storage-url", help="override CHATSCALE_STORAGE_URL (sqlite:///... or cassandra://...)")
+    r.add_argument("--workdir", default=str(WORKDIR), help="logs, SQLite file, Valkey data, run.json")
+    r.add_argument("--no-demo", dest="demo", action="store_false", help="skip the scripted conversation")
+    r.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+    r.set_defaults(fn=cmd_run)
+
+    g = sub.add_parser("gateway", help="one gateway process (WebSocket server)")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, help="0 picks a free port (default: CHATSCALE_GATEWAY_PORT)")
+    g.add_argument("--id", help="gateway id (default: random)")
+    g.set_defaults(fn=cmd_gateway)
+
+    w = sub.add_parser("worker", help="one worker process (consumes ingest streams)")
+    w.add_argument("--consumer", help="consumer name in the group (default: unique per process)")
+    w.add_argument("--ordering", choices=["shard", "parallel"], default="shard",
+                   help="shard: per-channel order via shard leases; parallel: every worker reads every shard")
+    w.add_argument("--burst", action="store_true", help="process what is queued, then exit")
+    w.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection for tests
+    w.set_defaults(fn=cmd_worker)
+
+    t = sub.add_parser("token", help="mint a token for a seeded user")
+    t.add_argument("user", help="username, e.g. alice")
+    t.add_argument("--ttl", type=int, help="seconds (default CHATSCALE_TOKEN_TTL_S)")
+    t.set_defaults(fn=cmd_token)
+
+    s = sub.add_parser("seed", help="load a community file (seeds/NAME.toml) through the control plane")
+    s.add_argument("file", help="path, or a name in seeds/ such as demo")
+    s.set_defaults(fn=cmd_seed)
+
+    tr = sub.add_parser("trace", help="send one traced message and print its hop-by-hop timeline")
+    tr.add_argument("--from", dest="sender", default="alice")
+    tr.add_argument("--to", default="bob")
+    tr.add_argument("--channel", default="general")
+    tr.add_argument("--content", default="traced hello")
+    tr.add_argument("--gateway", action="append", help="gateway URL (repeat: sender uses the first, recipient the last)")
+    tr.add_argument("--timeout", type=float, default=10.0)
+    tr.set_defaults(fn=cmd_trace)
+
+    e = sub.add_parser("evict", help="free a dead worker's shard leases now")
+    e.add_argument("consumer")
+    e.set_defaults(fn=cmd_evict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _logging(args.verbose)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(args.fn(args))
+    return 130

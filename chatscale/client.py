@@ -1,0 +1,161 @@
+"""A small client of the gateway protocol, used by the demo, ``chatscale trace`` and tests.
+
+It is written only from ``docs/protocol.md``'s rules: HELLO, IDENTIFY, READY, heartbeats at the
+interval HELLO gives, MESSAGE_ACK matched by nonce, RESUME with the last seen sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from chatscale.wire import Op, dumps
+
+_nonces = itertools.count(1)
+
+
+class GatewayError(Exception):
+    def __init__(self, d: dict[str, Any]) -> None:
+        super().__init__(f"{d.get('code')}: {d.get('message')}")
+        self.d = d
+
+
+class ChatClient:
+    def __init__(self, ws: ClientConnection, *, heartbeat: bool = True) -> None:
+        self.ws = ws
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.seq = 0
+        self.session_id = ""
+        self.resume_url = ""
+        self.ready: dict[str, Any] = {}
+        self.heartbeat_interval = 0.0
+        self._waiters: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._heartbeat = heartbeat
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    # ---- connecting -------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str, *, heartbeat: bool = True, max_size: int | None = 1 << 22) -> ChatClient:
+        ws = await connect(url, compression=None, max_size=max_size, ping_interval=None, open_timeout=10)
+        client = cls(ws, heartbeat=heartbeat)
+        hello = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        client.heartbeat_interval = hello["d"]["heartbeat_interval"] / 1000
+        client._start(client._reader())
+        if heartbeat:
+            client._start(client._beat())
+        return client
+
+    @classmethod
+    async def identify(cls, url: str, token: str, *, device: str = "desktop", **kw: Any) -> ChatClient:
+        client = await cls.open(url, **kw)
+        await client.send_op(Op.IDENTIFY, {"token": token, "device": device})
+        ready = await client.next_event("READY")
+        client.ready = ready["d"]
+        client.session_id = ready["d"]["session_id"]
+        client.resume_url = ready["d"]["resume_gateway_url"]
+        return client
+
+    async def resume(self, token: str) -> ChatClient:
+        """Open a new connection and RESUME this session from the last sequence seen."""
+        other = await ChatClient.open(self.resume_url, heartbeat=self._heartbeat)
+        other.seq, other.session_id, other.resume_url, other.ready = self.seq, self.session_id, self.resume_url, self.ready
+        await other.send_op(Op.RESUME, {"token": token, "session_id": self.session_id, "seq": self.seq})
+        return other
+
+    def _start(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _beat(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.heartbeat_interval)
+                await self.send_op(Op.HEARTBEAT, self.seq)
+
+    async def _reader(self) -> None:
+        try:
+            async for raw in self.ws:
+                received_ns = time.time_ns()
+                msg = orjson.loads(raw)
+                if msg.get("op") == Op.DISPATCH:
+                    self.seq = msg["s"]
+                    if "trace" in msg:
+                        msg["trace"].append(["client_receive", received_ns])
+                    key = (msg["t"], msg["d"].get("nonce")) if isinstance(msg["d"], dict) else None
+                    if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY"):
+                        self._waiters.pop(key).set_result(msg)
+                        continue
+                elif msg.get("op") == Op.ERROR and ("ERR", msg["d"].get("nonce")) in self._waiters:
+                    self._waiters.pop(("ERR", msg["d"]["nonce"])).set_exception(GatewayError(msg["d"]))
+                    continue
+                await self.events.put(msg)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.close_code = self.ws.close_code
+            self.closed.set()
+            for fut in self._waiters.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError(f"closed with {self.close_code}"))
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def send_op(self, op: Op, d: Any) -> None:
+        await self.ws.send(dumps({"op": int(op), "d": d}))
+
+    async def _request(self, op: Op, d: dict[str, Any], reply: str, timeout: float) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        ok, err = loop.create_future(), loop.create_future()
+        self._waiters[(reply, d["nonce"])] = ok
+        self._waiters[("ERR", d["nonce"])] = err
+        try:
+            await self.send_op(op, d)
+            done, _ = await asyncio.wait({ok, err}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise TimeoutError(f"no {reply} within {timeout}s")
+            return done.pop().result()
+        finally:
+            self._waiters.pop((reply, d["nonce"]), None)
+            self._waiters.pop(("ERR", d["nonce"]), None)
+
+    async def send_message(
+        self, channel_id: int | str, content: str, *, nonce: str | None = None, trace: bool = False, timeout: float = 10
+    ) -> dict[str, Any]:
+        """Send and wait for MESSAGE_ACK (the message is queued durably); returns its ``d``."""
+        d = {"channel_id": str(channel_id), "content": content, "nonce": nonce or f"n{next(_nonces)}"}
+        if trace:
+            d["trace"] = True
+        return (await self._request(Op.SEND_MESSAGE, d, "MESSAGE_ACK", timeout))["d"]
+
+    async def history(
+        self, channel_id: int | str, *, before: int | str | None = None, limit: int = 50, timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        d: dict[str, Any] = {"channel_id": str(channel_id), "limit": limit, "nonce": f"h{next(_nonces)}"}
+        if before is not None:
+            d["before"] = str(before)
+        return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]
+
+    async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
+        """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""
+        async with asyncio.timeout(timeout):
+            while True:
+                msg = await self.events.get()
+                if t is None or msg.get("t") == t:
+                    return msg
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.ws.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

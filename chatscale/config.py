@@ -1,0 +1,126 @@
+"""All configuration in one place, read from the environment.
+
+Every knob a user can turn lives here, with the trade-off it shows in its description.
+Variables are ``CHATSCALE_<FIELD>`` (for example ``CHATSCALE_INGEST_SHARDS=8``); the Redis URL
+is also read from plain ``REDIS_URL`` because that is what people already export. The same
+names are used by the embedded supervisor and by ``docker-compose.yml``; a test keeps them in
+step with this class.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORAGE_URL = "sqlite:///.chatscale/chatscale.db"
+
+
+class Settings(BaseSettings):
+    """Runtime settings shared by every service."""
+
+    model_config = SettingsConfigDict(env_prefix="CHATSCALE_", extra="ignore", frozen=True)
+
+    # --- wiring -------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CHATSCALE_REDIS_URL", "REDIS_URL"),
+        description="Redis/Valkey URL. Unset: `chatscale run` starts an embedded Valkey.",
+    )
+    storage_url: str = Field(
+        default=DEFAULT_STORAGE_URL,
+        description="History + metadata backend: sqlite:///path or cassandra://host:port/keyspace.",
+    )
+    key_prefix: str = Field(default="cs", description="Prefix of every Redis key (tests make it unique).")
+    token_secret: str = Field(
+        default="chatscale-dev-secret", description="HMAC key for user tokens. Change it anywhere real."
+    )
+    token_ttl_s: int = Field(default=7 * 24 * 3600, description="Lifetime of minted tokens.")
+
+    # --- gateway ------------------------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=0, description="0 picks a free port; the bound port is printed.")
+    gateway_public_url: str | None = Field(
+        default=None, description="URL clients should RESUME against (defaults to the bound address)."
+    )
+    heartbeat_interval_ms: int = Field(
+        default=20_000,
+        description="Sent in HELLO. Shorter detects dead clients sooner but costs more frames.",
+    )
+    heartbeat_grace: float = Field(
+        default=1.5, description="A session times out after interval x grace without a heartbeat."
+    )
+    max_frame_bytes: int = Field(default=16 * 1024, description="Larger frames close with 1009.")
+    max_content_chars: int = 2000
+    events_per_window: int = Field(
+        default=120, description="Gateway events a connection may send per window (Discord: 120/60 s)."
+    )
+    event_window_s: float = 60.0
+    compression: bool = Field(
+        default=False,
+        description="permessage-deflate. Off: ~3-4x less CPU per frame and ~13 vs 45 KiB per idle "
+        "connection; on: less bandwidth.",
+    )
+    client_buffer_bytes: int = Field(
+        default=1 << 20,
+        description="Bytes queued to one client before it is closed as a slow consumer (4010).",
+    )
+    replay_buffer: int = Field(
+        default=2048, description="Dispatches kept per session for RESUME; older gaps need re-IDENTIFY."
+    )
+    resume_timeout_s: float = Field(
+        default=120.0, description="How long a dropped session stays resumable on its gateway."
+    )
+
+    # --- workers ------------------------------------------------------------------------
+    ingest_shards: int = Field(
+        default=4,
+        description="Ingest streams; a channel always maps to one shard, so its order is kept "
+        "when each shard is consumed in order.",
+    )
+    worker_batch: int = Field(default=128, description="Entries read per XREADGROUP call.")
+    worker_block_ms: int = Field(default=1000, description="How long XREADGROUP blocks when idle.")
+    reclaim_idle_ms: int = Field(
+        default=15_000, description="An entry pending this long on a silent worker is reclaimed."
+    )
+    max_deliveries: int = Field(
+        default=5, description="Deliveries after which an entry that keeps failing is dead-lettered."
+    )
+    hot_size: int = Field(default=50, description="Messages per channel kept in the Redis hot cache.")
+    delivery_maxlen: int = Field(
+        default=100_000, description="Approximate cap of each gateway's delivery stream."
+    )
+    history_mode: Literal["sync", "defer"] = Field(
+        default="sync",
+        description="sync: history write before fan-out (durable first). defer: fan out first, "
+        "write history after (lower latency; the entry stays unacked until stored).",
+    )
+
+    # --- storage ------------------------------------------------------------------------
+    bucket_span_ms: int = Field(
+        default=10 * 24 * 3600 * 1000,
+        description="Span of snowflake time per history partition (Discord used ~10 days).",
+    )
+
+    # --- redis client -------------------------------------------------------------------
+    redis_timeout_s: float = Field(
+        default=5.0, description="Socket timeout on every Redis call; never the library default."
+    )
+    redis_retries: int = Field(
+        default=1, description="Retries per Redis call (redis-py's default of 10 turns a pause into stalls)."
+    )
+
+    @cached_property
+    def heartbeat_timeout_s(self) -> float:
+        return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace
+
+
+def env_names() -> set[str]:
+    """Every environment variable the settings read (for compose checks and docs)."""
+    names = {"REDIS_URL"}
+    for name, field in Settings.model_fields.items():
+        names.add(f"CHATSCALE_{name.upper()}")
+        del field
+    return names

@@ -1,0 +1,74 @@
+"""Every Redis key name, in one place.
+
+Keys share one prefix so tests can run side by side on one server without flushing it. In a
+Redis Cluster the ``{...}`` hash tags keep what one Lua script or MULTI touches on one slot:
+a channel's hot cache is tagged by channel, a guild's route set by guild.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INGEST_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "cs"
+
+    def ingest(self, shard: int) -> str:
+        """Client events of the channels that hash to ``shard`` (consumer group INGEST_GROUP)."""
+        return f"{self.prefix}:ingest:{shard}"
+
+    def ingest_all(self, shards: int) -> list[str]:
+        return [self.ingest(i) for i in range(shards)]
+
+    def dead_letter(self) -> str:
+        """Entries that failed ``max_deliveries`` times, with the reason, for a human to read."""
+        return f"{self.prefix}:dead"
+
+    def deliver(self, gateway_id: str) -> str:
+        """One gateway's delivery stream: what its local sessions should see."""
+        return f"{self.prefix}:deliver:{gateway_id}"
+
+    def gateways(self) -> str:
+        """Hash gateway_id -> JSON {url, pid, started}; liveness is the ``gateway_alive`` key."""
+        return f"{self.prefix}:gateways"
+
+    def gateway_alive(self, gateway_id: str) -> str:
+        return f"{self.prefix}:gw:{gateway_id}:alive"
+
+    def route(self, guild_id: int) -> str:
+        """Set of gateway ids holding at least one session of a member of the guild."""
+        return f"{self.prefix}:route:{{g{guild_id}}}"
+
+    def hot(self, channel_id: int) -> str:
+        """Sorted set (all scores 0, members ``<20-digit id>|<payload>``): last N messages."""
+        return f"{self.prefix}:hot:{{c{channel_id}}}"
+
+    def fanned_out(self, message_id: int) -> str:
+        """Marker set in the same MULTI as the fan-out, so a redelivery never fans out twice."""
+        return f"{self.prefix}:fanned:{message_id}"
+
+    def lease(self, shard: int) -> str:
+        """Owner (consumer name) of an ingest shard, with a TTL the owner renews."""
+        return f"{self.prefix}:lease:{shard}"
+
+    def workers(self) -> str:
+        """Sorted set consumer -> last heartbeat (ms): who is alive, for fair shard shares."""
+        return f"{self.prefix}:workers"
+
+    def node_ids(self) -> str:
+        """Counter handing each gateway a snowflake node id."""
+        return f"{self.prefix}:nodeid"
+
+    def worker_health(self, consumer: str) -> str:
+        return f"{self.prefix}:worker:{consumer}:health"
+
+    def metadata_version(self) -> str:
+        """Bumped on every membership/permission change; caches compare it before trusting."""
+        return f"{self.prefix}:meta:version"
+
+    def metadata_events(self) -> str:
+        """Pub/sub channel announcing metadata changes to gateways and workers."""
+        return f"{self.prefix}:meta:events"

@@ -1,0 +1,214 @@
+"""``chatscale run``: the whole topology on one machine, no Docker.
+
+Starts a real Valkey (unless ``REDIS_URL`` is set), loads the demo community into the storage
+backend (SQLite by default), starts gateway and worker processes, shows a scripted
+conversation between users on different gateways plus a traced message, then keeps serving
+until Ctrl-C or SIGTERM. A worker that dies is restarted and its shard leases are evicted at
+once, so its pending entries are reclaimed without waiting for the lease to expire. Stopping
+sends SIGTERM to every child, waits, then SIGKILLs stragglers: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chatscale import community, tokens
+from chatscale.client import ChatClient
+from chatscale.config import Settings
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from chatscale.trace import format_timeline
+from chatscale.valkey import ValkeyServer
+from storage import open_store
+from workers.leases import evict
+
+STATE_FILE = "run.json"
+
+
+@dataclass
+class Child:
+    role: str
+    index: int
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    restarts: int = 0
+    consumer: str = ""
+
+
+@dataclass
+class Topology:
+    settings: Settings
+    workdir: Path
+    gateways: int = 2
+    workers: int = 2
+    base_port: int = 8765
+    children: list[Child] = field(default_factory=list)
+    valkey: ValkeyServer | None = None
+    gateway_urls: list[str] = field(default_factory=list)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            CHATSCALE_REDIS_URL=str(self.settings.redis_url),
+            CHATSCALE_STORAGE_URL=self.settings.storage_url,
+            CHATSCALE_KEY_PREFIX=self.settings.key_prefix,
+            CHATSCALE_TOKEN_SECRET=self.settings.token_secret,
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra)
+        return env
+
+    def spawn(self, child: Child, **env: str) -> None:
+        assert child.log is not None
+        out = open(child.log, "ab")  # noqa: SIM115 - owned by the child process
+        child.proc = subprocess.Popen(
+            [sys.executable, "-m", "chatscale", *child.args], env=self.env(**env), stdout=out, stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+        out.close()
+
+    def stop_all(self) -> None:
+        for child in self.children:
+            if child.proc and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        if self.valkey is not None:
+            self.valkey.stop()
+
+
+async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
+    settings = topo.settings
+    (topo.workdir / "logs").mkdir(parents=True, exist_ok=True)
+    if not settings.redis_url:
+        topo.valkey = ValkeyServer(workdir=topo.workdir / "valkey").start()
+        settings = topo.settings = settings.model_copy(update={"redis_url": topo.valkey.url})
+        say(f"valkey      started  {topo.valkey.url} (pid {topo.valkey.proc.pid if topo.valkey.proc else '?'})")
+    else:
+        say(f"valkey      using    {settings.redis_url}")
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings)
+    try:
+        counts = await community.apply(community.load_file(community.SEEDS / "demo.toml"), store, redis, Keys(settings.key_prefix))
+        say(f"storage     {settings.storage_url}  seeded demo community {counts}")
+        await redis.delete(Keys(settings.key_prefix).gateways())
+    finally:
+        await store.close()
+    for i in range(topo.workers):
+        child = Child("worker", i, ["worker"], log=topo.workdir / "logs" / f"worker-{i}.log")
+        child.consumer = f"worker-{i}-{os.getpid()}"
+        child.args += ["--consumer", child.consumer]
+        topo.children.append(child)
+        topo.spawn(child)
+    for i in range(topo.gateways):
+        port = 0 if topo.base_port == 0 else topo.base_port + i
+        child = Child("gateway", i, ["gateway", "--id", f"gw-{i}", "--port", str(port)],
+                      log=topo.workdir / "logs" / f"gateway-{i}.log")
+        topo.children.append(child)
+        topo.spawn(child)
+    deadline = time.monotonic() + 20
+    while True:
+        registered = await redis.hgetall(Keys(settings.key_prefix).gateways())
+        if len(registered) >= topo.gateways:
+            break
+        for child in topo.children:
+            if child.proc and child.proc.poll() is not None:
+                raise RuntimeError(f"{child.role}-{child.index} exited early; see {child.log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError("gateways did not register within 20 s; see .chatscale/logs/")
+        await asyncio.sleep(0.1)
+    topo.gateway_urls = [json.loads(registered[f"gw-{i}".encode()])["url"] for i in range(topo.gateways)]
+    await redis.aclose()
+    for i, url in enumerate(topo.gateway_urls):
+        say(f"gateway-{i}   {url}")
+    say(f"workers     {topo.workers} (logs in {topo.workdir / 'logs'})")
+    (topo.workdir / STATE_FILE).write_text(
+        json.dumps(
+            {"redis_url": settings.redis_url, "storage_url": settings.storage_url,
+             "key_prefix": settings.key_prefix, "gateways": topo.gateway_urls, "pid": os.getpid()},
+            indent=2,
+        )
+    )
+
+
+async def demo(topo: Topology, *, say=print) -> None:  # noqa: ANN001
+    """A scripted conversation: alice on gateway 0, bob on gateway 1, then one traced message."""
+    s = topo.settings
+    now = time.time()
+    store = await open_store(s.storage_url, bucket_span_ms=s.bucket_span_ms)
+    try:
+        alice, bob = await store.find_user("alice"), await store.find_user("bob")
+    finally:
+        await store.close()
+    assert alice and bob
+    tok = {u.username: tokens.mint(u.id, secret=s.token_secret, ttl_s=s.token_ttl_s, now=now) for u in (alice, bob)}
+    a = await ChatClient.identify(topo.gateway_urls[0], tok["alice"])
+    b = await ChatClient.identify(topo.gateway_urls[-1], tok["bob"], device="mobile")
+    try:
+        general = next(c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general")
+        say(f"\ndemo: alice on gateway-0, bob on gateway-{len(topo.gateway_urls) - 1}, channel #general")
+        script = [(a, "alice", "anyone up for a mock system-design interview?"),
+                  (b, "bob", "yes! design a chat app?"),
+                  (a, "alice", "deal. start with the gateway fleet.")]
+        for sender, name, text in script:
+            await sender.send_message(general["id"], text)
+            for who, client in (("alice", a), ("bob", b)):
+                got = await client.next_event("MESSAGE_CREATE")
+                say(f"  {who:>5} sees  [{got['d']['id']}] {got['d']['author']['username']}: {got['d']['content']}")
+        await a.send_message(general["id"], "this one is traced", trace=True)
+        got = await b.next_event("MESSAGE_CREATE")
+        say("\ntrace of one message, alice -> bob (chatscale trace does this on demand):")
+        say(format_timeline([(hop, ns) for hop, ns in got["trace"]]))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None:  # noqa: ANN001
+    """Restart dead workers (evicting their leases) until ``stop`` is set."""
+    keys = Keys(topo.settings.key_prefix)
+    redis = connect(topo.settings)
+    try:
+        while not stop.is_set():
+            for child in topo.children:
+                if child.proc and child.proc.poll() is not None and child.role == "worker":
+                    code = child.proc.returncode
+                    with contextlib.suppress(Exception):
+                        await evict(redis, keys, shards=topo.settings.ingest_shards, consumer=child.consumer)
+                    child.restarts += 1
+                    say(f"worker-{child.index} exited ({code}); leases evicted, restarting (#{child.restarts})")
+                    topo.spawn(child)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+    finally:
+        await redis.aclose()
+
+
+def how_to_connect(topo: Topology) -> str:
+    url = topo.gateway_urls[0] if topo.gateway_urls else "ws://127.0.0.1:8765"
+    return (
+        "\nconnect by hand (see docs/protocol.md):\n"
+        "  chatscale token alice            # prints a token (reads .chatscale/run.json)\n"
+        f"  python -m websockets {url}\n"
+        '  > {"op":2,"d":{"token":"<token>","device":"desktop"}}\n'
+        '  > {"op":20,"d":{"channel_id":"<id from READY>","content":"hello","nonce":"1"}}\n'
+        "  chatscale trace                  # one traced message, hop by hop\n"
+        "Ctrl-C stops everything."
+    )

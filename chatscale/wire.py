@@ -1,0 +1,169 @@
+"""What crosses a socket or a stream: gateway ops, client payloads and stream envelopes.
+
+Client frames are ``{"op": int, "d": ...}``; server dispatches are
+``{"op": 0, "t": NAME, "s": seq, "d": ...}``. ``docs/protocol.md`` is the prose version of this
+module. Payload shapes are pydantic models so a wrong shape is one ``ValidationError`` and one
+close code (4006), never an exception deep inside the gateway.
+
+Stream envelopes are JSON in a single field ``e`` of a Redis stream entry. The message payload
+``d`` is built once, at the gateway, and never re-serialized: the hot cache, history and every
+delivery carry the same bytes, which is what makes a redelivery indistinguishable from the
+original.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class Op(IntEnum):
+    DISPATCH = 0  # server -> client, carries t, s
+    HEARTBEAT = 1  # both ways
+    IDENTIFY = 2  # client
+    PRESENCE_UPDATE = 3  # client
+    VOICE_STATE_UPDATE = 4  # client
+    RESUME = 6  # client
+    RECONNECT = 7  # server: reconnect and resume
+    INVALID_SESSION = 9  # server: d=true resumable later, false re-identify
+    HELLO = 10  # server, first frame
+    HEARTBEAT_ACK = 11  # server
+    SEND_MESSAGE = 20  # client
+    REQUEST_HISTORY = 21  # client
+    TYPING = 22  # client
+    ERROR = 23  # server: a request failed, connection stays open
+
+
+def _snowflake(value: Any) -> Any:
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+Snowflake = Annotated[int, BeforeValidator(_snowflake), Field(ge=0, lt=1 << 63)]
+Device = Literal["desktop", "mobile", "web"]
+Nonce = Annotated[str | int | None, Field(default=None)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Identify(_Strict):
+    token: str = Field(max_length=512)
+    device: Device = "desktop"
+
+
+class Resume(_Strict):
+    token: str = Field(max_length=512)
+    session_id: str = Field(max_length=64)
+    seq: int = Field(ge=0)
+
+
+class SendMessage(_Strict):
+    channel_id: Snowflake
+    content: str = Field(min_length=1)
+    nonce: str | int | None = Field(default=None)
+    trace: bool = False
+
+
+class RequestHistory(_Strict):
+    channel_id: Snowflake
+    before: Snowflake | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+    nonce: str | int | None = None
+
+
+class Typing(_Strict):
+    channel_id: Snowflake
+
+
+class PresenceUpdate(_Strict):
+    status: Literal["online", "idle", "dnd", "invisible"]
+
+
+class VoiceStateUpdate(_Strict):
+    guild_id: Snowflake
+    channel_id: Snowflake | None = None
+
+
+def dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+def frame(op: Op, d: Any = None) -> str:
+    return dumps({"op": int(op), "d": d})
+
+
+def dispatch_frame(t: str, seq: int, d_json: str, trace_json: str = "") -> str:
+    """A dispatch built around an already-serialized payload (serialized once per gateway).
+
+    ``trace_json``, when given, adds the hop timeline of a traced message as key ``trace``.
+    """
+    if trace_json:
+        return f'{{"op":0,"t":"{t}","s":{seq},"d":{d_json},"trace":{trace_json}}}'
+    return f'{{"op":0,"t":"{t}","s":{seq},"d":{d_json}}}'
+
+
+# ---- stream envelopes -------------------------------------------------------------------
+
+
+class Author(BaseModel):
+    id: str
+    username: str
+
+
+class IngestMessage(BaseModel):
+    """A client message on an ingest stream, after the gateway fixed its id and payload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["message"] = "message"
+    id: int
+    channel_id: int
+    guild_id: int
+    author_id: int
+    gateway_id: str
+    session_id: str
+    nonce: str | int | None = None
+    payload: str  # the MESSAGE_CREATE ``d`` as JSON text, fixed at the gateway
+    trace: list[tuple[str, int]] | None = None  # (hop, wall-clock ns) when tracing is on
+
+
+class Delivery(BaseModel):
+    """One entry of a gateway's delivery stream, written once per gateway, not per user.
+
+    ``session_id`` set: only that session gets it (replies such as MESSAGE_REJECTED).
+    Otherwise every local session in ``guild_id`` that may see ``channel_id`` gets it.
+    """
+
+    t: str
+    guild_id: int = 0
+    channel_id: int = 0
+    session_id: str = ""
+    payload: str
+    trace: list[tuple[str, int]] | None = None
+
+
+def encode_entry(model: BaseModel) -> dict[str, bytes]:
+    return {"e": orjson.dumps(model.model_dump(exclude_none=True))}
+
+
+def message_payload(
+    *, message_id: int, channel_id: int, guild_id: int, author: Author, content: str,
+    timestamp_ms: int, nonce: str | int | None,
+) -> str:
+    return dumps(
+        {
+            "id": str(message_id),
+            "channel_id": str(channel_id),
+            "guild_id": str(guild_id),
+            "author": author.model_dump(),
+            "content": content,
+            "timestamp": timestamp_ms,
+            "nonce": nonce,
+        }
+    )

@@ -1,0 +1,116 @@
+"""Local delivery: one entry from this gateway's delivery stream to every local recipient.
+
+Workers write one entry per gateway that holds members of a guild (not one per user); here the
+entry's payload, serialized once by the gateway that accepted the message, is wrapped in each
+session's dispatch envelope (only the sequence number differs) and queued on each socket
+without awaiting any of them. Detached sessions (dropped, not yet expired) still get the
+dispatch into their replay buffer, which is what makes RESUME gap-free.
+
+The routing table is a Redis set per guild of gateway ids. This gateway adds itself when its
+first session of a member of the guild arrives and removes itself when the last one expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+import orjson
+import redis.asyncio as aioredis
+
+from chatscale import trace
+from chatscale.redisconn import TRANSIENT
+from chatscale.wire import Delivery
+from gateway.session import Session
+
+if TYPE_CHECKING:
+    from gateway.server import Client, Gateway
+
+log = logging.getLogger("chatscale.gateway.fanout")
+
+
+class LocalFanout:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.attached: dict[Session, Client] = {}
+        self.by_guild: dict[int, set[Session]] = {}
+        self.delivered = 0  # frames queued to sockets or replay buffers (a metric)
+
+    async def attach(self, session: Session, client: Client) -> None:
+        keys = self.gateway.keys
+        new_guilds = [g for g in session.guilds if not self.by_guild.get(g)]
+        for guild_id in session.guilds:
+            self.by_guild.setdefault(guild_id, set()).add(session)
+        self.attached[session] = client
+        if new_guilds:
+            async with self.gateway.redis.pipeline(transaction=False) as pipe:
+                for guild_id in new_guilds:
+                    pipe.sadd(keys.route(guild_id), self.gateway.id)
+                await pipe.execute()
+
+    async def detach(self, session: Session) -> None:
+        self.attached.pop(session, None)
+        gone = []
+        for guild_id in session.guilds:
+            members = self.by_guild.get(guild_id)
+            if members is not None:
+                members.discard(session)
+                if not members:
+                    del self.by_guild[guild_id]
+                    gone.append(guild_id)
+        if gone:
+            async with self.gateway.redis.pipeline(transaction=False) as pipe:
+                for guild_id in gone:
+                    pipe.srem(self.gateway.keys.route(guild_id), self.gateway.id)
+                await pipe.execute()
+
+    async def drop_all_routes(self) -> None:
+        async with self.gateway.redis.pipeline(transaction=False) as pipe:
+            for guild_id in self.by_guild:
+                pipe.srem(self.gateway.keys.route(guild_id), self.gateway.id)
+            await pipe.execute()
+
+    async def run(self, redis: aioredis.Redis) -> None:
+        """Read this gateway's delivery stream forever (new entries only: a fresh gateway has
+        no sessions that could be owed older ones)."""
+        stream = self.gateway.keys.deliver(self.gateway.id)
+        last = b"$"
+        while True:
+            try:
+                reply = await redis.xread({stream: last}, count=512, block=1000)
+            except TRANSIENT as exc:
+                log.warning("delivery stream read failed (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    with contextlib.suppress(ValueError):
+                        self.deliver(Delivery.model_validate(orjson.loads(fields[b"e"])))
+
+    def deliver(self, delivery: Delivery) -> int:
+        """Dispatch one delivery to every local session that may see it; returns how many."""
+        if delivery.session_id:
+            session = self.gateway.sessions.get(delivery.session_id)
+            targets: list[Session] = [session] if session is not None else []
+        else:
+            members = self.by_guild.get(delivery.guild_id, ())
+            targets = [s for s in members if delivery.channel_id in s.channels]
+        if not targets:
+            return 0
+        suffix = ""
+        if delivery.trace is not None:
+            tr = list(delivery.trace)
+            trace.stamp(tr, "gateway_deliver")
+            suffix = orjson.dumps(tr).decode()
+        send = self.gateway.send
+        for session in targets:
+            text = session.dispatch(delivery.t, delivery.payload, suffix)
+            client = self.attached.get(session)
+            if client is not None:
+                send(client, text)
+        self.delivered += len(targets)
+        return len(targets)
+

@@ -1,0 +1,855 @@
+"""A real single-node Apache Cassandra 5.0, run from Maven Central jars, without Docker.
+
+The picture: Apache publishes the whole server as ``org.apache.cassandra:cassandra-all`` with its
+runtime dependencies, so Maven (``maven-dependency-plugin:copy-dependencies``) can put every jar
+the server needs into one folder, and ``java -cp "<lib>/*" org.apache.cassandra.service
+.CassandraDaemon`` runs a node from it. This module does exactly that: :func:`fetch_jars` resolves
+the jars once into a cache (``$CHATSCALE_CASSANDRA_CACHE`` or ``~/.cache/chatscale``);
+:class:`CassandraNode` writes a minimal ``cassandra.yaml`` and ``logback.xml`` into a work
+directory, starts the JVM in its own process group, and waits until a real CQL round trip
+(``SELECT release_version FROM system.local`` through cassandra-driver) succeeds. Tests and CI use
+it for the Cassandra-backed history store; users with Java 17 and Maven can run
+``python -m storage.cassandra_node run`` to get a local node without Docker.
+
+Facts from ``reference/cassandra-5.0-from-maven.md``, checked end to end on a 2-core Debian 12
+machine (OpenJDK 17.0.15, Maven 3.8.7, cassandra-driver 3.30.1):
+
+Verified as written:
+  * ``cassandra-all:5.0.8`` resolves from Maven Central; a ``packaging=pom`` project with that one
+    dependency and ``maven-dependency-plugin:3.8.1:copy-dependencies -DincludeScope=runtime``
+    yields a complete, runnable lib folder; logback-classic and ``jamm-0.4.0.jar`` are in it.
+  * ``-javaagent:<lib>/jamm-0.4.0.jar`` is required on JDK 17 (startup fails without it).
+  * ``-Dcassandra.config`` must be a URL (``file:///abs/cassandra.yaml``); a bare path is
+    rejected with "Expecting URI in variable: [cassandra.config]".
+  * The jar ships no ``logback.xml``; we pass ``-Dlogback.configurationFile`` and
+    ``-Dcassandra.logdir``.
+  * 5.0 rejects unknown yaml keys; the new unit-suffixed names (``commitlog_sync_period:
+    10000ms``) work; SimpleSnitch gives data center ``datacenter1``; JMX stays off when unset.
+  * Readiness through cassandra-driver with ``protocol_version=5`` and
+    ``DCAwareRoundRobinPolicy(local_dc="datacenter1")`` works; SIGTERM stops the node cleanly
+    within a few seconds.
+
+Wrong or changed:
+  * Jar count: 100 jars (67 MB; ~93 MB in ``~/.m2``), not "about 110". ``antlr-runtime-3.5.2``
+    *is* on the runtime classpath (the CQL parser needs it; only the antlr tool is ``provided``).
+  * Maven's noise is not ``[ERROR] ... systemPath`` lines: a verbose run prints only
+    ``[WARNING] The POM for org.perfkit.sjk.parsers:sjk-jfr5/jfr6/nps ... is invalid``; with
+    ``-q`` nothing is printed on success.
+  * The cold fetch took ~27 s here (download is fast; not the dominating cost). Node start, not
+    the download, is the slow part: see ``started_in``.
+  * The cassandra-driver legacy ``Cluster(load_balancing_policy=...)`` argument emits a
+    DeprecationWarning (fatal under ``filterwarnings=error``); the policy is passed through an
+    ``ExecutionProfile`` instead.
+  * Additions not in the reference: ``-Dchronicle.analytics.disable=true`` (Chronicle Queue
+    otherwise may phone home), ``-Dcassandra.unsafesystem=true`` (no fsync of system tables: a
+    throwaway test node starts faster), and the seed is given with its port
+    (``127.0.0.1:<storage_port>``) so non-default storage ports work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_VERSION",
+    "FALLBACK_VERSIONS",
+    "CassandraNode",
+    "CassandraNodeError",
+    "default_cache_dir",
+    "fetch_jars",
+    "java_major_version",
+    "missing_requirements",
+]
+
+DEFAULT_VERSION = "5.0.8"
+FALLBACK_VERSIONS = ("5.0.6", "5.0.4")
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+SUPPORTED_JAVA = (11, 17)
+INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
+_MARKER = ".chatscale-complete"
+_LOG_TAIL_LINES = 40
+
+
+class CassandraNodeError(RuntimeError):
+    """The node could not be fetched, started or stopped; the message carries the log tail."""
+
+
+# --------------------------------------------------------------------------- requirements
+
+
+def java_major_version(java: str = "java") -> int | None:
+    """Major version of ``java`` (8, 11, 17, 21, ...), or None if it cannot be run."""
+    exe = shutil.which(java)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run(
+            [exe, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if not m:
+        return None
+    major = int(m.group(1))
+    if major == 1 and m.group(2):  # "1.8.0_392" -> 8
+        major = int(m.group(2))
+    return major
+
+
+def missing_requirements() -> str | None:
+    """None if ``java`` (11 or 17) and ``mvn`` are on PATH, else what to install."""
+    problems = []
+    major = java_major_version()
+    if major is None:
+        problems.append("no `java` on PATH")
+    elif major not in SUPPORTED_JAVA:
+        problems.append(f"`java` on PATH is Java {major}; Cassandra 5.0 runs on Java 11 or 17 only")
+    if shutil.which("mvn") is None:
+        problems.append("no `mvn` (Maven) on PATH")
+    if not problems:
+        return None
+    return (
+        "Cannot run a local Cassandra 5.0 node: "
+        + "; ".join(problems)
+        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu), "
+        "or put a Java 17 JDK and Maven 3 on PATH."
+    )
+
+
+# --------------------------------------------------------------------------- jars
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by chatscale (storage/cassandra_node.py): only used to resolve the jars. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0"
+         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 https://maven.apache.org/xsd/maven-4.0.0.xsd">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.chatscale</groupId>
+  <artifactId>cassandra-jars</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.cassandra</groupId>
+      <artifactId>cassandra-all</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def default_cache_dir() -> Path:
+    """``$CHATSCALE_CASSANDRA_CACHE`` or ``~/.cache/chatscale``."""
+    env = os.environ.get("CHATSCALE_CASSANDRA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "chatscale"
+
+
+def _lib_complete(lib: Path, version: str) -> bool:
+    return (
+        (lib / _MARKER).is_file()
+        and (lib / f"cassandra-all-{version}.jar").is_file()
+        and any(lib.glob("jamm-*.jar"))
+    )
+
+
+def _tail(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _run_maven(base: Path, version: str, progress: Callable[[str], Any]) -> Path:
+    """Resolve one version into ``base/lib``; raise CassandraNodeError on failure."""
+    lib = base / "lib"
+    staging = base / f"lib.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    (base / "pom.xml").write_text(_POM.format(version=version))
+    cmd = [
+        shutil.which("mvn") or "mvn",
+        "-B",
+        "-q",
+        "-U",  # re-check artifacts an earlier failed download marked *.lastUpdated
+        "-Dstyle.color=never",
+        "-f",
+        str(base / "pom.xml"),
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={staging}",
+    ]
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0 or not (staging / f"cassandra-all-{version}.jar").is_file():
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CassandraNodeError(
+            f"mvn failed for cassandra-all:{version} (exit {proc.returncode}):\n"
+            + _tail(proc.stdout + "\n" + proc.stderr)
+        )
+    jars = sorted(staging.glob("*.jar"))
+    (staging / _MARKER).write_text(
+        f"cassandra-all {version}\n{len(jars)} jars\n" + "".join(f"{j.name}\n" for j in jars)
+    )
+    shutil.rmtree(lib, ignore_errors=True)
+    staging.rename(lib)
+    progress(
+        f"cassandra: {len(jars)} jars for {version} in {time.monotonic() - t0:.1f}s -> {lib}"
+    )
+    return lib
+
+
+def fetch_jars(
+    version: str = DEFAULT_VERSION,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], Any] = print,
+) -> Path:
+    """Resolve ``cassandra-all:<version>`` and its runtime jars into ``<cache>/cassandra-<v>/lib``.
+
+    Returns the lib dir. A completed lib dir (marker file) is returned at once without running
+    Maven. If the default version cannot be resolved, 5.0.6 and then 5.0.4 are tried.
+    """
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    candidates = [version]
+    if version == DEFAULT_VERSION:
+        candidates += [v for v in FALLBACK_VERSIONS if v != version]
+    for v in candidates:  # anything already cached wins, without touching the network
+        lib = cache / f"cassandra-{v}" / "lib"
+        if _lib_complete(lib, v):
+            return lib
+    if shutil.which("mvn") is None:
+        raise CassandraNodeError(missing_requirements() or "mvn not found on PATH")
+    errors = []
+    for v in candidates:
+        base = cache / f"cassandra-{v}"
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ".lock", "w") as lock:  # one Maven run per version at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            lib = base / "lib"
+            if _lib_complete(lib, v):  # another process finished it while we waited
+                return lib
+            progress(
+                f"cassandra: resolving org.apache.cassandra:cassandra-all:{v} from Maven "
+                f"(first run downloads ~70 MB into ~/.m2 and {base}) ..."
+            )
+            try:
+                return _run_maven(base, v, progress)
+            except CassandraNodeError as exc:
+                errors.append(str(exc))
+                progress(f"cassandra: {v} failed; " + ("trying next" if v != candidates[-1] else ""))
+    raise CassandraNodeError("could not fetch Cassandra jars:\n\n" + "\n\n".join(errors))
+
+
+# --------------------------------------------------------------------------- node
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# JVM flags from Apache's conf/jvm17-server.options (5.0); harmless on Java 11.
+_ADD_EXPORTS = (
+    "java.base/jdk.internal.misc",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+    "java.rmi/sun.rmi.registry",
+    "java.rmi/sun.rmi.server",
+    "java.sql/java.sql",
+    "java.base/java.lang.ref",
+    "jdk.unsupported/sun.misc",
+    "jdk.compiler/com.sun.tools.javac.file",
+    "jdk.attach/sun.tools.attach",
+    "java.management/com.sun.jmx.remote.security",
+)
+_ADD_OPENS = (
+    "java.base/java.lang.module",
+    "java.base/jdk.internal.loader",
+    "java.base/jdk.internal.ref",
+    "java.base/jdk.internal.reflect",
+    "java.base/jdk.internal.math",
+    "java.base/jdk.internal.module",
+    "java.base/jdk.internal.util.jar",
+    "jdk.management/com.sun.management.internal",
+    "java.base/sun.nio.ch",
+    "java.base/java.io",
+    "java.base/java.lang.reflect",
+    "jdk.compiler/com.sun.tools.javac",
+    "java.base/java.lang",
+    "java.base/java.util",
+    "java.base/java.nio",
+    "java.base/java.net",
+    "java.base/java.nio.charset",
+    "java.base/java.util.concurrent",
+    "java.base/java.util.concurrent.atomic",
+    "java.base/java.util.concurrent.locks",
+)
+
+_LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by chatscale: INFO and up to system.log, WARN and up to the console. -->
+<configuration scan="false" debug="false">
+  <appender name="FILE" class="ch.qos.logback.core.FileAppender">
+    <file>{system_log}</file>
+    <append>true</append>
+    <encoder>
+      <pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <appender name="STDOUT" class="ch.qos.logback.core.ConsoleAppender">
+    <filter class="ch.qos.logback.classic.filter.ThresholdFilter">
+      <level>WARN</level>
+    </filter>
+    <encoder>
+      <pattern>%-5level [%thread] %date{{ISO8601}} %F:%L - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <root level="INFO">
+    <appender-ref ref="FILE" />
+    <appender-ref ref="STDOUT" />
+  </root>
+  <logger name="org.apache.cassandra" level="INFO" />
+</configuration>
+"""
+
+
+def _q(value: str) -> str:
+    """Single-quoted YAML scalar."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_preexec() -> Callable[[], None] | None:
+    """Ask Linux to SIGKILL the JVM if the thread that started it dies (e.g. ``os._exit``).
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used when starting
+    from the main thread (a worker thread ending would otherwise kill a healthy node).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    return preexec
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _reap(proc: subprocess.Popen, log_file) -> None:
+    """Finalizer (also at interpreter exit): kill the node's process group, close the log."""
+    try:
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGKILL)
+            _signal_group(proc.pid, signal.SIGCONT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+    finally:
+        with contextlib.suppress(Exception):
+            log_file.close()
+
+
+class CassandraNode:
+    """One Cassandra 5.0 JVM on 127.0.0.1, with its config, data and logs in ``workdir``.
+
+    >>> with CassandraNode(lib_dir=fetch_jars(), workdir=Path("/tmp/c1")) as node:
+    ...     print(node.host, node.port, node.started_in)
+    """
+
+    def __init__(
+        self,
+        *,
+        lib_dir: Path,
+        workdir: Path,
+        heap: str = "1g",
+        cql_port: int | None = None,
+        storage_port: int | None = None,
+        cluster_name: str = "chatscale",
+        host: str = "127.0.0.1",
+        java: str | None = None,
+        extra_jvm_args: tuple[str, ...] | list[str] = (),
+        unsafe_system: bool = True,
+    ) -> None:
+        self.lib_dir = Path(lib_dir).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.heap = heap
+        self.cluster_name = cluster_name
+        self._host = host
+        self._cql_port = cql_port or _free_port(host)
+        self._storage_port = storage_port or _free_port(host)
+        while self._storage_port == self._cql_port:
+            self._storage_port = _free_port(host)
+        self.java = java
+        self.extra_jvm_args = tuple(extra_jvm_args)
+        self.unsafe_system = unsafe_system
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+        self._started_in: float | None = None
+        self._paused = False
+
+    # ---- properties
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The CQL (native transport) port."""
+        return self._cql_port
+
+    @property
+    def storage_port(self) -> int:
+        return self._storage_port
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def started_in(self) -> float | None:
+        """Seconds the last successful :meth:`start` took (launch to first CQL round trip)."""
+        return self._started_in
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def system_log(self) -> Path:
+        return self.workdir / "logs" / "system.log"
+
+    @property
+    def console_log(self) -> Path:
+        """JVM stdout/stderr (WARN+ log lines, JVM errors)."""
+        return self.workdir / "logs" / "console.log"
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the JVM, from /proc (Linux), or None."""
+        if not self.running:
+            return None
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        m = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        return int(m.group(1)) * 1024 if m else None
+
+    # ---- files
+
+    def _dirs(self) -> dict[str, Path]:
+        d = self.workdir
+        return {
+            "data": d / "data" / "data",
+            "commitlog": d / "data" / "commitlog",
+            "saved_caches": d / "data" / "saved_caches",
+            "hints": d / "data" / "hints",
+            "cdc_raw": d / "data" / "cdc_raw",
+            "logs": d / "logs",
+            "triggers": d / "triggers",
+        }
+
+    def _yaml(self) -> str:
+        d = self._dirs()
+        return f"""# Written by chatscale (storage/cassandra_node.py) for a single local test node.
+cluster_name: {_q(self.cluster_name)}
+num_tokens: 1
+initial_token: '0'
+partitioner: org.apache.cassandra.dht.Murmur3Partitioner
+endpoint_snitch: SimpleSnitch
+seed_provider:
+  - class_name: org.apache.cassandra.locator.SimpleSeedProvider
+    parameters:
+      - seeds: {_q(f"{self._host}:{self._storage_port}")}
+listen_address: {self._host}
+rpc_address: {self._host}
+storage_port: {self._storage_port}
+native_transport_port: {self._cql_port}
+start_native_transport: true
+data_file_directories:
+  - {_q(str(d["data"]))}
+commitlog_directory: {_q(str(d["commitlog"]))}
+saved_caches_directory: {_q(str(d["saved_caches"]))}
+hints_directory: {_q(str(d["hints"]))}
+cdc_raw_directory: {_q(str(d["cdc_raw"]))}
+commitlog_sync: periodic
+commitlog_sync_period: 10000ms
+commitlog_segment_size: 16MiB
+auto_snapshot: false
+snapshot_before_compaction: false
+incremental_backups: false
+concurrent_reads: 4
+concurrent_writes: 4
+concurrent_counter_writes: 4
+concurrent_materialized_view_writes: 2
+concurrent_compactors: 1
+memtable_flush_writers: 1
+compaction_throughput: 64MiB/s
+"""
+
+    def _write_config(self) -> tuple[Path, Path]:
+        for p in self._dirs().values():
+            p.mkdir(parents=True, exist_ok=True)
+        yaml_path = self.workdir / "cassandra.yaml"
+        yaml_path.write_text(self._yaml())
+        logback_path = self.workdir / "logback.xml"
+        logback_path.write_text(_LOGBACK.format(system_log=self.system_log))
+        return yaml_path, logback_path
+
+    def _java(self) -> str:
+        if self.java:
+            return self.java
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home and (Path(java_home) / "bin" / "java").is_file():
+            return str(Path(java_home) / "bin" / "java")
+        exe = shutil.which("java")
+        if exe is None:
+            raise CassandraNodeError(missing_requirements() or "java not found on PATH")
+        return exe
+
+    def command(self) -> list[str]:
+        """The full ``java`` command line (config files are written by :meth:`start`)."""
+        jamm = sorted(self.lib_dir.glob("jamm-*.jar"))
+        if not jamm:
+            raise CassandraNodeError(f"no jamm-*.jar in {self.lib_dir}; run fetch_jars() first")
+        d = self._dirs()
+        cmd = [
+            self._java(),
+            f"-Xms{self.heap}",
+            f"-Xmx{self.heap}",
+            "-XX:MaxDirectMemorySize=512m",
+            "-Xss256k",
+            "-XX:+UseG1GC",
+            "-XX:+ParallelRefProcEnabled",
+            "-XX:+HeapDumpOnOutOfMemoryError",
+            f"-XX:HeapDumpPath={d['logs']}",
+            "-XX:+ExitOnOutOfMemoryError",
+            f"-javaagent:{jamm[-1]}",
+            "-Djdk.attach.allowAttachSelf=true",
+            *(f"--add-exports={m}=ALL-UNNAMED" for m in _ADD_EXPORTS),
+            *(f"--add-opens={m}=ALL-UNNAMED" for m in _ADD_OPENS),
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dio.netty.tryReflectionSetAccessible=true",
+            "-Dchronicle.analytics.disable=true",
+            f"-Dcassandra.config={(self.workdir / 'cassandra.yaml').as_uri()}",
+            f"-Dlogback.configurationFile={self.workdir / 'logback.xml'}",
+            f"-Dcassandra.logdir={d['logs']}",
+            f"-Dcassandra.storagedir={self.workdir / 'data'}",
+            f"-Dcassandra.triggers_dir={d['triggers']}",
+            "-Dcassandra-foreground=yes",
+            "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+            "-Dcassandra.load_ring_state=false",
+        ]
+        if self.unsafe_system:
+            cmd.append("-Dcassandra.unsafesystem=true")
+        cmd += [
+            *self.extra_jvm_args,
+            "-cp",
+            f"{self.lib_dir}/*",
+            "org.apache.cassandra.service.CassandraDaemon",
+        ]
+        return cmd
+
+    # ---- lifecycle
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        parts = []
+        for path in (self.system_log, self.console_log):
+            try:
+                with open(path, errors="replace") as f:
+                    tail = "".join(deque(f, maxlen=lines)).rstrip()
+            except OSError:
+                continue
+            if tail:
+                parts.append(f"--- last {lines} lines of {path} ---\n{tail}")
+        return "\n".join(parts) or "(no log output)"
+
+    def cluster(self, **kwargs: Any):
+        """A cassandra-driver ``Cluster`` for this node (protocol 5, DC-aware to datacenter1)."""
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+        from cassandra.policies import DCAwareRoundRobinPolicy
+
+        request_timeout = kwargs.pop("request_timeout", 10.0)
+        profile = ExecutionProfile(
+            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc="datacenter1"),
+            request_timeout=request_timeout,
+        )
+        kwargs.setdefault("execution_profiles", {EXEC_PROFILE_DEFAULT: profile})
+        kwargs.setdefault("protocol_version", 5)
+        return Cluster(contact_points=[self._host], port=self._cql_port, **kwargs)
+
+    def query_release_version(self, timeout: float = 10.0) -> str:
+        """One real CQL round trip: ``SELECT release_version FROM system.local``."""
+        cluster = self.cluster(
+            connect_timeout=timeout,
+            control_connection_timeout=timeout,
+            request_timeout=timeout,
+        )
+        try:
+            session = cluster.connect()
+            row = session.execute("SELECT release_version FROM system.local").one()
+            return row.release_version
+        finally:
+            cluster.shutdown()
+
+    def start(self, timeout: float = 180.0) -> CassandraNode:
+        """Launch the JVM and block until a CQL query succeeds; raise with the log tail if not."""
+        if self.running:
+            raise CassandraNodeError(f"node already running (pid {self.pid})")
+        self._write_config()
+        cmd = self.command()
+        log_file = open(self.console_log, "ab")  # noqa: SIM115 - closed by the finalizer
+        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
+        log_file.flush()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,  # own process group: signals reach only the node
+                preexec_fn=_pdeathsig_preexec(),
+            )
+        except OSError as exc:
+            log_file.close()
+            raise CassandraNodeError(f"could not launch {cmd[0]}: {exc}") from exc
+        self._proc = proc
+        self._paused = False
+        self._started_in = None
+        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
+        try:
+            self._wait_ready(t0, timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self._started_in = time.monotonic() - t0
+        return self
+
+    def _wait_ready(self, t0: float, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = t0 + timeout
+        last_error: Exception | None = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise CassandraNodeError(
+                    f"Cassandra exited with code {code} during startup "
+                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise CassandraNodeError(
+                    f"Cassandra not ready on {self._host}:{self._cql_port} after {timeout:.0f}s"
+                    f" (last error: {last_error!r})\n{self.log_tail()}"
+                )
+            if _port_open(self._host, self._cql_port):
+                try:
+                    self.query_release_version(timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+                    return
+                except Exception as exc:  # driver raises many types while the node warms up
+                    last_error = exc
+            time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns the exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            if self._paused:  # a stopped process only acts on SIGTERM once continued
+                _signal_group(proc.pid, signal.SIGCONT)
+                self._paused = False
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        if self._finalizer is not None:
+            self._finalizer()  # closes the log file; nothing left to kill
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (no drain)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._paused = False
+
+    def pause(self) -> None:
+        """SIGSTOP the node (it stops answering; connections stay open) - for fault tests."""
+        if not self.running:
+            raise CassandraNodeError("node is not running")
+        _signal_group(self._proc.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """SIGCONT a paused node."""
+        if not self.running:
+            raise CassandraNodeError("node is not running")
+        _signal_group(self._proc.pid, signal.SIGCONT)
+        self._paused = False
+
+    def __enter__(self) -> CassandraNode:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "paused" if self._paused else ("running" if self.running else "stopped")
+        return f"<CassandraNode {self._host}:{self._cql_port} pid={self.pid} {state}>"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    lib = fetch_jars(args.version, args.cache_dir)
+    print(lib)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    problem = missing_requirements()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    cache = args.cache_dir or default_cache_dir()
+    lib = fetch_jars(args.version, cache)
+    workdir = args.workdir or (cache / f"node-{args.port}")
+    node = CassandraNode(
+        lib_dir=lib,
+        workdir=workdir,
+        heap=args.heap,
+        cql_port=args.port,
+        storage_port=args.storage_port,
+        cluster_name=args.cluster_name,
+    )
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    print(f"cassandra: starting node in {node.workdir} (log: {node.system_log}) ...", flush=True)
+    try:
+        node.start(timeout=args.timeout)
+    except CassandraNodeError as exc:
+        print(f"cassandra: {exc}", file=sys.stderr)
+        return 1
+    rss = node.rss_bytes()
+    print(
+        f"cassandra: ready at {node.host}:{node.port} (CQL, protocol v5, dc datacenter1) "
+        f"in {node.started_in:.1f}s, pid {node.pid}"
+        + (f", RSS {rss / 2**20:.0f} MiB" if rss else "")
+        + "; Ctrl-C to stop",
+        flush=True,
+    )
+    try:
+        while node.running:
+            time.sleep(1)
+        print(f"cassandra: node exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        print("cassandra: stopping ...", flush=True)
+        return 0
+    finally:
+        node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m storage.cassandra_node",
+        description=(
+            "Run a real single-node Apache Cassandra 5.0 from Maven Central jars, without Docker. "
+            f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT})."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--version",
+        default=DEFAULT_VERSION,
+        help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
+        + ", ".join(FALLBACK_VERSIONS)
+        + ")",
+    )
+    common.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser(
+        "fetch", parents=[common], help="download the jars (cached) and print the lib dir"
+    )
+    p_fetch.set_defaults(func=_cmd_fetch)
+    p_run = sub.add_parser(
+        "run",
+        parents=[common],
+        help="start a node and keep it running until Ctrl-C / SIGTERM",
+        description="Start a node, print its CQL address when a query succeeds, run until "
+        "Ctrl-C or SIGTERM, then stop it gracefully. Data persists in --workdir.",
+    )
+    p_run.add_argument("--port", type=int, default=9042, help="CQL port (default 9042; 0 = free)")
+    p_run.add_argument(
+        "--storage-port", type=int, default=0, help="internode port (default: a free port)"
+    )
+    p_run.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="config, data and logs (default <cache-dir>/node-<port>)",
+    )
+    p_run.add_argument("--heap", default="1g", help="JVM heap, -Xms = -Xmx (default 1g)")
+    p_run.add_argument("--cluster-name", default="chatscale", help="cluster_name in cassandra.yaml")
+    p_run.add_argument(
+        "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
+    )
+    p_run.set_defaults(func=_cmd_run)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CassandraNodeError as exc:
+        print(f"cassandra: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The hot cache: the latest N messages of each channel in Redis.
+
+"Load the channel" reads here. Each channel is a sorted set whose scores are all 0 and whose
+members are ``<20-digit zero-padded id>|<payload>``: lexicographic order is id order, and
+snowflakes (up to 2**63) would lose precision as float scores. Adding the same message twice is
+a no-op because the member bytes are identical (the payload is fixed at the gateway). Add and
+trim run in one MULTI, so a reader never sees more than N.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from chatscale.keys import Keys
+
+
+def _member(message_id: int, payload: str) -> bytes:
+    return f"{message_id:020d}|{payload}".encode()
+
+
+def _split(member: bytes) -> tuple[int, str]:
+    head, _, payload = member.partition(b"|")
+    return int(head), payload.decode()
+
+
+class HotCache:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, *, size: int = 50) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.size = size
+
+    async def add(self, channel_id: int, message_id: int, payload: str) -> None:
+        key = self._keys.hot(channel_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {_member(message_id, payload): 0})
+            pipe.zremrangebyrank(key, 0, -(self.size + 1))
+            await pipe.execute()
+
+    async def add_many(self, messages: list[tuple[int, int, str]]) -> None:
+        """[(channel_id, message_id, payload)] in one MULTI (one round trip for a batch)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for channel_id, message_id, payload in messages:
+                key = self._keys.hot(channel_id)
+                pipe.zadd(key, {_member(message_id, payload): 0})
+                pipe.zremrangebyrank(key, 0, -(self.size + 1))
+            await pipe.execute()
+
+    async def page(self, channel_id: int, *, before: int | None, limit: int) -> list[tuple[int, str]]:
+        """Newest first, ids strictly below ``before``: [(id, payload)]."""
+        high = b"+" if before is None else f"({before:020d}".encode()
+        members = await self._redis.zrevrangebylex(self._keys.hot(channel_id), high, b"-", 0, limit)
+        return [_split(m) for m in members]
+
+    async def oldest(self, channel_id: int) -> int | None:
+        first = await self._redis.zrange(self._keys.hot(channel_id), 0, 0)
+        return _split(first[0])[0] if first else None

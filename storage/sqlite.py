@@ -1,0 +1,198 @@
+"""Embedded SQLite backend for history and metadata (the default; no server to run).
+
+One connection per store, used from one dedicated thread so the event loop never blocks on
+disk. WAL mode lets several processes (two workers, two gateways) share the file: one writer at
+a time, readers never blocked; ``busy_timeout`` absorbs writer contention. ``synchronous=NORMAL``
+in WAL is durable against a process crash (the case the tests exercise), not against power loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from chatscale.snowflake import bucket
+from storage.base import Channel, Guild, StoredMessage, User
+from storage.exceptions import StorageUnavailable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    channel_id INTEGER NOT NULL,
+    bucket     INTEGER NOT NULL,
+    message_id INTEGER NOT NULL,
+    author_id  INTEGER NOT NULL,
+    payload    TEXT NOT NULL,
+    PRIMARY KEY (channel_id, message_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS guilds (id INTEGER PRIMARY KEY, name TEXT NOT NULL, owner_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS channels (
+    id INTEGER PRIMARY KEY, guild_id INTEGER NOT NULL, name TEXT NOT NULL,
+    kind TEXT NOT NULL, position INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS channels_by_guild ON channels (guild_id);
+CREATE TABLE IF NOT EXISTS members (
+    guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, PRIMARY KEY (guild_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, guild_id);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, path: str, *, bucket_span_ms: int) -> None:
+        self._path = path
+        self._span = bucket_span_ms
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._db: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, url: str, *, bucket_span_ms: int) -> SQLiteStore:
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") and not path.startswith("//") else path
+        if path.startswith("//"):
+            path = path[1:]  # sqlite:////abs/path -> /abs/path
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        store = cls(path, bucket_span_ms=bucket_span_ms)
+        await store._run(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except sqlite3.OperationalError as exc:  # locked for longer than busy_timeout, disk gone
+            raise StorageUnavailable(str(exc)) from exc
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self._db is not None
+        return self._db.execute(sql, params).fetchall()
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)
+
+    # ---- history ------------------------------------------------------------------------
+
+    async def insert(self, message: StoredMessage) -> None:
+        await self._run(
+            self._exec,
+            "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)",
+            (
+                message.channel_id,
+                bucket(message.message_id, self._span),
+                message.message_id,
+                message.author_id,
+                message.payload,
+            ),
+        )
+
+    async def insert_many(self, messages: Sequence[StoredMessage]) -> None:
+        rows = [
+            (m.channel_id, bucket(m.message_id, self._span), m.message_id, m.author_id, m.payload)
+            for m in messages
+        ]
+        await self._run(self._executemany, "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        assert self._db is not None
+        self._db.execute("BEGIN")  # one transaction: one commit for the whole batch
+        try:
+            self._db.executemany(sql, rows)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    async def page(self, channel_id: int, *, before: int | None, limit: int) -> list[StoredMessage]:
+        rows = await self._run(
+            self._exec,
+            "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? "
+            "AND message_id < ? ORDER BY message_id DESC LIMIT ?",
+            (channel_id, before if before is not None else (1 << 63) - 1, limit),
+        )
+        return [StoredMessage(channel_id, mid, author, payload) for mid, author, payload in rows]
+
+    # ---- metadata -----------------------------------------------------------------------
+
+    async def put_user(self, user: User) -> None:
+        await self._run(self._exec, "INSERT OR REPLACE INTO users VALUES (?, ?)", (user.id, user.username))
+
+    async def put_guild(self, guild: Guild) -> None:
+        await self._run(
+            self._exec, "INSERT OR REPLACE INTO guilds VALUES (?, ?, ?)", (guild.id, guild.name, guild.owner_id)
+        )
+
+    async def put_channel(self, channel: Channel) -> None:
+        await self._run(
+            self._exec,
+            "INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?)",
+            (channel.id, channel.guild_id, channel.name, channel.kind, channel.position),
+        )
+
+    async def add_member(self, guild_id: int, user_id: int) -> None:
+        await self._run(self._exec, "INSERT OR IGNORE INTO members VALUES (?, ?)", (guild_id, user_id))
+
+    async def remove_member(self, guild_id: int, user_id: int) -> None:
+        await self._run(self._exec, "DELETE FROM members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+
+    async def get_user(self, user_id: int) -> User | None:
+        rows = await self._run(self._exec, "SELECT id, username FROM users WHERE id = ?", (user_id,))
+        return User(*rows[0]) if rows else None
+
+    async def find_user(self, username: str) -> User | None:
+        rows = await self._run(self._exec, "SELECT id, username FROM users WHERE username = ?", (username,))
+        return User(*rows[0]) if rows else None
+
+    async def get_guild(self, guild_id: int) -> Guild | None:
+        rows = await self._run(self._exec, "SELECT id, name, owner_id FROM guilds WHERE id = ?", (guild_id,))
+        return Guild(*rows[0]) if rows else None
+
+    async def get_channel(self, channel_id: int) -> Channel | None:
+        rows = await self._run(
+            self._exec, "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?", (channel_id,)
+        )
+        return Channel(*rows[0]) if rows else None
+
+    async def guild_channels(self, guild_id: int) -> list[Channel]:
+        rows = await self._run(
+            self._exec,
+            "SELECT id, guild_id, name, kind, position FROM channels WHERE guild_id = ? ORDER BY position, id",
+            (guild_id,),
+        )
+        return [Channel(*row) for row in rows]
+
+    async def user_guilds(self, user_id: int) -> list[Guild]:
+        rows = await self._run(
+            self._exec,
+            "SELECT g.id, g.name, g.owner_id FROM members m JOIN guilds g ON g.id = m.guild_id "
+            "WHERE m.user_id = ? ORDER BY g.id",
+            (user_id,),
+        )
+        return [Guild(*row) for row in rows]
+
+    async def guild_members(self, guild_id: int) -> list[int]:
+        rows = await self._run(
+            self._exec, "SELECT user_id FROM members WHERE guild_id = ? ORDER BY user_id", (guild_id,)
+        )
+        return [row[0] for row in rows]
+
+    async def is_member(self, guild_id: int, user_id: int) -> bool:
+        rows = await self._run(
+            self._exec, "SELECT 1 FROM members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        return bool(rows)

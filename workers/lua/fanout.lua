@@ -1,0 +1,21 @@
+-- Fan one message out to gateways, at most once per message id, fenced by the shard lease.
+-- KEYS[1]  fanned-out marker of the message (SET NX: a redelivery finds it and skips)
+-- KEYS[2]  lease key of the shard this entry came from ('' semantics: ARGV[4] == '0' skips)
+-- KEYS[3..] pairs: gateway alive key, gateway delivery stream
+-- ARGV[1]  delivery entry (JSON)      ARGV[2] approximate MAXLEN of delivery streams
+-- ARGV[3]  marker TTL in seconds      ARGV[4] '1' to check the lease   ARGV[5] consumer name
+-- Returns: number of gateways written, 0 if already fanned out, -1 if the lease is not ours.
+if ARGV[4] == '1' and redis.call('GET', KEYS[2]) ~= ARGV[5] then
+  return -1
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  return 0
+end
+local written = 0
+for i = 3, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('XADD', KEYS[i + 1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+    written = written + 1
+  end
+end
+return written

@@ -1,0 +1,224 @@
+"""What a worker does to a batch of ingest entries, stage by stage.
+
+validate -> authorize -> hot cache -> history -> fan-out -> ack (``history_mode="sync"``), or
+validate -> authorize -> hot cache -> fan-out -> history -> ack (``"defer"``: recipients see the
+message before it is durable; it is still acked only once stored).
+
+Each stage runs for the whole batch in one round trip (one MULTI for the hot cache, one
+transaction for history, one pipeline of fan-out scripts), which is where a Python worker's
+throughput comes from. Every stage is idempotent, so a batch that fails half way is simply run
+again: hot-cache members and history rows are keyed by message id, and fan-out is guarded by a
+per-message marker set in the same Lua script that writes the delivery entries. Transient
+failures (Redis or the store unreachable) propagate to the worker, which retries the batch;
+entries that can never succeed (undecodable) go to the dead-letter stream at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+import orjson
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from chatscale import trace
+from chatscale.config import Settings
+from chatscale.keys import INGEST_GROUP, Keys
+from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
+from storage import Store, StoredMessage
+from storage.hot import HotCache
+
+log = logging.getLogger("chatscale.worker")
+
+FANOUT = resources.files("workers").joinpath("lua/fanout.lua").read_text()
+FANOUT_MARKER_TTL_S = 24 * 3600
+
+
+class LeaseLost(Exception):
+    """The shard lease moved to another worker mid-batch; stop, leave the rest to it."""
+
+
+@dataclass
+class Stats:
+    processed: int = 0
+    rejected: int = 0
+    dead_lettered: int = 0
+    fanout_skipped: int = 0  # redeliveries whose fan-out had already happened
+    gateway_writes: int = 0
+
+
+class Authorizer:
+    """Membership and channel checks with a cache invalidated by the metadata version counter.
+
+    Control-plane writes bump ``meta:version`` after they commit; the worker reads it once per
+    batch, so a change is enforced from the next batch on.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, store: Store) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._store = store
+        self._version: bytes | None = None
+        self._channels: dict[int, int | None] = {}
+        self._members: dict[tuple[int, int], bool] = {}
+
+    async def refresh(self) -> None:
+        version = await self._redis.get(self._keys.metadata_version())
+        if version != self._version:
+            self._version = version
+            self._channels.clear()
+            self._members.clear()
+
+    async def check(self, message: IngestMessage) -> str | None:
+        """None if the message may be posted, else the rejection code."""
+        if message.channel_id not in self._channels:
+            channel = await self._store.get_channel(message.channel_id)
+            self._channels[message.channel_id] = channel.guild_id if channel else None
+        if self._channels[message.channel_id] != message.guild_id:
+            return "UNKNOWN_CHANNEL"
+        key = (message.guild_id, message.author_id)
+        if key not in self._members:
+            self._members[key] = await self._store.is_member(*key)
+        if not self._members[key]:
+            return "MISSING_ACCESS"
+        return None
+
+
+@dataclass
+class Batch:
+    stream: str
+    shard: int
+    entries: list[tuple[bytes, dict[bytes, bytes]]]
+    attempts: int = 0
+    decoded: list[tuple[bytes, IngestMessage]] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self, settings: Settings, *, redis: aioredis.Redis, keys: Keys, store: Store, consumer: str, fenced: bool
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = keys
+        self.store = store
+        self.hot = HotCache(redis, keys, size=settings.hot_size)
+        self.auth = Authorizer(redis, keys, store)
+        self.consumer = consumer
+        self.fenced = fenced
+        self.stats = Stats()
+        self._fanout = redis.register_script(FANOUT)
+
+    async def process(self, batch: Batch, *, ack: bool = True) -> None:
+        """Run every stage for the batch and ack it. Raises on transient failure (retry it).
+
+        ``ack=False`` exists for fault injection: everything is done except the ack, which is
+        the worst moment for a worker to die.
+        """
+        if not batch.decoded:
+            await self._decode(batch)
+        messages = [m for _, m in batch.decoded]
+        for m in messages:
+            trace.stamp(m.trace, "worker_read")
+        await self.auth.refresh()
+        accepted: list[IngestMessage] = []
+        rejected: list[tuple[IngestMessage, str]] = []
+        for m in messages:
+            code = await self.auth.check(m)
+            if code is None:
+                accepted.append(m)
+                trace.stamp(m.trace, "worker_checks")
+            else:
+                rejected.append((m, code))
+        await self._hot(accepted)
+        if self.settings.history_mode == "sync":
+            await self._history(accepted)
+            await self._fan_out(batch, accepted, rejected)
+        else:
+            await self._fan_out(batch, accepted, rejected)
+            await self._history(accepted)
+        ids = [entry_id for entry_id, _ in batch.decoded]
+        if ids and ack:
+            await self.redis.xack(batch.stream, INGEST_GROUP, *ids)
+        self.stats.processed += len(accepted)
+        self.stats.rejected += len(rejected)
+
+    async def _decode(self, batch: Batch) -> None:
+        poison = []
+        for entry_id, fields in batch.entries:
+            try:
+                batch.decoded.append((entry_id, IngestMessage.model_validate(orjson.loads(fields[b"e"]))))
+            except (KeyError, orjson.JSONDecodeError, ValidationError) as exc:
+                poison.append((entry_id, fields, f"undecodable: {type(exc).__name__}"))
+        for entry_id, fields, reason in poison:
+            await self.dead_letter(batch.stream, entry_id, fields, reason)
+
+    async def dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        """Move an entry aside for a human, atomically with its ack."""
+        log.error("dead-lettering %s %s: %s", stream, entry_id, reason)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self.keys.dead_letter(),
+                {b"stream": stream.encode(), b"id": entry_id, b"reason": reason.encode(), **fields},
+            )
+            pipe.xack(stream, INGEST_GROUP, entry_id)
+            await pipe.execute()
+        self.stats.dead_lettered += 1
+
+    async def _hot(self, accepted: list[IngestMessage]) -> None:
+        if not accepted:
+            return
+        await self.hot.add_many([(m.channel_id, m.id, m.payload) for m in accepted])
+        for m in accepted:
+            trace.stamp(m.trace, "hot_write")
+
+    async def _history(self, accepted: list[IngestMessage]) -> None:
+        if not accepted:
+            return
+        await self.store.insert_many(
+            [StoredMessage(m.channel_id, m.id, m.author_id, m.payload) for m in accepted]
+        )
+        for m in accepted:
+            trace.stamp(m.trace, "history_write")
+
+    async def _fan_out(
+        self, batch: Batch, accepted: list[IngestMessage], rejected: list[tuple[IngestMessage, str]]
+    ) -> None:
+        guilds = sorted({m.guild_id for m in accepted})
+        routes: dict[int, list[bytes]] = {}
+        if guilds:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for guild_id in guilds:
+                    pipe.smembers(self.keys.route(guild_id))
+                for guild_id, members in zip(guilds, await pipe.execute(), strict=True):
+                    routes[guild_id] = sorted(members)
+        maxlen = self.settings.delivery_maxlen
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in accepted:
+                trace.stamp(m.trace, "fanout")
+                entry = Delivery(
+                    t="MESSAGE_CREATE", guild_id=m.guild_id, channel_id=m.channel_id, payload=m.payload, trace=m.trace
+                )
+                keys = [self.keys.fanned_out(m.id), self.keys.lease(batch.shard)]
+                for gw in routes[m.guild_id]:
+                    gateway = gw.decode()
+                    keys += [self.keys.gateway_alive(gateway), self.keys.deliver(gateway)]
+                args = [
+                    encode_entry(entry)["e"], maxlen, FANOUT_MARKER_TTL_S, "1" if self.fenced else "0", self.consumer,
+                ]
+                await self._fanout(keys=keys, args=args, client=pipe)
+            for m, code in rejected:
+                reply = Delivery(
+                    t="MESSAGE_REJECTED",
+                    session_id=m.session_id,
+                    payload=dumps({"id": str(m.id), "channel_id": str(m.channel_id), "nonce": m.nonce, "code": code}),
+                )
+                pipe.xadd(self.keys.deliver(m.gateway_id), encode_entry(reply), maxlen=maxlen, approximate=True)
+            results = await pipe.execute()
+        for written in results[: len(accepted)]:
+            if written == -1:
+                raise LeaseLost(batch.stream)
+            if written == 0:
+                self.stats.fanout_skipped += 1
+            self.stats.gateway_writes += max(0, int(written))
