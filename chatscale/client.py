@@ -105,9 +105,13 @@ class ChatClient:
         finally:
             self.close_code = self.ws.close_code
             self.closed.set()
-            for fut in self._waiters.values():
-                if not fut.done():
+            for key, fut in self._waiters.items():
+                if fut.done():
+                    continue
+                if key[0] == "ERR":  # one failure per request, on its error future
                     fut.set_exception(ConnectionError(f"closed with {self.close_code}"))
+                else:
+                    fut.cancel()
 
     # ---- requests ----------------------------------------------------------------------------
 

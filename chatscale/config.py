@@ -21,7 +21,7 @@ DEFAULT_STORAGE_URL = "sqlite:///.chatscale/chatscale.db"
 class Settings(BaseSettings):
     """Runtime settings shared by every service."""
 
-    model_config = SettingsConfigDict(env_prefix="CHATSCALE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="CHATSCALE_", extra="ignore", frozen=True, populate_by_name=True)
 
     # --- wiring -------------------------------------------------------------------------
     redis_url: str | None = Field(

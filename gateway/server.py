@@ -128,7 +128,7 @@ class Gateway:
             max_size=self.settings.max_frame_bytes,
             compression="deflate" if self.settings.compression else None,
             ping_interval=None,  # liveness is the protocol's HEARTBEAT, counted per session
-            close_timeout=2,
+            close_timeout=10,
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]

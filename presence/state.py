@@ -320,6 +320,7 @@ class PresenceState:
             self._touch(event.session_id, now)
         elif isinstance(event, SetStatus):
             if session := self._touch(event.session_id, now):
+                self._remember(session.user_id, before)
                 session.status = event.status
         elif isinstance(event, SetUserStatus):
             self._remember(event.user_id, before)

