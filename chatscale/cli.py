@@ -217,6 +217,25 @@ async def cmd_evict(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from loadtest import bench
+
+    settings = settings_for_tools()
+    state = WORKDIR / "run.json"
+    if not state.exists() or settings.redis_url is None:
+        print("no running topology: start `chatscale run` in this directory first", file=sys.stderr)
+        return 2
+    urls = json.loads(state.read_text())["gateways"]
+    if args.mode == "idle":
+        result = await bench.idle(settings, urls, connections=args.connections)
+    else:
+        result = await bench.chat(
+            settings, urls, members=args.members, senders=args.senders, rate=args.rate, duration=args.duration
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="chatscale",
@@ -267,6 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gateway", action="append", help="gateway URL (repeat: sender uses the first, recipient the last)")
     tr.add_argument("--timeout", type=float, default=10.0)
     tr.set_defaults(fn=cmd_trace)
+
+    b = sub.add_parser("bench", help="baseline figures against the topology `chatscale run` started")
+    b.add_argument("mode", choices=["chat", "idle"], help="chat: rate/latency/loss; idle: memory per connection")
+    b.add_argument("--members", type=int, default=20, help="connected members of the bench guild")
+    b.add_argument("--senders", type=int, default=4, help="members that send")
+    b.add_argument("--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)")
+    b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
+    b.set_defaults(fn=cmd_bench)
 
     e = sub.add_parser("evict", help="free a dead worker's shard leases now")
     e.add_argument("consumer")

@@ -132,6 +132,11 @@ class ChatClient:
         finally:
             self._waiters.pop((reply, d["nonce"]), None)
             self._waiters.pop(("ERR", d["nonce"]), None)
+            for fut in (ok, err):  # whichever did not win is settled here, never left dangling
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
+                else:
+                    fut.cancel()
 
     async def send_message(
         self, channel_id: int | str, content: str, *, nonce: str | None = None, trace: bool = False, timeout: float = 10

@@ -8,6 +8,7 @@ is a no-op and every run of the same seed has the same ids.
 from __future__ import annotations
 
 import tomllib
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,8 +36,11 @@ class Community(BaseModel):
     guilds: list[GuildSpec]
 
     def _id(self, node: int, index: int) -> int:
-        base = snowflake.from_timestamp_ms(int(self.created.timestamp() * 1000))
-        return base | (node << snowflake.SEQ_BITS) | index
+        """A stable id: each community owns a 100 ms window of snowflake time after ``created``
+        (chosen by a hash of its name), each kind of thing its own node bits inside it."""
+        window = zlib.crc32(self.name.encode()) % 100_000 * 100
+        ms = int(self.created.timestamp() * 1000) + window + index // (snowflake.MAX_SEQ + 1)
+        return snowflake.from_timestamp_ms(ms) | (node << snowflake.SEQ_BITS) | index % (snowflake.MAX_SEQ + 1)
 
     def users(self) -> list[User]:
         names = sorted({m for g in self.guilds for m in [g.owner, *g.members]})
@@ -66,6 +70,9 @@ async def apply(community: Community, store: Store, redis: aioredis.Redis | None
     """Write a community through the metadata interface, then bump the metadata version."""
     users, guilds, channels, members = community.plan()
     for user in users:
+        existing = await store.get_user(user.id)
+        if existing is not None and existing.username != user.username:
+            raise ValueError(f"id clash: {user.id} is {existing.username!r} already; rename community {community.name!r}")
         await store.put_user(user)
     for guild in guilds:
         await store.put_guild(guild)

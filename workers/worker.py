@@ -84,6 +84,7 @@ class Worker:
         self._retry: list[Batch] = []
         self._last_reclaim = 0.0
         self._last_trim = 0.0
+        self._last_maintain = 0.0
 
     @property
     def stats(self):  # noqa: ANN201 - the pipeline's counters
@@ -118,19 +119,26 @@ class Worker:
                 if burst and not worked:
                     return
         finally:
-            with contextlib.suppress(*TRANSIENT):
-                await self.leases.release_all() if not burst else None
+            if not burst:  # a drained test worker keeps its leases for the next drain
+                with contextlib.suppress(*TRANSIENT):
+                    await self.leases.release_all()
 
     async def drain(self) -> None:
         """Burst mode: process everything available now, then return (keeps leases for reuse)."""
         await self.run(burst=True)
 
     async def _step(self, *, burst: bool) -> bool:
-        await self._health()
+        # Leases and the health key are kept on a timer (a third of the lease TTL), not per
+        # batch: at low rates every batch holds one message and round trips are the cost.
+        due = time.monotonic() - self._last_maintain > self.leases.ttl_ms / 3000
+        if due or burst:
+            self._last_maintain = time.monotonic()
+            await self._health()
         if self.ordering == "shard":
-            gained, _ = await self.leases.maintain(greedy=burst)
-            for shard in sorted(gained):
-                await self._reclaim(shard, min_idle_ms=0)
+            if due or burst:
+                gained, _ = await self.leases.maintain(greedy=burst)
+                for shard in sorted(gained):
+                    await self._reclaim(shard, min_idle_ms=0)
             shards = sorted(self.leases.owned)
         else:
             shards = list(range(self.settings.ingest_shards))

@@ -1,0 +1,169 @@
+"""``chatscale bench``: baseline figures of the full path on a running topology.
+
+Two measurements, both against real gateways over real WebSockets:
+
+- ``chat``: N members of one bench guild are connected (spread over the gateways); S of them
+  send at a fixed total rate (or as fast as acks return, ``--rate 0``). Every member receives
+  every message. Latency is send -> receive per delivery (the send time travels in the
+  content; all processes share this machine's clock), recorded in an HDR histogram with
+  coordinated-omission correction at fixed rates. Every delivery is checked against the
+  ledger, so lost and duplicated deliveries are counted, not guessed.
+- ``idle``: opens K identified connections to one gateway and reports the gateway's RSS growth
+  per connection.
+
+The generator runs in one process; its CPU is reported next to the servers' so a reader can
+tell which side saturated. The full load generator with scenarios is ``loadtest`` (issue 6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import psutil
+
+from chatscale import community, tokens
+from chatscale.client import ChatClient
+from chatscale.config import Settings
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from loadtest.accounting import DeliveryLedger
+from loadtest.latency import LatencyRecorder
+from storage import open_store
+
+
+def bench_community(members: int) -> community.Community:
+    names = [f"bench-{i:05d}" for i in range(members)]
+    return community.Community(
+        name="bench",
+        guilds=[community.GuildSpec(name="bench", owner=names[0], channels=["load"], members=names)],
+    )
+
+
+async def _server_processes(settings: Settings) -> dict[str, psutil.Process]:
+    redis = connect(settings)
+    try:
+        registered = await redis.hgetall(Keys(settings.key_prefix).gateways())
+    finally:
+        await redis.aclose()
+    procs = {}
+    for gw, info in registered.items():
+        pid = json.loads(info)["pid"]
+        if psutil.pid_exists(pid):
+            procs[gw.decode()] = psutil.Process(pid)
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "worker" in cmd and any("chatscale" in c for c in cmd):
+            procs[f"worker-{p.pid}"] = p
+        elif cmd and "valkey-server" in cmd[0]:
+            procs[f"valkey-{p.pid}"] = p
+    return procs
+
+
+async def _connect_members(settings: Settings, urls: list[str], members: int) -> tuple[list[ChatClient], int]:
+    spec = bench_community(members)
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings)
+    try:
+        await community.apply(spec, store, redis, Keys(settings.key_prefix))
+    finally:
+        await store.close()
+        await redis.aclose()
+    users, _, channels, _ = spec.plan()
+    now = time.time()
+    clients = []
+    for i, user in enumerate(users):
+        token = tokens.mint(user.id, secret=settings.token_secret, ttl_s=3600, now=now)
+        clients.append(await ChatClient.identify(urls[i % len(urls)], token, heartbeat=True))
+    return clients, channels[0].id
+
+
+async def chat(settings: Settings, urls: list[str], *, members: int, senders: int, rate: float,
+               duration: float, say=print) -> dict[str, Any]:  # noqa: ANN001
+    clients, channel = await _connect_members(settings, urls, members)
+    procs = await _server_processes(settings)
+    for p in procs.values():
+        p.cpu_percent(None)
+    me = psutil.Process()
+    me.cpu_percent(None)
+    ledger = DeliveryLedger()
+    latency = LatencyRecorder()
+    everyone = list(range(members))
+    interval = senders / rate if rate > 0 else None  # per sender
+    stop_at = time.monotonic() + duration
+    received = 0
+
+    async def receive(idx: int, client: ChatClient) -> None:
+        nonlocal received
+        while True:
+            msg = await client.next_event("MESSAGE_CREATE", timeout=3600)
+            now = time.time()
+            sent_at = int(msg["d"]["content"].split(" ", 1)[0]) / 1e9
+            ledger.record_receipt(idx, msg["d"]["nonce"], now)
+            latency.record(now - sent_at)
+            received += 1
+
+    async def send(idx: int) -> None:
+        client = clients[idx]
+        n = 0
+        offset = time.time() - time.monotonic()
+        next_at = time.monotonic() + (interval or 0) * idx / senders  # stagger the senders
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            # Latency counts from the intended send time, not the actual one: a sender held up
+            # by a slow ack would otherwise hide the delay (coordinated omission, as in wrk2).
+            intended = next_at + offset if interval else time.time()
+            nonce = f"{idx}-{n}"
+            ledger.record_send(nonce, channel_id=channel, sender=idx, sent_at=intended, recipients=everyone)
+            await client.send_message(channel, f"{int(intended * 1e9)} bench", nonce=nonce)
+            n += 1
+            next_at = next_at + interval if interval else time.monotonic()
+
+    readers = [asyncio.create_task(receive(i, c)) for i, c in enumerate(clients)]
+    started = time.monotonic()
+    progress = asyncio.create_task(_progress(lambda: (ledger.sent_count, received), started, say))
+    await asyncio.gather(*(send(i) for i in range(senders)))
+    sent_done = time.monotonic()
+    # settle: wait until every expected delivery arrived or 5 s passed
+    expected = ledger.sent_count * members
+    deadline = time.monotonic() + 5
+    while received < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - started
+    progress.cancel()
+    for t in readers:
+        t.cancel()
+    report = ledger.report(time.time() - 5.5 if received < expected else time.time())
+    result = {
+        "members": members, "senders": senders, "offered_rate": rate or "closed-loop",
+        "messages": ledger.sent_count, "messages_per_s": round(ledger.sent_count / (sent_done - started), 1),
+        "deliveries": received, "deliveries_per_s": round(received / elapsed, 1),
+        "latency_ms": latency.summary(), "lost": report.lost, "duplicated": report.duplicated,
+        "reordered": report.reordered, "cpu_percent": {name: p.cpu_percent(None) for name, p in procs.items()},
+        "generator_cpu_percent": me.cpu_percent(None),
+    }
+    for c in clients:
+        await c.close()
+    return result
+
+
+async def _progress(counts, started: float, say) -> None:  # noqa: ANN001
+    while True:
+        await asyncio.sleep(1.0)
+        sent, received = counts()
+        say(f"  t={time.monotonic() - started:5.1f}s sent={sent} delivered={received}")
+
+
+async def idle(settings: Settings, urls: list[str], *, connections: int, say=print) -> dict[str, Any]:  # noqa: ANN001
+    procs = await _server_processes(settings)
+    gw = procs.get("gw-0") or next(p for n, p in procs.items() if n.startswith("gw"))
+    before = gw.memory_info().rss
+    clients, _ = await _connect_members(settings, urls[:1], connections)
+    after = gw.memory_info().rss
+    for c in clients:
+        await c.close()
+    return {"connections": connections, "gateway_rss_before_mib": round(before / 2**20, 1),
+            "gateway_rss_after_mib": round(after / 2**20, 1),
+            "kib_per_connection": round((after - before) / connections / 1024, 1)}

@@ -1,0 +1,117 @@
+"""One contract suite for every storage backend.
+
+The same tests run against the embedded SQLite backend and against a real Cassandra node
+(``backend`` fixture, ``tests/backends.py``), which is what makes SQLite a verified stand-in.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chatscale import snowflake
+from storage import Channel, Guild, StoredMessage, User
+
+SPAN = 3_600_000  # one-hour buckets so a test spans many of them cheaply
+T0 = 1_760_000_000_000
+
+
+def mid(ms_offset: int, seq: int = 0) -> int:
+    return snowflake.from_timestamp_ms(T0 + ms_offset) | seq
+
+
+def msg(channel: int, message_id: int) -> StoredMessage:
+    return StoredMessage(channel, message_id, 7, f'{{"id":"{message_id}"}}')
+
+
+async def test_insert_and_page_newest_first(backend):
+    channel = mid(0, 1)
+    ids = [mid(i * 1000) for i in range(1, 11)]
+    for i in ids:
+        await backend.insert(msg(channel, i))
+    page = await backend.page(channel, before=None, limit=4)
+    assert [m.message_id for m in page] == sorted(ids, reverse=True)[:4]
+    assert page[0] == msg(channel, ids[-1])
+
+
+async def test_paging_walks_buckets_backwards_across_empty_ones_to_the_first(backend):
+    channel = mid(0, 2)  # created at T0: its first bucket
+    # messages in buckets 0, 1, 4 and 9 (hours), with empty buckets between
+    ids = sorted(mid(h * SPAN + k * 1000) for h in (0, 1, 4, 9) for k in range(1, 4))
+    await backend.insert_many([msg(channel, i) for i in ids])
+    for limit in (1, 2, 5, 100):
+        seen, before = [], None
+        while True:
+            page = await backend.page(channel, before=before, limit=limit)
+            if not page:
+                break
+            seen += [m.message_id for m in page]
+            before = page[-1].message_id
+        assert seen == sorted(ids, reverse=True), limit
+
+
+async def test_page_before_an_id_is_strict_and_empty_channel_is_empty(backend):
+    channel = mid(0, 3)
+    ids = [mid(i * 500) for i in range(1, 6)]
+    await backend.insert_many([msg(channel, i) for i in ids])
+    page = await backend.page(channel, before=ids[2], limit=10)
+    assert [m.message_id for m in page] == [ids[1], ids[0]]
+    assert await backend.page(mid(0, 4), before=None, limit=10) == []
+    assert await backend.page(channel, before=ids[0], limit=10) == []
+
+
+async def test_reinserting_the_same_message_is_idempotent(backend):
+    channel = mid(0, 5)
+    m = msg(channel, mid(1000))
+    await backend.insert(m)
+    await backend.insert(m)
+    await backend.insert_many([m, m])
+    assert await backend.page(channel, before=None, limit=10) == [m]
+
+
+async def test_channels_do_not_mix(backend):
+    a, b = mid(0, 6), mid(0, 7)
+    await backend.insert(msg(a, mid(1000)))
+    await backend.insert(msg(b, mid(2000)))
+    assert [m.channel_id for m in await backend.page(a, before=None, limit=10)] == [a]
+
+
+async def test_metadata_reads_after_writes(backend):
+    await backend.put_user(User(101, "ada"))
+    await backend.put_user(User(102, "grace"))
+    await backend.put_guild(Guild(mid(0, 10), "compilers", 101))
+    g = mid(0, 10)
+    await backend.put_channel(Channel(mid(0, 11), g, "general", "text", 0))
+    await backend.put_channel(Channel(mid(0, 12), g, "random", "text", 1))
+    await backend.add_member(g, 101)
+    await backend.add_member(g, 102)
+    await backend.add_member(g, 102)  # no-op
+    assert await backend.get_user(101) == User(101, "ada")
+    assert await backend.find_user("grace") == User(102, "grace")
+    assert await backend.find_user("nobody") is None
+    assert await backend.get_guild(g) == Guild(g, "compilers", 101)
+    assert await backend.get_channel(mid(0, 11)) == Channel(mid(0, 11), g, "general", "text", 0)
+    assert [c.name for c in await backend.guild_channels(g)] == ["general", "random"]
+    assert await backend.guild_members(g) == [101, 102]
+    assert [x.id for x in await backend.user_guilds(102)] == [g]
+    assert await backend.is_member(g, 102)
+
+
+async def test_membership_removal_is_visible_immediately(backend):
+    g = mid(0, 20)
+    await backend.put_guild(Guild(g, "g", 1))
+    await backend.add_member(g, 5)
+    assert await backend.is_member(g, 5)
+    await backend.remove_member(g, 5)
+    assert not await backend.is_member(g, 5)
+    assert await backend.user_guilds(5) == []
+    assert await backend.get_guild(mid(0, 21)) is None
+    assert await backend.get_channel(mid(0, 22)) is None
+
+
+@pytest.fixture
+async def backend(request, tmp_path):
+    from storage import open_store
+
+    store = await open_store(f"sqlite:///{tmp_path}/contract.db", bucket_span_ms=SPAN)
+    yield store
+    await store.close()
