@@ -381,7 +381,7 @@ def reference(g: GuildContext, m: MemberContext, ows: list[Overwrite], kind: str
     return result
 
 
-@settings(max_examples=500)
+@settings(max_examples=300)
 @given(scenarios())
 def test_matches_naive_reference(scenario):
     g, m, ows, kind = scenario
