@@ -803,6 +803,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)  # also when started with SIGINT ignored (nohup, &)
     print(f"cassandra: starting node in {node.workdir} (log: {node.system_log}) ...", flush=True)
     try:
         node.start(timeout=args.timeout)
@@ -823,10 +824,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"cassandra: node exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit):
-        print("cassandra: stopping ...", flush=True)
+        print("cassandra: stopping (signal again to kill at once) ...", flush=True)
+        code = node.stop()
+        print(f"cassandra: stopped (JVM exit code {code})", flush=True)
         return 0
     finally:
-        node.stop()
+        node.stop()  # no-op when already stopped; SIGKILL fallback otherwise
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -130,7 +130,14 @@ class SQLiteStore:
     # ---- metadata -----------------------------------------------------------------------
 
     async def put_user(self, user: User) -> None:
-        await self._run(self._exec, "INSERT OR REPLACE INTO users VALUES (?, ?)", (user.id, user.username))
+        try:
+            await self._run(
+                self._exec,
+                "INSERT INTO users VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET username = excluded.username",
+                (user.id, user.username),
+            )
+        except sqlite3.IntegrityError as exc:  # UNIQUE(username) held by another id
+            raise ValueError(f"username {user.username!r} is taken") from exc
 
     async def put_guild(self, guild: Guild) -> None:
         await self._run(

@@ -1,7 +1,7 @@
 """One contract suite for every storage backend.
 
-The same tests run against the embedded SQLite backend and against a real Cassandra node
-(``backend`` fixture, ``tests/backends.py``), which is what makes SQLite a verified stand-in.
+The same tests run against the embedded SQLite backend and against a real Cassandra 5.0 node
+(the ``backend`` fixture), which is what makes SQLite a verified stand-in.
 """
 
 from __future__ import annotations
@@ -96,6 +96,14 @@ async def test_metadata_reads_after_writes(backend):
     assert await backend.is_member(g, 102)
 
 
+async def test_usernames_are_unique(backend):
+    await backend.put_user(User(201, "linus"))
+    await backend.put_user(User(201, "linus"))  # the same user again is fine
+    with pytest.raises(ValueError, match="taken"):
+        await backend.put_user(User(202, "linus"))
+    assert await backend.find_user("linus") == User(201, "linus")
+
+
 async def test_membership_removal_is_visible_immediately(backend):
     g = mid(0, 20)
     await backend.put_guild(Guild(g, "g", 1))
@@ -108,10 +116,14 @@ async def test_membership_removal_is_visible_immediately(backend):
     assert await backend.get_channel(mid(0, 22)) is None
 
 
-@pytest.fixture
+@pytest.fixture(params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])])
 async def backend(request, tmp_path):
     from storage import open_store
 
-    store = await open_store(f"sqlite:///{tmp_path}/contract.db", bucket_span_ms=SPAN)
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/contract.db"
+    else:
+        url = request.getfixturevalue("cassandra_url")
+    store = await open_store(url, bucket_span_ms=SPAN)
     yield store
     await store.close()
