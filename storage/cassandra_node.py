@@ -48,7 +48,7 @@ Wrong or changed:
     bring it to ~7-8 s: ``-Xms256m`` (above), ``-XX:TieredStopAtLevel=1`` (C1 only: C2 compiler
     threads compete for the 2 cores; ``c1_only=False`` / ``--full-jit`` for long load tests) and
     ``-Dcassandra.memtable.row_overhead_size=180`` (skips a ~3 s memtable benchmark at boot).
-    ``-Dcassandra.shutdown_announce_in_ms=0`` cuts a graceful stop from ~6 s to ~4 s.
+    ``-Dcassandra.shutdown_announce_in_ms=0`` cuts a graceful stop from ~6 s to ~3 s.
   * cassandra-driver's legacy ``Cluster(load_balancing_policy=...)`` emits a DeprecationWarning
     (fatal under ``filterwarnings=error``); the policy goes into an ``ExecutionProfile`` instead.
   * The seed is written with its port (``127.0.0.1:<storage_port>``) so a free, non-7000 storage

@@ -46,10 +46,16 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
 
 
 @pytest.fixture
-def settings(valkey: ValkeyServer, tmp_path: Path) -> Settings:
+def storage_url(tmp_path: Path) -> str:
+    """SQLite by default; modules that also run on Cassandra override this fixture."""
+    return f"sqlite:///{tmp_path}/chatscale.db"
+
+
+@pytest.fixture
+def settings(valkey: ValkeyServer, storage_url: str) -> Settings:
     return Settings(
         redis_url=valkey.url,
-        storage_url=f"sqlite:///{tmp_path}/chatscale.db",
+        storage_url=storage_url,
         key_prefix=f"t{uuid.uuid4().hex[:10]}",
         token_secret="test-secret",
         worker_block_ms=100,

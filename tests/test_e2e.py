@@ -17,6 +17,14 @@ from chatscale.wire import Op
 from tests.conftest import Stack
 
 
+@pytest.fixture(params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])])
+def storage_url(request, tmp_path) -> str:
+    """Every end-to-end test runs on the embedded SQLite backend and on a real Cassandra node."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/chatscale.db"
+    return request.getfixturevalue("cassandra_url")
+
+
 async def test_two_users_on_two_gateways_see_the_same_messages_in_order(stack: Stack):
     alice = await stack.client("alice", gateway=0)
     bob = await stack.client("bob", gateway=1)

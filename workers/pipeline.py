@@ -4,6 +4,10 @@ validate -> authorize -> hot cache -> history -> fan-out -> ack (``history_mode=
 validate -> authorize -> hot cache -> fan-out -> history -> ack (``"defer"``: recipients see the
 message before it is durable; it is still acked only once stored).
 
+When history storage is down (a paused or dead Cassandra) the batch is still written to the hot
+cache and fanned out — live chat keeps working on Redis alone — but not acked: it raises
+``HistoryPending`` and the worker finishes it (history write, then ack) once storage is back.
+
 Each stage runs for the whole batch in one round trip (one MULTI for the hot cache, one
 transaction for history, one pipeline of fan-out scripts), which is where a Python worker's
 throughput comes from. Every stage is idempotent, so a batch that fails half way is simply run
@@ -16,6 +20,7 @@ entries that can never succeed (undecodable) go to the dead-letter stream at onc
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -27,7 +32,7 @@ from chatscale import trace
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
-from storage import Store, StoredMessage
+from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache
 
 log = logging.getLogger("chatscale.worker")
@@ -38,6 +43,18 @@ FANOUT_MARKER_TTL_S = 24 * 3600
 
 class LeaseLost(Exception):
     """The shard lease moved to another worker mid-batch; stop, leave the rest to it."""
+
+
+class HistoryPending(StorageUnavailable):
+    """Everything but the history write (and so the ack) is done: recipients have the batch.
+
+    The worker keeps such batches in a backlog and finishes them when storage is back, while it
+    goes on serving new messages on the hot path.
+    """
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(f"history write pending for {len(batch.decoded)} entries of {batch.stream}")
+        self.batch = batch
 
 
 @dataclass
@@ -93,6 +110,7 @@ class Batch:
     entries: list[tuple[bytes, dict[bytes, bytes]]]
     attempts: int = 0
     decoded: list[tuple[bytes, IngestMessage]] = field(default_factory=list)
+    accepted: list[IngestMessage] = field(default_factory=list)
 
 
 class Pipeline:
@@ -109,6 +127,8 @@ class Pipeline:
         self.fenced = fenced
         self.stats = Stats()
         self._fanout = redis.register_script(FANOUT)
+        self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
+        self.breaker_s = 1.0
 
     async def process(self, batch: Batch, *, ack: bool = True) -> None:
         """Run every stage for the batch and ack it. Raises on transient failure (retry it).
@@ -132,17 +152,54 @@ class Pipeline:
             else:
                 rejected.append((m, code))
         await self._hot(accepted)
+        stored = True
         if self.settings.history_mode == "sync":
-            await self._history(accepted)
+            stored = await self._try_history(accepted)
             await self._fan_out(batch, accepted, rejected)
         else:
             await self._fan_out(batch, accepted, rejected)
-            await self._history(accepted)
-        ids = [entry_id for entry_id, _ in batch.decoded]
-        if ids and ack:
-            await self.redis.xack(batch.stream, INGEST_GROUP, *ids)
+            stored = await self._try_history(accepted)
         self.stats.processed += len(accepted)
         self.stats.rejected += len(rejected)
+        batch.accepted = accepted
+        if not stored:
+            raise HistoryPending(batch)
+        if ack:
+            await self._ack(batch)
+
+    async def finish(self, batch: Batch) -> None:
+        """Write the history of a batch that was already fanned out, then ack it."""
+        if time.monotonic() < self.history_down_until:
+            raise StorageUnavailable("history store still marked down")
+        try:
+            await self._history(batch.accepted)
+        except StorageUnavailable:
+            self.history_down_until = time.monotonic() + self.breaker_s
+            raise
+        await self._ack(batch)
+
+    async def _ack(self, batch: Batch) -> None:
+        ids = [entry_id for entry_id, _ in batch.decoded]
+        if ids:
+            await self.redis.xack(batch.stream, INGEST_GROUP, *ids)
+
+    async def _try_history(self, accepted: list[IngestMessage]) -> bool:
+        """History write that reports failure instead of raising, so the hot path goes on.
+
+        While the breaker is open the write is not even attempted: a paused Cassandra would
+        otherwise cost every batch a full request timeout before its fan-out.
+        """
+        if not accepted:
+            return True
+        if time.monotonic() < self.history_down_until:
+            return False
+        try:
+            await self._history(accepted)
+        except StorageUnavailable as exc:
+            log.warning("history write failed (%s); serving the hot path, entries stay pending", exc)
+            self.history_down_until = time.monotonic() + self.breaker_s
+            return False
+        return True
 
     async def _decode(self, batch: Batch) -> None:
         poison = []

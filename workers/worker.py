@@ -39,7 +39,7 @@ from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import dumps
 from storage import StorageUnavailable, Store
 from workers.leases import ShardLeases
-from workers.pipeline import Batch, LeaseLost, Pipeline
+from workers.pipeline import Batch, HistoryPending, LeaseLost, Pipeline
 
 log = logging.getLogger("chatscale.worker")
 
@@ -82,6 +82,7 @@ class Worker:
         self._stop_after = stop_after
         self._stopping = asyncio.Event()
         self._retry: list[Batch] = []
+        self._history_backlog: list[Batch] = []  # fanned out, waiting for history storage
         self._last_reclaim = 0.0
         self._last_trim = 0.0
         self._last_maintain = 0.0
@@ -118,6 +119,8 @@ class Worker:
                     continue
                 if burst and not worked:
                     return
+                if self._history_backlog and not worked:
+                    await self._backoff(self.pipeline.breaker_s)
         finally:
             if not burst:  # a drained test worker keeps its leases for the next drain
                 with contextlib.suppress(*TRANSIENT):
@@ -147,6 +150,7 @@ class Worker:
                 for shard in shards:
                     await self._reclaim(shard, min_idle_ms=self.settings.reclaim_idle_ms)
         worked = bool(self._retry)
+        await self._flush_history_backlog()
         await self._run_retries()
         if not shards:
             if not burst:
@@ -174,6 +178,8 @@ class Worker:
         try:
             batch.attempts += 1
             await self.pipeline.process(batch)
+        except HistoryPending as pending:
+            self._history_backlog.append(pending.batch)
         except LeaseLost:
             log.warning("%s lost the lease of %s mid-batch; leaving it to the new owner", self.consumer, batch.stream)
         except TRANSIENT_ERRORS:
@@ -186,6 +192,21 @@ class Worker:
                     await self.pipeline.dead_letter(batch.stream, entry_id, fields, f"failed: {exc!r}"[:200])
             else:
                 self._retry.append(batch)
+
+    @property
+    def history_backlog(self) -> int:
+        """Entries delivered to recipients but not yet stored in history (so not acked)."""
+        return sum(len(b.decoded) for b in self._history_backlog)
+
+    async def _flush_history_backlog(self) -> None:
+        while self._history_backlog:
+            batch = self._history_backlog[0]
+            try:
+                await self.pipeline.finish(batch)
+            except StorageUnavailable:
+                return  # still down: keep serving the hot path, try again on a later step
+            self._history_backlog.pop(0)
+            log.info("%s: stored and acked %d entries from the history backlog", self.consumer, len(batch.decoded))
 
     async def _run_retries(self) -> None:
         pending, self._retry = self._retry, []
