@@ -204,6 +204,18 @@ async def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_migrate(args: argparse.Namespace) -> int:
+    from storage import open_store
+
+    settings = settings_for_tools()
+    url = args.storage_url or settings.storage_url
+    started = time.monotonic()
+    store = await open_store(url, bucket_span_ms=settings.bucket_span_ms)  # creates what is missing
+    await store.close()
+    print(f"schema ready in {url.split('?')[0]} ({time.monotonic() - started:.1f}s)")
+    return 0
+
+
 async def cmd_evict(args: argparse.Namespace) -> int:
     from workers.leases import evict
 
@@ -221,6 +233,14 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from loadtest import bench
 
     settings = settings_for_tools()
+    if args.mode == "storage":
+        from loadtest import storage_bench
+
+        if args.storage_url:
+            settings = settings.model_copy(update={"storage_url": args.storage_url})
+        result = await storage_bench.run(settings, messages=args.messages, reads=args.reads)
+        print(json.dumps(result, indent=2))
+        return 0
     state = WORKDIR / "run.json"
     if not state.exists() or settings.redis_url is None:
         print("no running topology: start `chatscale run` in this directory first", file=sys.stderr)
@@ -288,13 +308,22 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(fn=cmd_trace)
 
     b = sub.add_parser("bench", help="baseline figures against the topology `chatscale run` started")
-    b.add_argument("mode", choices=["chat", "idle"], help="chat: rate/latency/loss; idle: memory per connection")
+    b.add_argument("mode", choices=["chat", "idle", "storage"],
+                   help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
+                   "hot vs cold page latency (needs no running topology)")
     b.add_argument("--members", type=int, default=20, help="connected members of the bench guild")
     b.add_argument("--senders", type=int, default=4, help="members that send")
     b.add_argument("--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)")
     b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
+    b.add_argument("--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)")
+    b.add_argument("--messages", type=int, default=20000, help="storage mode: messages to insert")
+    b.add_argument("--reads", type=int, default=500, help="storage mode: page reads of each kind")
     b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("migrate", help="create the storage schema (keyspace and tables) if missing; idempotent")
+    m.add_argument("--storage-url", help="default CHATSCALE_STORAGE_URL")
+    m.set_defaults(fn=cmd_migrate)
 
     e = sub.add_parser("evict", help="free a dead worker's shard leases now")
     e.add_argument("consumer")

@@ -25,6 +25,7 @@ blocks on a query. Driver errors that mean "cannot reach enough replicas" become
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -57,6 +58,14 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS members (guild_id bigint, user_id bigint, PRIMARY KEY (guild_id, user_id))",
     "CREATE TABLE IF NOT EXISTS guilds_by_user (user_id bigint, guild_id bigint, PRIMARY KEY (user_id, guild_id))",
 ]
+
+_TABLE_REF = re.compile(r"\b(INTO|FROM|EXISTS|UPDATE)\s+(\w+)")
+
+
+def _qualify(cql: str, keyspace: str) -> str:
+    """Fully-qualified table names: Cassandra 5 warns about prepared statements under USE."""
+    return _TABLE_REF.sub(lambda m: f"{m.group(1)} {keyspace}.{m.group(2)}", cql)
+
 
 LEVELS = {name: getattr(ConsistencyLevel, name) for name in ("ONE", "LOCAL_ONE", "TWO", "QUORUM", "LOCAL_QUORUM", "ALL")}
 
@@ -107,9 +116,8 @@ class CassandraStore:
                 f"CREATE KEYSPACE IF NOT EXISTS {opts['keyspace']} WITH replication = "
                 f"{{'class': 'SimpleStrategy', 'replication_factor': {opts['rf']}}}",
             )
-            session.set_keyspace(opts["keyspace"])
             for ddl in SCHEMA:
-                await asyncio.to_thread(session.execute, ddl)
+                await asyncio.to_thread(session.execute, _qualify(ddl, opts["keyspace"]))
         except UNAVAILABLE as exc:
             cluster.shutdown()
             raise StorageUnavailable(f"cassandra at {opts['host']}:{opts['port']}: {exc}") from exc
@@ -144,7 +152,7 @@ class CassandraStore:
             "user_guild_ids": ("SELECT guild_id FROM guilds_by_user WHERE user_id = ?", meta),
         }
         for name, (cql, level) in statements.items():
-            ps = await asyncio.to_thread(self._session.prepare, cql)
+            ps = await asyncio.to_thread(self._session.prepare, _qualify(cql, self._opts["keyspace"]))
             ps.consistency_level = level
             self._ps[name] = ps
 
