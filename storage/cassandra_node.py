@@ -33,7 +33,7 @@ Verified as written:
 
 Wrong or changed:
   * 100 jars (67 MB on disk, ~93 MB in ``~/.m2``), not "about 110"; ``antlr-runtime-3.5.2`` *is*
-    on the runtime classpath (the CQL parser needs it). Cold fetch took ~27 s here.
+    on the runtime classpath (the CQL parser needs it). Cold fetch: 27 s and 38 s (two runs).
   * Maven's noise is not ``[ERROR] ... systemPath`` lines: a verbose run prints only ``[WARNING]
     The POM for org.perfkit.sjk.parsers:sjk-jfr5/jfr6/nps ... is invalid``; ``-q`` prints nothing.
   * ``-javaagent:jamm`` was *not* needed on 17.0.15: startup and a workload with prepared
@@ -42,13 +42,14 @@ Wrong or changed:
   * "Expect 1.5-2 GiB RSS" / ``-Xms1g -Xmx1g``: Cassandra always calls ``mlockall(MCL_CURRENT)``
     and, as root (CAP_IPC_LOCK), that succeeds and faults in the whole committed heap: with
     ``-Xms1g`` the node sat at ~1.4 GiB RSS and the mlockall cost ~7 s of startup. We start with
-    ``-Xms256m -Xmx1g``: ~580 MiB RSS at ready. (As non-root with the usual 8 MiB memlock limit
-    the call fails with a harmless WARN and nothing is pre-faulted.)
+    ``-Xms256m -Xmx1g``: ~595 MiB RSS at ready, ~635 MiB after 5,000 inserts. (Not tested here:
+    as non-root with the usual 8 MiB memlock limit the call should fail with a WARN instead.)
   * Startup: the reference's flags gave 21-25 s to the first CQL round trip. Three additions
-    bring it to ~7-8 s: ``-Xms256m`` (above), ``-XX:TieredStopAtLevel=1`` (C1 only: C2 compiler
-    threads compete for the 2 cores; ``c1_only=False`` / ``--full-jit`` for long load tests) and
-    ``-Dcassandra.memtable.row_overhead_size=180`` (skips a ~3 s memtable benchmark at boot).
-    ``-Dcassandra.shutdown_announce_in_ms=0`` cuts a graceful stop from ~6 s to ~3 s.
+    bring it to 5.6-8.1 s (5 runs): ``-Xms256m`` (above); ``-XX:TieredStopAtLevel=1`` (C1 only,
+    since C2 compiler threads compete for the 2 cores: 16 s without it; ``c1_only=False`` /
+    ``--full-jit`` for long load tests); ``-Dcassandra.memtable.row_overhead_size=180`` (skips a
+    ~3 s memtable benchmark at boot). ``-Dcassandra.shutdown_announce_in_ms=0`` cuts a graceful
+    stop from ~6 s to ~3 s.
   * cassandra-driver's legacy ``Cluster(load_balancing_policy=...)`` emits a DeprecationWarning
     (fatal under ``filterwarnings=error``); the policy goes into an ``ExecutionProfile`` instead.
   * The seed is written with its port (``127.0.0.1:<storage_port>``) so a free, non-7000 storage
