@@ -32,7 +32,11 @@ def settings_for_tools(workdir: Path = WORKDIR) -> Settings:
     if settings.redis_url is None and state.exists():
         data = json.loads(state.read_text())
         settings = settings.model_copy(
-            update={"redis_url": data["redis_url"], "storage_url": data["storage_url"], "key_prefix": data["key_prefix"]}
+            update={
+                "redis_url": data["redis_url"],
+                "storage_url": data["storage_url"],
+                "key_prefix": data["key_prefix"],
+            }
         )
     return settings
 
@@ -64,7 +68,9 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
 
     settings = Settings()
     if args.port is not None:
-        settings = settings.model_copy(update={"gateway_port": args.port, "gateway_host": args.host})
+        settings = settings.model_copy(
+            update={"gateway_port": args.port, "gateway_host": args.host}
+        )
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     gw = Gateway(settings, store=store, gateway_id=args.id)
 
@@ -86,9 +92,18 @@ async def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = Settings()
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
-    worker = Worker(settings, store=store, consumer=args.consumer, ordering=args.ordering, stop_after=args.stop_after)
+    worker = Worker(
+        settings,
+        store=store,
+        consumer=args.consumer,
+        ordering=args.ordering,
+        stop_after=args.stop_after,
+    )
     worker.install_signal_handlers()
-    print(f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})", flush=True)
+    print(
+        f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
+        flush=True,
+    )
     try:
         await worker.run(burst=args.burst)
     finally:
@@ -105,7 +120,11 @@ async def cmd_run(args: argparse.Namespace) -> int:
     if args.storage_url:
         settings = settings.model_copy(update={"storage_url": args.storage_url})
     topo = supervisor.Topology(
-        settings, Path(args.workdir), gateways=args.gateways, workers=args.workers, base_port=args.base_port
+        settings,
+        Path(args.workdir),
+        gateways=args.gateways,
+        workers=args.workers,
+        base_port=args.base_port,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,9 +158,19 @@ async def cmd_token(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     if user is None:
-        print(f"no user named {args.user!r} in {settings.storage_url} (load a seed first)", file=sys.stderr)
+        print(
+            f"no user named {args.user!r} in {settings.storage_url} (load a seed first)",
+            file=sys.stderr,
+        )
         return 2
-    print(tokens.mint(user.id, secret=settings.token_secret, ttl_s=args.ttl or settings.token_ttl_s, now=time.time()))
+    print(
+        tokens.mint(
+            user.id,
+            secret=settings.token_secret,
+            ttl_s=args.ttl or settings.token_ttl_s,
+            now=time.time(),
+        )
+    )
     return 0
 
 
@@ -171,7 +200,10 @@ async def cmd_trace(args: argparse.Namespace) -> int:
     state = WORKDIR / "run.json"
     urls = args.gateway or (json.loads(state.read_text())["gateways"] if state.exists() else [])
     if not urls:
-        print("no gateway: pass --gateway ws://host:port or start `chatscale run` first", file=sys.stderr)
+        print(
+            "no gateway: pass --gateway ws://host:port or start `chatscale run` first",
+            file=sys.stderr,
+        )
         return 2
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
@@ -222,7 +254,9 @@ async def cmd_evict(args: argparse.Namespace) -> int:
     settings = settings_for_tools()
     redis = connect(settings)
     try:
-        freed = await evict(redis, Keys(settings.key_prefix), shards=settings.ingest_shards, consumer=args.consumer)
+        freed = await evict(
+            redis, Keys(settings.key_prefix), shards=settings.ingest_shards, consumer=args.consumer
+        )
     finally:
         await redis.aclose()
     print(f"freed {freed} shard lease(s) of {args.consumer}")
@@ -250,7 +284,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         result = await bench.idle(settings, urls, connections=args.connections)
     else:
         result = await bench.chat(
-            settings, urls, members=args.members, senders=args.senders, rate=args.rate, duration=args.duration
+            settings,
+            urls,
+            members=args.members,
+            senders=args.senders,
+            rate=args.rate,
+            duration=args.duration,
         )
     print(json.dumps(result, indent=2))
     return 0
@@ -265,13 +304,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="start Valkey, gateways and workers on this machine; demo; serve until Ctrl-C")
+    r = sub.add_parser(
+        "run", help="start Valkey, gateways and workers on this machine; demo; serve until Ctrl-C"
+    )
     r.add_argument("--gateways", type=int, default=2)
     r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--base-port", type=int, default=8765, help="gateway i listens on base+i (0: any free port)")
-    r.add_argument("--storage-url", help="override CHATSCALE_STORAGE_URL (sqlite:///... or cassandra://...)")
-    r.add_argument("--workdir", default=str(WORKDIR), help="logs, SQLite file, Valkey data, run.json")
-    r.add_argument("--no-demo", dest="demo", action="store_false", help="skip the scripted conversation")
+    r.add_argument(
+        "--base-port", type=int, default=8765, help="gateway i listens on base+i (0: any free port)"
+    )
+    r.add_argument(
+        "--storage-url", help="override CHATSCALE_STORAGE_URL (sqlite:///... or cassandra://...)"
+    )
+    r.add_argument(
+        "--workdir", default=str(WORKDIR), help="logs, SQLite file, Valkey data, run.json"
+    )
+    r.add_argument(
+        "--no-demo", dest="demo", action="store_false", help="skip the scripted conversation"
+    )
     r.add_argument("--duration", type=float, help="stop by itself after this many seconds")
     r.set_defaults(fn=cmd_run)
 
@@ -283,8 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="one worker process (consumes ingest streams)")
     w.add_argument("--consumer", help="consumer name in the group (default: unique per process)")
-    w.add_argument("--ordering", choices=["shard", "parallel"], default="shard",
-                   help="shard: per-channel order via shard leases; parallel: every worker reads every shard")
+    w.add_argument(
+        "--ordering",
+        choices=["shard", "parallel"],
+        default="shard",
+        help="shard: per-channel order via shard leases; parallel: every worker reads every shard",
+    )
     w.add_argument("--burst", action="store_true", help="process what is queued, then exit")
     w.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection for tests
     w.set_defaults(fn=cmd_worker)
@@ -294,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=int, help="seconds (default CHATSCALE_TOKEN_TTL_S)")
     t.set_defaults(fn=cmd_token)
 
-    s = sub.add_parser("seed", help="load a community file (seeds/NAME.toml) through the control plane")
+    s = sub.add_parser(
+        "seed", help="load a community file (seeds/NAME.toml) through the control plane"
+    )
     s.add_argument("file", help="path, or a name in seeds/ such as demo")
     s.set_defaults(fn=cmd_seed)
 
@@ -303,25 +358,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--to", default="bob")
     tr.add_argument("--channel", default="general")
     tr.add_argument("--content", default="traced hello")
-    tr.add_argument("--gateway", action="append", help="gateway URL (repeat: sender uses the first, recipient the last)")
+    tr.add_argument(
+        "--gateway",
+        action="append",
+        help="gateway URL (repeat: sender uses the first, recipient the last)",
+    )
     tr.add_argument("--timeout", type=float, default=10.0)
     tr.set_defaults(fn=cmd_trace)
 
-    b = sub.add_parser("bench", help="baseline figures against the topology `chatscale run` started")
-    b.add_argument("mode", choices=["chat", "idle", "storage"],
-                   help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
-                   "hot vs cold page latency (needs no running topology)")
+    b = sub.add_parser(
+        "bench", help="baseline figures against the topology `chatscale run` started"
+    )
+    b.add_argument(
+        "mode",
+        choices=["chat", "idle", "storage"],
+        help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
+        "hot vs cold page latency (needs no running topology)",
+    )
     b.add_argument("--members", type=int, default=20, help="connected members of the bench guild")
     b.add_argument("--senders", type=int, default=4, help="members that send")
-    b.add_argument("--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)")
+    b.add_argument(
+        "--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)"
+    )
     b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
     b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
-    b.add_argument("--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)")
+    b.add_argument(
+        "--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)"
+    )
     b.add_argument("--messages", type=int, default=20000, help="storage mode: messages to insert")
     b.add_argument("--reads", type=int, default=500, help="storage mode: page reads of each kind")
     b.set_defaults(fn=cmd_bench)
 
-    m = sub.add_parser("migrate", help="create the storage schema (keyspace and tables) if missing; idempotent")
+    m = sub.add_parser(
+        "migrate", help="create the storage schema (keyspace and tables) if missing; idempotent"
+    )
     m.add_argument("--storage-url", help="default CHATSCALE_STORAGE_URL")
     m.set_defaults(fn=cmd_migrate)
 

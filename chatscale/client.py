@@ -45,8 +45,12 @@ class ChatClient:
     # ---- connecting -------------------------------------------------------------------------
 
     @classmethod
-    async def open(cls, url: str, *, heartbeat: bool = True, max_size: int | None = 1 << 22) -> ChatClient:
-        ws = await connect(url, compression=None, max_size=max_size, ping_interval=None, open_timeout=10)
+    async def open(
+        cls, url: str, *, heartbeat: bool = True, max_size: int | None = 1 << 22
+    ) -> ChatClient:
+        ws = await connect(
+            url, compression=None, max_size=max_size, ping_interval=None, open_timeout=10
+        )
         client = cls(ws, heartbeat=heartbeat)
         hello = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
         client.heartbeat_interval = hello["d"]["heartbeat_interval"] / 1000
@@ -56,7 +60,9 @@ class ChatClient:
         return client
 
     @classmethod
-    async def identify(cls, url: str, token: str, *, device: str = "desktop", **kw: Any) -> ChatClient:
+    async def identify(
+        cls, url: str, token: str, *, device: str = "desktop", **kw: Any
+    ) -> ChatClient:
         client = await cls.open(url, **kw)
         await client.send_op(Op.IDENTIFY, {"token": token, "device": device})
         ready = await client.next_event("READY")
@@ -68,8 +74,15 @@ class ChatClient:
     async def resume(self, token: str) -> ChatClient:
         """Open a new connection and RESUME this session from the last sequence seen."""
         other = await ChatClient.open(self.resume_url, heartbeat=self._heartbeat)
-        other.seq, other.session_id, other.resume_url, other.ready = self.seq, self.session_id, self.resume_url, self.ready
-        await other.send_op(Op.RESUME, {"token": token, "session_id": self.session_id, "seq": self.seq})
+        other.seq, other.session_id, other.resume_url, other.ready = (
+            self.seq,
+            self.session_id,
+            self.resume_url,
+            self.ready,
+        )
+        await other.send_op(
+            Op.RESUME, {"token": token, "session_id": self.session_id, "seq": self.seq}
+        )
         return other
 
     def _start(self, coro: Any) -> None:
@@ -97,7 +110,9 @@ class ChatClient:
                         self._waiters.pop(key).set_result(msg)
                         continue
                 elif msg.get("op") == Op.ERROR and ("ERR", msg["d"].get("nonce")) in self._waiters:
-                    self._waiters.pop(("ERR", msg["d"]["nonce"])).set_exception(GatewayError(msg["d"]))
+                    self._waiters.pop(("ERR", msg["d"]["nonce"])).set_exception(
+                        GatewayError(msg["d"])
+                    )
                     continue
                 await self.events.put(msg)
         except ConnectionClosed:
@@ -118,14 +133,18 @@ class ChatClient:
     async def send_op(self, op: Op, d: Any) -> None:
         await self.ws.send(dumps({"op": int(op), "d": d}))
 
-    async def _request(self, op: Op, d: dict[str, Any], reply: str, timeout: float) -> dict[str, Any]:
+    async def _request(
+        self, op: Op, d: dict[str, Any], reply: str, timeout: float
+    ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         ok, err = loop.create_future(), loop.create_future()
         self._waiters[(reply, d["nonce"])] = ok
         self._waiters[("ERR", d["nonce"])] = err
         try:
             await self.send_op(op, d)
-            done, _ = await asyncio.wait({ok, err}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {ok, err}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 raise TimeoutError(f"no {reply} within {timeout}s")
             return done.pop().result()
@@ -139,18 +158,37 @@ class ChatClient:
                     fut.cancel()
 
     async def send_message(
-        self, channel_id: int | str, content: str, *, nonce: str | None = None, trace: bool = False, timeout: float = 10
+        self,
+        channel_id: int | str,
+        content: str,
+        *,
+        nonce: str | None = None,
+        trace: bool = False,
+        timeout: float = 10,
     ) -> dict[str, Any]:
         """Send and wait for MESSAGE_ACK (the message is queued durably); returns its ``d``."""
-        d = {"channel_id": str(channel_id), "content": content, "nonce": nonce or f"n{next(_nonces)}"}
+        d = {
+            "channel_id": str(channel_id),
+            "content": content,
+            "nonce": nonce or f"n{next(_nonces)}",
+        }
         if trace:
             d["trace"] = True
         return (await self._request(Op.SEND_MESSAGE, d, "MESSAGE_ACK", timeout))["d"]
 
     async def history(
-        self, channel_id: int | str, *, before: int | str | None = None, limit: int = 50, timeout: float = 10
+        self,
+        channel_id: int | str,
+        *,
+        before: int | str | None = None,
+        limit: int = 50,
+        timeout: float = 10,
     ) -> list[dict[str, Any]]:
-        d: dict[str, Any] = {"channel_id": str(channel_id), "limit": limit, "nonce": f"h{next(_nonces)}"}
+        d: dict[str, Any] = {
+            "channel_id": str(channel_id),
+            "limit": limit,
+            "nonce": f"h{next(_nonces)}",
+        }
         if before is not None:
             d["before"] = str(before)
         return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]

@@ -40,18 +40,48 @@ CATALOGUE: dict[Close, CloseInfo] = {
     for info in (
         CloseInfo(Close.UNKNOWN_ERROR, True, "Something went wrong on our side. Reconnect."),
         CloseInfo(Close.UNKNOWN_OPCODE, True, "The client sent an op this gateway does not know."),
-        CloseInfo(Close.DECODE_ERROR, True, "The frame was not UTF-8 JSON text (binary, garbage, truncated)."),
-        CloseInfo(Close.NOT_AUTHENTICATED, True, "An op other than IDENTIFY/RESUME came before IDENTIFY."),
-        CloseInfo(Close.AUTHENTICATION_FAILED, False, "The token is unsigned, tampered, expired or unknown."),
-        CloseInfo(Close.ALREADY_AUTHENTICATED, True, "IDENTIFY or RESUME was sent twice on one connection."),
+        CloseInfo(
+            Close.DECODE_ERROR,
+            True,
+            "The frame was not UTF-8 JSON text (binary, garbage, truncated).",
+        ),
+        CloseInfo(
+            Close.NOT_AUTHENTICATED, True, "An op other than IDENTIFY/RESUME came before IDENTIFY."
+        ),
+        CloseInfo(
+            Close.AUTHENTICATION_FAILED,
+            False,
+            "The token is unsigned, tampered, expired or unknown.",
+        ),
+        CloseInfo(
+            Close.ALREADY_AUTHENTICATED,
+            True,
+            "IDENTIFY or RESUME was sent twice on one connection.",
+        ),
         CloseInfo(Close.INVALID_PAYLOAD, True, "Valid JSON of the wrong shape for its op."),
-        CloseInfo(Close.INVALID_SEQ, True, "RESUME named a sequence ahead of what the session sent."),
-        CloseInfo(Close.RATE_LIMITED, True, "Too many gateway events in the window (120/60 s). Slow down."),
+        CloseInfo(
+            Close.INVALID_SEQ, True, "RESUME named a sequence ahead of what the session sent."
+        ),
+        CloseInfo(
+            Close.RATE_LIMITED, True, "Too many gateway events in the window (120/60 s). Slow down."
+        ),
         CloseInfo(Close.SESSION_TIMED_OUT, True, "No HEARTBEAT within interval x grace. Resume."),
-        CloseInfo(Close.SLOW_CONSUMER, True, "The client read too slowly; its send buffer overflowed. Resume."),
-        CloseInfo(Close.GATEWAY_SHUTDOWN, True, "The gateway is stopping. Reconnect to another and resume or identify."),
+        CloseInfo(
+            Close.SLOW_CONSUMER,
+            True,
+            "The client read too slowly; its send buffer overflowed. Resume.",
+        ),
+        CloseInfo(
+            Close.GATEWAY_SHUTDOWN,
+            True,
+            "The gateway is stopping. Reconnect to another and resume or identify.",
+        ),
         CloseInfo(Close.SESSION_REPLACED, True, "The session was resumed on another connection."),
-        CloseInfo(Close.MESSAGE_TOO_BIG, True, "A frame exceeded the gateway's max frame size (library close)."),
+        CloseInfo(
+            Close.MESSAGE_TOO_BIG,
+            True,
+            "A frame exceeded the gateway's max frame size (library close).",
+        ),
     )
 }
 

@@ -40,7 +40,11 @@ class Community(BaseModel):
         (chosen by a hash of its name), each kind of thing its own node bits inside it."""
         window = zlib.crc32(self.name.encode()) % 100_000 * 100
         ms = int(self.created.timestamp() * 1000) + window + index // (snowflake.MAX_SEQ + 1)
-        return snowflake.from_timestamp_ms(ms) | (node << snowflake.SEQ_BITS) | index % (snowflake.MAX_SEQ + 1)
+        return (
+            snowflake.from_timestamp_ms(ms)
+            | (node << snowflake.SEQ_BITS)
+            | index % (snowflake.MAX_SEQ + 1)
+        )
 
     def users(self) -> list[User]:
         names = sorted({m for g in self.guilds for m in [g.owner, *g.members]})
@@ -53,7 +57,9 @@ class Community(BaseModel):
             guild = Guild(self._id(GUILD_NODE, gi), spec.name, users[spec.owner])
             guilds.append(guild)
             for ci, name in enumerate(spec.channels):
-                channels.append(Channel(self._id(CHANNEL_NODE, gi * 64 + ci), guild.id, name, "text", ci))
+                channels.append(
+                    Channel(self._id(CHANNEL_NODE, gi * 64 + ci), guild.id, name, "text", ci)
+                )
             members += [(guild.id, users[m]) for m in sorted({spec.owner, *spec.members})]
         return self.users(), guilds, channels, members
 
@@ -66,13 +72,17 @@ def load_file(path: str | Path) -> Community:
         return Community.model_validate(tomllib.load(f))
 
 
-async def apply(community: Community, store: Store, redis: aioredis.Redis | None, keys: Keys) -> dict[str, int]:
+async def apply(
+    community: Community, store: Store, redis: aioredis.Redis | None, keys: Keys
+) -> dict[str, int]:
     """Write a community through the metadata interface, then bump the metadata version."""
     users, guilds, channels, members = community.plan()
     for user in users:
         existing = await store.get_user(user.id)
         if existing is not None and existing.username != user.username:
-            raise ValueError(f"id clash: {user.id} is {existing.username!r} already; rename community {community.name!r}")
+            raise ValueError(
+                f"id clash: {user.id} is {existing.username!r} already; rename community {community.name!r}"
+            )
         await store.put_user(user)
     for guild in guilds:
         await store.put_guild(guild)
@@ -82,4 +92,9 @@ async def apply(community: Community, store: Store, redis: aioredis.Redis | None
         await store.add_member(guild_id, user_id)
     if redis is not None:
         await redis.incr(keys.metadata_version())
-    return {"users": len(users), "guilds": len(guilds), "channels": len(channels), "members": len(members)}
+    return {
+        "users": len(users),
+        "guilds": len(guilds),
+        "channels": len(channels),
+        "members": len(members),
+    }

@@ -21,7 +21,9 @@ DEFAULT_STORAGE_URL = "sqlite:///.chatscale/chatscale.db"
 class Settings(BaseSettings):
     """Runtime settings shared by every service."""
 
-    model_config = SettingsConfigDict(env_prefix="CHATSCALE_", extra="ignore", frozen=True, populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CHATSCALE_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # --- wiring -------------------------------------------------------------------------
     redis_url: str | None = Field(
@@ -33,17 +35,23 @@ class Settings(BaseSettings):
         default=DEFAULT_STORAGE_URL,
         description="History + metadata backend: sqlite:///path or cassandra://host:port/keyspace.",
     )
-    key_prefix: str = Field(default="cs", description="Prefix of every Redis key (tests make it unique).")
+    key_prefix: str = Field(
+        default="cs", description="Prefix of every Redis key (tests make it unique)."
+    )
     token_secret: str = Field(
-        default="chatscale-dev-secret", description="HMAC key for user tokens. Change it anywhere real."
+        default="chatscale-dev-secret",
+        description="HMAC key for user tokens. Change it anywhere real.",
     )
     token_ttl_s: int = Field(default=7 * 24 * 3600, description="Lifetime of minted tokens.")
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
-    gateway_port: int = Field(default=0, description="0 picks a free port; the bound port is printed.")
+    gateway_port: int = Field(
+        default=0, description="0 picks a free port; the bound port is printed."
+    )
     gateway_public_url: str | None = Field(
-        default=None, description="URL clients should RESUME against (defaults to the bound address)."
+        default=None,
+        description="URL clients should RESUME against (defaults to the bound address).",
     )
     heartbeat_interval_ms: int = Field(
         default=20_000,
@@ -55,7 +63,8 @@ class Settings(BaseSettings):
     max_frame_bytes: int = Field(default=16 * 1024, description="Larger frames close with 1009.")
     max_content_chars: int = 2000
     events_per_window: int = Field(
-        default=120, description="Gateway events a connection may send per window (Discord: 120/60 s)."
+        default=120,
+        description="Gateway events a connection may send per window (Discord: 120/60 s).",
     )
     event_window_s: float = 60.0
     compression: bool = Field(
@@ -68,7 +77,8 @@ class Settings(BaseSettings):
         description="Bytes queued to one client before it is closed as a slow consumer (4010).",
     )
     replay_buffer: int = Field(
-        default=2048, description="Dispatches kept per session for RESUME; older gaps need re-IDENTIFY."
+        default=2048,
+        description="Dispatches kept per session for RESUME; older gaps need re-IDENTIFY.",
     )
     resume_timeout_s: float = Field(
         default=120.0, description="How long a dropped session stays resumable on its gateway."
@@ -86,9 +96,12 @@ class Settings(BaseSettings):
         default=15_000, description="An entry pending this long on a silent worker is reclaimed."
     )
     max_deliveries: int = Field(
-        default=5, description="Deliveries after which an entry that keeps failing is dead-lettered."
+        default=5,
+        description="Deliveries after which an entry that keeps failing is dead-lettered.",
     )
-    hot_size: int = Field(default=50, description="Messages per channel kept in the Redis hot cache.")
+    hot_size: int = Field(
+        default=50, description="Messages per channel kept in the Redis hot cache."
+    )
     delivery_maxlen: int = Field(
         default=100_000, description="Approximate cap of each gateway's delivery stream."
     )
@@ -109,7 +122,8 @@ class Settings(BaseSettings):
         default=5.0, description="Socket timeout on every Redis call; never the library default."
     )
     redis_retries: int = Field(
-        default=1, description="Retries per Redis call (redis-py's default of 10 turns a pause into stalls)."
+        default=1,
+        description="Retries per Redis call (redis-py's default of 10 turns a pause into stalls).",
     )
 
     @cached_property

@@ -72,7 +72,10 @@ class Topology:
         assert child.log is not None
         out = open(child.log, "ab")  # noqa: SIM115 - owned by the child process
         child.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatscale", *child.args], env=self.env(**env), stdout=out, stderr=out,
+            [sys.executable, "-m", "chatscale", *child.args],
+            env=self.env(**env),
+            stdout=out,
+            stderr=out,
             stdin=subprocess.DEVNULL,
         )
         out.close()
@@ -100,13 +103,20 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     if not settings.redis_url:
         topo.valkey = ValkeyServer(workdir=topo.workdir / "valkey").start()
         settings = topo.settings = settings.model_copy(update={"redis_url": topo.valkey.url})
-        say(f"valkey      started  {topo.valkey.url} (pid {topo.valkey.proc.pid if topo.valkey.proc else '?'})")
+        say(
+            f"valkey      started  {topo.valkey.url} (pid {topo.valkey.proc.pid if topo.valkey.proc else '?'})"
+        )
     else:
         say(f"valkey      using    {settings.redis_url}")
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
     try:
-        counts = await community.apply(community.load_file(community.SEEDS / "demo.toml"), store, redis, Keys(settings.key_prefix))
+        counts = await community.apply(
+            community.load_file(community.SEEDS / "demo.toml"),
+            store,
+            redis,
+            Keys(settings.key_prefix),
+        )
         say(f"storage     {settings.storage_url}  seeded demo community {counts}")
         await redis.delete(Keys(settings.key_prefix).gateways())
     finally:
@@ -119,8 +129,12 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         topo.spawn(child)
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
-        child = Child("gateway", i, ["gateway", "--id", f"gw-{i}", "--port", str(port)],
-                      log=topo.workdir / "logs" / f"gateway-{i}.log")
+        child = Child(
+            "gateway",
+            i,
+            ["gateway", "--id", f"gw-{i}", "--port", str(port)],
+            log=topo.workdir / "logs" / f"gateway-{i}.log",
+        )
         topo.children.append(child)
         topo.spawn(child)
     deadline = time.monotonic() + 20
@@ -134,15 +148,22 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         if time.monotonic() > deadline:
             raise RuntimeError("gateways did not register within 20 s; see .chatscale/logs/")
         await asyncio.sleep(0.1)
-    topo.gateway_urls = [json.loads(registered[f"gw-{i}".encode()])["url"] for i in range(topo.gateways)]
+    topo.gateway_urls = [
+        json.loads(registered[f"gw-{i}".encode()])["url"] for i in range(topo.gateways)
+    ]
     await redis.aclose()
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
     say(f"workers     {topo.workers} (logs in {topo.workdir / 'logs'})")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
-            {"redis_url": settings.redis_url, "storage_url": settings.storage_url,
-             "key_prefix": settings.key_prefix, "gateways": topo.gateway_urls, "pid": os.getpid()},
+            {
+                "redis_url": settings.redis_url,
+                "storage_url": settings.storage_url,
+                "key_prefix": settings.key_prefix,
+                "gateways": topo.gateway_urls,
+                "pid": os.getpid(),
+            },
             indent=2,
         )
     )
@@ -158,20 +179,31 @@ async def demo(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     finally:
         await store.close()
     assert alice and bob
-    tok = {u.username: tokens.mint(u.id, secret=s.token_secret, ttl_s=s.token_ttl_s, now=now) for u in (alice, bob)}
+    tok = {
+        u.username: tokens.mint(u.id, secret=s.token_secret, ttl_s=s.token_ttl_s, now=now)
+        for u in (alice, bob)
+    }
     a = await ChatClient.identify(topo.gateway_urls[0], tok["alice"])
     b = await ChatClient.identify(topo.gateway_urls[-1], tok["bob"], device="mobile")
     try:
-        general = next(c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general")
-        say(f"\ndemo: alice on gateway-0, bob on gateway-{len(topo.gateway_urls) - 1}, channel #general")
-        script = [(a, "alice", "anyone up for a mock system-design interview?"),
-                  (b, "bob", "yes! design a chat app?"),
-                  (a, "alice", "deal. start with the gateway fleet.")]
-        for sender, name, text in script:
+        general = next(
+            c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general"
+        )
+        say(
+            f"\ndemo: alice on gateway-0, bob on gateway-{len(topo.gateway_urls) - 1}, channel #general"
+        )
+        script = [
+            (a, "anyone up for a mock system-design interview?"),
+            (b, "yes! design a chat app?"),
+            (a, "deal. start with the gateway fleet."),
+        ]
+        for sender, text in script:
             await sender.send_message(general["id"], text)
             for who, client in (("alice", a), ("bob", b)):
                 got = await client.next_event("MESSAGE_CREATE")
-                say(f"  {who:>5} sees  [{got['d']['id']}] {got['d']['author']['username']}: {got['d']['content']}")
+                say(
+                    f"  {who:>5} sees  [{got['d']['id']}] {got['d']['author']['username']}: {got['d']['content']}"
+                )
         await a.send_message(general["id"], "this one is traced", trace=True)
         got = await b.next_event("MESSAGE_CREATE")
         say("\ntrace of one message, alice -> bob (chatscale trace does this on demand):")
@@ -191,9 +223,13 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                 if child.proc and child.proc.poll() is not None and child.role == "worker":
                     code = child.proc.returncode
                     with contextlib.suppress(Exception):
-                        await evict(redis, keys, shards=topo.settings.ingest_shards, consumer=child.consumer)
+                        await evict(
+                            redis, keys, shards=topo.settings.ingest_shards, consumer=child.consumer
+                        )
                     child.restarts += 1
-                    say(f"worker-{child.index} exited ({code}); leases evicted, restarting (#{child.restarts})")
+                    say(
+                        f"worker-{child.index} exited ({code}); leases evicted, restarting (#{child.restarts})"
+                    )
                     topo.spawn(child)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)

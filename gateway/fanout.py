@@ -113,4 +113,3 @@ class LocalFanout:
                 send(client, text)
         self.delivered += len(targets)
         return len(targets)
-

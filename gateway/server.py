@@ -40,7 +40,6 @@ from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
     IngestMessage,
-    Op,
     RequestHistory,
     SendMessage,
     dumps,
@@ -61,7 +60,7 @@ from gateway.session import (
     SendFrame,
     Session,
 )
-from storage import Store, StorageUnavailable
+from storage import StorageUnavailable, Store
 from storage.hot import HotCache
 from storage.paging import read_page
 
@@ -132,9 +131,13 @@ class Gateway:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
-        self.url = self.settings.gateway_public_url or f"ws://{self.settings.gateway_host}:{self.port}"
+        self.url = (
+            self.settings.gateway_public_url or f"ws://{self.settings.gateway_host}:{self.port}"
+        )
         await self.redis.hset(
-            self.keys.gateways(), self.id, dumps({"url": self.url, "pid": os.getpid(), "started": self.wall_clock()})
+            self.keys.gateways(),
+            self.id,
+            dumps({"url": self.url, "pid": os.getpid(), "started": self.wall_clock()}),
         )
         await self._refresh_alive()
         self._spawn(self.fanout.run(self._reader_redis))
@@ -181,14 +184,20 @@ class Gateway:
             await self._apply(client, client.conn.tick())
         now = self.clock()
         for session in list(self.sessions.values()):
-            if session.detached_at is not None and now - session.detached_at > self.settings.resume_timeout_s:
+            if (
+                session.detached_at is not None
+                and now - session.detached_at > self.settings.resume_timeout_s
+            ):
                 await self._forget(session)
 
     # ---- per connection -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = Connection(
-            limits=self.limits, token_secret=self.settings.token_secret, clock=self.clock, wall_clock=self.wall_clock
+            limits=self.limits,
+            token_secret=self.settings.token_secret,
+            clock=self.clock,
+            wall_clock=self.wall_clock,
         )
         client = Client(ws, conn)
         self.clients.add(client)
@@ -221,7 +230,9 @@ class Gateway:
             elif isinstance(action, FetchHistory):
                 await self._history(client, action.request)
             elif isinstance(action, ClientEvent):
-                self.send_error(client, "UNSUPPORTED", f"{action.op.name} is not handled by this gateway")
+                self.send_error(
+                    client, "UNSUPPORTED", f"{action.op.name} is not handled by this gateway"
+                )
 
     def send(self, client: Client, text: str) -> None:
         """Queue a frame without awaiting; close the client if it is not reading."""
@@ -253,7 +264,9 @@ class Gateway:
         if user is None:
             await client.ws.close(Close.AUTHENTICATION_FAILED, "unknown user")
             return
-        session = Session(user.id, request.device, self.settings.replay_buffer, username=user.username)
+        session = Session(
+            user.id, request.device, self.settings.replay_buffer, username=user.username
+        )
         session.guilds = {g.id for g in guilds}
         session.channels = {c.id: c.guild_id for cs in channels.values() for c in cs}
         ready = {
@@ -307,14 +320,21 @@ class Gateway:
     async def _publish(self, client: Client, request: SendMessage) -> None:
         session = client.session
         assert session is not None and self._ids is not None
-        tr: list[tuple[str, int]] | None = [("gateway_receive", time.time_ns())] if request.trace else None
+        tr: list[tuple[str, int]] | None = (
+            [("gateway_receive", time.time_ns())] if request.trace else None
+        )
         guild_id = session.channels.get(request.channel_id)
         if guild_id is None:
-            self.send_error(client, "UNKNOWN_CHANNEL", "no such channel visible to you", nonce=request.nonce)
+            self.send_error(
+                client, "UNKNOWN_CHANNEL", "no such channel visible to you", nonce=request.nonce
+            )
             return
         if len(request.content) > self.settings.max_content_chars:
             self.send_error(
-                client, "CONTENT_TOO_LONG", f"at most {self.settings.max_content_chars} characters", nonce=request.nonce
+                client,
+                "CONTENT_TOO_LONG",
+                f"at most {self.settings.max_content_chars} characters",
+                nonce=request.nonce,
             )
             return
         # A retry with the same nonce on this session reuses the id: the worker stores it once.
@@ -351,24 +371,39 @@ class Gateway:
         try:
             await self.redis.xadd(self.keys.ingest(shard), encode_entry(envelope))
         except TRANSIENT:
-            self.send_error(client, "UNAVAILABLE", "could not queue the message; retry with the same nonce",
-                            nonce=request.nonce, retry_after=1.0)
+            self.send_error(
+                client,
+                "UNAVAILABLE",
+                "could not queue the message; retry with the same nonce",
+                nonce=request.nonce,
+                retry_after=1.0,
+            )
             return
-        ack = dumps({"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce})
+        ack = dumps(
+            {"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce}
+        )
         self.send(client, session.dispatch("MESSAGE_ACK", ack))
 
     async def _history(self, client: Client, request: RequestHistory) -> None:
         session = client.session
         assert session is not None
         if request.channel_id not in session.channels:
-            self.send_error(client, "UNKNOWN_CHANNEL", "no such channel visible to you", nonce=request.nonce)
+            self.send_error(
+                client, "UNKNOWN_CHANNEL", "no such channel visible to you", nonce=request.nonce
+            )
             return
         try:
             page = await read_page(
                 self.hot, self.store, request.channel_id, before=request.before, limit=request.limit
             )
         except (*TRANSIENT, StorageUnavailable):
-            self.send_error(client, "UNAVAILABLE", "history is unavailable", nonce=request.nonce, retry_after=1.0)
+            self.send_error(
+                client,
+                "UNAVAILABLE",
+                "history is unavailable",
+                nonce=request.nonce,
+                retry_after=1.0,
+            )
             return
         body = ",".join(payload for _, payload in page)
         d = f'{{"channel_id":"{request.channel_id}","nonce":{dumps(request.nonce)},"messages":[{body}]}}'

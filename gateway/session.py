@@ -104,7 +104,13 @@ class ClientEvent:
 
 
 Action = (
-    SendFrame | CloseConnection | Authenticate | ResumeRequest | PublishMessage | FetchHistory | ClientEvent
+    SendFrame
+    | CloseConnection
+    | Authenticate
+    | ResumeRequest
+    | PublishMessage
+    | FetchHistory
+    | ClientEvent
 )
 
 PAYLOADS: dict[Op, type[BaseModel]] = {
@@ -202,7 +208,9 @@ class Connection:
     # ---- inputs ---------------------------------------------------------------------------
 
     def hello(self) -> list[Action]:
-        return [SendFrame(frame(Op.HELLO, {"heartbeat_interval": self._limits.heartbeat_interval_ms}))]
+        return [
+            SendFrame(frame(Op.HELLO, {"heartbeat_interval": self._limits.heartbeat_interval_ms}))
+        ]
 
     def receive(self, raw: str | bytes) -> list[Action]:
         if self.state is State.CLOSED:
@@ -250,7 +258,9 @@ class Connection:
     def resumed(self, session: Session, seq: int) -> list[Action]:
         self._expect(State.AUTHENTICATING)
         if seq > session.seq:
-            return self._close(Close.INVALID_SEQ, f"seq {seq} is ahead of the session ({session.seq})")
+            return self._close(
+                Close.INVALID_SEQ, f"seq {seq} is ahead of the session ({session.seq})"
+            )
         missed = session.missed_since(seq)
         if missed is None:
             return self.resume_failed()
@@ -266,7 +276,9 @@ class Connection:
         self.state = State.AWAIT_IDENTIFY
         return [SendFrame(frame(Op.INVALID_SESSION, False))]
 
-    def error(self, code: str, message: str, *, nonce: Any = None, retry_after: float | None = None) -> list[Action]:
+    def error(
+        self, code: str, message: str, *, nonce: Any = None, retry_after: float | None = None
+    ) -> list[Action]:
         """A request failed but the connection is fine (unknown channel, store unavailable)."""
         d: dict[str, Any] = {"code": code, "message": message, "nonce": nonce}
         if retry_after is not None:

@@ -18,6 +18,7 @@ tell which side saturated. The full load generator with scenarios is ``loadtest`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
@@ -38,7 +39,9 @@ def bench_community(members: int) -> community.Community:
     names = [f"bench-{i:05d}" for i in range(members)]
     return community.Community(
         name="bench",
-        guilds=[community.GuildSpec(name="bench", owner=names[0], channels=["load"], members=names)],
+        guilds=[
+            community.GuildSpec(name="bench", owner=names[0], channels=["load"], members=names)
+        ],
     )
 
 
@@ -62,7 +65,9 @@ async def _server_processes(settings: Settings) -> dict[str, psutil.Process]:
     return procs
 
 
-async def _connect_members(settings: Settings, urls: list[str], members: int) -> tuple[list[ChatClient], int]:
+async def _connect_members(
+    settings: Settings, urls: list[str], members: int
+) -> tuple[list[ChatClient], int]:
     spec = bench_community(members)
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
@@ -80,8 +85,16 @@ async def _connect_members(settings: Settings, urls: list[str], members: int) ->
     return clients, channels[0].id
 
 
-async def chat(settings: Settings, urls: list[str], *, members: int, senders: int, rate: float,
-               duration: float, say=print) -> dict[str, Any]:  # noqa: ANN001
+async def chat(
+    settings: Settings,
+    urls: list[str],
+    *,
+    members: int,
+    senders: int,
+    rate: float,
+    duration: float,
+    say=print,
+) -> dict[str, Any]:  # noqa: ANN001
     clients, channel = await _connect_members(settings, urls, members)
     procs = await _server_processes(settings)
     for p in procs.values():
@@ -94,6 +107,8 @@ async def chat(settings: Settings, urls: list[str], *, members: int, senders: in
     interval = senders / rate if rate > 0 else None  # per sender
     stop_at = time.monotonic() + duration
     received = 0
+    all_in = asyncio.Event()
+    expected = 0  # set when sending stops
 
     async def receive(idx: int, client: ChatClient) -> None:
         nonlocal received
@@ -104,6 +119,8 @@ async def chat(settings: Settings, urls: list[str], *, members: int, senders: in
             ledger.record_receipt(idx, msg["d"]["nonce"], now)
             latency.record(now - sent_at)
             received += 1
+            if expected and received >= expected:
+                all_in.set()
 
     async def send(idx: int) -> None:
         client = clients[idx]
@@ -116,7 +133,9 @@ async def chat(settings: Settings, urls: list[str], *, members: int, senders: in
             # by a slow ack would otherwise hide the delay (coordinated omission, as in wrk2).
             intended = next_at + offset if interval else time.time()
             nonce = f"{idx}-{n}"
-            ledger.record_send(nonce, channel_id=channel, sender=idx, sent_at=intended, recipients=everyone)
+            ledger.record_send(
+                nonce, channel_id=channel, sender=idx, sent_at=intended, recipients=everyone
+            )
             await client.send_message(channel, f"{int(intended * 1e9)} bench", nonce=nonce)
             n += 1
             next_at = next_at + interval if interval else time.monotonic()
@@ -126,22 +145,29 @@ async def chat(settings: Settings, urls: list[str], *, members: int, senders: in
     progress = asyncio.create_task(_progress(lambda: (ledger.sent_count, received), started, say))
     await asyncio.gather(*(send(i) for i in range(senders)))
     sent_done = time.monotonic()
-    # settle: wait until every expected delivery arrived or 5 s passed
+    # settle: wait until every expected delivery arrived, or 5 s
     expected = ledger.sent_count * members
-    deadline = time.monotonic() + 5
-    while received < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    if received < expected:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_in.wait(), 5)
     elapsed = time.monotonic() - started
     progress.cancel()
     for t in readers:
         t.cancel()
     report = ledger.report(time.time() - 5.5 if received < expected else time.time())
     result = {
-        "members": members, "senders": senders, "offered_rate": rate or "closed-loop",
-        "messages": ledger.sent_count, "messages_per_s": round(ledger.sent_count / (sent_done - started), 1),
-        "deliveries": received, "deliveries_per_s": round(received / elapsed, 1),
-        "latency_ms": latency.summary(), "lost": report.lost, "duplicated": report.duplicated,
-        "reordered": report.reordered, "cpu_percent": {name: p.cpu_percent(None) for name, p in procs.items()},
+        "members": members,
+        "senders": senders,
+        "offered_rate": rate or "closed-loop",
+        "messages": ledger.sent_count,
+        "messages_per_s": round(ledger.sent_count / (sent_done - started), 1),
+        "deliveries": received,
+        "deliveries_per_s": round(received / elapsed, 1),
+        "latency_ms": latency.summary(),
+        "lost": report.lost,
+        "duplicated": report.duplicated,
+        "reordered": report.reordered,
+        "cpu_percent": {name: p.cpu_percent(None) for name, p in procs.items()},
         "generator_cpu_percent": me.cpu_percent(None),
     }
     for c in clients:
@@ -156,7 +182,9 @@ async def _progress(counts, started: float, say) -> None:  # noqa: ANN001
         say(f"  t={time.monotonic() - started:5.1f}s sent={sent} delivered={received}")
 
 
-async def idle(settings: Settings, urls: list[str], *, connections: int, say=print) -> dict[str, Any]:  # noqa: ANN001
+async def idle(
+    settings: Settings, urls: list[str], *, connections: int, say=print
+) -> dict[str, Any]:  # noqa: ANN001
     procs = await _server_processes(settings)
     gw = procs.get("gw-0") or next(p for n, p in procs.items() if n.startswith("gw"))
     before = gw.memory_info().rss
@@ -164,6 +192,9 @@ async def idle(settings: Settings, urls: list[str], *, connections: int, say=pri
     after = gw.memory_info().rss
     for c in clients:
         await c.close()
-    return {"connections": connections, "gateway_rss_before_mib": round(before / 2**20, 1),
-            "gateway_rss_after_mib": round(after / 2**20, 1),
-            "kib_per_connection": round((after - before) / connections / 1024, 1)}
+    return {
+        "connections": connections,
+        "gateway_rss_before_mib": round(before / 2**20, 1),
+        "gateway_rss_after_mib": round(after / 2**20, 1),
+        "kib_per_connection": round((after - before) / connections / 1024, 1),
+    }

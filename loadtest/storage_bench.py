@@ -43,9 +43,15 @@ async def run(settings: Settings, *, messages: int, reads: int, say=print) -> di
         rows = []
         for i in range(messages):
             mid = ids.next()
-            payload = message_payload(message_id=mid, channel_id=channel, guild_id=1, author=author,
-                                      content=f"benchmark message number {i} " + "x" * 60,
-                                      timestamp_ms=snowflake.timestamp_ms(mid), nonce=None)
+            payload = message_payload(
+                message_id=mid,
+                channel_id=channel,
+                guild_id=1,
+                author=author,
+                content=f"benchmark message number {i} " + "x" * 60,
+                timestamp_ms=snowflake.timestamp_ms(mid),
+                nonce=None,
+            )
             rows.append(StoredMessage(channel, mid, 1, payload))
         started = time.perf_counter()
         for i in range(0, messages, batch_size):
@@ -53,7 +59,9 @@ async def run(settings: Settings, *, messages: int, reads: int, say=print) -> di
             if (i // batch_size) % 50 == 0:
                 say(f"  inserted {i + batch_size}/{messages}")
         insert_s = time.perf_counter() - started
-        await hot.add_many([(m.channel_id, m.message_id, m.payload) for m in rows[-settings.hot_size :]])
+        await hot.add_many(
+            [(m.channel_id, m.message_id, m.payload) for m in rows[-settings.hot_size :]]
+        )
         newest, older = LatencyRecorder(), LatencyRecorder()
         old_before = rows[len(rows) // 2].message_id
         for _ in range(reads):
@@ -71,7 +79,9 @@ async def run(settings: Settings, *, messages: int, reads: int, say=print) -> di
             "batch": batch_size,
             "insert_messages_per_s": round(messages / insert_s, 1),
             "newest_page_hot_ms": {k: newest.summary()[k] for k in ("p50_ms", "p99_ms", "max_ms")},
-            "older_page_history_ms": {k: older.summary()[k] for k in ("p50_ms", "p99_ms", "max_ms")},
+            "older_page_history_ms": {
+                k: older.summary()[k] for k in ("p50_ms", "p99_ms", "max_ms")
+            },
             "reads": reads,
         }
     finally:

@@ -6,7 +6,7 @@ imports the Cassandra backend only when chosen.
 
 from __future__ import annotations
 
-from storage.base import Channel, Guild, StoredMessage, Store, User
+from storage.base import Channel, Guild, Store, StoredMessage, User
 from storage.exceptions import StorageError, StorageUnavailable, UnknownBackend
 
 
@@ -20,10 +20,19 @@ async def open_store(url: str, *, bucket_span_ms: int = 10 * 24 * 3600 * 1000) -
         from storage.cassandra import CassandraStore
 
         return await CassandraStore.open(url, bucket_span_ms=bucket_span_ms)
-    raise UnknownBackend(f"unknown storage URL {url!r}: use sqlite:///path or cassandra://host:port/keyspace")
+    raise UnknownBackend(
+        f"unknown storage URL {url!r}: use sqlite:///path or cassandra://host:port/keyspace"
+    )
 
 
 __all__ = [
-    "Channel", "Guild", "StoredMessage", "Store", "User",
-    "StorageError", "StorageUnavailable", "UnknownBackend", "open_store",
+    "Channel",
+    "Guild",
+    "StoredMessage",
+    "Store",
+    "User",
+    "StorageError",
+    "StorageUnavailable",
+    "UnknownBackend",
+    "open_store",
 ]

@@ -9,8 +9,8 @@ Cassandra.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -65,7 +65,9 @@ class HistoryStore(Protocol):
         it raises, which is safe because a retry re-inserts idempotently."""
         ...
 
-    async def page(self, channel_id: int, *, before: int | None, limit: int) -> list[StoredMessage]: ...
+    async def page(
+        self, channel_id: int, *, before: int | None, limit: int
+    ) -> list[StoredMessage]: ...
 
 
 class MetadataStore(Protocol):

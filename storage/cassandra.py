@@ -30,8 +30,21 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra import (
+    ConsistencyLevel,
+    DriverException,
+    OperationTimedOut,
+    ReadTimeout,
+    Unavailable,
+    WriteTimeout,
+)
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy
 from cassandra.query import PreparedStatement
 
@@ -39,7 +52,14 @@ from chatscale import snowflake
 from storage.base import Channel, Guild, StoredMessage, User
 from storage.exceptions import StorageUnavailable
 
-UNAVAILABLE = (NoHostAvailable, OperationTimedOut, Unavailable, ReadTimeout, WriteTimeout, DriverException)
+UNAVAILABLE = (
+    NoHostAvailable,
+    OperationTimedOut,
+    Unavailable,
+    ReadTimeout,
+    WriteTimeout,
+    DriverException,
+)
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS messages (
@@ -67,7 +87,10 @@ def _qualify(cql: str, keyspace: str) -> str:
     return _TABLE_REF.sub(lambda m: f"{m.group(1)} {keyspace}.{m.group(2)}", cql)
 
 
-LEVELS = {name: getattr(ConsistencyLevel, name) for name in ("ONE", "LOCAL_ONE", "TWO", "QUORUM", "LOCAL_QUORUM", "ALL")}
+LEVELS = {
+    name: getattr(ConsistencyLevel, name)
+    for name in ("ONE", "LOCAL_ONE", "TWO", "QUORUM", "LOCAL_QUORUM", "ALL")
+}
 
 
 def _parse(url: str) -> dict[str, Any]:
@@ -86,7 +109,9 @@ def _parse(url: str) -> dict[str, Any]:
 
 
 class CassandraStore:
-    def __init__(self, cluster: Cluster, session: Session, opts: dict[str, Any], bucket_span_ms: int) -> None:
+    def __init__(
+        self, cluster: Cluster, session: Session, opts: dict[str, Any], bucket_span_ms: int
+    ) -> None:
         self._cluster = cluster
         self._session = session
         self._opts = opts
@@ -106,8 +131,11 @@ class CassandraStore:
             consistency_level=opts["metadata"],
         )
         cluster = Cluster(
-            [opts["host"]], port=opts["port"], protocol_version=5,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile}, connect_timeout=opts["timeout"],
+            [opts["host"]],
+            port=opts["port"],
+            protocol_version=5,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=opts["timeout"],
         )
         try:
             session = await asyncio.to_thread(cluster.connect)
@@ -128,31 +156,60 @@ class CassandraStore:
     async def _prepare(self) -> None:
         msg, meta = self._opts["messages"], self._opts["metadata"]
         statements = {
-            "insert": ("INSERT INTO messages (channel_id, bucket, message_id, author_id, payload) VALUES (?, ?, ?, ?, ?)", msg),
+            "insert": (
+                "INSERT INTO messages (channel_id, bucket, message_id, author_id, payload) VALUES (?, ?, ?, ?, ?)",
+                msg,
+            ),
             "mark_bucket": ("INSERT INTO channel_buckets (channel_id, bucket) VALUES (?, ?)", msg),
-            "buckets": ("SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket <= ?", msg),
-            "page": ("SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? AND bucket = ? "
-                     "AND message_id < ? LIMIT ?", msg),
+            "buckets": (
+                "SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket <= ?",
+                msg,
+            ),
+            "page": (
+                "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? AND bucket = ? "
+                "AND message_id < ? LIMIT ?",
+                msg,
+            ),
             "put_user": ("INSERT INTO users (id, username) VALUES (?, ?)", meta),
-            "put_user_name": ("INSERT INTO users_by_name (username, id) VALUES (?, ?) IF NOT EXISTS", meta),
+            "put_user_name": (
+                "INSERT INTO users_by_name (username, id) VALUES (?, ?) IF NOT EXISTS",
+                meta,
+            ),
             "get_user": ("SELECT id, username FROM users WHERE id = ?", meta),
             "find_user": ("SELECT id FROM users_by_name WHERE username = ?", meta),
             "put_guild": ("INSERT INTO guilds (id, name, owner_id) VALUES (?, ?, ?)", meta),
             "get_guild": ("SELECT id, name, owner_id FROM guilds WHERE id = ?", meta),
-            "put_channel": ("INSERT INTO channels (id, guild_id, name, kind, position) VALUES (?, ?, ?, ?, ?)", meta),
-            "put_channel_idx": ("INSERT INTO channels_by_guild (guild_id, position, id) VALUES (?, ?, ?)", meta),
-            "get_channel": ("SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?", meta),
+            "put_channel": (
+                "INSERT INTO channels (id, guild_id, name, kind, position) VALUES (?, ?, ?, ?, ?)",
+                meta,
+            ),
+            "put_channel_idx": (
+                "INSERT INTO channels_by_guild (guild_id, position, id) VALUES (?, ?, ?)",
+                meta,
+            ),
+            "get_channel": (
+                "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?",
+                meta,
+            ),
             "guild_channel_ids": ("SELECT id FROM channels_by_guild WHERE guild_id = ?", meta),
             "add_member": ("INSERT INTO members (guild_id, user_id) VALUES (?, ?)", meta),
-            "add_member_idx": ("INSERT INTO guilds_by_user (user_id, guild_id) VALUES (?, ?)", meta),
+            "add_member_idx": (
+                "INSERT INTO guilds_by_user (user_id, guild_id) VALUES (?, ?)",
+                meta,
+            ),
             "del_member": ("DELETE FROM members WHERE guild_id = ? AND user_id = ?", meta),
-            "del_member_idx": ("DELETE FROM guilds_by_user WHERE user_id = ? AND guild_id = ?", meta),
+            "del_member_idx": (
+                "DELETE FROM guilds_by_user WHERE user_id = ? AND guild_id = ?",
+                meta,
+            ),
             "is_member": ("SELECT user_id FROM members WHERE guild_id = ? AND user_id = ?", meta),
             "members": ("SELECT user_id FROM members WHERE guild_id = ?", meta),
             "user_guild_ids": ("SELECT guild_id FROM guilds_by_user WHERE user_id = ?", meta),
         }
         for name, (cql, level) in statements.items():
-            ps = await asyncio.to_thread(self._session.prepare, _qualify(cql, self._opts["keyspace"]))
+            ps = await asyncio.to_thread(
+                self._session.prepare, _qualify(cql, self._opts["keyspace"])
+            )
             ps.consistency_level = level
             self._ps[name] = ps
 
@@ -194,7 +251,9 @@ class CassandraStore:
         writes = []
         for m in messages:
             b = snowflake.bucket(m.message_id, self._span)
-            writes.append(self._aexec("insert", (m.channel_id, b, m.message_id, m.author_id, m.payload)))
+            writes.append(
+                self._aexec("insert", (m.channel_id, b, m.message_id, m.author_id, m.payload))
+            )
             if (m.channel_id, b) not in self._known_buckets:
                 writes.append(self._aexec("mark_bucket", (m.channel_id, b)))
         # Different partitions: concurrent single-partition writes, not a multi-partition batch.
@@ -232,7 +291,10 @@ class CassandraStore:
         await self._aexec("put_guild", (guild.id, guild.name, guild.owner_id))
 
     async def put_channel(self, channel: Channel) -> None:
-        await self._aexec("put_channel", (channel.id, channel.guild_id, channel.name, channel.kind, channel.position))
+        await self._aexec(
+            "put_channel",
+            (channel.id, channel.guild_id, channel.name, channel.kind, channel.position),
+        )
         await self._aexec("put_channel_idx", (channel.guild_id, channel.position, channel.id))
 
     async def add_member(self, guild_id: int, user_id: int) -> None:

@@ -45,7 +45,9 @@ class HotCache:
                 pipe.zremrangebyrank(key, 0, -(self.size + 1))
             await pipe.execute()
 
-    async def page(self, channel_id: int, *, before: int | None, limit: int) -> list[tuple[int, str]]:
+    async def page(
+        self, channel_id: int, *, before: int | None, limit: int
+    ) -> list[tuple[int, str]]:
         """Newest first, ids strictly below ``before``: [(id, payload)]."""
         high = b"+" if before is None else f"({before:020d}".encode()
         members = await self._redis.zrevrangebylex(self._keys.hot(channel_id), high, b"-", 0, limit)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ class SQLiteStore:
         return store
 
     def _connect(self) -> None:
-        db = sqlite3.connect(self._path, timeout=10.0, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self._path, timeout=10.0, isolation_level=None, check_same_thread=False
+        )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
@@ -106,7 +108,9 @@ class SQLiteStore:
             (m.channel_id, bucket(m.message_id, self._span), m.message_id, m.author_id, m.payload)
             for m in messages
         ]
-        await self._run(self._executemany, "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows)
+        await self._run(
+            self._executemany, "INSERT OR IGNORE INTO messages VALUES (?, ?, ?, ?, ?)", rows
+        )
 
     def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         assert self._db is not None
@@ -141,7 +145,9 @@ class SQLiteStore:
 
     async def put_guild(self, guild: Guild) -> None:
         await self._run(
-            self._exec, "INSERT OR REPLACE INTO guilds VALUES (?, ?, ?)", (guild.id, guild.name, guild.owner_id)
+            self._exec,
+            "INSERT OR REPLACE INTO guilds VALUES (?, ?, ?)",
+            (guild.id, guild.name, guild.owner_id),
         )
 
     async def put_channel(self, channel: Channel) -> None:
@@ -152,26 +158,40 @@ class SQLiteStore:
         )
 
     async def add_member(self, guild_id: int, user_id: int) -> None:
-        await self._run(self._exec, "INSERT OR IGNORE INTO members VALUES (?, ?)", (guild_id, user_id))
+        await self._run(
+            self._exec, "INSERT OR IGNORE INTO members VALUES (?, ?)", (guild_id, user_id)
+        )
 
     async def remove_member(self, guild_id: int, user_id: int) -> None:
-        await self._run(self._exec, "DELETE FROM members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+        await self._run(
+            self._exec,
+            "DELETE FROM members WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        )
 
     async def get_user(self, user_id: int) -> User | None:
-        rows = await self._run(self._exec, "SELECT id, username FROM users WHERE id = ?", (user_id,))
+        rows = await self._run(
+            self._exec, "SELECT id, username FROM users WHERE id = ?", (user_id,)
+        )
         return User(*rows[0]) if rows else None
 
     async def find_user(self, username: str) -> User | None:
-        rows = await self._run(self._exec, "SELECT id, username FROM users WHERE username = ?", (username,))
+        rows = await self._run(
+            self._exec, "SELECT id, username FROM users WHERE username = ?", (username,)
+        )
         return User(*rows[0]) if rows else None
 
     async def get_guild(self, guild_id: int) -> Guild | None:
-        rows = await self._run(self._exec, "SELECT id, name, owner_id FROM guilds WHERE id = ?", (guild_id,))
+        rows = await self._run(
+            self._exec, "SELECT id, name, owner_id FROM guilds WHERE id = ?", (guild_id,)
+        )
         return Guild(*rows[0]) if rows else None
 
     async def get_channel(self, channel_id: int) -> Channel | None:
         rows = await self._run(
-            self._exec, "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?", (channel_id,)
+            self._exec,
+            "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?",
+            (channel_id,),
         )
         return Channel(*rows[0]) if rows else None
 
@@ -194,12 +214,16 @@ class SQLiteStore:
 
     async def guild_members(self, guild_id: int) -> list[int]:
         rows = await self._run(
-            self._exec, "SELECT user_id FROM members WHERE guild_id = ? ORDER BY user_id", (guild_id,)
+            self._exec,
+            "SELECT user_id FROM members WHERE guild_id = ? ORDER BY user_id",
+            (guild_id,),
         )
         return [row[0] for row in rows]
 
     async def is_member(self, guild_id: int, user_id: int) -> bool:
         rows = await self._run(
-            self._exec, "SELECT 1 FROM members WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+            self._exec,
+            "SELECT 1 FROM members WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
         )
         return bool(rows)

@@ -85,10 +85,14 @@ class Stack:
     clients: list[ChatClient] = field(default_factory=list)
 
     def token(self, name: str) -> str:
-        return tokens.mint(self.users[name], secret=self.settings.token_secret, ttl_s=3600, now=time.time())
+        return tokens.mint(
+            self.users[name], secret=self.settings.token_secret, ttl_s=3600, now=time.time()
+        )
 
     async def client(self, name: str, gateway: int = 0, **kw: object) -> ChatClient:
-        c = await ChatClient.identify(self.gateways[gateway].url, self.token(name), heartbeat=False, **kw)
+        c = await ChatClient.identify(
+            self.gateways[gateway].url, self.token(name), heartbeat=False, **kw
+        )
         self.clients.append(c)
         return c
 
@@ -141,7 +145,9 @@ def cassandra_node(tmp_path_factory: pytest.TempPathFactory):
     lib = fetch_jars(progress=lambda line: print(f"[cassandra] {line}", flush=True))
     node = CassandraNode(lib_dir=lib, workdir=tmp_path_factory.mktemp("cassandra"))
     node.start(timeout=240)
-    print(f"[cassandra] node ready on {node.host}:{node.port} in {node.started_in:.1f}s", flush=True)
+    print(
+        f"[cassandra] node ready on {node.host}:{node.port} in {node.started_in:.1f}s", flush=True
+    )
     yield node
     node.stop()
 

@@ -30,22 +30,53 @@ CASES = {
     "wrong-shape": (False, lambda s: ['{"op": 2, "d": {"token": 12345}}'], Close.INVALID_PAYLOAD),
     "not-an-object": (False, lambda s: ["[2, {}]"], Close.INVALID_PAYLOAD),
     "unknown-op": (False, lambda s: [f(77, {})], Close.UNKNOWN_OPCODE),
-    "op-before-identify": (False, lambda s: [f(Op.SEND_MESSAGE, {"channel_id": "1", "content": "x"})],
-                           Close.NOT_AUTHENTICATED),
+    "op-before-identify": (
+        False,
+        lambda s: [f(Op.SEND_MESSAGE, {"channel_id": "1", "content": "x"})],
+        Close.NOT_AUTHENTICATED,
+    ),
     "second-identify": (True, lambda s: [identify(s)], Close.ALREADY_AUTHENTICATED),
-    "bad-token": (False, lambda s: [f(Op.IDENTIFY, {"token": "forged.token"})], Close.AUTHENTICATION_FAILED),
-    "tampered-token": (False, lambda s: [f(Op.IDENTIFY, {"token": s.token("carol")[:-2] + "xx"})],
-                       Close.AUTHENTICATION_FAILED),
-    "expired-token": (False, lambda s: [f(Op.IDENTIFY, {"token": tokens.mint(
-        s.users["carol"], secret=s.settings.token_secret, ttl_s=1, now=0)})], Close.AUTHENTICATION_FAILED),
-    "oversized-frame": (True, lambda s: [f(Op.SEND_MESSAGE, {"channel_id": "1", "content": "x" * 40_000})],
-                        Close.MESSAGE_TOO_BIG),
-    "heartbeat-flood": (True, lambda s: [f(Op.HEARTBEAT)] * (s.settings.events_per_window + 5), Close.RATE_LIMITED),
+    "bad-token": (
+        False,
+        lambda s: [f(Op.IDENTIFY, {"token": "forged.token"})],
+        Close.AUTHENTICATION_FAILED,
+    ),
+    "tampered-token": (
+        False,
+        lambda s: [f(Op.IDENTIFY, {"token": s.token("carol")[:-2] + "xx"})],
+        Close.AUTHENTICATION_FAILED,
+    ),
+    "expired-token": (
+        False,
+        lambda s: [
+            f(
+                Op.IDENTIFY,
+                {
+                    "token": tokens.mint(
+                        s.users["carol"], secret=s.settings.token_secret, ttl_s=1, now=0
+                    )
+                },
+            )
+        ],
+        Close.AUTHENTICATION_FAILED,
+    ),
+    "oversized-frame": (
+        True,
+        lambda s: [f(Op.SEND_MESSAGE, {"channel_id": "1", "content": "x" * 40_000})],
+        Close.MESSAGE_TOO_BIG,
+    ),
+    "heartbeat-flood": (
+        True,
+        lambda s: [f(Op.HEARTBEAT)] * (s.settings.events_per_window + 5),
+        Close.RATE_LIMITED,
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-async def test_bad_input_gets_its_close_code_and_the_neighbour_is_unaffected(stack: Stack, case: str):
+async def test_bad_input_gets_its_close_code_and_the_neighbour_is_unaffected(
+    stack: Stack, case: str
+):
     identified_first, frames, expected = CASES[case]
     neighbour = await stack.client("alice", gateway=0)
     listener = await stack.client("bob", gateway=0)

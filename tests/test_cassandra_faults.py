@@ -30,7 +30,9 @@ async def test_paused_cassandra_keeps_the_hot_path_and_loses_nothing(stack: Stac
 
     cassandra_node.pause()
     try:
-        sent = [(await alice.send_message(general, f"during the pause {i}"))["id"] for i in range(5)]
+        sent = [
+            (await alice.send_message(general, f"during the pause {i}"))["id"] for i in range(5)
+        ]
         await stack.drain()
         got = [await bob.next_event("MESSAGE_CREATE") for _ in sent]
         assert [m["d"]["id"] for m in got] == sent  # delivered live from the hot path
@@ -49,5 +51,7 @@ async def test_paused_cassandra_keeps_the_hot_path_and_loses_nothing(stack: Stac
     assert [str(m.message_id) for m in stored[:5]] == list(reversed(sent))
     await alice.send_message(general, "sentinel")
     await stack.drain()
-    assert (await bob.next_event("MESSAGE_CREATE"))["d"]["content"] == "sentinel"  # no duplicates before it
+    assert (await bob.next_event("MESSAGE_CREATE"))["d"][
+        "content"
+    ] == "sentinel"  # no duplicates before it
     await redis.aclose()

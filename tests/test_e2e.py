@@ -9,7 +9,6 @@ import asyncio
 import socket
 
 import pytest
-from websockets.asyncio.client import connect
 
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
@@ -17,7 +16,9 @@ from chatscale.wire import Op
 from tests.conftest import Stack
 
 
-@pytest.fixture(params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])])
+@pytest.fixture(
+    params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])]
+)
 def storage_url(request, tmp_path) -> str:
     """Every end-to-end test runs on the embedded SQLite backend and on a real Cassandra node."""
     if request.param == "sqlite":
@@ -43,7 +44,9 @@ async def test_two_users_on_two_gateways_see_the_same_messages_in_order(stack: S
     assert stack.worker.stats.processed == 10
 
 
-async def test_sender_gets_its_nonce_back_and_a_retry_with_the_same_nonce_is_one_message(stack: Stack):
+async def test_sender_gets_its_nonce_back_and_a_retry_with_the_same_nonce_is_one_message(
+    stack: Stack,
+):
     alice = await stack.client("alice", gateway=0)
     bob = await stack.client("bob", gateway=1)
     first = await alice.send_message(stack.channels["general"], "once", nonce="n-42")
@@ -120,7 +123,9 @@ async def test_resume_with_bad_seq_or_unknown_session(stack: Stack):
     bob = await stack.client("bob", gateway=1)
     token = stack.token("bob")
     ahead = await ChatClient.open(stack.gateways[1].url, heartbeat=False)
-    await ahead.send_op(Op.RESUME, {"token": token, "session_id": bob.session_id, "seq": bob.seq + 10})
+    await ahead.send_op(
+        Op.RESUME, {"token": token, "session_id": bob.session_id, "seq": bob.seq + 10}
+    )
     await asyncio.wait_for(ahead.closed.wait(), 10)
     assert ahead.close_code == Close.INVALID_SEQ
     unknown = await ChatClient.open(stack.gateways[1].url, heartbeat=False)
@@ -151,14 +156,23 @@ async def test_traced_message_stamps_every_hop(stack: Stack):
     got = await bob.next_event("MESSAGE_CREATE")
     hops = [hop for hop, _ in got["trace"]]
     assert hops == [
-        "gateway_receive", "gateway_publish", "worker_read", "worker_checks", "hot_write",
-        "history_write", "fanout", "gateway_deliver", "client_receive",
+        "gateway_receive",
+        "gateway_publish",
+        "worker_read",
+        "worker_checks",
+        "hot_write",
+        "history_write",
+        "fanout",
+        "gateway_deliver",
+        "client_receive",
     ]
     times = [ns for _, ns in got["trace"]]
     assert times == sorted(times)
 
 
-async def test_slow_reader_is_closed_with_slow_consumer_and_others_keep_receiving(stack: Stack, settings):
+async def test_slow_reader_is_closed_with_slow_consumer_and_others_keep_receiving(
+    stack: Stack, settings
+):
     gw = stack.gateways[0]
     gw.settings = settings.model_copy(update={"client_buffer_bytes": 32 * 1024})
     slow = await stack.client("carol", gateway=0)
@@ -166,7 +180,9 @@ async def test_slow_reader_is_closed_with_slow_consumer_and_others_keep_receivin
     slow.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     slow.ws.transport.pause_reading()
     server_side = next(c for c in gw.clients if c.session and c.session.username == "carol")
-    server_side.ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    server_side.ws.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
     fast = await stack.client("dave", gateway=0)
     alice = await stack.client("alice", gateway=1)
     big = "x" * 1900

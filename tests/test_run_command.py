@@ -35,16 +35,33 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float = 90) -
 
 
 async def test_run_starts_serves_and_stops_cleanly(tmp_path: Path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATSCALE_") and k != "REDIS_URL"}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CHATSCALE_") and k != "REDIS_URL"
+    }
     env["CHATSCALE_STORAGE_URL"] = f"sqlite:///{tmp_path}/run.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chatscale", "run", "--base-port", "0", "--workdir", str(tmp_path / "w")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "chatscale",
+            "run",
+            "--base-port",
+            "0",
+            "--workdir",
+            str(tmp_path / "w"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
     )
     try:
         output = _read_until(proc, "Ctrl-C stops everything.")
         text = "".join(output)
-        assert "bob sees" in text and "client_receive" in text  # the demo conversation and trace ran
+        assert (
+            "bob sees" in text and "client_receive" in text
+        )  # the demo conversation and trace ran
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 5  # valkey, 2 gateways, 2 workers
         state = json.loads((tmp_path / "w" / "run.json").read_text())
@@ -54,9 +71,15 @@ async def test_run_starts_serves_and_stops_cleanly(tmp_path: Path):
         alice, bob = await store.find_user("alice"), await store.find_user("bob")
         await store.close()
         assert alice and bob
-        a = await ChatClient.identify(state["gateways"][0], tokens.mint(alice.id, secret=secret, ttl_s=60, now=time.time()))
-        b = await ChatClient.identify(state["gateways"][1], tokens.mint(bob.id, secret=secret, ttl_s=60, now=time.time()))
-        channel = next(c["id"] for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general")
+        a = await ChatClient.identify(
+            state["gateways"][0], tokens.mint(alice.id, secret=secret, ttl_s=60, now=time.time())
+        )
+        b = await ChatClient.identify(
+            state["gateways"][1], tokens.mint(bob.id, secret=secret, ttl_s=60, now=time.time())
+        )
+        channel = next(
+            c["id"] for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general"
+        )
         ack = await a.send_message(channel, "hello from the test")
         got = await b.next_event("MESSAGE_CREATE", timeout=30)
         assert got["d"]["id"] == ack["id"]

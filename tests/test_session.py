@@ -88,11 +88,30 @@ def test_identify_then_requests_become_actions():
         (f(Op.HELLO), Close.UNKNOWN_OPCODE),  # a server op sent by a client
         (f(Op.SEND_MESSAGE, {"channel_id": 1, "content": "x"}), Close.NOT_AUTHENTICATED),
         (f(Op.IDENTIFY, {"token": "garbage"}), Close.AUTHENTICATION_FAILED),
-        (f(Op.IDENTIFY, {"token": tokens.mint(7, secret="other", ttl_s=60, now=WALL)}), Close.AUTHENTICATION_FAILED),
-        (f(Op.IDENTIFY, {"token": tokens.mint(7, secret=SECRET, ttl_s=60, now=WALL - 61)}), Close.AUTHENTICATION_FAILED),
+        (
+            f(Op.IDENTIFY, {"token": tokens.mint(7, secret="other", ttl_s=60, now=WALL)}),
+            Close.AUTHENTICATION_FAILED,
+        ),
+        (
+            f(Op.IDENTIFY, {"token": tokens.mint(7, secret=SECRET, ttl_s=60, now=WALL - 61)}),
+            Close.AUTHENTICATION_FAILED,
+        ),
     ],
-    ids=["binary", "garbage", "truncated", "array", "string-op", "missing-token", "bad-device", "unknown-op",
-         "server-op", "before-identify", "malformed-token", "wrong-key-token", "expired-token"],
+    ids=[
+        "binary",
+        "garbage",
+        "truncated",
+        "array",
+        "string-op",
+        "missing-token",
+        "bad-device",
+        "unknown-op",
+        "server-op",
+        "before-identify",
+        "malformed-token",
+        "wrong-key-token",
+        "expired-token",
+    ],
 )
 def test_bad_input_before_identify_closes_with_its_code(raw, code):
     conn = make()
@@ -154,10 +173,16 @@ def test_resume_replays_exactly_what_was_missed():
     session.dispatch("MESSAGE_CREATE", '{"n":2}')  # s=3
     conn.closed()
     again = make()
-    [req] = again.receive(f(Op.RESUME, {"token": tok(), "session_id": session.session_id, "seq": 1}))
+    [req] = again.receive(
+        f(Op.RESUME, {"token": tok(), "session_id": session.session_id, "seq": 1})
+    )
     assert req == ResumeRequest(7, session.session_id, 1)
     out = frames(again.resumed(session, 1))
-    assert [(m["s"], m["t"]) for m in out] == [(2, "MESSAGE_CREATE"), (3, "MESSAGE_CREATE"), (4, "RESUMED")]
+    assert [(m["s"], m["t"]) for m in out] == [
+        (2, "MESSAGE_CREATE"),
+        (3, "MESSAGE_CREATE"),
+        (4, "RESUMED"),
+    ]
     assert again.state is State.READY
 
 

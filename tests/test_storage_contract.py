@@ -116,7 +116,9 @@ async def test_membership_removal_is_visible_immediately(backend):
     assert await backend.get_channel(mid(0, 22)) is None
 
 
-@pytest.fixture(params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])])
+@pytest.fixture(
+    params=["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])]
+)
 async def backend(request, tmp_path):
     from storage import open_store
 

@@ -15,7 +15,11 @@ def test_token_round_trip():
         ("a.b.c", 1000, "malformed"),
         (tokens.mint(42, secret="other", ttl_s=60, now=1000), 1000, "bad signature"),
         (tokens.mint(42, secret="s", ttl_s=60, now=1000), 1060, "expired"),
-        (tokens.mint(42, secret="s", ttl_s=60, now=1000).split(".")[0] + ".", 1000, "bad signature"),
+        (
+            tokens.mint(42, secret="s", ttl_s=60, now=1000).split(".")[0] + ".",
+            1000,
+            "bad signature",
+        ),
     ],
     ids=["malformed", "three-parts", "wrong-key", "expired", "unsigned"],
 )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 
@@ -43,7 +42,9 @@ async def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(stac
 
     victim = subprocess.Popen(
         [sys.executable, "-m", "chatscale", "worker", "--consumer", "victim", "--stop-after", "7"],
-        env=_env(stack), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(stack),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         _, status = await asyncio.to_thread(os.waitpid, victim.pid, os.WUNTRACED)
@@ -76,5 +77,7 @@ async def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(stac
     assert stack.worker.stats.fanout_skipped == 7
     assert (await redis.xpending(stream, INGEST_GROUP))["pending"] == 0
     stored = await stack.store.page(general, before=None, limit=100)
-    assert sorted(str(m.message_id) for m in stored) == sorted([*sent, sentinel])  # each stored once
+    assert sorted(str(m.message_id) for m in stored) == sorted(
+        [*sent, sentinel]
+    )  # each stored once
     await redis.aclose()

@@ -29,7 +29,9 @@ RENEW = resources.files("workers").joinpath("lua/lease_renew.lua").read_text()
 
 
 class ShardLeases:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, shards: int, consumer: str, ttl_ms: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, *, shards: int, consumer: str, ttl_ms: int
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._shards = shards

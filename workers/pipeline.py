@@ -53,7 +53,9 @@ class HistoryPending(StorageUnavailable):
     """
 
     def __init__(self, batch: Batch) -> None:
-        super().__init__(f"history write pending for {len(batch.decoded)} entries of {batch.stream}")
+        super().__init__(
+            f"history write pending for {len(batch.decoded)} entries of {batch.stream}"
+        )
         self.batch = batch
 
 
@@ -115,7 +117,14 @@ class Batch:
 
 class Pipeline:
     def __init__(
-        self, settings: Settings, *, redis: aioredis.Redis, keys: Keys, store: Store, consumer: str, fenced: bool
+        self,
+        settings: Settings,
+        *,
+        redis: aioredis.Redis,
+        keys: Keys,
+        store: Store,
+        consumer: str,
+        fenced: bool,
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -196,7 +205,9 @@ class Pipeline:
         try:
             await self._history(accepted)
         except StorageUnavailable as exc:
-            log.warning("history write failed (%s); serving the hot path, entries stay pending", exc)
+            log.warning(
+                "history write failed (%s); serving the hot path, entries stay pending", exc
+            )
             self.history_down_until = time.monotonic() + self.breaker_s
             return False
         return True
@@ -205,13 +216,17 @@ class Pipeline:
         poison = []
         for entry_id, fields in batch.entries:
             try:
-                batch.decoded.append((entry_id, IngestMessage.model_validate(orjson.loads(fields[b"e"]))))
+                batch.decoded.append(
+                    (entry_id, IngestMessage.model_validate(orjson.loads(fields[b"e"])))
+                )
             except (KeyError, orjson.JSONDecodeError, ValidationError) as exc:
                 poison.append((entry_id, fields, f"undecodable: {type(exc).__name__}"))
         for entry_id, fields, reason in poison:
             await self.dead_letter(batch.stream, entry_id, fields, reason)
 
-    async def dead_letter(self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+    async def dead_letter(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
+    ) -> None:
         """Move an entry aside for a human, atomically with its ack."""
         log.error("dead-lettering %s %s: %s", stream, entry_id, reason)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -255,23 +270,43 @@ class Pipeline:
             for m in accepted:
                 trace.stamp(m.trace, "fanout")
                 entry = Delivery(
-                    t="MESSAGE_CREATE", guild_id=m.guild_id, channel_id=m.channel_id, payload=m.payload, trace=m.trace
+                    t="MESSAGE_CREATE",
+                    guild_id=m.guild_id,
+                    channel_id=m.channel_id,
+                    payload=m.payload,
+                    trace=m.trace,
                 )
                 keys = [self.keys.fanned_out(m.id), self.keys.lease(batch.shard)]
                 for gw in routes[m.guild_id]:
                     gateway = gw.decode()
                     keys += [self.keys.gateway_alive(gateway), self.keys.deliver(gateway)]
                 args = [
-                    encode_entry(entry)["e"], maxlen, FANOUT_MARKER_TTL_S, "1" if self.fenced else "0", self.consumer,
+                    encode_entry(entry)["e"],
+                    maxlen,
+                    FANOUT_MARKER_TTL_S,
+                    "1" if self.fenced else "0",
+                    self.consumer,
                 ]
                 await self._fanout(keys=keys, args=args, client=pipe)
             for m, code in rejected:
                 reply = Delivery(
                     t="MESSAGE_REJECTED",
                     session_id=m.session_id,
-                    payload=dumps({"id": str(m.id), "channel_id": str(m.channel_id), "nonce": m.nonce, "code": code}),
+                    payload=dumps(
+                        {
+                            "id": str(m.id),
+                            "channel_id": str(m.channel_id),
+                            "nonce": m.nonce,
+                            "code": code,
+                        }
+                    ),
                 )
-                pipe.xadd(self.keys.deliver(m.gateway_id), encode_entry(reply), maxlen=maxlen, approximate=True)
+                pipe.xadd(
+                    self.keys.deliver(m.gateway_id),
+                    encode_entry(reply),
+                    maxlen=maxlen,
+                    approximate=True,
+                )
             results = await pipe.execute()
         for written in results[: len(accepted)]:
             if written == -1:

@@ -74,10 +74,19 @@ class Worker:
         self.redis: aioredis.Redis = connect(settings, block_ms=settings.worker_block_ms)
         self.store = store
         self.pipeline = Pipeline(
-            settings, redis=self.redis, keys=self.keys, store=store, consumer=self.consumer, fenced=ordering == "shard"
+            settings,
+            redis=self.redis,
+            keys=self.keys,
+            store=store,
+            consumer=self.consumer,
+            fenced=ordering == "shard",
         )
         self.leases = ShardLeases(
-            self.redis, self.keys, shards=settings.ingest_shards, consumer=self.consumer, ttl_ms=lease_ttl_ms
+            self.redis,
+            self.keys,
+            shards=settings.ingest_shards,
+            consumer=self.consumer,
+            ttl_ms=lease_ttl_ms,
         )
         self._stop_after = stop_after
         self._stopping = asyncio.Event()
@@ -145,7 +154,10 @@ class Worker:
             shards = sorted(self.leases.owned)
         else:
             shards = list(range(self.settings.ingest_shards))
-            if time.monotonic() - self._last_reclaim > self.settings.reclaim_idle_ms / 1000 or burst:
+            if (
+                time.monotonic() - self._last_reclaim > self.settings.reclaim_idle_ms / 1000
+                or burst
+            ):
                 self._last_reclaim = time.monotonic()
                 for shard in shards:
                     await self._reclaim(shard, min_idle_ms=self.settings.reclaim_idle_ms)
@@ -181,15 +193,23 @@ class Worker:
         except HistoryPending as pending:
             self._history_backlog.append(pending.batch)
         except LeaseLost:
-            log.warning("%s lost the lease of %s mid-batch; leaving it to the new owner", self.consumer, batch.stream)
+            log.warning(
+                "%s lost the lease of %s mid-batch; leaving it to the new owner",
+                self.consumer,
+                batch.stream,
+            )
         except TRANSIENT_ERRORS:
             self._retry.append(batch)
             raise
         except Exception as exc:  # an unexpected bug or poison entry: retry, then dead-letter
-            log.exception("%s: batch on %s failed (attempt %d)", self.consumer, batch.stream, batch.attempts)
+            log.exception(
+                "%s: batch on %s failed (attempt %d)", self.consumer, batch.stream, batch.attempts
+            )
             if batch.attempts >= self.settings.max_deliveries:
                 for entry_id, fields in batch.entries:
-                    await self.pipeline.dead_letter(batch.stream, entry_id, fields, f"failed: {exc!r}"[:200])
+                    await self.pipeline.dead_letter(
+                        batch.stream, entry_id, fields, f"failed: {exc!r}"[:200]
+                    )
             else:
                 self._retry.append(batch)
 
@@ -206,7 +226,11 @@ class Worker:
             except StorageUnavailable:
                 return  # still down: keep serving the hot path, try again on a later step
             self._history_backlog.pop(0)
-            log.info("%s: stored and acked %d entries from the history backlog", self.consumer, len(batch.decoded))
+            log.info(
+                "%s: stored and acked %d entries from the history backlog",
+                self.consumer,
+                len(batch.decoded),
+            )
 
     async def _run_retries(self) -> None:
         pending, self._retry = self._retry, []
@@ -225,7 +249,12 @@ class Worker:
         start = b"0-0"
         while True:
             start, claimed, _deleted = await self.redis.xautoclaim(
-                stream, INGEST_GROUP, self.consumer, min_idle_ms, start_id=start, count=self.settings.worker_batch
+                stream,
+                INGEST_GROUP,
+                self.consumer,
+                min_idle_ms,
+                start_id=start,
+                count=self.settings.worker_batch,
             )
             claimed = [(eid, fields) for eid, fields in claimed if fields is not None]
             if claimed:
@@ -233,7 +262,9 @@ class Worker:
                 keep = []
                 for entry_id, fields in claimed:
                     if counts.get(entry_id, 0) > self.settings.max_deliveries:
-                        await self.pipeline.dead_letter(stream, entry_id, fields, "delivered too many times")
+                        await self.pipeline.dead_letter(
+                            stream, entry_id, fields, "delivered too many times"
+                        )
                     else:
                         keep.append((entry_id, fields))
                 if keep:
@@ -244,12 +275,19 @@ class Worker:
 
     async def _delivery_counts(self, stream: str, first: bytes, last: bytes) -> dict[bytes, int]:
         rows = await self.redis.xpending_range(
-            stream, INGEST_GROUP, min=first, max=last, count=self.settings.worker_batch, consumername=self.consumer
+            stream,
+            INGEST_GROUP,
+            min=first,
+            max=last,
+            count=self.settings.worker_batch,
+            consumername=self.consumer,
         )
         return {
-            (row["message_id"] if isinstance(row["message_id"], bytes) else str(row["message_id"]).encode()): int(
-                row["times_delivered"]
-            )
+            (
+                row["message_id"]
+                if isinstance(row["message_id"], bytes)
+                else str(row["message_id"]).encode()
+            ): int(row["times_delivered"])
             for row in rows
         }
 
@@ -257,7 +295,9 @@ class Worker:
         for shard in range(self.settings.ingest_shards):
             try:
                 # id 0: entries published before the group existed are consumed, not skipped.
-                await self.redis.xgroup_create(self.keys.ingest(shard), INGEST_GROUP, id="0", mkstream=True)
+                await self.redis.xgroup_create(
+                    self.keys.ingest(shard), INGEST_GROUP, id="0", mkstream=True
+                )
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -274,7 +314,10 @@ class Worker:
                 floor = summary["min"]
             else:
                 groups = await self.redis.xinfo_groups(stream)
-                floor = next((g["last-delivered-id"] for g in groups if g["name"] == INGEST_GROUP.encode()), None)
+                floor = next(
+                    (g["last-delivered-id"] for g in groups if g["name"] == INGEST_GROUP.encode()),
+                    None,
+                )
             if floor:
                 await self.redis.xtrim(stream, minid=floor, approximate=True)
 
@@ -298,7 +341,9 @@ class Worker:
             return batch
         head = Batch(batch.stream, batch.shard, batch.entries[: self._stop_after])
         await self.pipeline.process(head, ack=False)
-        log.warning("%s: fault injection, stopping after %d entries", self.consumer, self._stop_after)
+        log.warning(
+            "%s: fault injection, stopping after %d entries", self.consumer, self._stop_after
+        )
         os.kill(os.getpid(), signal.SIGSTOP)
         self._stop_after = None
         return Batch(batch.stream, batch.shard, batch.entries[len(head.entries) :])
