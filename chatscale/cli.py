@@ -113,6 +113,30 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_presence(args: argparse.Namespace) -> int:
+    from presence.service import PresenceService
+    from storage import open_store
+
+    settings = Settings()
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    service = PresenceService(settings, store=store, consumer=args.consumer)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, service.stop)
+    mode = "coalesced" if settings.presence_coalesce else "raw broadcast"
+    print(
+        f"presence service {args.consumer} ({mode}, tick {settings.presence_tick_ms} ms)",
+        flush=True,
+    )
+    try:
+        await service.run()
+    finally:
+        print(f"presence stopping: {service.coalescer.stats.to_dict()}", flush=True)
+        await service.close()
+        await store.close()
+    return 0
+
+
 async def cmd_run(args: argparse.Namespace) -> int:
     from chatscale import supervisor
 
@@ -267,6 +291,49 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     from loadtest import bench
 
     settings = settings_for_tools()
+    if args.mode == "presence":
+        from presence.simulate import simulate_guild
+
+        coalesce_s = args.interval
+        r = simulate_guild(
+            members=args.members,
+            online=args.online,
+            seconds=int(args.duration),
+            interval_s=coalesce_s,
+            seed=args.seed,
+        )
+        raw, co = r["raw"], r["coalesced"]
+        print(
+            json.dumps(
+                {
+                    "members": args.members,
+                    "online_at_start": args.online,
+                    "seconds": int(args.duration),
+                    "seed": args.seed,
+                    "events": r["events"],
+                    "visible_changes": raw.changes_in,
+                    "raw": {
+                        "updates": raw.updates_out,
+                        "deliveries": raw.deliveries_out,
+                        "deliveries_per_change": round(
+                            raw.deliveries_out / max(1, raw.changes_in), 1
+                        ),
+                    },
+                    "coalesced": {
+                        "interval_s": coalesce_s,
+                        "updates": co.updates_out,
+                        "deliveries": co.deliveries_out,
+                        "deliveries_per_change": round(
+                            co.deliveries_out / max(1, co.changes_in), 1
+                        ),
+                        "flaps_netted": co.net_zero,
+                    },
+                    "saving": round(raw.deliveries_out / max(1, co.deliveries_out), 1),
+                },
+                indent=2,
+            )
+        )
+        return 0
     if args.mode == "storage":
         from loadtest import storage_bench
 
@@ -342,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection for tests
     w.set_defaults(fn=cmd_worker)
 
+    pr = sub.add_parser(
+        "presence", help="the presence service (aggregates heartbeats, coalesces updates)"
+    )
+    pr.add_argument("--consumer", default="presence-1", help="consumer name in the presence group")
+    pr.set_defaults(fn=cmd_presence)
+
     t = sub.add_parser("token", help="mint a token for a seeded user")
     t.add_argument("user", help="username, e.g. alice")
     t.add_argument("--ttl", type=int, help="seconds (default CHATSCALE_TOKEN_TTL_S)")
@@ -371,11 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "mode",
-        choices=["chat", "idle", "storage"],
+        choices=["chat", "idle", "storage", "presence"],
         help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
-        "hot vs cold page latency (needs no running topology)",
+        "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced "
+        "(storage and presence need no running topology)",
     )
-    b.add_argument("--members", type=int, default=20, help="connected members of the bench guild")
+    b.add_argument(
+        "--members",
+        type=int,
+        default=20,
+        help="connected members of the bench guild (presence mode: guild size, e.g. 5000)",
+    )
+    b.add_argument(
+        "--online", type=int, default=3000, help="presence mode: members online at the start"
+    )
+    b.add_argument(
+        "--interval", type=float, default=1.0, help="presence mode: coalescing window (s)"
+    )
+    b.add_argument("--seed", type=int, default=20240611, help="presence mode: simulation seed")
     b.add_argument("--senders", type=int, default=4, help="members that send")
     b.add_argument(
         "--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)"

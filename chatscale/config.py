@@ -111,6 +111,23 @@ class Settings(BaseSettings):
         "write history after (lower latency; the entry stays unacked until stored).",
     )
 
+    # --- presence -----------------------------------------------------------------------
+    presence_timeout_s: float = Field(
+        default=60.0, description="A device with no heartbeat for this long is offline."
+    )
+    presence_tick_ms: int = Field(
+        default=1000, description="Gateways batch presence events and the service flushes per tick."
+    )
+    presence_coalesce: bool = Field(
+        default=True,
+        description="Coalesce status changes per guild per tick. Off: raw broadcast of every change "
+        "(compare the amplification counters).",
+    )
+    large_guild_threshold: int = Field(
+        default=1000, description="Above this many members a guild gets online members and counts only."
+    )
+    typing_window_s: float = Field(default=10.0, description="At most one TYPING_START per user and channel per window.")
+
     # --- storage ------------------------------------------------------------------------
     bucket_span_ms: int = Field(
         default=10 * 24 * 3600 * 1000,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 INGEST_GROUP = "workers"
+PRESENCE_GROUP = "presence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,22 @@ class Keys:
     def node_ids(self) -> str:
         """Counter handing each gateway a snowflake node id."""
         return f"{self.prefix}:nodeid"
+
+    def presence_in(self) -> str:
+        """Stream of presence/typing batches, one entry per gateway per tick (group PRESENCE_GROUP)."""
+        return f"{self.prefix}:presence:in"
+
+    def presence_state(self) -> str:
+        """JSON snapshot of the presence service's state, so it survives its own restart."""
+        return f"{self.prefix}:presence:state"
+
+    def presence_users(self) -> str:
+        """Hash user_id -> visible presence JSON (only users others see as not offline)."""
+        return f"{self.prefix}:presence:users"
+
+    def presence_stats(self) -> str:
+        """JSON counters of the presence service: changes in, updates and deliveries out."""
+        return f"{self.prefix}:presence:stats"
 
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}:health"

@@ -127,6 +127,9 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         child.args += ["--consumer", child.consumer]
         topo.children.append(child)
         topo.spawn(child)
+    presence = Child("presence", 0, ["presence"], log=topo.workdir / "logs" / "presence.log")
+    topo.children.append(presence)
+    topo.spawn(presence)
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         child = Child(
@@ -154,7 +157,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     await redis.aclose()
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
-    say(f"workers     {topo.workers} (logs in {topo.workdir / 'logs'})")
+    say(f"workers     {topo.workers}, presence 1 (logs in {topo.workdir / 'logs'})")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -220,6 +223,10 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
     try:
         while not stop.is_set():
             for child in topo.children:
+                if child.proc and child.proc.poll() is not None and child.role == "presence":
+                    child.restarts += 1
+                    say(f"presence exited ({child.proc.returncode}); restarting from its saved state (#{child.restarts})")
+                    topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "worker":
                     code = child.proc.returncode
                     with contextlib.suppress(Exception):

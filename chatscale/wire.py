@@ -137,7 +137,8 @@ class Delivery(BaseModel):
     """One entry of a gateway's delivery stream, written once per gateway, not per user.
 
     ``session_id`` set: only that session gets it (replies such as MESSAGE_REJECTED).
-    Otherwise every local session in ``guild_id`` that may see ``channel_id`` gets it.
+    Otherwise every local session in ``guild_id`` that may see ``channel_id`` gets it, or every
+    session of the guild when ``channel_id`` is 0 (presence updates).
     """
 
     t: str

@@ -97,7 +97,10 @@ class LocalFanout:
             targets: list[Session] = [session] if session is not None else []
         else:
             members = self.by_guild.get(delivery.guild_id, ())
-            targets = [s for s in members if delivery.channel_id in s.channels]
+            if delivery.channel_id:
+                targets = [s for s in members if delivery.channel_id in s.channels]
+            else:  # guild-wide (presence): every member session of the guild
+                targets = list(members)
         if not targets:
             return 0
         suffix = ""

@@ -40,13 +40,17 @@ from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
     IngestMessage,
+    PresenceUpdate,
     RequestHistory,
     SendMessage,
+    Typing,
+    VoiceStateUpdate,
     dumps,
     encode_entry,
     message_payload,
 )
 from gateway.fanout import LocalFanout
+from gateway.presence import PresenceReporter
 from gateway.session import (
     Action,
     Authenticate,
@@ -107,6 +111,9 @@ class Gateway:
             replay_size=settings.replay_buffer,
         )
         self.fanout = LocalFanout(self)
+        self.presence = PresenceReporter(
+            self.redis, self.keys, gateway_id=self.id, heartbeat_every_s=settings.presence_timeout_s / 3
+        )
         self.clients: set[Client] = set()
         self.sessions: dict[str, Session] = {}
         self._ids: snowflake.SnowflakeGenerator | None = None
@@ -157,6 +164,9 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*TRANSIENT):
+            for session in self.sessions.values():
+                self.presence.offline(session)
+            await self.presence.flush([], self.clock())
             await self.fanout.drop_all_routes()
             await self.redis.delete(self.keys.gateway_alive(self.id), self.keys.deliver(self.id))
             await self.redis.hdel(self.keys.gateways(), self.id)
@@ -177,6 +187,12 @@ class Gateway:
             with contextlib.suppress(*TRANSIENT):
                 await self._refresh_alive()
             await self.tick()
+            with contextlib.suppress(*TRANSIENT):
+                await self.flush_presence()
+
+    async def flush_presence(self) -> None:
+        """One presence batch for this tick (tests call it instead of waiting for the timer)."""
+        await self.presence.flush(list(self.fanout.attached), self.clock())
 
     async def tick(self) -> None:
         """Heartbeat timeouts and expiry of detached sessions (tests call it with a fake clock)."""
@@ -230,9 +246,7 @@ class Gateway:
             elif isinstance(action, FetchHistory):
                 await self._history(client, action.request)
             elif isinstance(action, ClientEvent):
-                self.send_error(
-                    client, "UNSUPPORTED", f"{action.op.name} is not handled by this gateway"
-                )
+                self._client_event(client, action)
 
     def send(self, client: Client, text: str) -> None:
         """Queue a frame without awaiting; close the client if it is not reading."""
@@ -287,7 +301,11 @@ class Gateway:
                 for g in guilds
             ],
         }
+        ready["presences"] = {
+            str(g): p for g, p in (await self.presence.ready_presences(self.store, guilds, self.settings.large_guild_threshold)).items()
+        }
         self.sessions[session.session_id] = session
+        self.presence.online(session)
         try:
             await self.fanout.attach(session, client)
         except TRANSIENT:
@@ -310,7 +328,29 @@ class Gateway:
             self.fanout.attached[session] = client
         await self._apply(client, actions)
 
+    def _client_event(self, client: Client, event: ClientEvent) -> None:
+        """Presence, voice and typing go to the presence service in this tick's batch."""
+        session = client.session
+        assert session is not None
+        request = event.request
+        if isinstance(request, PresenceUpdate):
+            self.presence.status(session, request.status)
+        elif isinstance(request, VoiceStateUpdate):
+            if request.guild_id not in session.guilds or (
+                request.channel_id is not None and session.channels.get(request.channel_id) != request.guild_id
+            ):
+                self.send_error(client, "UNKNOWN_CHANNEL", "no such guild or channel visible to you")
+                return
+            self.presence.voice(session, request.guild_id, request.channel_id)
+        elif isinstance(request, Typing):
+            guild_id = session.channels.get(request.channel_id)
+            if guild_id is None:
+                self.send_error(client, "UNKNOWN_CHANNEL", "no such channel visible to you")
+                return
+            self.presence.typing(session, guild_id, request.channel_id)
+
     async def _forget(self, session: Session) -> None:
+        self.presence.offline(session)
         self.sessions.pop(session.session_id, None)
         with contextlib.suppress(*TRANSIENT):
             await self.fanout.detach(session)

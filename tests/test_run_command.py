@@ -63,7 +63,7 @@ async def test_run_starts_serves_and_stops_cleanly(tmp_path: Path):
             "bob sees" in text and "client_receive" in text
         )  # the demo conversation and trace ran
         children = psutil.Process(proc.pid).children(recursive=True)
-        assert len(children) >= 5  # valkey, 2 gateways, 2 workers
+        assert len(children) >= 6  # valkey, presence, 2 gateways, 2 workers
         state = json.loads((tmp_path / "w" / "run.json").read_text())
         # A real client of our own: alice on gateway 0, bob on gateway 1.
         secret = "chatscale-dev-secret"  # the default CHATSCALE_TOKEN_SECRET

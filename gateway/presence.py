@@ -1,0 +1,105 @@
+"""The gateway's side of presence: collect events, send one batch per tick.
+
+Every session going online or offline, every status, voice and typing request is buffered and
+sent to the presence service as ONE stream entry per tick per gateway — never one Redis write
+per client heartbeat. Heartbeats themselves are reported for all live sessions every third of
+the presence timeout: a session the gateway still holds is alive, because the gateway already
+closes sessions whose heartbeats stop (4009).
+
+READY carries the current presence of each guild's members, read from the service's
+``presence:users`` hash; guilds above ``large_guild_threshold`` members get only an online
+count, as Discord sends large guilds less up front.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from chatscale.keys import Keys
+from presence.state import Heartbeat, Offline, Online, SetStatus, VoiceUpdate, event_to_dict
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from gateway.session import Session
+    from storage import Guild, Store
+
+
+class PresenceReporter:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, *, gateway_id: str, heartbeat_every_s: float
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._gateway_id = gateway_id
+        self._heartbeat_every = heartbeat_every_s
+        self._last_heartbeats = float("-inf")
+        self._events: list[dict[str, Any]] = []
+        self._typing: list[dict[str, Any]] = []
+        self.batches_sent = 0
+
+    def online(self, session: Session) -> None:
+        self._events.append(
+            event_to_dict(Online(session.session_id, session.user_id, session.device, "online"))
+        )
+
+    def offline(self, session: Session) -> None:
+        self._events.append(event_to_dict(Offline(session.session_id)))
+
+    def status(self, session: Session, status: str) -> None:
+        self._events.append(event_to_dict(SetStatus(session.session_id, status)))
+
+    def voice(self, session: Session, guild_id: int, channel_id: int | None) -> None:
+        self._events.append(event_to_dict(VoiceUpdate(session.session_id, guild_id, channel_id)))
+
+    def typing(self, session: Session, guild_id: int, channel_id: int) -> None:
+        self._typing.append(
+            {"user_id": session.user_id, "guild_id": guild_id, "channel_id": channel_id}
+        )
+
+    async def flush(self, sessions: list[Session], now: float) -> bool:
+        """Send this tick's batch (if any); returns whether an entry was written."""
+        if now - self._last_heartbeats >= self._heartbeat_every and sessions:
+            self._last_heartbeats = now
+            self._events += [event_to_dict(Heartbeat(s.session_id)) for s in sessions]
+        if not self._events and not self._typing:
+            return False
+        batch = {"gw": self._gateway_id, "events": self._events, "typing": self._typing}
+        self._events, self._typing = [], []
+        try:
+            await self._redis.xadd(self._keys.presence_in(), {"e": orjson.dumps(batch)})
+        except Exception:
+            # Redis unreachable: keep the batch for the next tick (order kept, nothing dropped).
+            self._events = batch["events"] + self._events
+            self._typing = batch["typing"] + self._typing
+            raise
+        self.batches_sent += 1
+        return True
+
+    async def ready_presences(
+        self, store: Store, guilds: list[Guild], large_threshold: int
+    ) -> dict[int, Any]:
+        """guild id -> {"presences": [...]}, or for large guilds {"large": true, "member_count": n}."""
+        out: dict[int, Any] = {}
+        for guild in guilds:
+            members = await store.guild_members(guild.id)
+            if (
+                len(members) > large_threshold
+            ):  # counts arrive with the guild's next PRESENCE_UPDATE
+                out[guild.id] = {"large": True, "member_count": len(members)}
+                continue
+            views = (
+                await self._redis.hmget(self._keys.presence_users(), [str(m) for m in members])
+                if members
+                else []
+            )
+            out[guild.id] = {
+                "presences": [
+                    {"user_id": str(m), **orjson.loads(v)}
+                    for m, v in zip(members, views, strict=True)
+                    if v is not None
+                ]
+            }
+        return out

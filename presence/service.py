@@ -1,0 +1,246 @@
+"""The presence service process: heartbeats in, coalesced per-guild updates out.
+
+Gateways send one batch per tick (``gateway/presence.py``): sessions coming online, going
+offline, status and voice changes, heartbeats of every live session (every third of the
+timeout, not every client heartbeat), typing. This service applies them to ``PresenceState``
+(per user, per device), expires devices whose heartbeats stopped, feeds the visible changes to
+the ``Coalescer`` (at most one update per guild per tick; large guilds get online members and
+counts only) and writes each update once to every gateway that holds members of the guild.
+Typing goes through ``TypingThrottle`` and is never persisted.
+
+State (sessions and pending coalescer windows) is saved to Redis after every step and restored
+on start, so the service can be restarted mid-run; entries are acked only after the state that
+includes them is saved (at-least-once; replaying a batch is harmless: the events are idempotent
+state assignments). Time comes from an injected clock; ``step(now=...)`` processes what is
+queued without blocking, which is how tests drive it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from chatscale.config import Settings
+from chatscale.keys import PRESENCE_GROUP, Keys
+from chatscale.redisconn import TRANSIENT, connect
+from chatscale.wire import Delivery, dumps, encode_entry
+from presence.coalesce import Coalescer, GuildUpdate, TypingThrottle
+from presence.state import PresenceChange, PresenceState, StatusChange, event_from_dict
+from storage import Store
+
+log = logging.getLogger("chatscale.presence")
+
+
+class PresenceService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        consumer: str = "presence-1",
+    ) -> None:
+        """
+        settings: timeout, tick, coalescing switch and large-guild threshold come from here.
+        store: metadata (which guilds a user is in, member counts).
+        clock: wall-clock seconds (the saved state holds timestamps, so not a monotonic clock).
+        consumer: name in the PRESENCE_GROUP consumer group.
+        """
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.store = store
+        self.clock = clock
+        self.consumer = consumer
+        self.redis: aioredis.Redis = connect(settings, block_ms=settings.presence_tick_ms)
+        self.state = PresenceState(timeout=settings.presence_timeout_s)
+        self.typing = TypingThrottle(window=settings.typing_window_s, ttl=settings.typing_window_s)
+        self.coalescer = self._new_coalescer()
+        self._guilds: dict[int, list[int]] = {}  # user -> guilds (cache)
+        self._members: dict[int, int] = {}  # guild -> member count (cache)
+        self._online: dict[int, set[int]] = {}  # guild -> users others see as not offline
+        self._meta_version: bytes | None = None
+        self._stopping = asyncio.Event()
+
+    def _new_coalescer(self, saved: dict[str, Any] | None = None) -> Coalescer:
+        options: dict[str, Any] = {
+            "interval": self.settings.presence_tick_ms / 1000,
+            "large_guild_threshold": self.settings.large_guild_threshold,
+            "enabled": self.settings.presence_coalesce,
+            "recipients": lambda g: len(self._online.get(g, ())),
+            "member_count": lambda g: self._members.get(g, 0),
+            "online_count": lambda g: len(self._online.get(g, ())),
+        }
+        return Coalescer.from_dict(saved, **options) if saved else Coalescer(**options)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            await self.redis.xgroup_create(
+                self.keys.presence_in(), PRESENCE_GROUP, id="0", mkstream=True
+            )
+        raw = await self.redis.get(self.keys.presence_state())
+        if raw:
+            saved = orjson.loads(raw)
+            self.state = PresenceState.from_dict(saved["state"], now=self.clock(), grace=0.0)
+            self.coalescer = self._new_coalescer(saved.get("coalescer"))
+            self._online = {int(g): set(users) for g, users in saved.get("online", {}).items()}
+            log.info("presence state restored: %d sessions", len(saved["state"]["sessions"]))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def run(self) -> None:
+        await self.start()
+        while not self._stopping.is_set():
+            try:
+                await self.step(block_ms=self.settings.presence_tick_ms)
+            except TRANSIENT as exc:
+                log.warning("presence step failed (%s); retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), 1.0)
+
+    # ---- one tick -------------------------------------------------------------------------
+
+    async def step(self, *, now: float | None = None, block_ms: int | None = None) -> int:
+        """Apply what is queued, expire, flush due guild updates, save, ack. Returns entries read."""
+        reply = await self.redis.xreadgroup(
+            PRESENCE_GROUP, self.consumer, {self.keys.presence_in(): ">"}, count=256, block=block_ms
+        )
+        entries = [e for _, es in reply or [] for e in es]
+        now = self.clock() if now is None else now
+        await self._refresh_metadata()
+        changes: list[PresenceChange] = []
+        typing: list[dict[str, Any]] = []
+        for _, fields in entries:
+            batch = orjson.loads(fields[b"e"])
+            changes += self.state.apply_batch(
+                [event_from_dict(e) for e in batch.get("events", [])], now
+            )
+            typing += batch.get("typing", [])
+        changes += self.state.expire(now)
+        await self._load_guilds({c.user_id for c in changes if isinstance(c, StatusChange)})
+        self._track_online(changes)
+        updates = self.coalescer.submit(changes, lambda user: self._guilds.get(user, ()))
+        updates += self.coalescer.flush(now)
+        await self._publish(updates, typing, now)
+        await self._save(changes)
+        if entries:
+            await self.redis.xack(
+                self.keys.presence_in(), PRESENCE_GROUP, *[eid for eid, _ in entries]
+            )
+        self.typing.expire(now)
+        return len(entries)
+
+    async def _refresh_metadata(self) -> None:
+        version = await self.redis.get(self.keys.metadata_version())
+        if version != self._meta_version:
+            self._meta_version = version
+            self._guilds.clear()
+            self._members.clear()
+
+    async def _load_guilds(self, users: set[int]) -> None:
+        for user in users - self._guilds.keys():
+            self._guilds[user] = [g.id for g in await self.store.user_guilds(user)]
+            for guild in self._guilds[user]:
+                if guild not in self._members:
+                    self._members[guild] = len(await self.store.guild_members(guild))
+
+    def _track_online(self, changes: list[PresenceChange]) -> None:
+        for c in changes:
+            if isinstance(c, StatusChange):
+                for guild in self._guilds.get(c.user_id, ()):
+                    online = self._online.setdefault(guild, set())
+                    if c.new_visible == "offline":
+                        online.discard(c.user_id)
+                    else:
+                        online.add(c.user_id)
+
+    async def _publish(
+        self, updates: list[GuildUpdate], typing: list[dict[str, Any]], now: float
+    ) -> None:
+        deliveries: list[tuple[int, Delivery]] = []
+        for update in updates:
+            d = Delivery(
+                t="PRESENCE_UPDATE",
+                guild_id=update.guild_id,
+                payload=dumps(_wire(update.to_dict())),
+            )
+            deliveries.append((update.guild_id, d))
+        for t in typing:
+            if self.typing.typing(int(t["user_id"]), int(t["channel_id"]), now):
+                payload = {
+                    "user_id": str(t["user_id"]),
+                    "channel_id": str(t["channel_id"]),
+                    "guild_id": str(t["guild_id"]),
+                    "timestamp": int(now),
+                }
+                d = Delivery(
+                    t="TYPING_START",
+                    guild_id=int(t["guild_id"]),
+                    channel_id=int(t["channel_id"]),
+                    payload=dumps(payload),
+                )
+                deliveries.append((int(t["guild_id"]), d))
+        if not deliveries:
+            return
+        guilds = sorted({g for g, _ in deliveries})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for g in guilds:
+                pipe.smembers(self.keys.route(g))
+            routes = dict(zip(guilds, await pipe.execute(), strict=True))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for guild, delivery in deliveries:
+                entry = encode_entry(delivery)
+                for gw in sorted(routes[guild]):
+                    pipe.xadd(
+                        self.keys.deliver(gw.decode()),
+                        entry,
+                        maxlen=self.settings.delivery_maxlen,
+                        approximate=True,
+                    )
+            await pipe.execute()
+
+    async def _save(self, changes: list[PresenceChange]) -> None:
+        snapshot = {
+            "state": self.state.to_dict(),
+            "coalescer": self.coalescer.to_dict(),
+            "online": {str(g): sorted(u) for g, u in self._online.items() if u},
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.presence_state(), orjson.dumps(snapshot))
+            for c in changes:
+                if isinstance(c, StatusChange):
+                    if c.new_visible == "offline":
+                        pipe.hdel(self.keys.presence_users(), str(c.user_id))
+                    else:
+                        view = {"status": c.new_visible, "client_status": c.client_status}
+                        pipe.hset(self.keys.presence_users(), str(c.user_id), dumps(view))
+            pipe.set(self.keys.presence_stats(), dumps(self.coalescer.stats.to_dict()))
+            await pipe.execute()
+
+
+def _wire(update: dict[str, Any]) -> dict[str, Any]:
+    """Ids as strings on the wire, like every other payload."""
+    update = dict(update)
+    update["guild_id"] = str(update["guild_id"])
+    update["presences"] = [{**p, "user_id": str(p["user_id"])} for p in update["presences"]]
+    update["voice"] = [
+        {
+            "user_id": str(v["user_id"]),
+            "channel_id": None if v["channel_id"] is None else str(v["channel_id"]),
+        }
+        for v in update["voice"]
+    ]
+    return update
