@@ -394,6 +394,22 @@ def _pdeathsig_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP is delivered to every thread of the JVM, but not in the same instant: on a
+    loaded machine a network thread can still answer one request right after ``kill``
+    returns. Wait until every thread shows state T, so a paused node is paused."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return  # not Linux /proc, or the process is gone
+        if all(state in ("T", "t") for state in states):
+            return
+        time.sleep(0.005)
+
+
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
@@ -752,6 +768,7 @@ compaction_throughput: 64MiB/s
             raise CassandraNodeError("node is not running")
         _signal_group(self._proc.pid, signal.SIGSTOP)
         self._paused = True
+        _wait_all_threads_stopped(self._proc.pid)
 
     def resume(self) -> None:
         """SIGCONT a paused node."""
