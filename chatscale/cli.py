@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from chatscale import community, tokens
+from chatscale import admin, community, metrics, tokens
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
@@ -80,6 +80,7 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
 
     async def start() -> None:
         await gw.start()
+        metrics.serve(settings, role="gateway", name=gw.id)
         print(f"gateway {gw.id} ready on {gw.url}", flush=True)
 
     await _serve_until_signal(start, stop)
@@ -100,6 +101,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
     )
     worker.install_signal_handlers()
+    metrics.serve(settings, role="worker", name=worker.consumer)
     print(
         f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
         flush=True,
@@ -120,6 +122,7 @@ async def cmd_presence(args: argparse.Namespace) -> int:
     settings = Settings()
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     service = PresenceService(settings, store=store, consumer=args.consumer)
+    metrics.serve(settings, role="presence", name=args.consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, service.stop)
@@ -272,6 +275,17 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_top(args: argparse.Namespace) -> int:
+    from chatscale import top
+
+    settings = settings_for_tools()
+    if not settings.redis_url:
+        print("no running topology: set REDIS_URL or start `chatscale run`", file=sys.stderr)
+        return 2
+    await top.run(settings, interval=args.interval, once=args.once)
+    return 0
+
+
 async def cmd_evict(args: argparse.Namespace) -> int:
     from workers.leases import evict
 
@@ -343,10 +357,14 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     state = WORKDIR / "run.json"
-    if not state.exists() or settings.redis_url is None:
-        print("no running topology: start `chatscale run` in this directory first", file=sys.stderr)
+    if not (state.exists() or args.gateway) or settings.redis_url is None:
+        print(
+            "no running topology: start `chatscale run` in this directory first, or set "
+            "REDIS_URL and CHATSCALE_STORAGE_URL and pass --gateway ws://host:port",
+            file=sys.stderr,
+        )
         return 2
-    urls = json.loads(state.read_text())["gateways"]
+    urls = args.gateway or json.loads(state.read_text())["gateways"]
     if args.mode == "idle":
         result = await bench.idle(settings, urls, connections=args.connections)
     else:
@@ -473,6 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--messages", type=int, default=20000, help="storage mode: messages to insert")
     b.add_argument("--reads", type=int, default=500, help="storage mode: page reads of each kind")
+    b.add_argument(
+        "--gateway",
+        action="append",
+        help="gateway URL to connect to (repeat; default: the gateways in .chatscale/run.json)",
+    )
     b.set_defaults(fn=cmd_bench)
 
     m = sub.add_parser(
@@ -484,6 +507,20 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evict", help="free a dead worker's shard leases now")
     e.add_argument("consumer")
     e.set_defaults(fn=cmd_evict)
+
+    # control plane (guilds, channels, roles, overwrites, bans) and explain-permissions
+    admin.add_commands(sub)
+
+    top = sub.add_parser(
+        "top", help="live view of a running topology: rates, lag, pending, connections, p99"
+    )
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between redraws")
+    top.add_argument("--once", action="store_true", help="print one frame (two samples) and exit")
+    top.set_defaults(fn=cmd_top)
+
+    from loadtest.command import add_command as add_loadtest  # scenarios, reports (issue 6)
+
+    add_loadtest(sub)
     return p
 
 

@@ -43,6 +43,15 @@ class Settings(BaseSettings):
         description="HMAC key for user tokens. Change it anywhere real.",
     )
     token_ttl_s: int = Field(default=7 * 24 * 3600, description="Lifetime of minted tokens.")
+    metrics_port: int = Field(
+        default=0,
+        description="Port of this process's Prometheus /metrics endpoint; 0 turns it off. "
+        "`chatscale run` gives its children this port and the next ones (docs/metrics.md).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics endpoint binds (0.0.0.0 in containers).",
+    )
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
@@ -124,9 +133,31 @@ class Settings(BaseSettings):
         "(compare the amplification counters).",
     )
     large_guild_threshold: int = Field(
-        default=1000, description="Above this many members a guild gets online members and counts only."
+        default=1000,
+        description="Above this many members a guild gets online members and counts only.",
     )
-    typing_window_s: float = Field(default=10.0, description="At most one TYPING_START per user and channel per window.")
+    typing_window_s: float = Field(
+        default=10.0, description="At most one TYPING_START per user and channel per window."
+    )
+
+    # --- communities: rate limits and the control plane ---------------------------------
+    user_messages_per_window: int = Field(
+        default=5,
+        description="Messages one user may send per window, all channels and connections "
+        "together (Discord: about 5 per 5 s). Raise it for benchmarks.",
+    )
+    user_message_window_s: float = 5.0
+    identifies_per_window: int = Field(
+        default=10,
+        description="IDENTIFYs one user may make per window; more close with 4008 and say when "
+        "to retry. Stops reconnect loops from hammering the metadata store.",
+    )
+    identify_window_s: float = 60.0
+    control_timeout_s: float = Field(
+        default=5.0,
+        description="How long a control-plane change (ban, role, overwrite) waits for every live "
+        "gateway to confirm it; a gateway that does not is fenced from deliveries.",
+    )
 
     # --- storage ------------------------------------------------------------------------
     bucket_span_ms: int = Field(

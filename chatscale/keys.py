@@ -82,6 +82,11 @@ class Keys:
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}:health"
 
+    def metrics_endpoint(self, name: str) -> str:
+        """JSON {role, name, url, pid} of one process's /metrics, with a TTL it renews
+        (``chatscale top`` finds the endpoints by scanning ``metrics_endpoint("*")``)."""
+        return f"{self.prefix}:metrics:{name}"
+
     def metadata_version(self) -> str:
         """Bumped on every membership/permission change; caches compare it before trusting."""
         return f"{self.prefix}:meta:version"
@@ -89,3 +94,22 @@ class Keys:
     def metadata_events(self) -> str:
         """Pub/sub channel announcing metadata changes to gateways and workers."""
         return f"{self.prefix}:meta:events"
+
+    def control_acks(self, change_id: str) -> str:
+        """List of gateway ids that applied one control-plane change (the caller BLPOPs it)."""
+        return f"{self.prefix}:meta:acks:{change_id}"
+
+    # Rate limits: sorted sets of recent event times (a sliding-window log). Tagged by user so
+    # that one message's user and slowmode windows share a Redis Cluster slot (one Lua call).
+
+    def rate_messages(self, user_id: int) -> str:
+        """Send times of a user's recent messages, any channel (per-user message rate)."""
+        return f"{self.prefix}:rl:{{u{user_id}}}:msg"
+
+    def rate_slowmode(self, user_id: int, channel_id: int) -> str:
+        """Send time of a user's last message in a slowmode channel."""
+        return f"{self.prefix}:rl:{{u{user_id}}}:slow:{channel_id}"
+
+    def rate_identify(self, user_id: int) -> str:
+        """Times of a user's recent IDENTIFYs."""
+        return f"{self.prefix}:rl:{{u{user_id}}}:identify"

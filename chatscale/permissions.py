@@ -337,3 +337,48 @@ def can(perms: Permission, wanted: Permission) -> bool:
 def bypasses_slowmode(perms: Permission) -> bool:
     """Discord exempts members who can manage messages or the channel from slowmode."""
     return bool(perms & (_P.MANAGE_MESSAGES | _P.MANAGE_CHANNELS))
+
+
+#: What @everyone holds in a new guild: Discord's defaults, for the bits modelled here.
+DEFAULT_EVERYONE = (
+    _P.CREATE_INSTANT_INVITE
+    | _P.ADD_REACTIONS
+    | _P.STREAM
+    | _P.VIEW_CHANNEL
+    | _P.SEND_MESSAGES
+    | _P.SEND_TTS_MESSAGES
+    | _P.EMBED_LINKS
+    | _P.ATTACH_FILES
+    | _P.READ_MESSAGE_HISTORY
+    | _P.MENTION_EVERYONE
+    | _P.USE_EXTERNAL_EMOJIS
+    | _P.CONNECT
+    | _P.SPEAK
+    | _P.USE_VAD
+    | _P.CHANGE_NICKNAME
+)
+
+
+def parse_permissions(value: str | int | Sequence[str]) -> Permission:
+    """Bits from what people type or write in a seed: an int, ``"none"``, ``"ALL"``,
+    ``"VIEW_CHANNEL|SEND_MESSAGES"`` (``,`` or ``|`` separated, case-insensitive) or a list of
+    names. An unknown name is a ValueError that lists the known ones."""
+    if isinstance(value, int):
+        return _perm(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit():
+            return _perm(int(text))
+        names = [n for n in text.replace(",", "|").split("|") if n.strip()]
+    else:
+        names = list(value)
+    perms = NONE
+    for raw in names:
+        name = raw.strip().upper()
+        if name == "NONE":
+            continue
+        if name not in Permission.__members__:
+            known = ", ".join(p.name for p in Permission if p.name)
+            raise ValueError(f"unknown permission {raw!r}; known: {known}")
+        perms |= Permission[name]
+    return perms

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatscale import community, tokens
+from chatscale import community, metrics, tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -71,9 +71,10 @@ class Topology:
     def spawn(self, child: Child, **env: str) -> None:
         assert child.log is not None
         out = open(child.log, "ab")  # noqa: SIM115 - owned by the child process
+        port = metrics.child_port(self.settings, self.children.index(child))  # stable per child
         child.proc = subprocess.Popen(
             [sys.executable, "-m", "chatscale", *child.args],
-            env=self.env(**env),
+            env=self.env(CHATSCALE_METRICS_PORT=str(port), **env),
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
@@ -95,6 +96,25 @@ class Topology:
                 child.proc.wait()
         if self.valkey is not None:
             self.valkey.stop()
+
+
+def plan(topo: Topology) -> list[Child]:
+    """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
+    workers, one presence service, gateways. docker-compose.yml runs the same services as
+    containers; tests/test_compose.py keeps the two in step."""
+    logs = topo.workdir / "logs"
+    children = []
+    for i in range(topo.workers):
+        child = Child("worker", i, ["worker"], log=logs / f"worker-{i}.log")
+        child.consumer = f"worker-{i}-{os.getpid()}"
+        child.args += ["--consumer", child.consumer]
+        children.append(child)
+    children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
+    for i in range(topo.gateways):
+        port = 0 if topo.base_port == 0 else topo.base_port + i
+        args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
+        children.append(Child("gateway", i, args, log=logs / f"gateway-{i}.log"))
+    return children
 
 
 async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
@@ -121,23 +141,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         await redis.delete(Keys(settings.key_prefix).gateways())
     finally:
         await store.close()
-    for i in range(topo.workers):
-        child = Child("worker", i, ["worker"], log=topo.workdir / "logs" / f"worker-{i}.log")
-        child.consumer = f"worker-{i}-{os.getpid()}"
-        child.args += ["--consumer", child.consumer]
-        topo.children.append(child)
-        topo.spawn(child)
-    presence = Child("presence", 0, ["presence"], log=topo.workdir / "logs" / "presence.log")
-    topo.children.append(presence)
-    topo.spawn(presence)
-    for i in range(topo.gateways):
-        port = 0 if topo.base_port == 0 else topo.base_port + i
-        child = Child(
-            "gateway",
-            i,
-            ["gateway", "--id", f"gw-{i}", "--port", str(port)],
-            log=topo.workdir / "logs" / f"gateway-{i}.log",
-        )
+    for child in plan(topo):
         topo.children.append(child)
         topo.spawn(child)
     deadline = time.monotonic() + 20

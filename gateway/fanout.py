@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import orjson
 import redis.asyncio as aioredis
 
-from chatscale import trace
+from chatscale import metrics, trace
 from chatscale.redisconn import TRANSIENT
 from chatscale.wire import Delivery
 from gateway.session import Session
@@ -115,4 +115,5 @@ class LocalFanout:
             if client is not None:
                 send(client, text)
         self.delivered += len(targets)
+        metrics.delivered(delivery, len(targets))
         return len(targets)

@@ -32,7 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
-from chatscale import snowflake, trace
+from chatscale import metrics, snowflake, trace
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -49,6 +49,7 @@ from chatscale.wire import (
     encode_entry,
     message_payload,
 )
+from gateway.control import GatewayControl
 from gateway.fanout import LocalFanout
 from gateway.presence import PresenceReporter
 from gateway.session import (
@@ -111,6 +112,7 @@ class Gateway:
             replay_size=settings.replay_buffer,
         )
         self.fanout = LocalFanout(self)
+        self.control = GatewayControl(self)  # permissions of sessions, rate limits
         self.presence = PresenceReporter(
             self.redis, self.keys, gateway_id=self.id, heartbeat_every_s=settings.presence_timeout_s / 3
         )
@@ -141,6 +143,7 @@ class Gateway:
         self.url = (
             self.settings.gateway_public_url or f"ws://{self.settings.gateway_host}:{self.port}"
         )
+        await self.control.start()  # hear every control-plane change before we count as live
         await self.redis.hset(
             self.keys.gateways(),
             self.id,
@@ -148,7 +151,9 @@ class Gateway:
         )
         await self._refresh_alive()
         self._spawn(self.fanout.run(self._reader_redis))
+        self._spawn(self.control.run())
         self._spawn(self._housekeeping())
+        metrics.watch_gateway(self)  # connections and sessions, read at scrape time
         log.info("gateway %s listening on %s", self.id, self.url)
 
     async def stop(self) -> None:
@@ -170,6 +175,7 @@ class Gateway:
             await self.fanout.drop_all_routes()
             await self.redis.delete(self.keys.gateway_alive(self.id), self.keys.deliver(self.id))
             await self.redis.hdel(self.keys.gateways(), self.id)
+        await self.control.close()
         await self.redis.aclose()
         await self._reader_redis.aclose()
 
@@ -184,6 +190,8 @@ class Gateway:
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            with contextlib.suppress(*TRANSIENT, StorageUnavailable):
+                await self.control.check()  # fenced? missed a change? (before renewing liveness)
             with contextlib.suppress(*TRANSIENT):
                 await self._refresh_alive()
             await self.tick()
@@ -220,11 +228,13 @@ class Gateway:
         try:
             await self._apply(client, conn.hello())
             async for raw in ws:
+                metrics.frame_in()
                 await self._apply(client, conn.receive(raw))
         except ConnectionClosed:
             pass
         finally:
             self.clients.discard(client)
+            metrics.connection_closed(ws)  # by close code
             conn.closed()
             session = client.session
             if session is not None and self.fanout.attached.get(session) is client:
@@ -259,8 +269,10 @@ class Gateway:
             self._spawn(ws.close(Close.SLOW_CONSUMER, "send buffer overflow"))
             return
         broadcast([ws], text)
+        metrics.frame_out()
 
     def send_error(self, client: Client, code: str, message: str, **extra: Any) -> None:
+        metrics.error_reply(code)
         for action in client.conn.error(code, message, **extra):
             assert isinstance(action, SendFrame)
             self.send(client, action.text)
@@ -268,38 +280,29 @@ class Gateway:
     # ---- identify / resume ------------------------------------------------------------------------
 
     async def _identify(self, client: Client, request: Authenticate) -> None:
+        if not await self.control.admit_identify(client, request.user_id):  # identify rate
+            return
         try:
             user = await self.store.get_user(request.user_id)
-            guilds = await self.store.user_guilds(request.user_id) if user else []
-            channels = {g.id: await self.store.guild_channels(g.id) for g in guilds}
-        except StorageUnavailable:
+            views, version = await self.control.load_views(request.user_id) if user else ([], 0)
+        except (StorageUnavailable, *TRANSIENT):
             await client.ws.close(Close.UNKNOWN_ERROR, "metadata store unavailable")
             return
+        guilds = [v.guild for v in views]
         if user is None:
             await client.ws.close(Close.AUTHENTICATION_FAILED, "unknown user")
             return
         session = Session(
             user.id, request.device, self.settings.replay_buffer, username=user.username
         )
+        # No channels yet, so nothing is delivered to it: control.settle() installs them once
+        # no permission change can have raced the load (gateway/control.py).
         session.guilds = {g.id for g in guilds}
-        session.channels = {c.id: c.guild_id for cs in channels.values() for c in cs}
-        ready = {
+        ready: dict[str, Any] = {
             "v": 1,
             "user": {"id": str(user.id), "username": user.username},
             "resume_gateway_url": self.url,
             "gateway_id": self.id,
-            "guilds": [
-                {
-                    "id": str(g.id),
-                    "name": g.name,
-                    "owner_id": str(g.owner_id),
-                    "channels": [
-                        {"id": str(c.id), "name": c.name, "kind": c.kind, "position": c.position}
-                        for c in channels[g.id]
-                    ],
-                }
-                for g in guilds
-            ],
         }
         ready["presences"] = {
             str(g): p for g, p in (await self.presence.ready_presences(self.store, guilds, self.settings.large_guild_threshold)).items()
@@ -308,9 +311,14 @@ class Gateway:
         self.presence.online(session)
         try:
             await self.fanout.attach(session, client)
-        except TRANSIENT:
-            await client.ws.close(Close.UNKNOWN_ERROR, "routing table unavailable")
+            views = await self.control.settle(session, views, version)
+        except (StorageUnavailable, *TRANSIENT):
+            await client.ws.close(Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
             return
+        ready["guilds"] = [v.guild_object() for v in views]  # no await from settle() to READY
+        ready["presences"] = {
+            g: p for g, p in ready["presences"].items() if int(g) in session.guilds
+        }
         await self._apply(client, client.conn.identified(session, ready))
 
     async def _resume(self, client: Client, request: ResumeRequest) -> None:
@@ -360,6 +368,7 @@ class Gateway:
     async def _publish(self, client: Client, request: SendMessage) -> None:
         session = client.session
         assert session is not None and self._ids is not None
+        started = metrics.clock()  # gateway_publish: receive -> XADD acknowledged
         tr: list[tuple[str, int]] | None = (
             [("gateway_receive", time.time_ns())] if request.trace else None
         )
@@ -380,6 +389,20 @@ class Gateway:
         # A retry with the same nonce on this session reuses the id: the worker stores it once.
         key = (request.channel_id, request.nonce)
         message_id = client.nonces.get(key) if request.nonce is not None else None
+        # SEND_MESSAGES here is a fast answer; the worker re-checks with current metadata.
+        # Rate limits count new messages only, not retries of one already queued.
+        refusal = await self.control.send_refusal(
+            session, request.channel_id, count=message_id is None
+        )
+        if refusal is not None:
+            self.send_error(
+                client,
+                refusal.code,
+                refusal.message,
+                nonce=request.nonce,
+                retry_after=refusal.retry_after,
+            )
+            return
         if message_id is None:
             message_id = self._ids.next()
             if request.nonce is not None:
@@ -419,6 +442,7 @@ class Gateway:
                 retry_after=1.0,
             )
             return
+        metrics.stage("gateway_publish", started)
         ack = dumps(
             {"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce}
         )
@@ -431,6 +455,10 @@ class Gateway:
             self.send_error(
                 client, "UNKNOWN_CHANNEL", "no such channel visible to you", nonce=request.nonce
             )
+            return
+        refusal = self.control.history_refusal(session, request.channel_id)
+        if refusal is not None:  # READ_MESSAGE_HISTORY
+            self.send_error(client, refusal.code, refusal.message, nonce=request.nonce)
             return
         try:
             page = await read_page(

@@ -139,7 +139,9 @@ class Session:
     """Resumable per-user state on one gateway: sequence numbers and the replay buffer.
 
     ``channels`` maps each channel the user may see to its guild; deliveries for any other
-    channel are never dispatched to this session.
+    channel are never dispatched to this session. ``perms`` holds the user's effective
+    permission bits in each of those channels. The gateway keeps both current as the control
+    plane changes roles, overwrites and memberships (``gateway/control.py``).
     """
 
     user_id: int
@@ -149,6 +151,7 @@ class Session:
     seq: int = 0
     guilds: set[int] = field(default_factory=set)
     channels: dict[int, int] = field(default_factory=dict)
+    perms: dict[int, int] = field(default_factory=dict)
     username: str = ""
     _replay: deque[tuple[int, str]] = field(init=False)
     detached_at: float | None = None

@@ -110,6 +110,24 @@ class LatencyRecorder:
         out["negative"] = self.negative
         return out
 
+    def buckets(self, *, first_ms: float = 0.125, base: float = 2.0) -> list[tuple[float, int]]:
+        """(upper bound ms, count) per log-spaced bucket, up to the max: a histogram chart."""
+        if not self.count:
+            return []
+        first = max(1, round(first_ms * 1000))
+        return [
+            (item.value_iterated_to / 1000, item.count_added_in_this_iter_step)
+            for item in self._hist.get_log_iterator(first, base)
+        ]
+
+    def percentile_curve(self) -> list[tuple[float, float]]:
+        """(percentile, ms) from p0 to p99.999 and the max: the classic HDR plot."""
+        if not self.count:
+            return []
+        points = [0.0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 99.999]
+        values = self._hist.get_percentile_to_value_dict(points)
+        return [(p, values[p] / 1000) for p in points] + [(100.0, self.max_ms())]
+
     def merge(self, other: LatencyRecorder) -> None:
         """Add `other`'s samples; exact when both use the same range and precision."""
         self._hist.add(other._hist)
@@ -158,7 +176,9 @@ class TimeSeries:
         self._latency: dict[int, HdrHistogram] = {}
 
     def _bucket(self, at: float) -> int:
-        return math.floor((at - self.start) / self.bucket_s)
+        # 1 µs of tolerance: times that went through integer microseconds (a nonce) come back
+        # a hair early, and must not fall into the previous bucket
+        return math.floor((at - self.start + 1e-6) / self.bucket_s)
 
     def _hist(self, bucket: int) -> HdrHistogram:
         hist = self._latency.get(bucket)

@@ -28,6 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from chatscale import metrics
 from chatscale.config import Settings
 from chatscale.keys import PRESENCE_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
@@ -68,6 +69,7 @@ class PresenceService:
         self._online: dict[int, set[int]] = {}  # guild -> users others see as not offline
         self._meta_version: bytes | None = None
         self._stopping = asyncio.Event()
+        metrics.watch_presence(self)  # amplification counters, read at scrape time
 
     def _new_coalescer(self, saved: dict[str, Any] | None = None) -> Coalescer:
         options: dict[str, Any] = {
@@ -113,6 +115,7 @@ class PresenceService:
 
     # ---- one tick -------------------------------------------------------------------------
 
+    @metrics.presence_step
     async def step(self, *, now: float | None = None, block_ms: int | None = None) -> int:
         """Apply what is queued, expire, flush due guild updates, save, ack. Returns entries read."""
         reply = await self.redis.xreadgroup(
@@ -167,6 +170,7 @@ class PresenceService:
                     else:
                         online.add(c.user_id)
 
+    @metrics.timed("presence_publish")
     async def _publish(
         self, updates: list[GuildUpdate], typing: list[dict[str, Any]], now: float
     ) -> None:
@@ -212,6 +216,7 @@ class PresenceService:
                     )
             await pipe.execute()
 
+    @metrics.timed("presence_save")
     async def _save(self, changes: list[PresenceChange]) -> None:
         snapshot = {
             "state": self.state.to_dict(),

@@ -6,7 +6,16 @@ imports the Cassandra backend only when chosen.
 
 from __future__ import annotations
 
-from storage.base import Channel, Guild, Store, StoredMessage, User
+from storage.base import (
+    Ban,
+    Channel,
+    ChannelOverwrite,
+    Guild,
+    GuildRole,
+    Store,
+    StoredMessage,
+    User,
+)
 from storage.exceptions import StorageError, StorageUnavailable, UnknownBackend
 
 
@@ -26,7 +35,10 @@ async def open_store(url: str, *, bucket_span_ms: int = 10 * 24 * 3600 * 1000) -
 
 
 __all__ = [
+    "Ban",
     "Channel",
+    "ChannelOverwrite",
+    "GuildRole",
     "Guild",
     "StoredMessage",
     "Store",

@@ -2,7 +2,7 @@
 
 Two stores sit behind one URL: ``HistoryStore`` (durable message history, partitioned by
 (channel_id, bucket) as in Discord's Cassandra schema) and ``MetadataStore`` (users, guilds,
-channels, members). The contract suite in ``tests/test_storage_contract.py`` runs the same
+channels, roles, members and their roles, channel permission overwrites, bans). The contract suite in ``tests/test_storage_contract.py`` runs the same
 tests against every backend, which is what lets the embedded SQLite backend stand in for
 Cassandra.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,39 @@ class Channel:
     name: str
     kind: str = "text"
     position: int = 0
+    slowmode_s: int = 0  # seconds a member must wait between messages here (0: off)
+
+
+@dataclass(frozen=True, slots=True)
+class GuildRole:
+    """A role of a guild. The @everyone role has ``id == guild_id``; ``permissions`` is the
+    integer of ``chatscale.permissions.Permission`` bits (stored as a plain int)."""
+
+    id: int
+    guild_id: int
+    name: str
+    permissions: int
+    position: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelOverwrite:
+    """A channel's deny/allow bits for one role (``target_id`` = role id; the guild id means
+    @everyone) or one member (``target_id`` = user id)."""
+
+    guild_id: int
+    channel_id: int
+    kind: Literal["role", "member"]
+    target_id: int
+    allow: int
+    deny: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    guild_id: int
+    user_id: int
+    reason: str = ""
 
 
 class HistoryStore(Protocol):
@@ -71,10 +104,24 @@ class HistoryStore(Protocol):
 
 
 class MetadataStore(Protocol):
-    """Users, guilds, channels and members.
+    """Users, guilds, channels, roles, members with their roles, overwrites and bans.
 
-    Guarantees: a write is visible to every reader once the call returns (read-your-writes
-    across processes; Cassandra uses QUORUM here). Re-adding what exists is a no-op.
+    Guarantees (the contract suite checks each on every backend):
+    - A write is visible to every reader once the call returns: read-your-writes across
+      processes (Cassandra reads and writes this data at QUORUM, so R + W > RF). This is what
+      lets the control plane bump the metadata version *after* a write and know that any
+      reader that sees the new version also sees the write.
+    - Every write is an idempotent upsert or delete: re-adding what exists, or removing what
+      is absent, is a no-op. ``put_*`` with the same key replaces the row.
+    - Writes are single-row (no multi-row transactions). Callers order them so that every
+      intermediate state is safe: a ban is written *before* the membership is removed, and
+      readers check bans as well as membership.
+    - ``remove_member`` also drops the member's roles (a member who rejoins starts with none).
+    - Bans are independent of membership: ``put_ban`` does not remove the member and
+      ``add_member`` does not check bans (the control plane does both).
+    - Lists come back in a stable order: channels by (position, id), roles by (position, id),
+      members, bans and overwrites by id.
+    - Raises ``StorageUnavailable`` when the backend cannot be reached; callers retry.
     """
 
     async def put_user(self, user: User) -> None: ...
@@ -90,6 +137,32 @@ class MetadataStore(Protocol):
     async def user_guilds(self, user_id: int) -> list[Guild]: ...
     async def guild_members(self, guild_id: int) -> list[int]: ...
     async def is_member(self, guild_id: int, user_id: int) -> bool: ...
+    async def find_guilds(self, name: str) -> list[Guild]:
+        """Guilds named ``name`` (names are not unique), by id."""
+        ...
+
+    async def put_role(self, role: GuildRole) -> None: ...
+    async def guild_roles(self, guild_id: int) -> list[GuildRole]: ...
+    async def add_member_role(self, guild_id: int, user_id: int, role_id: int) -> None: ...
+    async def remove_member_role(self, guild_id: int, user_id: int, role_id: int) -> None: ...
+    async def member_roles(self, guild_id: int, user_id: int) -> frozenset[int]:
+        """Role ids given to the member (never including @everyone, which every member holds
+        implicitly). Ids of roles that no longer exist may appear; the permission algorithm
+        ignores them."""
+        ...
+
+    async def put_overwrite(self, overwrite: ChannelOverwrite) -> None: ...
+    async def delete_overwrite(
+        self, guild_id: int, channel_id: int, kind: str, target_id: int
+    ) -> None: ...
+    async def guild_overwrites(self, guild_id: int) -> list[ChannelOverwrite]:
+        """Every overwrite of every channel of the guild (one read builds a guild's view)."""
+        ...
+
+    async def put_ban(self, ban: Ban) -> None: ...
+    async def delete_ban(self, guild_id: int, user_id: int) -> None: ...
+    async def is_banned(self, guild_id: int, user_id: int) -> bool: ...
+    async def guild_bans(self, guild_id: int) -> list[Ban]: ...
 
 
 class Store(HistoryStore, MetadataStore, Protocol):

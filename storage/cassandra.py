@@ -49,7 +49,7 @@ from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy
 from cassandra.query import PreparedStatement
 
 from chatscale import snowflake
-from storage.base import Channel, Guild, StoredMessage, User
+from storage.base import Ban, Channel, ChannelOverwrite, Guild, GuildRole, StoredMessage, User
 from storage.exceptions import StorageUnavailable
 
 UNAVAILABLE = (
@@ -72,12 +72,28 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS users (id bigint PRIMARY KEY, username text)",
     "CREATE TABLE IF NOT EXISTS users_by_name (username text PRIMARY KEY, id bigint)",
     "CREATE TABLE IF NOT EXISTS guilds (id bigint PRIMARY KEY, name text, owner_id bigint)",
-    "CREATE TABLE IF NOT EXISTS channels (id bigint PRIMARY KEY, guild_id bigint, name text, kind text, position int)",
+    "CREATE TABLE IF NOT EXISTS guilds_by_name (name text, id bigint, PRIMARY KEY (name, id))",
+    """CREATE TABLE IF NOT EXISTS channels (
+        id bigint PRIMARY KEY, guild_id bigint, name text, kind text, position int, slowmode_s int)""",
     """CREATE TABLE IF NOT EXISTS channels_by_guild (
         guild_id bigint, position int, id bigint, PRIMARY KEY (guild_id, position, id))""",
     "CREATE TABLE IF NOT EXISTS members (guild_id bigint, user_id bigint, PRIMARY KEY (guild_id, user_id))",
     "CREATE TABLE IF NOT EXISTS guilds_by_user (user_id bigint, guild_id bigint, PRIMARY KEY (user_id, guild_id))",
+    # ``allow``/``deny`` and ``permissions`` are CQL keywords, hence the _bits/perms names.
+    """CREATE TABLE IF NOT EXISTS roles (
+        guild_id bigint, id bigint, name text, perms bigint, position int,
+        PRIMARY KEY (guild_id, id))""",
+    """CREATE TABLE IF NOT EXISTS member_roles (
+        guild_id bigint, user_id bigint, role_id bigint, PRIMARY KEY ((guild_id, user_id), role_id))""",
+    """CREATE TABLE IF NOT EXISTS overwrites (
+        guild_id bigint, channel_id bigint, kind text, target_id bigint, allow_bits bigint,
+        deny_bits bigint, PRIMARY KEY (guild_id, channel_id, kind, target_id))""",
+    """CREATE TABLE IF NOT EXISTS bans (
+        guild_id bigint, user_id bigint, reason text, PRIMARY KEY (guild_id, user_id))""",
 ]
+
+# Columns added after a table first shipped (a keyspace created by an older build lacks them).
+MIGRATIONS = [("channels", "slowmode_s", "int")]
 
 _TABLE_REF = re.compile(r"\b(INTO|FROM|EXISTS|UPDATE)\s+(\w+)")
 
@@ -146,6 +162,18 @@ class CassandraStore:
             )
             for ddl in SCHEMA:
                 await asyncio.to_thread(session.execute, _qualify(ddl, opts["keyspace"]))
+            for table, column, cql_type in MIGRATIONS:
+                rows = await asyncio.to_thread(
+                    session.execute,
+                    "SELECT column_name FROM system_schema.columns "
+                    "WHERE keyspace_name = %s AND table_name = %s",
+                    (opts["keyspace"], table),
+                )
+                if column not in {r.column_name for r in rows}:
+                    await asyncio.to_thread(
+                        session.execute,
+                        f"ALTER TABLE {opts['keyspace']}.{table} ADD {column} {cql_type}",
+                    )
         except UNAVAILABLE as exc:
             cluster.shutdown()
             raise StorageUnavailable(f"cassandra at {opts['host']}:{opts['port']}: {exc}") from exc
@@ -178,9 +206,12 @@ class CassandraStore:
             "get_user": ("SELECT id, username FROM users WHERE id = ?", meta),
             "find_user": ("SELECT id FROM users_by_name WHERE username = ?", meta),
             "put_guild": ("INSERT INTO guilds (id, name, owner_id) VALUES (?, ?, ?)", meta),
+            "put_guild_name": ("INSERT INTO guilds_by_name (name, id) VALUES (?, ?)", meta),
+            "find_guilds": ("SELECT id FROM guilds_by_name WHERE name = ?", meta),
             "get_guild": ("SELECT id, name, owner_id FROM guilds WHERE id = ?", meta),
             "put_channel": (
-                "INSERT INTO channels (id, guild_id, name, kind, position) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO channels (id, guild_id, name, kind, position, slowmode_s) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 meta,
             ),
             "put_channel_idx": (
@@ -188,7 +219,7 @@ class CassandraStore:
                 meta,
             ),
             "get_channel": (
-                "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?",
+                "SELECT id, guild_id, name, kind, position, slowmode_s FROM channels WHERE id = ?",
                 meta,
             ),
             "guild_channel_ids": ("SELECT id FROM channels_by_guild WHERE guild_id = ?", meta),
@@ -205,6 +236,46 @@ class CassandraStore:
             "is_member": ("SELECT user_id FROM members WHERE guild_id = ? AND user_id = ?", meta),
             "members": ("SELECT user_id FROM members WHERE guild_id = ?", meta),
             "user_guild_ids": ("SELECT guild_id FROM guilds_by_user WHERE user_id = ?", meta),
+            "del_member_roles": (
+                "DELETE FROM member_roles WHERE guild_id = ? AND user_id = ?",
+                meta,
+            ),
+            "put_role": (
+                "INSERT INTO roles (guild_id, id, name, perms, position) VALUES (?, ?, ?, ?, ?)",
+                meta,
+            ),
+            "roles": ("SELECT id, name, perms, position FROM roles WHERE guild_id = ?", meta),
+            "add_member_role": (
+                "INSERT INTO member_roles (guild_id, user_id, role_id) VALUES (?, ?, ?)",
+                meta,
+            ),
+            "del_member_role": (
+                "DELETE FROM member_roles WHERE guild_id = ? AND user_id = ? AND role_id = ?",
+                meta,
+            ),
+            "member_roles": (
+                "SELECT role_id FROM member_roles WHERE guild_id = ? AND user_id = ?",
+                meta,
+            ),
+            "put_overwrite": (
+                "INSERT INTO overwrites (guild_id, channel_id, kind, target_id, allow_bits, "
+                "deny_bits) VALUES (?, ?, ?, ?, ?, ?)",
+                meta,
+            ),
+            "del_overwrite": (
+                "DELETE FROM overwrites WHERE guild_id = ? AND channel_id = ? AND kind = ? "
+                "AND target_id = ?",
+                meta,
+            ),
+            "overwrites": (
+                "SELECT channel_id, kind, target_id, allow_bits, deny_bits FROM overwrites "
+                "WHERE guild_id = ?",
+                meta,
+            ),
+            "put_ban": ("INSERT INTO bans (guild_id, user_id, reason) VALUES (?, ?, ?)", meta),
+            "del_ban": ("DELETE FROM bans WHERE guild_id = ? AND user_id = ?", meta),
+            "is_banned": ("SELECT user_id FROM bans WHERE guild_id = ? AND user_id = ?", meta),
+            "bans": ("SELECT user_id, reason FROM bans WHERE guild_id = ?", meta),
         }
         for name, (cql, level) in statements.items():
             ps = await asyncio.to_thread(
@@ -289,11 +360,12 @@ class CassandraStore:
 
     async def put_guild(self, guild: Guild) -> None:
         await self._aexec("put_guild", (guild.id, guild.name, guild.owner_id))
+        await self._aexec("put_guild_name", (guild.name, guild.id))
 
     async def put_channel(self, channel: Channel) -> None:
+        c = channel
         await self._aexec(
-            "put_channel",
-            (channel.id, channel.guild_id, channel.name, channel.kind, channel.position),
+            "put_channel", (c.id, c.guild_id, c.name, c.kind, c.position, c.slowmode_s)
         )
         await self._aexec("put_channel_idx", (channel.guild_id, channel.position, channel.id))
 
@@ -304,6 +376,7 @@ class CassandraStore:
     async def remove_member(self, guild_id: int, user_id: int) -> None:
         await self._aexec("del_member", (guild_id, user_id))
         await self._aexec("del_member_idx", (user_id, guild_id))
+        await self._aexec("del_member_roles", (guild_id, user_id))
 
     async def get_user(self, user_id: int) -> User | None:
         rows = await self._aexec("get_user", (user_id,))
@@ -320,7 +393,9 @@ class CassandraStore:
     async def get_channel(self, channel_id: int) -> Channel | None:
         rows = await self._aexec("get_channel", (channel_id,))
         r = rows[0] if rows else None
-        return Channel(r.id, r.guild_id, r.name, r.kind, r.position) if r else None
+        if r is None:
+            return None
+        return Channel(r.id, r.guild_id, r.name, r.kind, r.position, r.slowmode_s or 0)
 
     async def guild_channels(self, guild_id: int) -> list[Channel]:
         # The index row is keyed by position, so a moved channel may leave a stale row behind:
@@ -340,3 +415,63 @@ class CassandraStore:
 
     async def is_member(self, guild_id: int, user_id: int) -> bool:
         return bool(await self._aexec("is_member", (guild_id, user_id)))
+
+    async def find_guilds(self, name: str) -> list[Guild]:
+        # The name index may hold a stale row after a rename: trust the guild row itself.
+        ids = sorted(r.id for r in await self._aexec("find_guilds", (name,)))
+        guilds = [await self.get_guild(i) for i in ids]
+        return [g for g in guilds if g is not None and g.name == name]
+
+    # ---- roles, overwrites, bans -------------------------------------------------------------
+
+    async def put_role(self, role: GuildRole) -> None:
+        await self._aexec(
+            "put_role", (role.guild_id, role.id, role.name, int(role.permissions), role.position)
+        )
+
+    async def guild_roles(self, guild_id: int) -> list[GuildRole]:
+        rows = await self._aexec("roles", (guild_id,))
+        roles = [GuildRole(r.id, guild_id, r.name, r.perms, r.position) for r in rows]
+        return sorted(roles, key=lambda r: (r.position, r.id))
+
+    async def add_member_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        await self._aexec("add_member_role", (guild_id, user_id, role_id))
+
+    async def remove_member_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        await self._aexec("del_member_role", (guild_id, user_id, role_id))
+
+    async def member_roles(self, guild_id: int, user_id: int) -> frozenset[int]:
+        rows = await self._aexec("member_roles", (guild_id, user_id))
+        return frozenset(r.role_id for r in rows)
+
+    async def put_overwrite(self, overwrite: ChannelOverwrite) -> None:
+        o = overwrite
+        await self._aexec(
+            "put_overwrite",
+            (o.guild_id, o.channel_id, o.kind, o.target_id, int(o.allow), int(o.deny)),
+        )
+
+    async def delete_overwrite(
+        self, guild_id: int, channel_id: int, kind: str, target_id: int
+    ) -> None:
+        await self._aexec("del_overwrite", (guild_id, channel_id, kind, target_id))
+
+    async def guild_overwrites(self, guild_id: int) -> list[ChannelOverwrite]:
+        rows = await self._aexec("overwrites", (guild_id,))
+        return [
+            ChannelOverwrite(guild_id, r.channel_id, r.kind, r.target_id, r.allow_bits, r.deny_bits)
+            for r in rows
+        ]
+
+    async def put_ban(self, ban: Ban) -> None:
+        await self._aexec("put_ban", (ban.guild_id, ban.user_id, ban.reason))
+
+    async def delete_ban(self, guild_id: int, user_id: int) -> None:
+        await self._aexec("del_ban", (guild_id, user_id))
+
+    async def is_banned(self, guild_id: int, user_id: int) -> bool:
+        return bool(await self._aexec("is_banned", (guild_id, user_id)))
+
+    async def guild_bans(self, guild_id: int) -> list[Ban]:
+        rows = await self._aexec("bans", (guild_id,))
+        return [Ban(guild_id, r.user_id, r.reason or "") for r in rows]

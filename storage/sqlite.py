@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chatscale.snowflake import bucket
-from storage.base import Channel, Guild, StoredMessage, User
+from storage.base import Ban, Channel, ChannelOverwrite, Guild, GuildRole, StoredMessage, User
 from storage.exceptions import StorageUnavailable
 
 SCHEMA = """
@@ -30,16 +30,37 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS guilds (id INTEGER PRIMARY KEY, name TEXT NOT NULL, owner_id INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS guilds_by_name ON guilds (name);
 CREATE TABLE IF NOT EXISTS channels (
     id INTEGER PRIMARY KEY, guild_id INTEGER NOT NULL, name TEXT NOT NULL,
-    kind TEXT NOT NULL, position INTEGER NOT NULL
+    kind TEXT NOT NULL, position INTEGER NOT NULL, slowmode_s INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS channels_by_guild ON channels (guild_id);
 CREATE TABLE IF NOT EXISTS members (
     guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, PRIMARY KEY (guild_id, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, guild_id);
+CREATE TABLE IF NOT EXISTS roles (
+    guild_id INTEGER NOT NULL, id INTEGER NOT NULL, name TEXT NOT NULL,
+    permissions INTEGER NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (guild_id, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS member_roles (
+    guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, role_id INTEGER NOT NULL,
+    PRIMARY KEY (guild_id, user_id, role_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS overwrites (
+    guild_id INTEGER NOT NULL, channel_id INTEGER NOT NULL, kind TEXT NOT NULL,
+    target_id INTEGER NOT NULL, allow INTEGER NOT NULL, deny INTEGER NOT NULL,
+    PRIMARY KEY (guild_id, channel_id, kind, target_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bans (
+    guild_id INTEGER NOT NULL, user_id INTEGER NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (guild_id, user_id)
+) WITHOUT ROWID;
 """
+
+# Columns added after a table first shipped: (table, column, definition) for older files.
+MIGRATIONS = [("channels", "slowmode_s", "INTEGER NOT NULL DEFAULT 0")]
 
 
 class SQLiteStore:
@@ -69,6 +90,10 @@ class SQLiteStore:
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=10000")
         db.executescript(SCHEMA)
+        for table, column, definition in MIGRATIONS:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         self._db = db
 
     async def _run(self, fn: Any, *args: Any) -> Any:
@@ -153,8 +178,15 @@ class SQLiteStore:
     async def put_channel(self, channel: Channel) -> None:
         await self._run(
             self._exec,
-            "INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?)",
-            (channel.id, channel.guild_id, channel.name, channel.kind, channel.position),
+            "INSERT OR REPLACE INTO channels VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                channel.id,
+                channel.guild_id,
+                channel.name,
+                channel.kind,
+                channel.position,
+                channel.slowmode_s,
+            ),
         )
 
     async def add_member(self, guild_id: int, user_id: int) -> None:
@@ -166,6 +198,11 @@ class SQLiteStore:
         await self._run(
             self._exec,
             "DELETE FROM members WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        )
+        await self._run(
+            self._exec,
+            "DELETE FROM member_roles WHERE guild_id = ? AND user_id = ?",
             (guild_id, user_id),
         )
 
@@ -190,7 +227,7 @@ class SQLiteStore:
     async def get_channel(self, channel_id: int) -> Channel | None:
         rows = await self._run(
             self._exec,
-            "SELECT id, guild_id, name, kind, position FROM channels WHERE id = ?",
+            "SELECT id, guild_id, name, kind, position, slowmode_s FROM channels WHERE id = ?",
             (channel_id,),
         )
         return Channel(*rows[0]) if rows else None
@@ -198,7 +235,8 @@ class SQLiteStore:
     async def guild_channels(self, guild_id: int) -> list[Channel]:
         rows = await self._run(
             self._exec,
-            "SELECT id, guild_id, name, kind, position FROM channels WHERE guild_id = ? ORDER BY position, id",
+            "SELECT id, guild_id, name, kind, position, slowmode_s FROM channels "
+            "WHERE guild_id = ? ORDER BY position, id",
             (guild_id,),
         )
         return [Channel(*row) for row in rows]
@@ -227,3 +265,104 @@ class SQLiteStore:
             (guild_id, user_id),
         )
         return bool(rows)
+
+    async def find_guilds(self, name: str) -> list[Guild]:
+        rows = await self._run(
+            self._exec, "SELECT id, name, owner_id FROM guilds WHERE name = ? ORDER BY id", (name,)
+        )
+        return [Guild(*row) for row in rows]
+
+    # ---- roles, overwrites, bans ---------------------------------------------------------
+
+    async def put_role(self, role: GuildRole) -> None:
+        await self._run(
+            self._exec,
+            "INSERT OR REPLACE INTO roles VALUES (?, ?, ?, ?, ?)",
+            (role.guild_id, role.id, role.name, int(role.permissions), role.position),
+        )
+
+    async def guild_roles(self, guild_id: int) -> list[GuildRole]:
+        rows = await self._run(
+            self._exec,
+            "SELECT id, guild_id, name, permissions, position FROM roles WHERE guild_id = ? "
+            "ORDER BY position, id",
+            (guild_id,),
+        )
+        return [GuildRole(*row) for row in rows]
+
+    async def add_member_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        await self._run(
+            self._exec,
+            "INSERT OR IGNORE INTO member_roles VALUES (?, ?, ?)",
+            (guild_id, user_id, role_id),
+        )
+
+    async def remove_member_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        await self._run(
+            self._exec,
+            "DELETE FROM member_roles WHERE guild_id = ? AND user_id = ? AND role_id = ?",
+            (guild_id, user_id, role_id),
+        )
+
+    async def member_roles(self, guild_id: int, user_id: int) -> frozenset[int]:
+        rows = await self._run(
+            self._exec,
+            "SELECT role_id FROM member_roles WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        )
+        return frozenset(row[0] for row in rows)
+
+    async def put_overwrite(self, overwrite: ChannelOverwrite) -> None:
+        o = overwrite
+        await self._run(
+            self._exec,
+            "INSERT OR REPLACE INTO overwrites VALUES (?, ?, ?, ?, ?, ?)",
+            (o.guild_id, o.channel_id, o.kind, o.target_id, int(o.allow), int(o.deny)),
+        )
+
+    async def delete_overwrite(
+        self, guild_id: int, channel_id: int, kind: str, target_id: int
+    ) -> None:
+        await self._run(
+            self._exec,
+            "DELETE FROM overwrites WHERE guild_id = ? AND channel_id = ? AND kind = ? "
+            "AND target_id = ?",
+            (guild_id, channel_id, kind, target_id),
+        )
+
+    async def guild_overwrites(self, guild_id: int) -> list[ChannelOverwrite]:
+        rows = await self._run(
+            self._exec,
+            "SELECT guild_id, channel_id, kind, target_id, allow, deny FROM overwrites "
+            "WHERE guild_id = ? ORDER BY channel_id, kind, target_id",
+            (guild_id,),
+        )
+        return [ChannelOverwrite(*row) for row in rows]
+
+    async def put_ban(self, ban: Ban) -> None:
+        await self._run(
+            self._exec,
+            "INSERT OR REPLACE INTO bans VALUES (?, ?, ?)",
+            (ban.guild_id, ban.user_id, ban.reason),
+        )
+
+    async def delete_ban(self, guild_id: int, user_id: int) -> None:
+        await self._run(
+            self._exec, "DELETE FROM bans WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+
+    async def is_banned(self, guild_id: int, user_id: int) -> bool:
+        rows = await self._run(
+            self._exec,
+            "SELECT 1 FROM bans WHERE guild_id = ? AND user_id = ?",
+            (guild_id, user_id),
+        )
+        return bool(rows)
+
+    async def guild_bans(self, guild_id: int) -> list[Ban]:
+        rows = await self._run(
+            self._exec,
+            "SELECT guild_id, user_id, reason FROM bans WHERE guild_id = ? ORDER BY user_id",
+            (guild_id,),
+        )
+        return [Ban(*row) for row in rows]

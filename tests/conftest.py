@@ -61,6 +61,9 @@ def settings(valkey: ValkeyServer, storage_url: str) -> Settings:
         worker_block_ms=100,
         heartbeat_interval_ms=30_000,
         events_per_window=1000,
+        user_messages_per_window=100_000,  # rate-limit tests set their own
+        identifies_per_window=1000,
+        control_timeout_s=10.0,
     )
 
 

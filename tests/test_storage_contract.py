@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chatscale import snowflake
-from storage import Channel, Guild, StoredMessage, User
+from storage import Ban, Channel, ChannelOverwrite, Guild, GuildRole, StoredMessage, User
 
 SPAN = 3_600_000  # one-hour buckets so a test spans many of them cheaply
 T0 = 1_760_000_000_000
@@ -114,6 +114,93 @@ async def test_membership_removal_is_visible_immediately(backend):
     assert await backend.user_guilds(5) == []
     assert await backend.get_guild(mid(0, 21)) is None
     assert await backend.get_channel(mid(0, 22)) is None
+
+
+async def test_roles_are_upserted_per_guild_and_listed_by_position(backend):
+    g, other = mid(0, 30), mid(0, 31)
+    await backend.put_role(GuildRole(g, g, "@everyone", 1024 | 2048, 0))
+    await backend.put_role(GuildRole(mid(0, 32), g, "mods", 8192, 2))
+    await backend.put_role(GuildRole(mid(0, 33), g, "helpers", 64, 1))
+    await backend.put_role(GuildRole(mid(0, 34), other, "elsewhere", 1, 1))
+    await backend.put_role(GuildRole(mid(0, 32), g, "moderators", 8192 | 16, 3))  # replaces
+    roles = await backend.guild_roles(g)
+    assert roles == [
+        GuildRole(g, g, "@everyone", 1024 | 2048, 0),
+        GuildRole(mid(0, 33), g, "helpers", 64, 1),
+        GuildRole(mid(0, 32), g, "moderators", 8192 | 16, 3),
+    ]
+    assert await backend.guild_roles(mid(0, 35)) == []
+
+
+async def test_member_roles_add_remove_and_go_with_the_membership(backend):
+    g, user = mid(0, 40), 41
+    await backend.add_member(g, user)
+    await backend.add_member_role(g, user, 401)
+    await backend.add_member_role(g, user, 402)
+    await backend.add_member_role(g, user, 402)  # no-op
+    assert await backend.member_roles(g, user) == frozenset({401, 402})
+    await backend.remove_member_role(g, user, 401)
+    await backend.remove_member_role(g, user, 999)  # absent: no-op
+    assert await backend.member_roles(g, user) == frozenset({402})
+    assert await backend.member_roles(g, 42) == frozenset()
+    await backend.remove_member(g, user)
+    assert await backend.member_roles(g, user) == frozenset()  # a rejoin starts with no roles
+    await backend.add_member(g, user)
+    assert await backend.member_roles(g, user) == frozenset()
+
+
+async def test_overwrites_upsert_delete_and_list_per_guild(backend):
+    g, c1, c2 = mid(0, 50), mid(0, 51), mid(0, 52)
+    ows = [
+        ChannelOverwrite(g, c1, "role", g, 0, 1024),
+        ChannelOverwrite(g, c1, "role", 501, 1024, 0),
+        ChannelOverwrite(g, c1, "member", 77, 0, 2048),
+        ChannelOverwrite(g, c2, "role", g, 0, 2048),
+    ]
+    for ow in ows:
+        await backend.put_overwrite(ow)
+    await backend.put_overwrite(ChannelOverwrite(mid(0, 53), mid(0, 54), "role", 1, 1, 0))
+    assert sorted(await backend.guild_overwrites(g), key=str) == sorted(ows, key=str)
+    await backend.put_overwrite(ChannelOverwrite(g, c1, "member", 77, 2048, 0))  # replaces
+    await backend.delete_overwrite(g, c2, "role", g)
+    await backend.delete_overwrite(g, c2, "role", g)  # absent: no-op
+    got = {(o.channel_id, o.kind, o.target_id): o for o in await backend.guild_overwrites(g)}
+    assert set(got) == {(c1, "role", g), (c1, "role", 501), (c1, "member", 77)}
+    assert (got[(c1, "member", 77)].allow, got[(c1, "member", 77)].deny) == (2048, 0)
+    # a role and a member may share an id without clashing
+    await backend.put_overwrite(ChannelOverwrite(g, c1, "member", 501, 0, 1))
+    assert len(await backend.guild_overwrites(g)) == 4
+
+
+async def test_bans_are_independent_of_membership_and_visible_at_once(backend):
+    g = mid(0, 60)
+    await backend.add_member(g, 61)
+    await backend.put_ban(Ban(g, 61, "spam"))
+    assert await backend.is_banned(g, 61)
+    assert await backend.is_member(g, 61)  # put_ban does not remove: the control plane does
+    assert not await backend.is_banned(g, 62)
+    assert not await backend.is_banned(mid(0, 63), 61)
+    await backend.put_ban(Ban(g, 62))
+    assert await backend.guild_bans(g) == [Ban(g, 61, "spam"), Ban(g, 62, "")]
+    await backend.delete_ban(g, 61)
+    await backend.delete_ban(g, 61)  # absent: no-op
+    assert not await backend.is_banned(g, 61)
+    assert await backend.guild_bans(g) == [Ban(g, 62, "")]
+
+
+async def test_guilds_are_found_by_name_and_channels_keep_slowmode(backend):
+    a, b = mid(0, 70), mid(0, 71)
+    await backend.put_guild(Guild(a, "book-club", 1))
+    await backend.put_guild(Guild(b, "book-club", 2))
+    await backend.put_guild(Guild(mid(0, 72), "other", 1))
+    assert await backend.find_guilds("book-club") == [
+        Guild(a, "book-club", 1),
+        Guild(b, "book-club", 2),
+    ]
+    assert await backend.find_guilds("nope") == []
+    await backend.put_channel(Channel(mid(0, 73), a, "slow", "text", 0, slowmode_s=30))
+    assert (await backend.get_channel(mid(0, 73))).slowmode_s == 30
+    assert [c.slowmode_s for c in await backend.guild_channels(a)] == [30]
 
 
 @pytest.fixture(

@@ -4,6 +4,10 @@ validate -> authorize -> hot cache -> history -> fan-out -> ack (``history_mode=
 validate -> authorize -> hot cache -> fan-out -> history -> ack (``"defer"``: recipients see the
 message before it is durable; it is still acked only once stored).
 
+The hot-cache write is where a message is *accepted*: it runs only if the metadata version the
+batch was authorized under is still current (``lua/hot_add.lua``), so a ban or permission
+change that committed meanwhile makes the worker authorize the batch again.
+
 When history storage is down (a paused or dead Cassandra) the batch is still written to the hot
 cache and fanned out — live chat keeps working on Redis alone — but not acked: it raises
 ``HistoryPending`` and the worker finishes it (history write, then ack) once storage is back.
@@ -28,16 +32,19 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from chatscale import trace
+from chatscale import metrics, trace
+from chatscale.access import GuildSnapshot, authorize_send, load_guild, load_member
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
 from storage import StorageUnavailable, Store, StoredMessage
-from storage.hot import HotCache
+from storage.hot import HotCache, member_bytes
 
 log = logging.getLogger("chatscale.worker")
 
 FANOUT = resources.files("workers").joinpath("lua/fanout.lua").read_text()
+HOT_ADD = resources.files("workers").joinpath("lua/hot_add.lua").read_text()
+MAX_REAUTHORIZE = 10  # version moves while one batch is checked, before it is retried later
 FANOUT_MARKER_TTL_S = 24 * 3600
 
 
@@ -66,43 +73,56 @@ class Stats:
     dead_lettered: int = 0
     fanout_skipped: int = 0  # redeliveries whose fan-out had already happened
     gateway_writes: int = 0
+    reauthorized: int = 0  # batches checked again because permissions changed meanwhile
+
+
+class MetadataChurn(StorageUnavailable):
+    """The metadata version moved every time the batch was authorized: retry the batch later."""
 
 
 class Authorizer:
-    """Membership and channel checks with a cache invalidated by the metadata version counter.
+    """May this author post this message here? Membership, bans and channel permissions.
 
-    Control-plane writes bump ``meta:version`` after they commit; the worker reads it once per
-    batch, so a change is enforced from the next batch on.
+    Rules, in order: the channel must be in the message's guild (UNKNOWN_CHANNEL); the author
+    must be a member and not banned, and see the channel (MISSING_ACCESS); and hold
+    SEND_MESSAGES there (MISSING_PERMISSIONS) — computed by ``chatscale.access`` from the
+    guild's roles and overwrites, exactly as the gateways compute what members see.
+
+    Guild snapshots and member roles are cached and the cache is dropped whenever the metadata
+    version moves. ``version`` is the one the current batch is authorized under: the pipeline
+    hands it to the hot-cache write (``lua/hot_add.lua``), which refuses if it moved, so a
+    control-plane change committed while the batch was checked sends it back here.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, store: Store) -> None:
         self._redis = redis
         self._keys = keys
         self._store = store
-        self._version: bytes | None = None
-        self._channels: dict[int, int | None] = {}
-        self._members: dict[tuple[int, int], bool] = {}
+        self.version: bytes | None = None
+        self._guilds: dict[int, GuildSnapshot | None] = {}
+        self._members: dict[tuple[int, int], frozenset[int] | None] = {}
 
     async def refresh(self) -> None:
         version = await self._redis.get(self._keys.metadata_version())
-        if version != self._version:
-            self._version = version
-            self._channels.clear()
+        if version != self.version:
+            self.version = version
+            self._guilds.clear()
             self._members.clear()
 
+    @metrics.timed("authorize")
     async def check(self, message: IngestMessage) -> str | None:
         """None if the message may be posted, else the rejection code."""
-        if message.channel_id not in self._channels:
-            channel = await self._store.get_channel(message.channel_id)
-            self._channels[message.channel_id] = channel.guild_id if channel else None
-        if self._channels[message.channel_id] != message.guild_id:
+        guild_id, user_id = message.guild_id, message.author_id
+        if guild_id not in self._guilds:
+            self._guilds[guild_id] = await load_guild(self._store, guild_id)
+        snapshot = self._guilds[guild_id]
+        if snapshot is None or message.channel_id not in snapshot.channels:
             return "UNKNOWN_CHANNEL"
-        key = (message.guild_id, message.author_id)
-        if key not in self._members:
-            self._members[key] = await self._store.is_member(*key)
-        if not self._members[key]:
-            return "MISSING_ACCESS"
-        return None
+        if (guild_id, user_id) not in self._members:
+            self._members[guild_id, user_id] = await load_member(self._store, guild_id, user_id)
+        return authorize_send(
+            snapshot, user_id, self._members[guild_id, user_id], message.channel_id
+        )
 
 
 @dataclass
@@ -136,6 +156,7 @@ class Pipeline:
         self.fenced = fenced
         self.stats = Stats()
         self._fanout = redis.register_script(FANOUT)
+        self._hot_add = redis.register_script(HOT_ADD)
         self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
         self.breaker_s = 1.0
 
@@ -150,17 +171,8 @@ class Pipeline:
         messages = [m for _, m in batch.decoded]
         for m in messages:
             trace.stamp(m.trace, "worker_read")
-        await self.auth.refresh()
-        accepted: list[IngestMessage] = []
-        rejected: list[tuple[IngestMessage, str]] = []
-        for m in messages:
-            code = await self.auth.check(m)
-            if code is None:
-                accepted.append(m)
-                trace.stamp(m.trace, "worker_checks")
-            else:
-                rejected.append((m, code))
-        await self._hot(accepted)
+        metrics.messages_at("worker_read", messages)
+        accepted, rejected = await self._authorize_and_accept(messages)
         stored = True
         if self.settings.history_mode == "sync":
             stored = await self._try_history(accepted)
@@ -173,6 +185,7 @@ class Pipeline:
         batch.accepted = accepted
         if not stored:
             raise HistoryPending(batch)
+        metrics.messages_at("worker_done", accepted)  # stored and fanned out
         if ack:
             await self._ack(batch)
 
@@ -187,6 +200,7 @@ class Pipeline:
             raise
         await self._ack(batch)
 
+    @metrics.timed("ack")
     async def _ack(self, batch: Batch) -> None:
         ids = [entry_id for entry_id, _ in batch.decoded]
         if ids:
@@ -238,13 +252,43 @@ class Pipeline:
             await pipe.execute()
         self.stats.dead_lettered += 1
 
-    async def _hot(self, accepted: list[IngestMessage]) -> None:
+    async def _authorize_and_accept(
+        self, messages: list[IngestMessage]
+    ) -> tuple[list[IngestMessage], list[tuple[IngestMessage, str]]]:
+        """Authorize under the current metadata version, then accept (hot-cache write) only if
+        that version still holds; otherwise authorize again under the new one."""
+        for _ in range(MAX_REAUTHORIZE):
+            await self.auth.refresh()
+            accepted: list[IngestMessage] = []
+            rejected: list[tuple[IngestMessage, str]] = []
+            for m in messages:
+                code = await self.auth.check(m)
+                if code is None:
+                    accepted.append(m)
+                else:
+                    rejected.append((m, code))
+            for m in accepted:
+                trace.stamp(m.trace, "worker_checks")
+            if await self._hot(accepted, self.auth.version):
+                return accepted, rejected
+            self.stats.reauthorized += 1
+        raise MetadataChurn("metadata version kept moving while the batch was authorized")
+
+    @metrics.timed("hot_write")
+    async def _hot(self, accepted: list[IngestMessage], version: bytes | None) -> bool:
+        """The acceptance point: write the hot cache if ``version`` is still current."""
         if not accepted:
-            return
-        await self.hot.add_many([(m.channel_id, m.id, m.payload) for m in accepted])
+            return True
+        keys = [self.keys.metadata_version()] + [self.keys.hot(m.channel_id) for m in accepted]
+        args: list[bytes | int] = [version or b"", self.hot.size]
+        args += [member_bytes(m.id, m.payload) for m in accepted]
+        if not await self._hot_add(keys=keys, args=args):
+            return False
         for m in accepted:
             trace.stamp(m.trace, "hot_write")
+        return True
 
+    @metrics.timed("history_write")
     async def _history(self, accepted: list[IngestMessage]) -> None:
         if not accepted:
             return
@@ -254,6 +298,7 @@ class Pipeline:
         for m in accepted:
             trace.stamp(m.trace, "history_write")
 
+    @metrics.timed("fanout")
     async def _fan_out(
         self, batch: Batch, accepted: list[IngestMessage], rejected: list[tuple[IngestMessage, str]]
     ) -> None:

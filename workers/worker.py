@@ -33,6 +33,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from chatscale import metrics
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
@@ -95,6 +96,7 @@ class Worker:
         self._last_reclaim = 0.0
         self._last_trim = 0.0
         self._last_maintain = 0.0
+        metrics.watch_worker(self)  # pipeline counters and backlog, read at scrape time
 
     @property
     def stats(self):  # noqa: ANN201 - the pipeline's counters

@@ -1,0 +1,494 @@
+"""Prometheus metrics of every service, in one module (documented in docs/metrics.md).
+
+The services call in here with one line per hook; everything else — names, labels, buckets,
+the HTTP endpoint, the queue gauges — lives here, so a hook in a hot path stays a counter
+increment or a histogram observation.
+
+Two kinds of latency:
+
+- ``chatscale_stage_seconds{stage}``: how long one piece of work took inside one process,
+  measured with ``perf_counter`` (a gateway's XADD, a worker's hot-cache MULTI, ...).
+- ``chatscale_message_age_seconds{hop}``: how old a message is when it reaches a hop, counted
+  from the millisecond in its snowflake id, which the gateway mints on receipt. Every message
+  has one, so no envelope field is needed; the price is millisecond resolution and, across
+  machines, clock skew (the same caveat as ``chatscale trace``).
+
+Counters that the services already keep (the worker pipeline's ``Stats``, the presence
+coalescer's ``CoalescerStats``, a gateway's open connections) are read at scrape time by
+collectors holding weak references, so they cost nothing between scrapes. Consumer-group lag
+and pending entries are read from Redis at scrape time by worker processes (every worker
+reports the same numbers: aggregate with ``max``).
+
+``serve()`` starts the endpoint when ``CHATSCALE_METRICS_PORT`` is set (0, the default, keeps
+it off, as in tests) and registers the URL in Redis with a TTL so ``chatscale top`` can find
+every process without being told.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from prometheus_client import REGISTRY, Counter, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from chatscale import snowflake
+from chatscale.closecodes import Close
+from chatscale.config import Settings
+from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
+
+if TYPE_CHECKING:
+    from gateway.server import Gateway
+    from presence.service import PresenceService
+    from workers.worker import Worker
+
+log = logging.getLogger("chatscale.metrics")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+STAGE_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+)  # fmt: skip
+AGE_BUCKETS = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+REGISTRATION_TTL_S = 15
+REGISTRATION_EVERY_S = 5.0
+
+# ---- metrics updated by hooks ---------------------------------------------------------------
+
+SERVICE = Info("chatscale_service", "Which service this process is (role, name).")
+STAGE = Histogram(
+    "chatscale_stage_seconds",
+    "Time one stage took inside one process (gateway_publish per message; worker stages per "
+    "batch, authorize per message; presence_publish and presence_save per tick).",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+STAGE_FAILURES = Counter(
+    "chatscale_stage_failures_total", "Stages that raised (the work is retried).", ["stage"]
+)
+AGE = Histogram(
+    "chatscale_message_age_seconds",
+    "Age of a message (since the gateway received it, from its snowflake id) when it reaches "
+    "a hop: worker_read, worker_done (stored and fanned out), delivered (queued to sockets).",
+    ["hop"],
+    buckets=AGE_BUCKETS,
+)
+FRAMES_IN = Counter("chatscale_gateway_frames_in_total", "WebSocket frames received from clients.")
+FRAMES_OUT = Counter(
+    "chatscale_gateway_frames_out_total", "WebSocket frames queued to clients (all ops)."
+)
+DELIVERIES = Counter(
+    "chatscale_gateway_deliveries_total",
+    "Delivery-stream entries dispatched to local sessions, by event type, counted once per "
+    "recipient session.",
+    ["type"],
+)
+CLOSES = Counter(
+    "chatscale_gateway_closes_total",
+    "Closed WebSocket connections by close code and by who closed first.",
+    ["code", "name", "by"],
+)
+ERRORS = Counter(
+    "chatscale_gateway_error_replies_total",
+    "ERROR replies sent to clients (the connection stays open), by code.",
+    ["code"],
+)
+WORKER_READ = Counter(
+    "chatscale_worker_entries_read_total", "Ingest entries a worker decoded and started on."
+)
+PRESENCE_BATCHES = Counter(
+    "chatscale_presence_batches_total", "Gateway presence batches the presence service applied."
+)
+
+_CLOSE_NAMES = {int(c): c.name for c in Close} | {
+    1000: "NORMAL",
+    1001: "GOING_AWAY",
+    1006: "ABNORMAL",
+    1011: "INTERNAL_ERROR",
+}
+
+
+def clock() -> float:
+    return time.perf_counter()
+
+
+def stage(name: str, started: float) -> None:
+    """Observe a stage that began at ``started`` (a ``clock()`` value)."""
+    STAGE.labels(name).observe(time.perf_counter() - started)
+
+
+def timed(name: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorate an async stage: its duration goes to ``chatscale_stage_seconds{stage=name}``,
+    a raise to ``chatscale_stage_failures_total``."""
+    hist = STAGE.labels(name)
+    failures = STAGE_FAILURES.labels(name)
+
+    def wrap(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+        @functools.wraps(fn)
+        async def inner(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException:
+                failures.inc()
+                raise
+            hist.observe(time.perf_counter() - started)
+            return result
+
+        return inner
+
+    return wrap
+
+
+def _age_s(message_id: int, now_ms: float) -> float:
+    return max(0.0, (now_ms - snowflake.timestamp_ms(message_id)) / 1000)
+
+
+def messages_at(hop: str, messages: Iterable[Any]) -> None:
+    """Observe the age of each message (anything with an ``id`` snowflake) at ``hop``."""
+    hist = AGE.labels(hop)
+    now_ms = time.time() * 1000
+    n = 0
+    for m in messages:
+        hist.observe(_age_s(m.id, now_ms))
+        n += 1
+    if hop == "worker_read":
+        WORKER_READ.inc(n)
+
+
+def delivered(delivery: Any, recipients: int) -> None:
+    """One delivery-stream entry dispatched to ``recipients`` local sessions."""
+    DELIVERIES.labels(delivery.t).inc(recipients)
+    if delivery.t == "MESSAGE_CREATE":
+        # The payload is built by wire.message_payload and starts with {"id":"<snowflake>".
+        payload = delivery.payload
+        end = payload.find('"', 7)
+        if payload.startswith('{"id":"') and end > 7:
+            AGE.labels("delivered").observe(_age_s(int(payload[7:end]), time.time() * 1000))
+
+
+def frame_in() -> None:
+    FRAMES_IN.inc()
+
+
+def frame_out() -> None:
+    FRAMES_OUT.inc()
+
+
+def error_reply(code: str) -> None:
+    ERRORS.labels(code).inc()
+
+
+def connection_closed(ws: Any) -> None:
+    """Count a finished connection by its close code (1006: no close frame at all)."""
+    protocol = getattr(ws, "protocol", None)
+    code = getattr(ws, "close_code", None)
+    if code is None:
+        return
+    by = "client" if getattr(protocol, "close_rcvd_then_sent", None) else "server"
+    name = _CLOSE_NAMES.get(code, "OTHER")
+    CLOSES.labels(str(code) if name != "OTHER" else "other", name, by).inc()
+
+
+def presence_step(
+    fn: Callable[P, Awaitable[int]],
+) -> Callable[P, Awaitable[int]]:
+    """Decorate ``PresenceService.step``: count the gateway batches it applied. (Not timed:
+    a step blocks for up to a tick waiting for input; its publish and save stages are.)"""
+
+    @functools.wraps(fn)
+    async def inner(*args: P.args, **kwargs: P.kwargs) -> int:
+        n = await fn(*args, **kwargs)
+        PRESENCE_BATCHES.inc(n)
+        return n
+
+    return inner
+
+
+# ---- collectors: state the services already keep, read at scrape time -------------------------
+
+
+class _Watched(Collector):
+    """A collector over weakly held service objects (tests create and drop many)."""
+
+    def __init__(self) -> None:
+        self.objects: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def alive(self) -> list[Any]:
+        return list(self.objects)
+
+
+class _GatewayCollector(_Watched):
+    def collect(self) -> Iterator[Any]:
+        gateways = self.alive()
+        yield GaugeMetricFamily(
+            "chatscale_gateway_connections",
+            "Open WebSocket connections.",
+            value=sum(len(g.clients) for g in gateways),
+        )
+        yield GaugeMetricFamily(
+            "chatscale_gateway_sessions",
+            "Identified sessions, attached or detached but still resumable.",
+            value=sum(len(g.sessions) for g in gateways),
+        )
+
+
+class _WorkerCollector(_Watched):
+    def collect(self) -> Iterator[Any]:
+        workers = self.alive()
+        outcomes = CounterMetricFamily(
+            "chatscale_worker_messages",
+            "Messages a worker finished, by outcome (processed: stored and fanned out; "
+            "rejected: failed authorization; dead_lettered: moved to the dead-letter stream).",
+            labels=["outcome"],
+        )
+        for outcome in ("processed", "rejected", "dead_lettered"):
+            outcomes.add_metric([outcome], sum(getattr(w.stats, outcome) for w in workers))
+        yield outcomes
+        yield CounterMetricFamily(
+            "chatscale_worker_gateway_writes",
+            "Delivery-stream entries written by fan-out (one per message per gateway).",
+            value=sum(w.stats.gateway_writes for w in workers),
+        )
+        yield CounterMetricFamily(
+            "chatscale_worker_fanout_skipped",
+            "Redelivered messages whose fan-out had already happened (the marker was set).",
+            value=sum(w.stats.fanout_skipped for w in workers),
+        )
+        yield GaugeMetricFamily(
+            "chatscale_worker_history_backlog",
+            "Messages fanned out but not yet stored in history (so not acked).",
+            value=sum(w.history_backlog for w in workers),
+        )
+        yield GaugeMetricFamily(
+            "chatscale_worker_shards_owned",
+            "Ingest shards this worker holds the lease of (ordering=shard).",
+            value=sum(len(w.leases.owned) for w in workers),
+        )
+
+
+class _PresenceCollector(_Watched):
+    def collect(self) -> Iterator[Any]:
+        stats = [s.coalescer.stats for s in self.alive()]
+        for field, help_text in (
+            ("changes_in", "Visible status changes submitted, per (change, guild) pair."),
+            ("updates_out", "Per-guild PRESENCE_UPDATEs emitted."),
+            ("deliveries_out", "Recipients reached by those updates (the real fan-out cost)."),
+            ("raw_deliveries", "What raw broadcast would have cost for the same changes."),
+            ("net_zero", "Per-user entries dropped because the user flapped back in the window."),
+        ):
+            yield CounterMetricFamily(
+                f"chatscale_presence_{field}",
+                help_text,
+                value=sum(getattr(s, field) for s in stats),
+            )
+        changes = sum(s.changes_in for s in stats)
+        yield GaugeMetricFamily(
+            "chatscale_presence_amplification",
+            "Deliveries per visible status change since start (raw broadcast: about the online "
+            "members per guild; coalesced: far less).",
+            value=sum(s.deliveries_out for s in stats) / changes if changes else 0.0,
+        )
+
+
+class QueueCollector(Collector):
+    """Consumer-group lag and pending entries of every stream, read from Redis per scrape.
+
+    Runs in the HTTP server's thread with its own synchronous client, so a slow Redis delays
+    a scrape, never the service's event loop.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import redis
+
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = redis.Redis.from_url(
+            str(settings.redis_url),
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+
+    def collect(self) -> Iterator[Any]:
+        lag = GaugeMetricFamily(
+            "chatscale_stream_lag",
+            "Entries in the stream not yet delivered to the consumer group.",
+            labels=["stream", "group"],
+        )
+        pending = GaugeMetricFamily(
+            "chatscale_stream_pending",
+            "Entries delivered to a consumer but not acked (in flight, or left by a dead one).",
+            labels=["stream", "group"],
+        )
+        length = GaugeMetricFamily(
+            "chatscale_stream_length", "XLEN of the stream.", labels=["stream"]
+        )
+        errors = 0
+        streams = [(s, INGEST_GROUP) for s in self.keys.ingest_all(self.settings.ingest_shards)]
+        streams.append((self.keys.presence_in(), PRESENCE_GROUP))
+        for stream, group in streams:
+            try:
+                info = queue_info(self.redis, stream, group)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because Redis did
+                errors += 1
+                continue
+            lag.add_metric([stream, group], info["lag"])
+            pending.add_metric([stream, group], info["pending"])
+            length.add_metric([stream], info["length"])
+        try:
+            length.add_metric([self.keys.dead_letter()], self.redis.xlen(self.keys.dead_letter()))
+        except Exception:  # noqa: BLE001
+            errors += 1
+        yield lag
+        yield pending
+        yield length
+        yield GaugeMetricFamily(
+            "chatscale_stream_scrape_errors",
+            "Streams whose numbers could not be read from Redis during this scrape.",
+            value=errors,
+        )
+
+
+def queue_info(redis: Any, stream: str, group: str) -> dict[str, int]:
+    """Length, lag and pending of one consumer group (sync client; 0s if nothing exists)."""
+    from redis.exceptions import ResponseError
+
+    try:
+        groups = redis.xinfo_groups(stream)
+    except ResponseError:  # no such key yet
+        return {"length": 0, "lag": 0, "pending": 0}
+    length = redis.xlen(stream)
+    for g in groups:
+        name = g.get("name")
+        if (name.decode() if isinstance(name, bytes) else name) == group:
+            lag = g.get("lag")
+            return {
+                "length": int(length),
+                # lag is nil when Redis cannot compute it (after XDEL); fall back to length.
+                "lag": int(lag) if lag is not None else int(length),
+                "pending": int(g.get("pending", 0)),
+            }
+    return {"length": int(length), "lag": int(length), "pending": 0}
+
+
+_queues: QueueCollector | None = None
+_GATEWAYS = _GatewayCollector()
+_WORKERS = _WorkerCollector()
+_PRESENCE = _PresenceCollector()
+for _collector in (_GATEWAYS, _WORKERS, _PRESENCE):
+    REGISTRY.register(_collector)
+
+
+def watch_gateway(gateway: Gateway) -> None:
+    _GATEWAYS.objects.add(gateway)
+
+
+def watch_worker(worker: Worker) -> None:
+    _WORKERS.objects.add(worker)
+
+
+def watch_presence(service: PresenceService) -> None:
+    _PRESENCE.objects.add(service)
+
+
+# ---- the endpoint ---------------------------------------------------------------------------
+
+
+class Exporter:
+    """A running /metrics endpoint and its registration in Redis."""
+
+    def __init__(self, settings: Settings, *, role: str, name: str, port: int) -> None:
+        self.settings = settings
+        self.role = role
+        self.name = name
+        self.port = port
+        host = settings.metrics_host
+        advertised = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        self.url = f"http://{advertised}:{port}/metrics"
+        self._stop = threading.Event()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server, _thread = start_http_server(self.port, addr=self.settings.metrics_host)
+        self.register_forever()
+
+    def register_forever(self) -> None:
+        """Renew the registration until ``close()``; a thread, so no event loop is needed."""
+        if not self.settings.redis_url:
+            return
+        self._thread = threading.Thread(
+            target=self._register_loop, name="metrics-registration", daemon=True
+        )
+        self._thread.start()
+
+    def _register_loop(self) -> None:
+        import redis
+
+        client = redis.Redis.from_url(
+            str(self.settings.redis_url),
+            socket_timeout=self.settings.redis_timeout_s,
+            socket_connect_timeout=self.settings.redis_timeout_s,
+        )
+        key = Keys(self.settings.key_prefix).metrics_endpoint(self.name)
+        value = json.dumps(
+            {"role": self.role, "name": self.name, "url": self.url, "pid": os.getpid()}
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    client.set(key, value, ex=REGISTRATION_TTL_S)
+                except Exception as exc:  # noqa: BLE001 - Redis down: try again next time
+                    log.debug("metrics registration failed: %s", exc)
+                self._stop.wait(REGISTRATION_EVERY_S)
+            try:
+                client.delete(key)
+            except Exception:  # noqa: BLE001
+                pass
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.settings.redis_timeout_s + 1)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def serve(settings: Settings, *, role: str, name: str) -> Exporter | None:
+    """Start this process's /metrics endpoint if ``metrics_port`` is set; None otherwise.
+
+    role: gateway, worker or presence (workers also export the queue gauges).
+    name: this process's id (gateway id, consumer name), unique in the topology.
+    """
+    global _queues
+    if not settings.metrics_port:
+        return None
+    SERVICE.info({"role": role, "name": name})
+    if role == "worker" and settings.redis_url and _queues is None:
+        _queues = QueueCollector(settings)
+        REGISTRY.register(_queues)
+    exporter = Exporter(settings, role=role, name=name, port=settings.metrics_port)
+    exporter.start()
+    log.info("metrics for %s %s on %s", role, name, exporter.url)
+    return exporter
+
+
+def child_port(settings: Settings, index: int) -> int:
+    """The metrics port of the ``index``-th child of ``chatscale run`` (0 when metrics are off)."""
+    return settings.metrics_port + index if settings.metrics_port else 0

@@ -1,0 +1,119 @@
+"""Rate limits shared by every gateway, kept atomically in Redis.
+
+Three limits, one mechanism (``lua/ratelimit.lua``, a sliding-window log per key):
+
+- **per-user message rate**: ``user_messages_per_window`` per ``user_message_window_s``,
+  across all of a user's connections and channels (a second connection does not double it);
+- **per-channel slowmode**: one message per ``slowmode_s`` seconds per user in a channel that
+  sets it; members whose permissions bypass it (MANAGE_MESSAGES or MANAGE_CHANNELS,
+  ``permissions.bypasses_slowmode``) are not counted at all;
+- **identify rate**: ``identifies_per_window`` IDENTIFYs per ``identify_window_s`` per user.
+
+(The fourth limit, events per connection, is local to one socket and lives in the pure
+session state machine, ``gateway/session.py``: it needs no shared state.)
+
+A message's user window and slowmode window are checked and recorded in one script call:
+either both admit it or neither records it. A sliding-window log (a sorted set of admitted
+times) rather than a fixed window, because it answers ``retry_after`` exactly and has no burst
+of 2x at window edges; it costs O(limit) memory per user, which is small for these limits.
+
+Time comes from an injected clock (``clock``, wall seconds) and travels to Redis as an
+argument, so tests move time instead of sleeping. Gateways on different machines should have
+synchronised clocks (NTP); skew shifts a window by the skew, never breaks atomicity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.asyncio as aioredis
+
+from chatscale.config import Settings
+from chatscale.keys import Keys
+
+SCRIPT = resources.files("chatscale").joinpath("lua/ratelimit.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``allowed``, or which limit refused (``scope``) and when to retry (seconds)."""
+
+    allowed: bool
+    scope: str = ""
+    retry_after: float = 0.0
+
+    def message(self) -> str:
+        what = {
+            "user": "you are sending messages too fast",
+            "slowmode": "this channel is in slowmode",
+            "identify": "too many IDENTIFYs",
+        }.get(self.scope, "rate limited")
+        return f"{what}; retry after {self.retry_after:.3f} s"
+
+
+ALLOWED = Verdict(True)
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.settings = settings
+        self.clock = clock
+        self._script = redis.register_script(SCRIPT)
+        self._ids = itertools.count()
+        self._origin = secrets.token_hex(4)  # event ids unique across processes
+
+    async def message(self, user_id: int, channel_id: int, *, slowmode_s: float) -> Verdict:
+        """One message by ``user_id`` in ``channel_id``; ``slowmode_s`` 0 skips slowmode (pass
+        0 for members who bypass it)."""
+        s = self.settings
+        windows = [
+            (
+                "user",
+                self._keys.rate_messages(user_id),
+                s.user_messages_per_window,
+                s.user_message_window_s,
+            )
+        ]
+        if slowmode_s > 0:
+            windows.append(
+                ("slowmode", self._keys.rate_slowmode(user_id, channel_id), 1, slowmode_s)
+            )
+        return await self._check(windows)
+
+    async def identify(self, user_id: int) -> Verdict:
+        s = self.settings
+        return await self._check(
+            [
+                (
+                    "identify",
+                    self._keys.rate_identify(user_id),
+                    s.identifies_per_window,
+                    s.identify_window_s,
+                )
+            ]
+        )
+
+    async def _check(self, windows: list[tuple[str, str, int, float]]) -> Verdict:
+        now_ms = math.floor(self.clock() * 1000)
+        args: list[int | str] = [now_ms, f"{self._origin}.{next(self._ids)}"]
+        for _, _, limit, span_s in windows:
+            args += [max(0, int(limit)), max(1, math.ceil(span_s * 1000))]
+        which, wait_ms = await self._script(keys=[key for _, key, _, _ in windows], args=args)
+        if int(which) == 0:
+            return ALLOWED
+        return Verdict(False, windows[int(which) - 1][0], int(wait_ms) / 1000)

@@ -1,0 +1,444 @@
+"""The gateway's side of permissions: keep every local session's view of its guilds current.
+
+Picture. A session holds, per guild it is in, the channels the user can VIEW and their
+permission bits there (``Session.channels`` / ``Session.perms``). Deliveries are filtered by
+``channels`` (``gateway/fanout.py``), sends and history requests are checked against
+``perms``. This module keeps those maps right at three moments:
+
+- **IDENTIFY** (``load_views`` then ``settle``): the views are loaded under a metadata version
+  and the session is registered with no channels at all (nothing can be delivered to it); only
+  when the version is unchanged *after* registration — and no change touched the session in
+  between — are the channels installed and READY sent, with no await in between. A change that
+  raced the load is therefore either seen by the re-check or applied by ``apply`` afterwards.
+- **A control-plane change** (``run``/``handle``): the control plane publishes a ``Change`` on
+  the metadata pub/sub channel; this gateway reloads the guild, recomputes the affected
+  sessions, tells live ones what changed (GUILD_CREATE / GUILD_DELETE / CHANNEL_CREATE /
+  CHANNEL_UPDATE / CHANNEL_DELETE, GUILD_MEMBER_ADD / GUILD_MEMBER_REMOVE to the others), and
+  only then confirms (RPUSH to the change's ack list). The control plane returns once every
+  live gateway confirmed, so "the ban returned" implies "no gateway delivers to them".
+- **Housekeeping** (``check``, every second, before the gateway renews its liveness key): a
+  version that moved without an event (a missed pub/sub message, ``chatscale seed``) resyncs
+  every session; a liveness key that vanished means the control plane fenced this gateway
+  (it did not confirm in time) or it stalled past the key's TTL — workers skipped it, so its
+  sessions may have missed deliveries: they are dropped and clients re-IDENTIFY.
+
+``apply_view`` and ``install`` are pure (no I/O): the leak property test drives them directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from chatscale.access import GuildSnapshot, GuildView, channel_object, load_guild, load_member
+from chatscale.access import member_view as make_view
+from chatscale.closecodes import Close
+from chatscale.controlplane import Change
+from chatscale.permissions import Permission, bypasses_slowmode
+from chatscale.ratelimit import RateLimiter
+from chatscale.redisconn import TRANSIENT, connect
+from chatscale.wire import dumps
+from gateway.session import Session
+from storage import StorageUnavailable
+
+if TYPE_CHECKING:
+    from gateway.server import Client, Gateway
+
+log = logging.getLogger("chatscale.gateway.control")
+
+_P = Permission
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the gateway answers with ERROR instead of doing it."""
+
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+@dataclass
+class ViewChange:
+    """What ``apply_view`` did to one session in one guild."""
+
+    dispatches: list[tuple[str, str]] = field(default_factory=list)  # (event name, d JSON)
+    joined: bool = False
+    left: bool = False
+
+
+# ---- pure: sessions and views ---------------------------------------------------------------
+
+
+def install(
+    session: Session, views: Iterable[GuildView], by_guild: dict[int, set[Session]] | None = None
+) -> set[int]:
+    """Replace the session's whole view (IDENTIFY); returns the guilds it no longer holds.
+
+    ``by_guild`` (the gateway's guild -> sessions index) loses the session for those guilds.
+    """
+    views = list(views)
+    held = {v.guild.id for v in views}
+    lost = session.guilds - held
+    session.guilds = held
+    session.channels = {c: v.guild.id for v in views for c in v.channels}
+    session.perms = {c: int(p) for v in views for c, p in v.channels.items()}
+    if by_guild is not None:
+        for guild_id in lost:
+            _leave(by_guild, guild_id, session)
+    return lost
+
+
+def apply_view(
+    session: Session,
+    guild_id: int,
+    view: GuildView | None,
+    by_guild: dict[int, set[Session]],
+    *,
+    touched_channel: int = 0,
+) -> ViewChange:
+    """Move the session's view of one guild to ``view`` (None: not a member any more) and say
+    what changed, as dispatches. ``touched_channel`` gets a CHANNEL_UPDATE even if the
+    member's bits there did not change (its slowmode did)."""
+    change = ViewChange()
+    old = {c: p for c, p in session.perms.items() if session.channels.get(c) == guild_id}
+    if view is None:
+        if guild_id not in session.guilds:
+            return change
+        session.guilds.discard(guild_id)
+        for c in old:
+            session.channels.pop(c, None)
+            session.perms.pop(c, None)
+        _leave(by_guild, guild_id, session)
+        change.dispatches.append(("GUILD_DELETE", dumps({"id": str(guild_id)})))
+        change.left = True
+        return change
+    if guild_id not in session.guilds:
+        session.guilds.add(guild_id)
+        for c, p in view.channels.items():
+            session.channels[c] = guild_id
+            session.perms[c] = int(p)
+        change.joined = not by_guild.get(guild_id)
+        by_guild.setdefault(guild_id, set()).add(session)
+        change.dispatches.append(("GUILD_CREATE", dumps(view.guild_object())))
+        return change
+    channels = view.snapshot.channels
+    for c in old.keys() - view.channels.keys():
+        session.channels.pop(c, None)
+        session.perms.pop(c, None)
+        d = {"id": str(c), "guild_id": str(guild_id)}
+        change.dispatches.append(("CHANNEL_DELETE", dumps(d)))
+    for c, p in view.channels.items():
+        if c not in old:
+            session.channels[c] = guild_id
+            session.perms[c] = int(p)
+            change.dispatches.append(("CHANNEL_CREATE", dumps(channel_object(channels[c], p))))
+        elif int(p) != old[c] or c == touched_channel:
+            session.perms[c] = int(p)
+            change.dispatches.append(("CHANNEL_UPDATE", dumps(channel_object(channels[c], p))))
+    return change
+
+
+def _leave(by_guild: dict[int, set[Session]], guild_id: int, session: Session) -> None:
+    members = by_guild.get(guild_id)
+    if members is not None:
+        members.discard(session)
+        if not members:
+            del by_guild[guild_id]
+
+
+# ---- the gateway's control component ---------------------------------------------------------
+
+
+class GatewayControl:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.limiter = RateLimiter(
+            gateway.redis, gateway.keys, gateway.settings, clock=gateway.wall_clock
+        )
+        self.seen_version = 0
+        self.applied = 0  # changes applied and confirmed (a metric)
+        self.slowmode: dict[int, int] = {}  # channel id -> seconds, from the latest snapshot
+        self._snapshots: dict[int, tuple[int, GuildSnapshot]] = {}  # guild -> (version, snap)
+        self._dirty: set[Session] = set()  # not yet READY, but a change touched them
+        self._sub_redis = connect(gateway.settings)
+        self._pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe before the gateway registers as alive: the control plane waits for every
+        live gateway, so a live gateway must already hear every change."""
+        await self._pubsub.subscribe(self.gw.keys.metadata_events())
+        self.seen_version = await self._version()
+
+    async def close(self) -> None:
+        with contextlib.suppress(*TRANSIENT):
+            await self._pubsub.aclose()
+        await self._sub_redis.aclose()
+
+    async def run(self) -> None:
+        """Apply announced changes one at a time, in the order they arrive."""
+        while True:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+            except TRANSIENT as exc:
+                log.warning("metadata subscription failed (%s); resubscribing", exc)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(*TRANSIENT, StorageUnavailable):
+                    await self.resync_all()  # changes announced meanwhile were missed
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                change = Change.from_json(message["data"])
+            except ValueError:
+                log.error("undecodable control message: %r", message["data"][:200])
+                continue
+            await self.handle(change)
+
+    async def handle(self, change: Change) -> None:
+        """Apply, then confirm. A failure means no confirmation: the control plane fences us."""
+        try:
+            await self.apply(change)
+            if change.reply:
+                async with self.gw.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(change.reply, self.gw.id)
+                    pipe.expire(change.reply, 60)
+                    await pipe.execute()
+        except (*TRANSIENT, StorageUnavailable) as exc:
+            log.warning("could not apply change %s (%s); not confirming it", change.id, exc)
+
+    # ---- applying changes -------------------------------------------------------------------
+
+    async def apply(self, change: Change) -> None:
+        guild_id = change.guild_id
+        snapshot = await load_guild(self.gw.store, guild_id)
+        if snapshot is not None:
+            self._remember(snapshot, change.version)
+        roles: dict[int, frozenset[int] | None] = {}
+        while True:  # the targets are taken after the last await, so none is missed
+            targets = self._targets(change)
+            missing = {s.user_id for s in targets} - roles.keys()
+            if not missing:
+                break
+            for user_id in missing:
+                roles[user_id] = (
+                    await load_member(self.gw.store, guild_id, user_id) if snapshot else None
+                )
+        joined: set[int] = set()
+        left: set[int] = set()
+        for session in targets:
+            member_roles = roles[session.user_id]
+            view = (
+                make_view(snapshot, session.user_id, member_roles)
+                if snapshot is not None and member_roles is not None
+                else None
+            )
+            done = self._apply(session, guild_id, view, touched_channel=change.channel_id)
+            if done.joined:
+                joined.add(guild_id)
+            if done.left:
+                left.add(guild_id)
+        if change.user_id and change.kind in ("member_remove", "member_add"):
+            t = "GUILD_MEMBER_REMOVE" if change.kind == "member_remove" else "GUILD_MEMBER_ADD"
+            d = dumps({"guild_id": str(guild_id), "user": {"id": str(change.user_id)}})
+            for other in list(self.gw.fanout.by_guild.get(guild_id, ())):
+                if other.user_id != change.user_id and other.seq > 0:
+                    self._dispatch(other, t, d)
+        await self._routes(joined, left)
+        self.seen_version = max(self.seen_version, change.version)
+        self.applied += 1
+
+    def _targets(self, change: Change) -> list[Session]:
+        sessions = self.gw.sessions.values()
+        if change.user_id:
+            return [s for s in sessions if s.user_id == change.user_id]
+        return [s for s in sessions if change.guild_id in s.guilds]
+
+    def _apply(
+        self, session: Session, guild_id: int, view: GuildView | None, *, touched_channel: int = 0
+    ) -> ViewChange:
+        if session.seq == 0:  # still identifying: settle() reloads it before READY
+            self._dirty.add(session)
+            return ViewChange()
+        done = apply_view(
+            session, guild_id, view, self.gw.fanout.by_guild, touched_channel=touched_channel
+        )
+        for t, d in done.dispatches:
+            self._dispatch(session, t, d)
+        return done
+
+    def _dispatch(self, session: Session, t: str, d: str) -> None:
+        text = session.dispatch(t, d)  # into the replay buffer even if detached
+        client = self.gw.fanout.attached.get(session)
+        if client is not None:
+            self.gw.send(client, text)
+
+    async def _routes(self, joined: set[int], left: set[int]) -> None:
+        if not joined and not left:
+            return
+        keys, by_guild = self.gw.keys, self.gw.fanout.by_guild
+        async with self.gw.redis.pipeline(transaction=False) as pipe:
+            for guild_id in joined:
+                pipe.sadd(keys.route(guild_id), self.gw.id)
+            for guild_id in left:
+                if not by_guild.get(guild_id):
+                    pipe.srem(keys.route(guild_id), self.gw.id)
+            await pipe.execute()
+
+    # ---- housekeeping -----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Before the gateway renews its liveness: handle a fence, catch up a missed change."""
+        if not await self.gw.redis.exists(self.gw.keys.gateway_alive(self.gw.id)):
+            await self.drop_sessions("this gateway missed deliveries; IDENTIFY again")
+        if await self._version() > self.seen_version:
+            await self.resync_all()
+
+    async def resync_all(self) -> None:
+        """Recompute every session from the store (after a missed announcement)."""
+        version = await self._version()
+        loaded: dict[int, list[GuildView]] = {}
+        while True:
+            users = {s.user_id for s in self.gw.sessions.values()} - loaded.keys()
+            if not users:
+                break
+            for user_id in users:
+                loaded[user_id], _ = await self.load_views(user_id)
+        joined: set[int] = set()
+        left: set[int] = set()
+        for session in list(self.gw.sessions.values()):
+            views = {v.guild.id: v for v in loaded[session.user_id]}
+            for guild_id in session.guilds | views.keys():
+                done = self._apply(session, guild_id, views.get(guild_id))
+                joined |= {guild_id} if done.joined else set()
+                left |= {guild_id} if done.left else set()
+        await self._routes(joined, left)
+        self.seen_version = max(self.seen_version, version)
+
+    async def drop_sessions(self, reason: str) -> None:
+        """Forget every session (so RESUME fails and clients IDENTIFY afresh) and close them."""
+        log.warning(
+            "gateway %s dropping %d sessions: %s", self.gw.id, len(self.gw.sessions), reason
+        )
+        for session in list(self.gw.sessions.values()):
+            await self.gw._forget(session)
+        for client in list(self.gw.clients):
+            client.conn.closed()
+            with contextlib.suppress(Exception):
+                await client.ws.close(Close.UNKNOWN_ERROR, reason)
+
+    # ---- IDENTIFY ---------------------------------------------------------------------------
+
+    async def admit_identify(self, client: Client, user_id: int) -> bool:
+        """The identify rate limit; on refusal sends ERROR RATE_LIMITED and closes with 4008."""
+        try:
+            verdict = await self.limiter.identify(user_id)
+        except TRANSIENT:
+            await client.ws.close(Close.UNKNOWN_ERROR, "rate limiter unavailable")
+            return False
+        if verdict.allowed:
+            return True
+        self.gw.send_error(
+            client, "RATE_LIMITED", verdict.message(), retry_after=verdict.retry_after
+        )
+        client.conn.closed()
+        await client.ws.close(
+            Close.RATE_LIMITED, f"identify rate limited; retry after {verdict.retry_after:.3f} s"
+        )
+        return False
+
+    async def load_views(self, user_id: int) -> tuple[list[GuildView], int]:
+        """The user's view of each guild they belong to, and the version it was loaded under
+        (the version did not move during the load; after five tries, the last one)."""
+        version = await self._version()
+        views: list[GuildView] = []
+        for _ in range(5):
+            views = []
+            for guild in await self.gw.store.user_guilds(user_id):
+                snapshot = await self._snapshot(guild.id, version)
+                roles = await load_member(self.gw.store, guild.id, user_id) if snapshot else None
+                if snapshot is not None and roles is not None:
+                    views.append(make_view(snapshot, user_id, roles))
+            after = await self._version()
+            if after == version:
+                break
+            version = after
+        return views, version
+
+    async def settle(
+        self, session: Session, views: list[GuildView], version: int
+    ) -> list[GuildView]:
+        """Call with the session registered and attached but not yet READY (``channels``
+        empty). Returns the views to show in READY, installed with no await before it."""
+        for _ in range(10):
+            if await self._version() == version and session not in self._dirty:
+                break
+            self._dirty.discard(session)
+            views, version = await self.load_views(session.user_id)
+            gained = {v.guild.id for v in views} - session.guilds
+            if gained:  # joined while identifying: route deliveries here before READY
+                session.guilds |= gained
+                for guild_id in gained:
+                    self.gw.fanout.by_guild.setdefault(guild_id, set()).add(session)
+                await self._routes(gained, set())
+        self._dirty.discard(session)
+        lost = install(session, views, self.gw.fanout.by_guild)
+        if lost:
+            self.gw._spawn(self._routes(set(), lost))
+        return views
+
+    # ---- requests ---------------------------------------------------------------------------
+
+    async def send_refusal(
+        self, session: Session, channel_id: int, *, count: bool
+    ) -> Refusal | None:
+        """SEND_MESSAGES, then (``count``: a new message, not a retry) the user's message rate
+        and the channel's slowmode, which members who may manage messages bypass."""
+        perms = _P(session.perms.get(channel_id, 0))
+        if not perms & _P.SEND_MESSAGES:
+            return Refusal("MISSING_PERMISSIONS", "you may not send messages in this channel")
+        if not count:
+            return None
+        slowmode = 0 if bypasses_slowmode(perms) else self.slowmode.get(channel_id, 0)
+        try:
+            verdict = await self.limiter.message(session.user_id, channel_id, slowmode_s=slowmode)
+        except TRANSIENT:
+            return Refusal("UNAVAILABLE", "could not check rate limits; retry", 1.0)
+        if verdict.allowed:
+            return None
+        return Refusal("RATE_LIMITED", verdict.message(), verdict.retry_after)
+
+    def history_refusal(self, session: Session, channel_id: int) -> Refusal | None:
+        if not session.perms.get(channel_id, 0) & _P.READ_MESSAGE_HISTORY:
+            return Refusal("MISSING_PERMISSIONS", "you may not read this channel's history")
+        return None
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    async def _version(self) -> int:
+        return int(await self.gw.redis.get(self.gw.keys.metadata_version()) or 0)
+
+    async def _snapshot(self, guild_id: int, version: int) -> GuildSnapshot | None:
+        """A guild's snapshot, shared by every IDENTIFY under the same metadata version."""
+        cached = self._snapshots.get(guild_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        snapshot = await load_guild(self.gw.store, guild_id)
+        if snapshot is not None:
+            self._remember(snapshot, version)
+        return snapshot
+
+    def _remember(self, snapshot: GuildSnapshot, version: int) -> None:
+        cached = self._snapshots.get(snapshot.guild.id)
+        if cached is None or cached[0] <= version:
+            self._snapshots[snapshot.guild.id] = (version, snapshot)
+            for channel in snapshot.channels.values():
+                self.slowmode[channel.id] = channel.slowmode_s

@@ -1,0 +1,885 @@
+"""The load test's parent: set up, drive the generator processes, sample the servers, judge.
+
+One run, in order:
+
+1. generate the community from its seed and load it **through the control plane**
+   (``chatscale.community.apply``: the storage interfaces, then a metadata-version bump),
+   unless the store already holds exactly it (a 50k-member community takes a while on SQLite);
+2. make the scenario's plan (``loadtest.scenarios``) and split it over the generator
+   processes: each client, and so each sender, lives in exactly one process;
+3. *setup*: the processes connect the members who are online before the run (bounded rate);
+4. *run*: every process replays its share of the timeline from one shared start time ``t0``,
+   while this process samples CPU and memory of every server and generator process and the
+   consumer groups' lag and pending entries (XINFO GROUPS), and injects the scenario's fault;
+5. *drain*: wait until deliveries stop arriving (or ``drain_s``);
+6. merge: one ``DeliveryLedger`` is built from every process's acknowledged sends and receipts,
+   with each message's audience = every client whose first READY came before the message's
+   intended send time; latency histograms and time series are added exactly (hdr).
+
+The generator processes are children over ``multiprocessing`` pipes, or — ``processes=0`` — one
+generator in this event loop (the tests use that against in-process gateways).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import math
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+
+from chatscale import community, tokens
+from chatscale.config import Settings
+from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
+from chatscale.redisconn import connect
+from loadtest import communities, scenarios
+from loadtest.accounting import DeliveryLedger
+from loadtest.generator import ClientPlan, Part, child_main, drive
+from loadtest.latency import LatencyRecorder, TimeSeries
+from loadtest.topology import Embedded, External, pause_process, storage_pid
+from storage import open_store
+
+
+class Topology(Protocol):
+    kind: str
+    settings: Settings
+    timed_events: list[tuple[float, str]]
+
+    @property
+    def urls(self) -> list[str]: ...
+    async def start(self, say=print) -> None: ...  # noqa: ANN001
+    async def stop(self) -> None: ...
+    def processes(self) -> dict[str, psutil.Process]: ...
+
+
+@dataclass
+class Given:
+    """Gateways already running in this process (tests): nothing to start, sample or kill."""
+
+    settings: Settings
+    gateway_urls: list[str]
+    kind: str = "in-process"
+    timed_events: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.gateway_urls)
+
+    async def start(self, say=print) -> None:  # noqa: ANN001
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def processes(self) -> dict[str, psutil.Process]:
+        return {}
+
+
+@dataclass
+class RunConfig:
+    scenario: str
+    community: str
+    duration: float | None = None
+    processes: int = 2
+    rate: float | None = None
+    out: Path | None = None
+    gateways: list[str] | None = None  # external gateway URLs
+    online: int | None = None
+    seed: int | None = None
+    fault_at: float | None = None
+    pause_s: float = 5.0
+    connect_rate: float = 250.0
+    connect_window: int = 64  # setup: clients connecting at once (all processes)
+    window: int = 1  # messages in flight per client
+    drain_s: float = 15.0
+    ready_timeout: float = 30.0
+    observers: int = 6
+    embedded_gateways: int = 2
+    embedded_workers: int = 2
+    storage_url: str = "sqlite:///.chatscale/loadtest/chatscale.db"
+    workdir: Path = Path(".chatscale/loadtest")
+    inject: dict[str, int] = field(default_factory=dict)  # tests: damage receipts on purpose
+    progress_every: float = 1.0
+    quiet_s: float = 2.0  # the drain ends once no delivery arrived for this long
+    report_s: float = 0.5  # how often generator processes report progress
+    command: str = ""
+
+
+# ---- loading the community ----------------------------------------------------------------------
+
+
+async def load_community(sim: communities.SimCommunity, settings: Settings, say=print) -> dict[str, Any]:  # noqa: ANN001
+    """Load through ``community.apply`` unless the store already holds exactly this community."""
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    try:
+        started = time.perf_counter()
+        users, guilds, channels, members = sim.community.plan()
+        plan_s = time.perf_counter() - started
+        guild = guilds[0]
+        present = True
+        for user in (users[0], users[len(users) // 2], users[-1]):
+            found = await store.find_user(user.username)
+            present = present and found is not None and found.id == user.id
+        if present:
+            have = await store.guild_channels(guild.id)
+            present = {c.id for c in have} == {c.id for c in channels}
+        if present:
+            present = len(await store.guild_members(guild.id)) == len(members)
+        info: dict[str, Any] = {"members": len(members), "plan_s": round(plan_s, 3)}
+        if present:
+            info.update(loaded=False, note="already in the store: apply skipped")
+            say(f"community   {sim.spec.name}: already loaded ({len(members):,} members), skipped")
+        else:
+            say(f"community   {sim.spec.name}: loading {len(members):,} members through community.apply ...")
+            redis = connect(settings) if settings.redis_url else None
+            started = time.perf_counter()
+            try:
+                counts = await community.apply(sim.community, store, redis, Keys(settings.key_prefix))
+            finally:
+                if redis is not None:
+                    await redis.aclose()
+            took = time.perf_counter() - started
+            info.update(loaded=True, apply_s=round(took, 2), counts=counts,
+                        writes_per_s=round(sum(v for v in counts.values()) / took))
+            say(f"community   loaded in {took:.1f}s: {counts}")
+        info["user_ids"] = [u.id for u in users]
+        info["channel_ids"] = [c.id for c in channels]
+        info["guild_id"] = guild.id
+        return info
+    finally:
+        await store.close()
+
+
+# ---- drivers: generator in this loop or in child processes ----------------------------------------
+
+
+class _Inline:
+    def __init__(self, part: Part, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        self.commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.pid = os.getpid()
+        self.task = asyncio.create_task(drive(part, self.commands, inbox.put_nowait))
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        self.commands.put_nowait(cmd)
+
+    async def close(self) -> None:
+        if not self.task.done():
+            self.commands.put_nowait({"cmd": "finish"})
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 30)
+
+
+class _Child:
+    def __init__(self, part: Part, inbox: asyncio.Queue[dict[str, Any]]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=child_main, args=(part, child), name=f"loadgen-{part.index}")
+        self.proc.start()
+        child.close()
+        self.pid = self.proc.pid
+        self.index = part.index
+        self.inbox = inbox
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.conn.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            while self.conn.poll():
+                self.inbox.put_nowait(self.conn.recv())
+        except (EOFError, OSError):
+            self.loop.remove_reader(self.conn.fileno())
+            self.inbox.put_nowait({"type": "dead", "part": self.index})
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(cmd)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.proc.join, 10)
+        if self.proc.is_alive():
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.join, 5)
+        with contextlib.suppress(Exception):
+            self.loop.remove_reader(self.conn.fileno())
+        self.conn.close()
+
+
+# ---- sampling the servers ---------------------------------------------------------------------------
+
+
+class Sampler:
+    """CPU and memory of every process, and consumer-group lag/pending, once a second."""
+
+    def __init__(self, topo: Topology, generators: dict[str, int], settings: Settings) -> None:
+        self.topo = topo
+        self.settings = settings
+        self.generators = {name: psutil.Process(pid) for name, pid in generators.items()}
+        self.procs: dict[int, psutil.Process] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.streams: list[dict[str, Any]] = []
+        self.start = time.time()
+        self.ncpu = psutil.cpu_count() or 1
+
+    def _named(self) -> dict[str, psutil.Process]:
+        named = {**self.topo.processes(), **self.generators}
+        named.setdefault("loadtest (parent)", psutil.Process(os.getpid()))
+        out = {}
+        for name, proc in named.items():
+            cached = self.procs.get(proc.pid)
+            if cached is None:
+                cached = self.procs[proc.pid] = proc
+                with contextlib.suppress(psutil.Error):
+                    cached.cpu_percent(None)
+            out[name] = cached
+        return out
+
+    async def run(self) -> None:
+        psutil.cpu_percent(None)
+        self._named()
+        while True:
+            await asyncio.sleep(1.0)
+            row: dict[str, Any] = {"t": round(time.time() - self.start, 2), "cpu": {}, "rss_mib": {}}
+            for name, proc in self._named().items():
+                with contextlib.suppress(psutil.Error):
+                    row["cpu"][name] = proc.cpu_percent(None)
+                    row["rss_mib"][name] = round(proc.memory_info().rss / 2**20, 1)
+            row["machine_cpu"] = psutil.cpu_percent(None) * self.ncpu  # % of one core
+            self.rows.append(row)
+
+    async def run_streams(self) -> None:
+        if not self.settings.redis_url:
+            return
+        quick = self.settings.model_copy(update={"redis_timeout_s": 0.8, "redis_retries": 0})
+        redis = connect(quick)
+        keys = Keys(self.settings.key_prefix)
+        try:
+            while True:
+                at = time.time()
+                row: dict[str, Any] = {"t": round(at - self.start, 2)}
+                try:
+                    lag = pending = 0
+                    for stream in keys.ingest_all(self.settings.ingest_shards):
+                        for group in await _groups(redis, stream):
+                            if group.get("name") == INGEST_GROUP:
+                                pending += int(group.get("pending") or 0)
+                                lag += int(group.get("lag") or 0)
+                    row.update(ingest_lag=lag, ingest_pending=pending)
+                    for group in await _groups(redis, keys.presence_in()):
+                        if group.get("name") == PRESENCE_GROUP:
+                            row.update(
+                                presence_lag=int(group.get("lag") or 0),
+                                presence_pending=int(group.get("pending") or 0),
+                            )
+                except Exception as exc:  # noqa: BLE001 - a paused Redis is what we measure
+                    row["error"] = type(exc).__name__
+                self.streams.append(row)
+                await asyncio.sleep(max(0.0, 1.0 - (time.time() - at)))
+        finally:
+            with contextlib.suppress(Exception):
+                await redis.aclose()
+
+
+async def _groups(redis: Any, stream: str) -> list[dict[str, Any]]:
+    try:
+        raw = await redis.xinfo_groups(stream)
+    except Exception as exc:  # noqa: BLE001
+        if "no such key" in str(exc).lower():
+            return []
+        raise
+    return [{_s(k): _s(v) for k, v in g.items()} for g in raw]
+
+
+def _s(v: Any) -> Any:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+# ---- the run --------------------------------------------------------------------------------------------
+
+
+def split(plan: scenarios.Plan, sim: communities.SimCommunity, load: dict[str, Any], urls: list[str],
+          settings: Settings, cfg: RunConfig, parts: int) -> list[Part]:
+    """One Part per generator process; a client (and so a sender) lives in exactly one."""
+    now = time.time()
+    ttl = int(cfg.ready_timeout * 4 + (cfg.duration or 60) * 4 + 3600)
+    user_ids = load["user_ids"]
+    out = [
+        Part(
+            index=i,
+            clients=[],
+            urls=urls,
+            channels=load["channel_ids"],
+            connect_rate=cfg.connect_rate / parts,
+            connect_window=max(1, cfg.connect_window // parts),
+            ready_timeout=cfg.ready_timeout,
+            bucket_s=1.0,
+            inject=dict(cfg.inject),
+            report_s=cfg.report_s,
+            window=cfg.window,
+        )
+        for i in range(parts)
+    ]
+    owner: dict[int, int] = {}
+    for k, cid in enumerate(sorted(plan.online)):
+        member = sim.members[cid]
+        part = out[k % parts]
+        owner[cid] = part.index
+        part.clients.append(
+            ClientPlan(
+                cid=cid,
+                user_id=user_ids[cid],
+                token=tokens.mint(user_ids[cid], secret=settings.token_secret, ttl_s=ttl, now=now),
+                device=member.device,
+                url=urls[k % len(urls)],
+                connect_at=plan.connect_at.get(cid),
+                observer=cid in plan.observers,
+            )
+        )
+    for m in plan.sends:
+        out[owner[m.sender]].sends.append((m.at, m.sender, m.channel, m.content))
+    for at, cid, status in plan.statuses:
+        out[owner[cid]].statuses.append((at, cid, status))
+    for drop in plan.drops:
+        out[owner[drop[1]]].drops.append(drop)
+    if plan.observers:
+        watched = {cid for _, cid, _ in plan.statuses}
+        for part in out:
+            if any(c.observer for c in part.clients):
+                part.watch = list(plan.statuses)
+                part.user_cids = {user_ids[cid]: cid for cid in watched}
+    return out
+
+
+async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) -> dict[str, Any]:  # noqa: ANN001, C901
+    sim = communities.load(cfg.community, online=cfg.online)
+    plan = scenarios.build(
+        scenarios.Options(
+            scenario=cfg.scenario,
+            duration=cfg.duration,
+            rate=cfg.rate,
+            seed=cfg.seed,
+            fault_at=cfg.fault_at,
+            pause_s=cfg.pause_s,
+            observers=cfg.observers,
+        ),
+        sim,
+    )
+    if plan.fault and plan.fault[0] == "pause-cassandra" and topology is None and not cfg.gateways:
+        if not cfg.storage_url.startswith("cassandra://"):
+            raise ValueError("pause-cassandra needs --storage-url cassandra://host:port/keyspace")
+    if plan.fault and topology is not None and topology.kind == "in-process":
+        raise ValueError("fault scenarios need real processes: run without an in-process topology")
+    if topology is None:
+        if cfg.gateways:
+            from chatscale.cli import settings_for_tools
+
+            topology = External(cfg.gateways, settings_for_tools())
+        else:
+            cfg.workdir.mkdir(parents=True, exist_ok=True)
+            topology = Embedded(
+                (cfg.out or cfg.workdir) / "topology",
+                storage_url=cfg.storage_url,
+                gateways=cfg.embedded_gateways,
+                workers=cfg.embedded_workers,
+            )
+    machine = describe_machine()
+    say(f"loadtest    {cfg.scenario} on {sim.spec.name}: {scenarios.SCENARIOS[cfg.scenario]}")
+    for note in plan.notes:
+        say(f"plan        {note}")
+    await topology.start(say=say)
+    drivers: list[Any] = []
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    tasks: list[asyncio.Task[Any]] = []
+    timings: dict[str, float] = {}
+    fault_log: list[dict[str, Any]] = []
+    results: dict[int, dict[str, Any]] = {}
+    try:
+        settings = topology.settings
+        load = await load_community(sim, settings, say=say)
+        nparts = max(1, cfg.processes)
+        parts = split(plan, sim, load, topology.urls, settings, cfg, nparts)
+        load["home"] = {c.cid: c.url for p in parts for c in p.clients}
+        for part in parts:
+            drivers.append(_Inline(part, inbox) if cfg.processes == 0 else _Child(part, inbox))
+        generators = {f"generator-{i}": d.pid for i, d in enumerate(drivers)} if cfg.processes else {}
+        sampler = Sampler(topology, generators, settings)
+        tasks += [asyncio.create_task(sampler.run()), asyncio.create_task(sampler.run_streams())]
+        latest: dict[int, dict[str, Any]] = {}
+
+        async def wait_for(kind: str, deadline: float) -> set[int]:
+            done: set[int] = set()
+            shown = time.time()
+            while len(done) < len(drivers):
+                if kind == "setup_done" and time.time() - shown > 5 and latest:
+                    shown = time.time()
+                    say(f"setup       {sum(m.get('ready_now', 0) for m in latest.values()):,} ready ...")
+                try:
+                    msg = await asyncio.wait_for(inbox.get(), max(0.01, deadline - time.time()))
+                except TimeoutError:
+                    break
+                if msg["type"] == "progress":
+                    latest[msg["part"]] = msg
+                elif msg["type"] == kind:
+                    latest[msg["part"]] = msg
+                    done.add(msg["part"])
+                    if kind == "results":
+                        results[msg["part"]] = msg
+                elif msg["type"] == "dead":
+                    raise RuntimeError(f"generator process {msg['part']} died; see its stderr")
+            return done
+
+        # -- setup ---------------------------------------------------------------------------------
+        before = len(plan.online) - len(plan.connect_at)
+        started = time.time()
+        for d in drivers:
+            d.send({"cmd": "setup", "at": started + 0.2})
+        say(f"setup       connecting {before:,} clients (up to {cfg.connect_rate:g}/s, {cfg.connect_window} at once) ...")
+        await wait_for("setup_done", started + 660)
+        timings["setup_s"] = round(time.time() - started, 2)
+        ready = sum(m.get("ready_now", 0) for m in latest.values())
+        say(f"setup       {ready:,}/{before:,} ready in {timings['setup_s']:.1f}s")
+
+        # -- run -----------------------------------------------------------------------------------
+        t0 = time.time() + (0.5 if cfg.processes else 0.1)
+        sampler.start = t0
+        for d in drivers:
+            d.send({"cmd": "run", "t0": t0})
+        end_of_plan = max(
+            [plan.duration]
+            + [m.at for m in plan.sends]
+            + [s[0] for s in plan.statuses]
+            + [d[0] + d[3] for d in plan.drops]
+            + list(plan.connect_at.values())
+        )
+        if plan.fault:
+            tasks.append(asyncio.create_task(_fault(plan.fault, topology, t0, fault_log, say)))
+        progress = _Progress(say, cfg.progress_every, t0)
+        while time.time() < t0 + end_of_plan:
+            await _pump(inbox, latest, 0.25)
+            progress.maybe(latest, sampler)
+        timings["run_s"] = round(time.time() - t0, 2)
+
+        # -- drain -----------------------------------------------------------------------------------
+        drain_start = time.time()
+        last_change, last_received = time.time(), -1
+        while time.time() < drain_start + cfg.drain_s:
+            await _pump(inbox, latest, min(0.25, cfg.report_s))
+            progress.maybe(latest, sampler)
+            received = sum(m.get("received", 0) for m in latest.values())
+            outbox = sum(m.get("outbox", 0) for m in latest.values())
+            acked = sum(m.get("acked", 0) for m in latest.values())
+            ready_now = sum(m.get("ready_now", 0) for m in latest.values())
+            if received != last_received:
+                last_change, last_received = time.time(), received
+            if outbox == 0 and received >= acked * ready_now and time.time() - drain_start > 0.3:
+                break
+            if outbox == 0 and time.time() - last_change > cfg.quiet_s:
+                break
+        timings["drain_s"] = round(time.time() - drain_start, 2)
+        for d in drivers:
+            d.send({"cmd": "finish"})
+        got = await wait_for("results", time.time() + 120)
+        if len(got) < len(drivers):
+            raise RuntimeError(f"only {len(got)} of {len(drivers)} generator processes reported")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for d in drivers:
+            await d.close()
+        await topology.stop()
+    events = [
+        {"t": round(at - t0, 2), "what": text}
+        for at, text in getattr(topology, "timed_events", [])
+    ]
+    report = build_report(
+        cfg=cfg,
+        sim=sim,
+        plan=plan,
+        load=load,
+        topology=topology,
+        results=[results[i] for i in sorted(results)],
+        sampler=sampler,
+        t0=t0,
+        timings=timings,
+        faults=sorted(fault_log + events, key=lambda e: e["t"]),
+        machine=machine,
+    )
+    return report
+
+
+async def _pump(inbox: asyncio.Queue[dict[str, Any]], latest: dict[int, dict[str, Any]], timeout: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        msg = await asyncio.wait_for(inbox.get(), timeout)
+        while True:
+            if msg["type"] == "progress":
+                latest[msg["part"]] = msg
+            elif msg["type"] == "dead":
+                raise RuntimeError(f"generator process {msg['part']} died")
+            if inbox.empty():
+                break
+            msg = inbox.get_nowait()
+
+
+async def _fault(fault: tuple[str, float, float], topo: Any, t0: float, log: list[dict[str, Any]], say) -> None:  # noqa: ANN001
+    kind, at, seconds = fault
+    await asyncio.sleep(max(0.0, t0 + at - time.time()))
+
+    def note(text: str) -> None:
+        log.append({"t": round(time.time() - t0, 2), "what": text})
+        say(f"fault       t={time.time() - t0:5.1f}s {text}")
+
+    try:
+        if kind == "kill-worker":
+            note(await topo.kill_worker(0))
+        elif kind == "kill-gateway":
+            note(await topo.kill_gateway(-1))
+        elif kind in ("pause-redis", "pause-cassandra"):
+            what = "valkey" if kind == "pause-redis" else "cassandra"
+            pid = topo.valkey_pid() if kind == "pause-redis" else storage_pid(topo.settings)
+            note(f"SIGSTOP {what} (pid {pid}) for {seconds:g}s")
+            events: list[str] = []
+            await pause_process(pid, seconds, events, what)
+            for e in events:
+                note(e)
+    except LookupError as exc:
+        note(f"fault not injected: {exc}")
+
+
+class _Progress:
+    def __init__(self, say, every: float, t0: float) -> None:  # noqa: ANN001
+        self.say = say
+        self.every = every
+        self.t0 = t0
+        self.next = t0 + every
+        self.prev_received = 0
+        self.prev_at = t0
+        self.tty = sys.stdout.isatty() and say is print
+
+    def maybe(self, latest: dict[int, dict[str, Any]], sampler: Sampler) -> None:
+        now = time.time()
+        if now < self.next or not latest:
+            return
+        self.next = now + self.every
+        m = latest.values()
+        received = sum(x.get("received", 0) for x in m)
+        rate = (received - self.prev_received) / max(1e-3, now - self.prev_at)
+        self.prev_received, self.prev_at = received, now
+        p99 = max((x.get("window_p99_ms", 0.0) for x in m), default=0.0)
+        cpu = sampler.rows[-1]["cpu"] if sampler.rows else {}
+        busiest = max(cpu.items(), key=lambda kv: kv[1], default=("-", 0.0))
+        lag = sampler.streams[-1] if sampler.streams else {}
+        line = (
+            f"t={now - self.t0:6.1f}s  ready {sum(x.get('ready_now', 0) for x in m):>6,}"
+            f"  sent {sum(x.get('acked', 0) for x in m):>7,}/{sum(x.get('scheduled', 0) for x in m):<7,}"
+            f"  deliv {received:>9,} ({rate:>8,.0f}/s)  p99(1s) {p99:7.1f}ms"
+            f"  errs {sum(x.get('errors', 0) for x in m)} closes {sum(x.get('closes', 0) for x in m)}"
+            f"  busiest {busiest[0]} {busiest[1]:.0f}%"
+            f"  lag {lag.get('ingest_lag', '?')}/pend {lag.get('ingest_pending', '?')}"
+        )
+        self.say(line)
+
+
+# ---- judging and the report ----------------------------------------------------------------------------
+
+
+def judge(results: list[dict[str, Any]], home: dict[int, str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """One ledger from every process: acknowledged sends with their audiences, every receipt.
+
+    Also where the loss was: missing deliveries per client's first gateway (``home``), so a
+    reader can tell one broken gateway from a general shortfall.
+    """
+    ready = sorted((t, int(cid)) for r in results for cid, t in r["ready_at"].items())
+    times = [t for t, _ in ready]
+    not_judged = {nonce for r in results for nonce, _ in r["failed"]} | {
+        n for r in results for n in r["rejected"]
+    }
+    sends = sorted((s for r in results for s in r["sends"]), key=lambda s: s[3])
+    ledger = DeliveryLedger()
+    audiences: dict[int, frozenset[int]] = {}
+    judged_times: list[float] = []
+    for nonce, channel_id, sender, intended, seq in sends:
+        if nonce in not_judged:
+            continue
+        k = bisect.bisect_right(times, intended)
+        audience = audiences.get(k)
+        if audience is None:
+            audience = audiences[k] = frozenset(cid for _, cid in ready[:k])
+        ledger.record_send(nonce, channel_id=channel_id, sender=sender, sent_at=intended,
+                           recipients=audience, seq=seq)
+        judged_times.append(intended)
+    acked = {s[0] for s in sends}
+    extra: dict[str, Any] = Counter()
+    got: dict[int, set[str]] = {}
+    for r in results:
+        for cid, nonce, at in r["receipts"]:
+            if nonce not in acked or nonce in not_judged:
+                extra["delivered_not_acknowledged"] += 1
+                continue
+            ledger.record_receipt(cid, nonce, at)
+            got.setdefault(cid, set()).add(nonce)
+    report = ledger.report(math.inf)
+    if report.lost:
+        by_gateway: Counter[str] = Counter()
+        clients = 0
+        for ready_at, cid in ready:
+            expected = len(judged_times) - bisect.bisect_left(judged_times, ready_at)
+            missing = expected - len(got.get(cid, ()))
+            if missing > 0:
+                clients += 1
+                by_gateway[(home or {}).get(cid, "?")] += missing
+        extra["lost_by_home_gateway"] = dict(by_gateway)
+        extra["clients_with_loss"] = clients
+    return report, {"distinct_audiences": len(audiences), **extra}
+
+
+def _merge_latency(results: list[dict[str, Any]], key: str) -> LatencyRecorder:
+    rec = LatencyRecorder()
+    for r in results:
+        rec.merge(LatencyRecorder.from_dict(r[key]))
+    return rec
+
+
+def _merge_series(results: list[dict[str, Any]], key: str) -> TimeSeries | None:
+    series = None
+    for r in results:
+        if r.get(key) is None:
+            continue
+        s = TimeSeries.from_dict(r[key])
+        if series is None:
+            series = s
+        else:
+            series.merge(s)
+    return series
+
+
+def _ms(rec: LatencyRecorder) -> dict[str, Any]:
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rec.summary().items()}
+
+
+def _sum(results: list[dict[str, Any]], key: str) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for r in results:
+        total.update(r[key])
+    return dict(sorted(total.items()))
+
+
+def describe_machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": psutil.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _process_table(sampler: Sampler, t_from: float, t_to: float) -> dict[str, dict[str, Any]]:
+    rows = [r for r in sampler.rows if t_from <= r["t"] <= t_to] or sampler.rows
+    out: dict[str, dict[str, Any]] = {}
+    names = sorted({n for r in rows for n in r["cpu"]})
+    for name in names:
+        cpu = [r["cpu"][name] for r in rows if name in r["cpu"]]
+        rss = [r["rss_mib"][name] for r in rows if name in r["rss_mib"]]
+        out[name] = {
+            "cpu_avg_pct": round(sum(cpu) / len(cpu), 1) if cpu else 0.0,
+            "cpu_max_pct": round(max(cpu), 1) if cpu else 0.0,
+            "rss_max_mib": max(rss) if rss else 0.0,
+            "rss_end_mib": rss[-1] if rss else 0.0,
+            "samples": len(cpu),
+        }
+    return out
+
+
+def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenarios.Plan,
+                 load: dict[str, Any], topology: Topology, results: list[dict[str, Any]],
+                 sampler: Sampler, t0: float, timings: dict[str, float],
+                 faults: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+    delivery, extra = judge(results, load.get("home"))
+    counters = _sum(results, "counters")
+    latency = _merge_latency(results, "latency")
+    ready_latency = _merge_latency(results, "ready_latency")
+    series = _merge_series(results, "series")
+    connect_series = _merge_series(results, "connect_series")
+    rows = series.rows() if series else []
+    sends_acked = sum(len(r["sends"]) for r in results)
+    received = sum(len(r["receipts"]) for r in results)
+    run_s = timings.get("run_s", plan.duration)
+    deliver_span = run_s + timings.get("drain_s", 0.0)
+    first_send = min((s[3] for r in results for s in r["sends"]), default=t0)
+    last_send = max((s[3] for r in results for s in r["sends"]), default=t0)
+    ready_times = sorted(t for r in results for t in r["ready_at"].values())
+    storm = [t for t in ready_times if t >= t0]
+    processes = _process_table(sampler, 0.0, run_s)
+    generator_cpu_s = sum(r["cpu_s"] for r in results)
+    machine_cpu = [r["machine_cpu"] for r in sampler.rows if 0 <= r["t"] <= run_s]
+    ours = [sum(r["cpu"].values()) for r in sampler.rows if 0 <= r["t"] <= run_s]
+    streams = [s for s in sampler.streams if "error" not in s]
+    report: dict[str, Any] = {
+        "scenario": cfg.scenario,
+        "description": scenarios.SCENARIOS[cfg.scenario],
+        "command": cfg.command,
+        "started_at": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t0)),
+        "machine": machine,
+        "community": sim.summary(),
+        "topology": {
+            "kind": topology.kind,
+            "gateways": topology.urls,
+            "storage_url": topology.settings.storage_url,
+            "ingest_shards": topology.settings.ingest_shards,
+        },
+        "load": {k: v for k, v in load.items() if k not in ("user_ids", "channel_ids", "home")},
+        "plan": {"duration_s": plan.duration, "notes": plan.notes, "processes": cfg.processes,
+                 **plan.offered()},
+        "timings": timings,
+        "connections": {
+            "clients": len(plan.online),
+            "ready": len(ready_times),
+            "attempts_failed": _sum(results, "failures"),
+            "gave_up": counters.get("gave_up", 0),
+            "ready_latency_ms": _ms(ready_latency),
+            "accepted_per_s": (
+                round(len(storm) / max(1e-3, storm[-1] - min(t0 + min(plan.connect_at.values()), storm[0])), 1)
+                if len(storm) > 1 and plan.connect_at else None
+            ),
+            "close_codes": _sum(results, "close_codes"),
+            "reconnects": counters.get("reconnects", 0),
+            "drops": counters.get("drops", 0),
+            "resumed": counters.get("resumed", 0),
+            "invalid_session": counters.get("invalid_session", 0),
+            "new_sessions": counters.get("new_sessions", 0),
+            "resume_latency_ms": _ms(_merge_latency(results, "resume_latency")),
+            "new_session_gap_ms": _ms(_merge_latency(results, "session_gap")),
+            "ready_at_end": sum(r["ready_now"] for r in results),
+        },
+        "messages": {
+            "scheduled": counters.get("scheduled", 0),
+            "acknowledged": sends_acked,
+            "offered_per_s": plan.offered()["messages_per_s"],
+            "achieved_per_s": round(sends_acked / max(1e-3, plan.duration), 2),
+            "send_span_s": round(last_send - first_send, 2),
+            "send_errors": _sum(results, "send_errors"),
+            "not_acknowledged": sum(len(r["failed"]) for r in results),
+            "unsent_at_end": sum(r["unsent"] for r in results),
+            "rejected": sum(len(r["rejected"]) for r in results),
+            "ack_timeouts": counters.get("ack_timeouts", 0),
+            "retries": counters.get("send_retries", 0),
+            "resent_after_new_session": counters.get("resent_after_new_session", 0),
+            "ack_latency_ms": _ms(_merge_latency(results, "ack_latency")),
+            "in_flight_per_client": cfg.window,
+            "send_lag_ms": _ms(_merge_latency(results, "send_lag")),
+        },
+        "deliveries": {
+            "received": received,
+            "per_s": round(received / max(1e-3, deliver_span), 1),
+            "peak_per_s": max((r["deliveries"] for r in rows), default=0) / 1.0,
+            "latency_ms": _ms(latency),
+            **{k: getattr(delivery, k) for k in (
+                "expected", "delivered", "lost", "duplicated", "reordered", "unexpected", "unknown")},
+            "early": counters.get("early", 0),
+            "recovered_from_history": counters.get("recovered", 0),
+            "recovered_age_ms": _ms(_merge_latency(results, "recovered_age")),
+            "foreign": counters.get("foreign_messages", 0),
+            **extra,
+            "injected": _sum(results, "injected"),
+            "examples": {k: v[:5] for k, v in delivery.examples.items() if v},
+        },
+        "presence": {
+            "status_changes_sent": counters.get("status_changes", 0),
+            "updates_received": counters.get("presence_frames", 0),
+            "bytes_received": counters.get("presence_bytes", 0),
+            "updates_per_s": round(counters.get("presence_frames", 0) / max(1e-3, deliver_span), 1),
+            "propagation_ms": _ms(_merge_latency(results, "presence_latency")),
+        },
+        "faults": faults,
+        "processes": processes,
+        "generator": {
+            "processes": max(1, cfg.processes),
+            "cpu_s": round(generator_cpu_s, 2),
+            "cpu_us_per_delivery": round(generator_cpu_s / max(1, received) * 1e6, 1),
+            "in_process": cfg.processes == 0,
+        },
+        "machine_load": {
+            "machine_cpu_avg_pct": round(sum(machine_cpu) / len(machine_cpu), 1) if machine_cpu else None,
+            "ours_cpu_avg_pct": round(sum(ours) / len(ours), 1) if ours else None,
+            "others_cpu_avg_pct": (
+                round(max(0.0, sum(machine_cpu) / len(machine_cpu) - sum(ours) / len(ours)), 1)
+                if machine_cpu and ours else None
+            ),
+        },
+        "streams": {
+            "ingest_lag_max": max((s.get("ingest_lag", 0) for s in streams), default=None),
+            "ingest_pending_max": max((s.get("ingest_pending", 0) for s in streams), default=None),
+            "ingest_pending_end": streams[-1].get("ingest_pending") if streams else None,
+            "presence_lag_max": max((s.get("presence_lag", 0) for s in streams), default=None),
+            "unreachable_samples": sum(1 for s in sampler.streams if "error" in s),
+        },
+        "series": {
+            "deliveries": rows,
+            "connects": connect_series.rows() if connect_series else [],
+            "processes": sampler.rows,
+            "streams": sampler.streams,
+        },
+        "latency_histogram": latency.buckets(),
+        "latency_percentiles": latency.percentile_curve(),
+        "ready_latency_histogram": ready_latency.buckets(),
+    }
+    report["verdict"] = verdict(report)
+    return report
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """What limited the run, in words, from the CPU table and the counters."""
+    d = report["deliveries"]
+    notes = []
+    procs = report["processes"]
+    servers = {n: p for n, p in procs.items() if not n.startswith(("generator", "loadtest"))}
+    gens = {n: p for n, p in procs.items() if n.startswith("generator")}
+    busiest = max(procs.items(), key=lambda kv: kv[1]["cpu_avg_pct"], default=None)
+    if busiest is not None:
+        name, p = busiest
+        level = "saturated" if p["cpu_avg_pct"] >= 85 else "busiest"
+        notes.append(f"{level}: {name} at {p['cpu_avg_pct']:.0f}% of one core on average (max {p['cpu_max_pct']:.0f}%)")
+    load = report["machine_load"]
+    cpus = report["machine"]["cpus"] or 1
+    if load["machine_cpu_avg_pct"] is not None and load["machine_cpu_avg_pct"] >= 85 * cpus:
+        notes.append(f"the machine was saturated: {load['machine_cpu_avg_pct']:.0f}% of {cpus * 100}%")
+    if load["others_cpu_avg_pct"]:
+        notes.append(f"other processes on the machine used {load['others_cpu_avg_pct']:.0f}% of a core on average")
+    if gens and servers:
+        g = sum(p["cpu_avg_pct"] for p in gens.values())
+        s = sum(p["cpu_avg_pct"] for p in servers.values())
+        notes.append(f"generator {g:.0f}% vs servers {s:.0f}% of a core (sums)")
+    m = report["messages"]
+    if m["send_lag_ms"]["p99_ms"] > 50:
+        notes.append(
+            f"senders fell behind their schedule: p99 {m['send_lag_ms']['p99_ms']:.0f} ms from intended "
+            f"to actual send ({m['in_flight_per_client']} message(s) in flight per client, ack p50 "
+            f"{m['ack_latency_ms']['p50_ms']:.1f} ms); latency includes that wait"
+        )
+    s = report["streams"]
+    if s["ingest_lag_max"]:
+        notes.append(f"workers fell behind: ingest lag up to {s['ingest_lag_max']} entries")
+    clean = not (d["lost"] or d["duplicated"] or d["reordered"] or d["unexpected"] or d["unknown"])
+    return {"clean": clean, "notes": notes}
+
+
+def default_out(cfg: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("reports") / f"{cfg.scenario}-{Path(cfg.community).stem}-{stamp}"

@@ -1,0 +1,410 @@
+"""docker-compose.yml, the Dockerfile and deploy/prometheus.yml, checked without a Docker engine.
+
+The compose-spec JSON schema (``deploy/compose-spec.json``, a copy of the spec's own) catches
+syntax. The rest are what the schema cannot see: ``depends_on`` targets that exist (and make
+no cycle), commands that are real ``chatscale`` subcommands with valid arguments, environment
+variables that ``chatscale/config.py`` reads with values it accepts, host ports that do not
+collide, and the same services as the embedded runner (``chatscale run``). Where the real
+``docker compose`` CLI plugin is installed, ``docker compose config`` runs too (it needs no
+engine); tests/test_compose_run.py goes further and runs the compose services as processes.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import jsonschema
+import pytest
+import yaml
+
+from chatscale import supervisor
+from chatscale.cli import build_parser
+from chatscale.config import Settings, env_names
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = ROOT / "deploy" / "compose-spec.json"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+SERVICE_ROLES = ("gateway", "worker", "presence")  # long-running chatscale processes
+
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: Any) -> str:
+    """Compose's ``${VAR:-default}`` with the defaults (the host's environment is ignored, so
+    the checks do not depend on who runs them); ``$$`` is a literal ``$``."""
+    text = str(value).replace("$$", "\0")
+    return _VAR.sub(lambda m: m.group("default") or "", text).replace("\0", "$")
+
+
+def load_compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def services() -> dict[str, dict[str, Any]]:
+    return load_compose()["services"]
+
+
+def is_ours(service: dict[str, Any]) -> bool:
+    """Built from this repository's Dockerfile (the chatscale image)."""
+    return "build" in service or str(service.get("image", "")).startswith("chatscale")
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {k: interpolate(v) for k, v in env.items()}
+
+
+def _words(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [interpolate(v) for v in value]
+
+
+def chatscale_commands(service: dict[str, Any]) -> list[list[str]]:
+    """The chatscale argument lists a service of ours runs (the image's ENTRYPOINT is
+    ``chatscale``; ``sh -c "chatscale a && chatscale b"`` runs several)."""
+    entrypoint, command = _words(service.get("entrypoint")), _words(service.get("command"))
+    if not entrypoint:
+        return [command]
+    assert entrypoint == ["sh", "-c"], f"unexpected entrypoint {entrypoint}"
+    assert len(command) == 1, "sh -c takes one script"
+    runs = []
+    for part in command[0].split("&&"):
+        words = shlex.split(part)
+        assert words and words[0] == "chatscale", f"not a chatscale command: {part!r}"
+        runs.append(words[1:])
+    return runs
+
+
+def role(service: dict[str, Any]) -> str | None:
+    runs = chatscale_commands(service) if is_ours(service) else []
+    if len(runs) == 1 and runs[0] and runs[0][0] in SERVICE_ROLES and not service.get("profiles"):
+        return runs[0][0]
+    return None
+
+
+def replicas(service: dict[str, Any]) -> int:
+    return int((service.get("deploy") or {}).get("replicas", 1))
+
+
+def published_ports(service: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(host ip, host port, container port) for every published port."""
+    out = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            if "published" in port:
+                out.append(
+                    (port.get("host_ip", "0.0.0.0"), int(port["published"]), int(port["target"]))
+                )
+            continue
+        parts = interpolate(port).split("/")[0].split(":")
+        if len(parts) == 3:
+            out.append((parts[0], int(parts[1]), int(parts[2])))
+        elif len(parts) == 2:
+            out.append(("0.0.0.0", int(parts[0]), int(parts[1])))
+    return out
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+# ---- the schema -------------------------------------------------------------------------------
+
+
+def test_compose_file_matches_the_compose_spec_schema():
+    schema = yaml.safe_load(SCHEMA.read_text())  # JSON is YAML
+    # The spec's $schema is draft-07 without the trailing '#', which jsonschema does not map.
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(load_compose()), key=str)
+    assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def test_the_schema_catches_what_it_should():
+    """Guard against a schema copy that accepts anything."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft7Validator(schema)
+    broken = load_compose()
+    broken["services"]["worker"]["restart"] = ["always"]
+    broken["services"]["worker"]["bogus_key"] = 1
+    assert len(list(validator.iter_errors(broken))) >= 2
+
+
+# ---- semantics the schema cannot check ------------------------------------------------------------
+
+
+def test_depends_on_targets_exist_with_meaningful_conditions_and_no_cycles():
+    svc = services()
+    for name, service in svc.items():
+        for target, condition in depends_on(service).items():
+            assert target in svc, f"{name} depends on undefined service {target}"
+            if condition == "service_healthy":
+                assert "healthcheck" in svc[target], f"{name} waits for {target}'s health check"
+            if condition == "service_completed_successfully":
+                assert svc[target].get("restart", "no") == "no", f"{target} must be one-shot"
+            if not service.get("profiles"):
+                assert not svc[target].get("profiles"), f"{name} needs {target} of a profile"
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"depends_on cycle: {' -> '.join((*path, name))}"
+        for target in depends_on(svc[name]):
+            visit(target, (*path, name))
+
+    for name in svc:
+        visit(name, ())
+
+
+def test_every_command_is_a_real_chatscale_subcommand():
+    parser = build_parser()
+    seen = set()
+    for name, service in services().items():
+        if not is_ours(service):
+            continue
+        for argv in chatscale_commands(service):
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit:
+                pytest.fail(f"{name}: `chatscale {' '.join(argv)}` is not a valid command")
+            assert args.command != "run", f"{name}: containers run one service each, not `run`"
+            seen.add(args.command)
+    assert {"migrate", "seed", "gateway", "worker", "presence"} <= seen
+    assert {"bench"} & seen or {"loadtest"} & seen
+
+
+def test_the_seed_loaded_by_init_exists_in_the_image():
+    (init,) = [s for s in services().values() if is_ours(s) and len(chatscale_commands(s)) > 1]
+    runs = chatscale_commands(init)
+    assert [r[0] for r in runs] == ["migrate", "seed"]
+    seed = runs[1][1]
+    assert (ROOT / seed).exists() or (ROOT / "seeds" / f"{seed}.toml").exists()
+    assert f"COPY {seed.split('/')[0]}/" in DOCKERFILE.read_text()
+
+
+def test_environment_holds_only_variables_the_config_reads_with_valid_values(monkeypatch):
+    names = env_names()
+    for name, service in services().items():
+        if not is_ours(service):
+            continue
+        env = environment(service)
+        unknown = set(env) - names
+        assert not unknown, f"{name} sets variables chatscale/config.py does not read: {unknown}"
+        for key in list(names):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()  # raises on a value of the wrong type
+        assert settings.redis_url and settings.redis_url.startswith("redis://")
+        assert settings.storage_url.startswith("cassandra://")
+    dockerfile_env = set(re.findall(r"\b(CHATSCALE_[A-Z0-9_]+)=", DOCKERFILE.read_text()))
+    assert dockerfile_env and dockerfile_env <= names
+
+
+def test_services_share_one_configuration():
+    """Every chatscale container talks to the same Redis, storage, prefix and secret."""
+    wiring = (
+        "REDIS_URL",
+        "CHATSCALE_STORAGE_URL",
+        "CHATSCALE_KEY_PREFIX",
+        "CHATSCALE_TOKEN_SECRET",
+    )
+    values = {
+        name: tuple(environment(s).get(k) for k in wiring)
+        for name, s in services().items()
+        if is_ours(s)
+    }
+    assert len(set(values.values())) == 1, values
+    redis_host = urlparse(next(iter(values.values()))[0]).hostname
+    storage_host = urlparse(next(iter(values.values()))[1]).hostname
+    assert redis_host in services() and storage_host in services()
+
+
+def test_host_ports_do_not_collide_and_gateways_advertise_their_own():
+    taken: dict[tuple[str, int], str] = {}
+    for name, service in services().items():
+        for host_ip, host_port, _ in published_ports(service):
+            for ip in {host_ip, "0.0.0.0"} if host_ip != "0.0.0.0" else {"0.0.0.0", "127.0.0.1"}:
+                key = (ip, host_port)
+                assert key not in taken, f"{name} and {taken[key]} both publish {host_port}"
+            taken[(host_ip, host_port)] = name
+        if replicas(service) > 1:
+            assert not published_ports(service), f"{name}: replicas cannot share a host port"
+    gateways = {n: s for n, s in services().items() if role(s) == "gateway"}
+    assert len(gateways) >= 2
+    ids = []
+    for name, service in gateways.items():
+        env = environment(service)
+        assert env["CHATSCALE_GATEWAY_HOST"] == "0.0.0.0", f"{name} must listen beyond loopback"
+        port = int(env["CHATSCALE_GATEWAY_PORT"])
+        (host_port,) = [hp for _, hp, target in published_ports(service) if target == port]
+        public = urlparse(env["CHATSCALE_GATEWAY_PUBLIC_URL"])
+        assert public.scheme == "ws" and public.port == host_port, f"{name} resumes elsewhere"
+        ids.append(chatscale_commands(service)[0])
+        assert "--port" not in ids[-1], "--port resets --host to 127.0.0.1: use the variables"
+    assert len({tuple(argv) for argv in ids}) == len(ids), "gateway ids must differ"
+
+
+def test_loadtest_profile_targets_the_gateways_inside_the_network():
+    svc = services()
+    loadtest = svc["loadtest"]
+    assert loadtest.get("profiles") == ["loadtest"]
+    argv = chatscale_commands(loadtest)[0]
+    args = build_parser().parse_args(argv)
+    urls = getattr(args, "gateway", None) or []
+    assert len(urls) >= 2
+    for url in urls:
+        parsed = urlparse(url)
+        assert parsed.hostname in svc and role(svc[parsed.hostname]) == "gateway", url
+        env = environment(svc[parsed.hostname])
+        assert parsed.port == int(env["CHATSCALE_GATEWAY_PORT"]), url
+    for target in urls:
+        assert urlparse(target).hostname in depends_on(loadtest)
+
+
+def test_datastores_valkey_with_aof_and_cassandra_with_health_check_and_modest_heap():
+    svc = services()
+    valkey = svc["valkey"]
+    assert valkey["image"].startswith("valkey/valkey:8")
+    command = _words(valkey["command"])
+    assert command[command.index("--appendonly") + 1] == "yes"
+    cassandra = svc["cassandra"]
+    assert cassandra["image"] == "cassandra:5.0"
+    assert "SELECT release_version FROM system.local" in " ".join(
+        _words(cassandra["healthcheck"]["test"])
+    )
+    env = environment(cassandra)
+    assert env["MAX_HEAP_SIZE"] and env["HEAP_NEWSIZE"]  # cassandra-env.sh needs both or neither
+    storage = urlparse(environment(svc["worker"])["CHATSCALE_STORAGE_URL"])
+    assert storage.port == 9042 and storage.hostname == "cassandra"
+
+
+def test_compose_and_the_embedded_runner_describe_the_same_services(tmp_path):
+    """`chatscale run` and docker compose: same roles, counts, subcommands and wiring."""
+    defaults = build_parser().parse_args(["run"])
+    topo = supervisor.Topology(
+        Settings(), tmp_path, gateways=defaults.gateways, workers=defaults.workers
+    )
+    embedded = supervisor.plan(topo)
+    embedded_roles = Counter(child.role for child in embedded)
+    compose_roles: Counter[str] = Counter()
+    for service in services().values():
+        if role(service):
+            compose_roles[role(service)] += replicas(service)
+    assert compose_roles == embedded_roles
+    assert {c.role: c.args[0] for c in embedded} == {r: r for r in compose_roles}
+    parser = build_parser()
+    for child in embedded:  # the supervisor's argument lists are valid commands too
+        parser.parse_args(child.args)
+    # Besides those processes both run a Redis-protocol server and a storage backend.
+    svc = services()
+    assert any(s.get("image", "").startswith(("valkey/", "redis")) for s in svc.values())
+    assert any(s.get("image", "").startswith("cassandra") for s in svc.values())
+    # The wiring the supervisor passes to its children is set in compose too.
+    supervisor_env = {k for k in topo.env() if k.startswith("CHATSCALE_")}
+    compose_env = set(environment(svc["worker"])) | {"CHATSCALE_REDIS_URL"}  # REDIS_URL alias
+    assert (supervisor_env & env_names()) <= compose_env | {"CHATSCALE_METRICS_PORT"}
+
+
+def test_prometheus_scrapes_every_service_on_the_metrics_port():
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    svc = services()
+    scraped: set[str] = set()
+    for job in config["scrape_configs"]:
+        for sd in job.get("dns_sd_configs", []):
+            for name in sd["names"]:
+                assert name in svc, f"job {job['job_name']} scrapes unknown service {name}"
+                assert sd["port"] == int(environment(svc[name])["CHATSCALE_METRICS_PORT"])
+                scraped.add(name)
+    assert scraped == {n for n, s in svc.items() if role(s)}
+    prom = svc["prometheus"]
+    assert prom.get("profiles") == ["metrics"]
+    mount = next(v for v in prom["volumes"] if "prometheus.yml" in v)
+    assert (ROOT / mount.split(":")[0]).resolve() == PROMETHEUS
+
+
+def test_bind_mounted_files_exist_and_named_volumes_are_declared():
+    compose = load_compose()
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes") or []:
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            if source.startswith((".", "/")):
+                assert (ROOT / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in declared, f"{name} uses undeclared volume {source}"
+
+
+# ---- the Dockerfile ---------------------------------------------------------------------------
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_is_cache_friendly_non_root_and_ships_every_package():
+    steps = _instructions()
+    final = steps[max(i for i, (w, _) in enumerate(steps) if w == "FROM") :]
+    users = [arg for w, arg in final if w == "USER"]
+    assert users and users[-1].split(":")[0] not in ("0", "root")
+    copies = [arg for w, arg in steps if w == "COPY"]
+    deps_at = next(i for i, c in enumerate(copies) if c.startswith("pyproject.toml"))
+    source_at = min(i for i, c in enumerate(copies) if c.startswith(("chatscale/", ".")))
+    assert deps_at < source_at, "dependencies must be installed before the source is copied"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [
+        p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    for package in packages:
+        assert any(c.startswith(f"{package}/") for c in copies), f"{package}/ is not in the image"
+    assert ["chatscale"] == yaml.safe_load(next(a for w, a in final if w == "ENTRYPOINT"))
+    python = next(a for w, a in steps if w == "ARG" and a.startswith("PYTHON_VERSION="))
+    assert pyproject["project"]["requires-python"] == f">={python.split('=')[1]}"
+    ignored = {
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    for copy in copies:
+        source = copy.split()[0]
+        if not source.startswith("--"):
+            assert source.rstrip("/") not in ignored, f".dockerignore hides {source}"
+
+
+# ---- the real tool, where it is installed ----------------------------------------------------------
+
+
+def test_docker_compose_config_accepts_the_file():
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker CLI; the schema and semantic checks above still ran")
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("docker CLI without the compose plugin; the checks above still ran")
+    result = subprocess.run(
+        [docker, "compose", "--profile", "loadtest", "--profile", "metrics", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,258 @@
+"""docker-compose.yml, executed without Docker: each service's command and environment, as
+processes on this machine.
+
+No Docker engine exists here, so this runs what compose would run — the init service's
+commands (twice: it runs on every `up`), both gateways, the worker replicas and the presence
+service, each with exactly its compose environment — changing only what containers would give
+each process for free: hostnames (``valkey``, ``cassandra``) become this test's servers, and
+ports that every container has to itself (gateway 8765, metrics 9100) become free ports. Then
+a message crosses gateways, every process's /metrics is scraped through the registrations it
+keeps in Redis, the loadtest profile's command runs for two seconds, and ``chatscale top``
+renders the topology. Storage is a real Cassandra node (SQLite when Java and Maven are missing
+and CI is not set, as the other Cassandra tests do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import pytest
+
+from chatscale import tokens
+from chatscale.client import ChatClient
+from chatscale.config import Settings, env_names
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from chatscale.top import parse, total
+from chatscale.valkey import ValkeyServer
+from storage import open_store
+from tests.test_compose import ROOT, chatscale_commands, environment, replicas, role, services
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def compose_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where ``cassandra:9042`` points: a real node, else (outside CI) a SQLite file."""
+    try:
+        node_url = urlparse(request.getfixturevalue("cassandra_url"))
+    except pytest.skip.Exception:
+        return f"sqlite:///{tmp_path}/compose.db"
+    compose_url = urlparse(environment(services()["worker"])["CHATSCALE_STORAGE_URL"])
+    keyspace = f"compose_{uuid.uuid4().hex[:8]}"  # the session's node is shared
+    return urlunparse(compose_url._replace(netloc=node_url.netloc, path=f"/{keyspace}"))
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        with open(self.logs / f"{name}.log", "wb") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "chatscale", *argv],
+                env=env,
+                cwd=ROOT,  # the image's WORKDIR holds the same tree (seeds/ included)
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited {proc.returncode}:\n{self.log(name)}")
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+async def test_compose_services_run_as_processes_and_serve_metrics(
+    valkey: ValkeyServer, compose_storage: str, tmp_path: Path
+):
+    svc = services()
+    base = {k: v for k, v in os.environ.items() if k not in env_names() and k != "REDIS_URL"}
+
+    def env_of(service: dict, **overrides: str) -> dict[str, str]:
+        env = environment(service)
+        env.update(
+            REDIS_URL=valkey.url,  # valkey:6379
+            CHATSCALE_STORAGE_URL=compose_storage,  # cassandra:9042
+            CHATSCALE_METRICS_PORT=str(free_port()),  # 9100 in every container
+            **overrides,
+        )
+        return {**base, **env}
+
+    # init: migrate, then seed; twice, because every `docker compose up` runs it again
+    init = svc["init"]
+    for _ in range(2):
+        for argv in chatscale_commands(init):
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "chatscale", *argv],
+                env=env_of(init),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, f"chatscale {' '.join(argv)}:\n{done.stderr[-3000:]}"
+
+    procs = Processes(tmp_path)
+    gateway_urls: dict[str, str] = {}  # compose service name -> ws URL on this machine
+    try:
+        for name, service in svc.items():
+            kind = role(service)
+            if kind is None:
+                continue
+            argv = chatscale_commands(service)[0]
+            for i in range(replicas(service)):
+                overrides = {}
+                if kind == "gateway":
+                    port = free_port()  # compose publishes the container's 8765 on the host
+                    overrides = {
+                        "CHATSCALE_GATEWAY_PORT": str(port),
+                        "CHATSCALE_GATEWAY_PUBLIC_URL": f"ws://127.0.0.1:{port}",
+                    }
+                    gateway_urls[name] = f"ws://127.0.0.1:{port}"
+                procs.start(f"{name}-{i}", argv, env_of(service, **overrides))
+        prefix = environment(svc["worker"])["CHATSCALE_KEY_PREFIX"]
+        keys = Keys(prefix)
+        settings_env = env_of(svc["worker"])
+        redis = connect(Settings(redis_url=valkey.url))
+        try:
+            deadline = time.monotonic() + 60
+            expected = len(procs.procs)
+            while True:
+                procs.check_alive()
+                gateways = await redis.hgetall(keys.gateways())
+                endpoints = [k async for k in redis.scan_iter(match=keys.metrics_endpoint("*"))]
+                if len(gateways) == len(gateway_urls) and len(endpoints) == expected:
+                    break
+                assert time.monotonic() < deadline, "services did not come up; see logs"
+                await asyncio.sleep(0.1)
+            registered = [json.loads(await redis.get(k)) for k in endpoints]
+        finally:
+            await redis.aclose()
+        assert {r["role"] for r in registered} == {"gateway", "worker", "presence"}
+        # each gateway advertises the public URL compose gives it (RESUME goes there)
+        advertised = sorted(json.loads(v)["url"] for v in gateways.values())
+        assert advertised == sorted(gateway_urls.values())
+
+        # a message from alice on gateway-0 to bob on gateway-1
+        secret = environment(svc["gateway-0"])["CHATSCALE_TOKEN_SECRET"]
+        store = await open_store(compose_storage)
+        try:
+            alice, bob = await store.find_user("alice"), await store.find_user("bob")
+        finally:
+            await store.close()
+        assert alice and bob
+        now = time.time()
+        a = await ChatClient.identify(
+            gateway_urls["gateway-0"], tokens.mint(alice.id, secret=secret, ttl_s=60, now=now)
+        )
+        b = await ChatClient.identify(
+            gateway_urls["gateway-1"], tokens.mint(bob.id, secret=secret, ttl_s=60, now=now)
+        )
+        try:
+            general = next(
+                c["id"] for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general"
+            )
+            ack = await a.send_message(general, "hello through compose")
+            got = await b.next_event("MESSAGE_CREATE", timeout=30)
+            assert got["d"]["id"] == ack["id"]
+        finally:
+            await a.close()
+            await b.close()
+
+        # the loadtest profile's command, shortened, against the same gateways; its working
+        # directory (the image user's home in compose) receives the report
+        argv = chatscale_commands(svc["loadtest"])[0]
+        argv = [gateway_urls[urlparse(x).hostname] if x.startswith("ws://") else x for x in argv]
+        argv[argv.index("--duration") + 1] = "2"
+        home = tmp_path / "home"
+        home.mkdir()
+        loadtest = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "chatscale", *argv],
+            env=env_of(svc["loadtest"]),
+            cwd=home,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert loadtest.returncode == 0, loadtest.stdout[-3000:] + loadtest.stderr[-3000:]
+        (report_file,) = home.glob("reports/*/report.json")
+        report = json.loads(report_file.read_text())
+        assert report["verdict"]["clean"] and report["messages"]["acknowledged"] > 0
+
+        # every process serves /metrics with its own families
+        scraped = {r["name"]: (r["role"], _scrape(r["url"])) for r in registered}
+        gateways_m = [m for kind, m in scraped.values() if kind == "gateway"]
+        workers_m = [m for kind, m in scraped.values() if kind == "worker"]
+        (presence_m,) = [m for kind, m in scraped.values() if kind == "presence"]
+        assert all(total(m, "chatscale_gateway_frames_in_total") for m in gateways_m)
+        assert all(
+            total(m, "chatscale_gateway_deliveries_total", type="MESSAGE_CREATE")
+            for m in gateways_m
+        )
+        assert sum(total(m, "chatscale_worker_messages_total", outcome="processed") or 0
+                   for m in workers_m) > 1  # ours and the load test's  # fmt: skip
+        assert all(
+            total(m, "chatscale_stream_pending", group="workers") is not None for m in workers_m
+        )
+        assert total(presence_m, "chatscale_presence_changes_in_total")
+        assert total(presence_m, "chatscale_stage_seconds_count", stage="presence_save")
+
+        # chatscale top, from the same environment
+        top = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "chatscale", "top", "--once", "--interval", "0.3"],
+            env=settings_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert top.returncode == 0, top.stderr
+        assert "gw-0" in top.stdout and "gw-1" in top.stdout
+        assert "WORKERS (2)" in top.stdout and "unreachable" not in top.stdout
+    finally:
+        codes = procs.stop()
+    assert codes == dict.fromkeys(procs.procs, 0), {n: procs.log(n) for n in procs.procs}
+
+
+def _scrape(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return parse(response.read().decode())
