@@ -166,9 +166,12 @@ async def cmd_run(args: argparse.Namespace) -> int:
             loop.call_later(args.duration, stop.set)
         await supervisor.supervise(topo, stop)
     finally:
-        print("stopping...", flush=True)
+        # Stop first, talk after: if stdout is a closed pipe, printing must not skip the stop.
+        with contextlib.suppress(OSError):
+            print("stopping...", flush=True)
         topo.stop_all()
-        print("stopped: every process exited.", flush=True)
+        with contextlib.suppress(OSError):
+            print("stopped: every process exited.", flush=True)
     return 0
 
 

@@ -25,6 +25,7 @@ from chatscale import community, metrics, tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
+from chatscale.procutil import die_with_parent
 from chatscale.redisconn import connect
 from chatscale.trace import format_timeline
 from chatscale.valkey import ValkeyServer
@@ -78,6 +79,7 @@ class Topology:
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent(),  # no orphans even if the supervisor is SIGKILLed
         )
         out.close()
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from chatscale.procutil import die_with_parent
+
 
 def binary() -> str:
     try:
@@ -79,7 +81,11 @@ class ValkeyServer:
             "no",
         ]
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # a killed parent takes its Valkey with it
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, socket_timeout=1, socket_connect_timeout=1)

@@ -60,8 +60,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import os
 import re
@@ -70,13 +68,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from chatscale.procutil import die_with_parent
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -369,29 +368,6 @@ def _q(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec() -> Callable[[], None] | None:
-    """Ask Linux to SIGKILL the JVM if the thread that started it dies (e.g. ``os._exit``).
-
-    PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used when starting
-    from the main thread (a worker thread ending would otherwise kill a healthy node).
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-    return preexec
 
 
 def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
@@ -694,7 +670,7 @@ compaction_throughput: 64MiB/s
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
                 start_new_session=True,  # own process group: signals reach only the node
-                preexec_fn=_pdeathsig_preexec(),
+                preexec_fn=die_with_parent(signal.SIGKILL),
             )
         except OSError as exc:
             log_file.close()
