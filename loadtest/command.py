@@ -47,45 +47,118 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    lt.add_argument("scenario", choices=list(scenarios.SCENARIOS), metavar="SCENARIO",
-                    help="one of: " + ", ".join(scenarios.SCENARIOS))
-    lt.add_argument("--community", required=True, metavar="NAME",
-                    help="behaviour file: a name in seeds/ (study-group, gaming-50k, streamer-live) or a path")
-    lt.add_argument("--duration", type=float, metavar="S",
-                    help="seconds of the run phase (default per scenario: " +
-                    ", ".join(f"{k} {v:g}" for k, v in scenarios.DEFAULT_DURATION.items()) + ")")
-    lt.add_argument("--processes", type=int, default=2, metavar="N",
-                    help="generator processes (default 2, one per core; 0: in this process)")
-    lt.add_argument("--rate", type=float, metavar="R",
-                    help="messages/s for the whole community (celebrity: the owner's messages/s, "
-                    "default 0.5; connect-storm: connections/s instead of the file's arrival)")
-    lt.add_argument("--out", type=Path, metavar="DIR",
-                    help="where report.json and report.html go (default reports/SCENARIO-COMMUNITY-TIME)")
-    lt.add_argument("--gateway", action="append", metavar="URL",
-                    help="use this running gateway (repeat) instead of starting a topology")
-    lt.add_argument("--online", type=int, metavar="N",
-                    help="override the community's online count (same seed, fewer clients)")
+    lt.add_argument(
+        "scenario",
+        choices=list(scenarios.SCENARIOS),
+        metavar="SCENARIO",
+        help="one of: " + ", ".join(scenarios.SCENARIOS),
+    )
+    lt.add_argument(
+        "--community",
+        required=True,
+        metavar="NAME",
+        help="behaviour file: a name in seeds/ (study-group, gaming-50k, streamer-live) or a path",
+    )
+    lt.add_argument(
+        "--duration",
+        type=float,
+        metavar="S",
+        help="seconds of the run phase (default per scenario: "
+        + ", ".join(f"{k} {v:g}" for k, v in scenarios.DEFAULT_DURATION.items())
+        + ")",
+    )
+    lt.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="generator processes (default 2, one per core; 0: in this process)",
+    )
+    lt.add_argument(
+        "--rate",
+        type=float,
+        metavar="R",
+        help="messages/s for the whole community (celebrity: the owner's messages/s, "
+        "default 0.5; connect-storm: connections/s instead of the file's arrival)",
+    )
+    lt.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where report.json and report.html go (default reports/SCENARIO-COMMUNITY-TIME)",
+    )
+    lt.add_argument(
+        "--gateway",
+        action="append",
+        metavar="URL",
+        help="use this running gateway (repeat) instead of starting a topology",
+    )
+    lt.add_argument(
+        "--online",
+        type=int,
+        metavar="N",
+        help="override the community's online count (same seed, fewer clients)",
+    )
     lt.add_argument("--seed", type=int, help="schedule seed (default: the community's)")
-    lt.add_argument("--fault-at", type=float, metavar="S",
-                    help="faults and reconnect-storm: seconds into the run (default: a third of it)")
-    lt.add_argument("--pause", type=float, default=5.0, metavar="S",
-                    help="pause-redis, pause-cassandra: how long the server stays stopped (default 5)")
-    lt.add_argument("--connect-rate", type=float, default=250.0, metavar="N",
-                    help="connections/s while setting up before the run (default 250)")
-    lt.add_argument("--window", type=int, default=1, metavar="N",
-                    help="messages a client may have awaiting MESSAGE_ACK (default 1: stop-and-wait, "
-                    "as a careful client; more lets one chatty member exceed 1/ack-latency)")
-    lt.add_argument("--connect-window", type=int, default=64, metavar="N",
-                    help="setup: at most this many clients connecting at once (default 64)")
-    lt.add_argument("--drain", type=float, default=15.0, metavar="S",
-                    help="at most this long after the run for deliveries to arrive (default 15)")
-    lt.add_argument("--ready-timeout", type=float, default=30.0, metavar="S",
-                    help="a connection attempt without READY within this is a failure (default 30)")
-    lt.add_argument("--gateways", type=int, default=2, help="embedded topology: gateways (default 2)")
+    lt.add_argument(
+        "--fault-at",
+        type=float,
+        metavar="S",
+        help="faults and reconnect-storm: seconds into the run (default: a third of it)",
+    )
+    lt.add_argument(
+        "--pause",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="pause-redis, pause-cassandra: how long the server stays stopped (default 5)",
+    )
+    lt.add_argument(
+        "--connect-rate",
+        type=float,
+        default=250.0,
+        metavar="N",
+        help="connections/s while setting up before the run (default 250)",
+    )
+    lt.add_argument(
+        "--window",
+        type=int,
+        default=1,
+        metavar="N",
+        help="messages a client may have awaiting MESSAGE_ACK (default 1: stop-and-wait, "
+        "as a careful client; more lets one chatty member exceed 1/ack-latency)",
+    )
+    lt.add_argument(
+        "--connect-window",
+        type=int,
+        default=64,
+        metavar="N",
+        help="setup: at most this many clients connecting at once (default 64)",
+    )
+    lt.add_argument(
+        "--drain",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="at most this long after the run for deliveries to arrive (default 15)",
+    )
+    lt.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a connection attempt without READY within this is a failure (default 30)",
+    )
+    lt.add_argument(
+        "--gateways", type=int, default=2, help="embedded topology: gateways (default 2)"
+    )
     lt.add_argument("--workers", type=int, default=2, help="embedded topology: workers (default 2)")
-    lt.add_argument("--storage-url", default=storage,
-                    help=f"embedded topology: history/metadata store (default {storage}; kept between "
-                    "runs so a big community loads once)")
+    lt.add_argument(
+        "--storage-url",
+        default=storage,
+        help=f"embedded topology: history/metadata store (default {storage}; kept between "
+        "runs so a big community loads once)",
+    )
     lt.set_defaults(fn=cmd_loadtest)
 
 

@@ -51,7 +51,8 @@ class MembersSpec(_Spec):
     count: int = Field(ge=2, description="members of the guild, owner included")
     online: float = Field(gt=0, le=1, description="share of members online during a run")
     devices: dict[Literal["desktop", "mobile", "web"], float] = Field(
-        default_factory=lambda: {"desktop": 1.0}, description="share of each device"
+        default_factory=lambda: {"desktop": 1.0},  # type: ignore[arg-type]
+        description="share of each device",
     )
 
 
@@ -66,7 +67,9 @@ class ChatSpec(_Spec):
         gt=0, le=1, description="share of online members who post at all; the rest lurk"
     )
     skew: float = Field(
-        default=1.0, ge=0, description="Zipf exponent: the k-th talker posts in proportion to 1/k^skew"
+        default=1.0,
+        ge=0,
+        description="Zipf exponent: the k-th talker posts in proportion to 1/k^skew",
     )
     words: tuple[int, int] = (2, 16)
 
@@ -76,32 +79,46 @@ class PresenceSpec(_Spec):
         default=2.0, ge=0, description="status changes per online member per hour"
     )
     statuses: dict[Literal["online", "idle", "dnd", "invisible"], float] = Field(
-        default_factory=lambda: {"online": 0.5, "idle": 0.4, "dnd": 0.1}
+        default_factory=lambda: {"online": 0.5, "idle": 0.4, "dnd": 0.1}  # type: ignore[arg-type]
     )
     storm_seconds: float = Field(
-        default=2.0, gt=0, description="presence-storm scenario: every online member changes status within this window"
+        default=2.0,
+        gt=0,
+        description="presence-storm scenario: every online member changes status within this window",
     )
 
 
 class ReconnectSpec(_Spec):
     drops_per_hour: float = Field(
-        default=0.5, ge=0, description="connection drops per online member per hour (flaky networks)"
+        default=0.5,
+        ge=0,
+        description="connection drops per online member per hour (flaky networks)",
     )
     resume: float = Field(
-        default=0.95, ge=0, le=1, description="share of drops that RESUME; the rest start a new session"
+        default=0.95,
+        ge=0,
+        le=1,
+        description="share of drops that RESUME; the rest start a new session",
     )
     delay_s: tuple[float, float] = Field(
-        default=(0.1, 2.0), description="a dropped client reconnects after a uniform delay in this range"
+        default=(0.1, 2.0),
+        description="a dropped client reconnects after a uniform delay in this range",
     )
     storm_share: float = Field(
-        default=1.0, gt=0, le=1, description="reconnect-storm scenario: share of clients that drop at once"
+        default=1.0,
+        gt=0,
+        le=1,
+        description="reconnect-storm scenario: share of clients that drop at once",
     )
 
 
 class ArrivalSpec(_Spec):
     seconds: float = Field(gt=0, description="the online members arrive within this many seconds")
     already_online: float = Field(
-        default=0.02, ge=0, le=1, description="share of the online members connected before the arrival"
+        default=0.02,
+        ge=0,
+        le=1,
+        description="share of the online members connected before the arrival",
     )
 
 
@@ -176,13 +193,14 @@ class SimCommunity:
         self.members = members
         self.channel_names = [c.name for c in spec.channels]
         self.owner = members[0].username
+        channels: list[str | community.ChannelSpec] = list(self.channel_names)
         self.community = community.Community(
             name=spec.name,
             guilds=[
                 community.GuildSpec(
                     name=spec.name,
                     owner=self.owner,
-                    channels=self.channel_names,
+                    channels=channels,
                     members=[m.username for m in members],
                 )
             ],
@@ -292,7 +310,9 @@ class SimCommunity:
         """Every online member changes status once within ``presence.storm_seconds``."""
         rng = random.Random(seed)
         window = self.spec.presence.storm_seconds
-        out = [self._status_change(rng, start + rng.random() * window, m.index) for m in self.online]
+        out = [
+            self._status_change(rng, start + rng.random() * window, m.index) for m in self.online
+        ]
         return sorted(out, key=lambda s: s.at)
 
     def _status_change(self, rng: random.Random, at: float, member: int) -> ScheduledStatus:
@@ -326,7 +346,7 @@ class SimCommunity:
 
 
 def _poisson(rng: random.Random, start: float, seconds: float, rate: float, make):  # noqa: ANN001, ANN202
-    out = []
+    out: list = []
     if rate <= 0:
         return out
     at = start + rng.expovariate(rate)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 import psutil
 
 from chatscale import community, tokens
@@ -52,8 +53,10 @@ from storage import open_store
 
 class Topology(Protocol):
     kind: str
-    settings: Settings
     timed_events: list[tuple[float, str]]
+
+    @property
+    def settings(self) -> Settings: ...
 
     @property
     def urls(self) -> list[str]: ...
@@ -118,7 +121,9 @@ class RunConfig:
 # ---- loading the community ----------------------------------------------------------------------
 
 
-async def load_community(sim: communities.SimCommunity, settings: Settings, say=print) -> dict[str, Any]:  # noqa: ANN001
+async def load_community(
+    sim: communities.SimCommunity, settings: Settings, say=print
+) -> dict[str, Any]:  # noqa: ANN001
     """Load through ``community.apply`` unless the store already holds exactly this community."""
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
@@ -140,17 +145,25 @@ async def load_community(sim: communities.SimCommunity, settings: Settings, say=
             info.update(loaded=False, note="already in the store: apply skipped")
             say(f"community   {sim.spec.name}: already loaded ({len(members):,} members), skipped")
         else:
-            say(f"community   {sim.spec.name}: loading {len(members):,} members through community.apply ...")
+            say(
+                f"community   {sim.spec.name}: loading {len(members):,} members through community.apply ..."
+            )
             redis = connect(settings) if settings.redis_url else None
             started = time.perf_counter()
             try:
-                counts = await community.apply(sim.community, store, redis, Keys(settings.key_prefix))
+                counts = await community.apply(
+                    sim.community, store, redis, Keys(settings.key_prefix)
+                )
             finally:
                 if redis is not None:
                     await redis.aclose()
             took = time.perf_counter() - started
-            info.update(loaded=True, apply_s=round(took, 2), counts=counts,
-                        writes_per_s=round(sum(v for v in counts.values()) / took))
+            info.update(
+                loaded=True,
+                apply_s=round(took, 2),
+                counts=counts,
+                writes_per_s=round(sum(v for v in counts.values()) / took),
+            )
             say(f"community   loaded in {took:.1f}s: {counts}")
         info["user_ids"] = [u.id for u in users]
         info["channel_ids"] = [c.id for c in channels]
@@ -188,6 +201,7 @@ class _Child:
         child.close()
         self.pid = self.proc.pid
         self.index = part.index
+        self.finished = False
         self.inbox = inbox
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self.conn.fileno(), self._readable)
@@ -195,10 +209,13 @@ class _Child:
     def _readable(self) -> None:
         try:
             while self.conn.poll():
-                self.inbox.put_nowait(self.conn.recv())
+                msg = self.conn.recv()
+                self.finished = self.finished or msg.get("type") == "results"
+                self.inbox.put_nowait(msg)
         except (EOFError, OSError):
             self.loop.remove_reader(self.conn.fileno())
-            self.inbox.put_nowait({"type": "dead", "part": self.index})
+            if not self.finished:  # after its results a child exits: that EOF is expected
+                self.inbox.put_nowait({"type": "dead", "part": self.index})
 
     def send(self, cmd: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
@@ -248,7 +265,11 @@ class Sampler:
         self._named()
         while True:
             await asyncio.sleep(1.0)
-            row: dict[str, Any] = {"t": round(time.time() - self.start, 2), "cpu": {}, "rss_mib": {}}
+            row: dict[str, Any] = {
+                "t": round(time.time() - self.start, 2),
+                "cpu": {},
+                "rss_mib": {},
+            }
             for name, proc in self._named().items():
                 with contextlib.suppress(psutil.Error):
                     row["cpu"][name] = proc.cpu_percent(None)
@@ -303,11 +324,79 @@ def _s(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+# ---- durability: is every acknowledged message in history? ------------------------------------------
+
+
+async def check_stored(settings: Settings, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Read back the history of every channel written to: each acknowledged message must be
+    there exactly once (an ACK promises durability), and no nonce may be stored under two ids
+    (a client retry after a lost session would do that)."""
+    acked: dict[int, dict[int, str]] = {}
+    for r in results:
+        for nonce, channel_id, _s, _t, _n, message_id in r["sends"]:
+            if message_id:
+                acked.setdefault(channel_id, {})[message_id] = nonce
+    nonces = {n for ids in acked.values() for n in ids.values()}
+    started = time.perf_counter()
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    found: set[int] = set()
+    per_nonce: Counter[str] = Counter()
+    try:
+        for channel_id, ids in acked.items():
+            oldest, before = min(ids), None
+            while True:
+                page = await store.page(channel_id, before=before, limit=200)
+                for m in page:
+                    if m.message_id < oldest:
+                        break
+                    found.add(m.message_id)
+                    nonce = orjson.loads(m.payload).get("nonce")
+                    if nonce in nonces:
+                        per_nonce[nonce] += 1
+                if len(page) < 200 or page[-1].message_id < oldest:
+                    break
+                before = page[-1].message_id
+    finally:
+        await store.close()
+    missing = sorted((ch, mid) for ch, ids in acked.items() for mid in ids if mid not in found)
+    return {
+        "acknowledged": sum(len(ids) for ids in acked.values()),
+        "missing_from_history": len(missing),
+        "missing_examples": [
+            {"channel_id": ch, "id": mid, "nonce": acked[ch][mid]} for ch, mid in missing[:5]
+        ],
+        "stored_twice": sum(1 for c in per_nonce.values() if c > 1),
+        "read_back_s": round(time.perf_counter() - started, 2),
+    }
+
+
 # ---- the run --------------------------------------------------------------------------------------------
 
 
-def split(plan: scenarios.Plan, sim: communities.SimCommunity, load: dict[str, Any], urls: list[str],
-          settings: Settings, cfg: RunConfig, parts: int) -> list[Part]:
+def _topology(cfg: RunConfig) -> Topology:
+    """Gateways given on the command line, or a topology of our own."""
+    if cfg.gateways:
+        from chatscale.cli import settings_for_tools
+
+        return External(cfg.gateways, settings_for_tools())
+    cfg.workdir.mkdir(parents=True, exist_ok=True)
+    return Embedded(
+        (cfg.out or cfg.workdir) / "topology",
+        storage_url=cfg.storage_url,
+        gateways=cfg.embedded_gateways,
+        workers=cfg.embedded_workers,
+    )
+
+
+def split(
+    plan: scenarios.Plan,
+    sim: communities.SimCommunity,
+    load: dict[str, Any],
+    urls: list[str],
+    settings: Settings,
+    cfg: RunConfig,
+    parts: int,
+) -> list[Part]:
     """One Part per generator process; a client (and so a sender) lives in exactly one."""
     now = time.time()
     ttl = int(cfg.ready_timeout * 4 + (cfg.duration or 60) * 4 + 3600)
@@ -378,19 +467,7 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
             raise ValueError("pause-cassandra needs --storage-url cassandra://host:port/keyspace")
     if plan.fault and topology is not None and topology.kind == "in-process":
         raise ValueError("fault scenarios need real processes: run without an in-process topology")
-    if topology is None:
-        if cfg.gateways:
-            from chatscale.cli import settings_for_tools
-
-            topology = External(cfg.gateways, settings_for_tools())
-        else:
-            cfg.workdir.mkdir(parents=True, exist_ok=True)
-            topology = Embedded(
-                (cfg.out or cfg.workdir) / "topology",
-                storage_url=cfg.storage_url,
-                gateways=cfg.embedded_gateways,
-                workers=cfg.embedded_workers,
-            )
+    topology = topology if topology is not None else _topology(cfg)
     machine = describe_machine()
     say(f"loadtest    {cfg.scenario} on {sim.spec.name}: {scenarios.SCENARIOS[cfg.scenario]}")
     for note in plan.notes:
@@ -410,7 +487,9 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         load["home"] = {c.cid: c.url for p in parts for c in p.clients}
         for part in parts:
             drivers.append(_Inline(part, inbox) if cfg.processes == 0 else _Child(part, inbox))
-        generators = {f"generator-{i}": d.pid for i, d in enumerate(drivers)} if cfg.processes else {}
+        generators = (
+            {f"generator-{i}": d.pid for i, d in enumerate(drivers)} if cfg.processes else {}
+        )
         sampler = Sampler(topology, generators, settings)
         tasks += [asyncio.create_task(sampler.run()), asyncio.create_task(sampler.run_streams())]
         latest: dict[int, dict[str, Any]] = {}
@@ -421,7 +500,9 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
             while len(done) < len(drivers):
                 if kind == "setup_done" and time.time() - shown > 5 and latest:
                     shown = time.time()
-                    say(f"setup       {sum(m.get('ready_now', 0) for m in latest.values()):,} ready ...")
+                    say(
+                        f"setup       {sum(m.get('ready_now', 0) for m in latest.values()):,} ready ..."
+                    )
                 try:
                     msg = await asyncio.wait_for(inbox.get(), max(0.01, deadline - time.time()))
                 except TimeoutError:
@@ -442,7 +523,9 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         started = time.time()
         for d in drivers:
             d.send({"cmd": "setup", "at": started + 0.2})
-        say(f"setup       connecting {before:,} clients (up to {cfg.connect_rate:g}/s, {cfg.connect_window} at once) ...")
+        say(
+            f"setup       connecting {before:,} clients (up to {cfg.connect_rate:g}/s, {cfg.connect_window} at once) ..."
+        )
         await wait_for("setup_done", started + 660)
         timings["setup_s"] = round(time.time() - started, 2)
         ready = sum(m.get("ready_now", 0) for m in latest.values())
@@ -490,6 +573,17 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         got = await wait_for("results", time.time() + 120)
         if len(got) < len(drivers):
             raise RuntimeError(f"only {len(got)} of {len(drivers)} generator processes reported")
+        ordered = [results[i] for i in sorted(results)]
+        stored = await check_stored(settings, ordered)
+        for _ in range(6):  # a worker may still be finishing a history backlog (paused storage)
+            if not stored["missing_from_history"]:
+                break
+            await asyncio.sleep(5)
+            stored = await check_stored(settings, ordered)
+        say(
+            f"history     {stored['acknowledged'] - stored['missing_from_history']:,}/{stored['acknowledged']:,} "
+            f"acknowledged messages found in history storage"
+        )
     finally:
         for task in tasks:
             task.cancel()
@@ -498,8 +592,7 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
             await d.close()
         await topology.stop()
     events = [
-        {"t": round(at - t0, 2), "what": text}
-        for at, text in getattr(topology, "timed_events", [])
+        {"t": round(at - t0, 2), "what": text} for at, text in getattr(topology, "timed_events", [])
     ]
     report = build_report(
         cfg=cfg,
@@ -514,10 +607,14 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         faults=sorted(fault_log + events, key=lambda e: e["t"]),
         machine=machine,
     )
+    report["messages"]["stored"] = stored
+    report["verdict"] = verdict(report)
     return report
 
 
-async def _pump(inbox: asyncio.Queue[dict[str, Any]], latest: dict[int, dict[str, Any]], timeout: float) -> None:
+async def _pump(
+    inbox: asyncio.Queue[dict[str, Any]], latest: dict[int, dict[str, Any]], timeout: float
+) -> None:
     with contextlib.suppress(TimeoutError):
         msg = await asyncio.wait_for(inbox.get(), timeout)
         while True:
@@ -530,7 +627,9 @@ async def _pump(inbox: asyncio.Queue[dict[str, Any]], latest: dict[int, dict[str
             msg = inbox.get_nowait()
 
 
-async def _fault(fault: tuple[str, float, float], topo: Any, t0: float, log: list[dict[str, Any]], say) -> None:  # noqa: ANN001
+async def _fault(
+    fault: tuple[str, float, float], topo: Any, t0: float, log: list[dict[str, Any]], say
+) -> None:  # noqa: ANN001
     kind, at, seconds = fault
     await asyncio.sleep(max(0.0, t0 + at - time.time()))
 
@@ -592,7 +691,9 @@ class _Progress:
 # ---- judging and the report ----------------------------------------------------------------------------
 
 
-def judge(results: list[dict[str, Any]], home: dict[int, str] | None = None) -> tuple[Any, dict[str, Any]]:
+def judge(
+    results: list[dict[str, Any]], home: dict[int, str] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """One ledger from every process: acknowledged sends with their audiences, every receipt.
 
     Also where the loss was: missing deliveries per client's first gateway (``home``), so a
@@ -607,26 +708,39 @@ def judge(results: list[dict[str, Any]], home: dict[int, str] | None = None) -> 
     ledger = DeliveryLedger()
     audiences: dict[int, frozenset[int]] = {}
     judged_times: list[float] = []
-    for nonce, channel_id, sender, intended, seq in sends:
+    for nonce, channel_id, sender, intended, seq, *_ in sends:
         if nonce in not_judged:
             continue
         k = bisect.bisect_right(times, intended)
         audience = audiences.get(k)
         if audience is None:
             audience = audiences[k] = frozenset(cid for _, cid in ready[:k])
-        ledger.record_send(nonce, channel_id=channel_id, sender=sender, sent_at=intended,
-                           recipients=audience, seq=seq)
+        ledger.record_send(
+            nonce,
+            channel_id=channel_id,
+            sender=sender,
+            sent_at=intended,
+            recipients=audience,
+            seq=seq,
+        )
         judged_times.append(intended)
-    acked = {s[0] for s in sends}
+    intended_at = {s[0]: s[3] for s in sends}
     extra: dict[str, Any] = Counter()
     got: dict[int, set[str]] = {}
+    last: dict[str, float] = {}
     for r in results:
         for cid, nonce, at in r["receipts"]:
-            if nonce not in acked or nonce in not_judged:
+            if nonce not in intended_at or nonce in not_judged:
                 extra["delivered_not_acknowledged"] += 1
                 continue
             ledger.record_receipt(cid, nonce, at)
             got.setdefault(cid, set()).add(nonce)
+            if at > last.get(nonce, 0.0):
+                last[nonce] = at
+    fanout = LatencyRecorder()  # per message: intended send -> its last delivery
+    for nonce, at in last.items():
+        fanout.record(at - intended_at[nonce])
+    extra["time_to_last_delivery_ms"] = _ms(fanout)
     report = ledger.report(math.inf)
     if report.lost:
         by_gateway: Counter[str] = Counter()
@@ -707,10 +821,20 @@ def _process_table(sampler: Sampler, t_from: float, t_to: float) -> dict[str, di
     return out
 
 
-def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenarios.Plan,
-                 load: dict[str, Any], topology: Topology, results: list[dict[str, Any]],
-                 sampler: Sampler, t0: float, timings: dict[str, float],
-                 faults: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+def build_report(
+    *,
+    cfg: RunConfig,
+    sim: communities.SimCommunity,
+    plan: scenarios.Plan,
+    load: dict[str, Any],
+    topology: Topology,
+    results: list[dict[str, Any]],
+    sampler: Sampler,
+    t0: float,
+    timings: dict[str, float],
+    faults: list[dict[str, Any]],
+    machine: dict[str, Any],
+) -> dict[str, Any]:
     delivery, extra = judge(results, load.get("home"))
     counters = _sum(results, "counters")
     latency = _merge_latency(results, "latency")
@@ -745,8 +869,12 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "ingest_shards": topology.settings.ingest_shards,
         },
         "load": {k: v for k, v in load.items() if k not in ("user_ids", "channel_ids", "home")},
-        "plan": {"duration_s": plan.duration, "notes": plan.notes, "processes": cfg.processes,
-                 **plan.offered()},
+        "plan": {
+            "duration_s": plan.duration,
+            "notes": plan.notes,
+            "processes": cfg.processes,
+            **plan.offered(),
+        },
         "timings": timings,
         "connections": {
             "clients": len(plan.online),
@@ -755,8 +883,13 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "gave_up": counters.get("gave_up", 0),
             "ready_latency_ms": _ms(ready_latency),
             "accepted_per_s": (
-                round(len(storm) / max(1e-3, storm[-1] - min(t0 + min(plan.connect_at.values()), storm[0])), 1)
-                if len(storm) > 1 and plan.connect_at else None
+                round(
+                    len(storm)
+                    / max(1e-3, storm[-1] - min(t0 + min(plan.connect_at.values()), storm[0])),
+                    1,
+                )
+                if len(storm) > 1 and plan.connect_at
+                else None
             ),
             "close_codes": _sum(results, "close_codes"),
             "reconnects": counters.get("reconnects", 0),
@@ -765,7 +898,8 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "invalid_session": counters.get("invalid_session", 0),
             "new_sessions": counters.get("new_sessions", 0),
             "resume_latency_ms": _ms(_merge_latency(results, "resume_latency")),
-            "new_session_gap_ms": _ms(_merge_latency(results, "session_gap")),
+            "new_session_latency_ms": _ms(_merge_latency(results, "reconnect_latency")),
+            "offline_gap_ms": _ms(_merge_latency(results, "session_gap")),
             "ready_at_end": sum(r["ready_now"] for r in results),
         },
         "messages": {
@@ -781,6 +915,7 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "ack_timeouts": counters.get("ack_timeouts", 0),
             "retries": counters.get("send_retries", 0),
             "resent_after_new_session": counters.get("resent_after_new_session", 0),
+            "confirmed_from_history": counters.get("confirmed_from_history", 0),
             "ack_latency_ms": _ms(_merge_latency(results, "ack_latency")),
             "in_flight_per_client": cfg.window,
             "send_lag_ms": _ms(_merge_latency(results, "send_lag")),
@@ -790,8 +925,18 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "per_s": round(received / max(1e-3, deliver_span), 1),
             "peak_per_s": max((r["deliveries"] for r in rows), default=0) / 1.0,
             "latency_ms": _ms(latency),
-            **{k: getattr(delivery, k) for k in (
-                "expected", "delivered", "lost", "duplicated", "reordered", "unexpected", "unknown")},
+            **{
+                k: getattr(delivery, k)
+                for k in (
+                    "expected",
+                    "delivered",
+                    "lost",
+                    "duplicated",
+                    "reordered",
+                    "unexpected",
+                    "unknown",
+                )
+            },
             "early": counters.get("early", 0),
             "recovered_from_history": counters.get("recovered", 0),
             "recovered_age_ms": _ms(_merge_latency(results, "recovered_age")),
@@ -816,11 +961,14 @@ def build_report(*, cfg: RunConfig, sim: communities.SimCommunity, plan: scenari
             "in_process": cfg.processes == 0,
         },
         "machine_load": {
-            "machine_cpu_avg_pct": round(sum(machine_cpu) / len(machine_cpu), 1) if machine_cpu else None,
+            "machine_cpu_avg_pct": round(sum(machine_cpu) / len(machine_cpu), 1)
+            if machine_cpu
+            else None,
             "ours_cpu_avg_pct": round(sum(ours) / len(ours), 1) if ours else None,
             "others_cpu_avg_pct": (
                 round(max(0.0, sum(machine_cpu) / len(machine_cpu) - sum(ours) / len(ours)), 1)
-                if machine_cpu and ours else None
+                if machine_cpu and ours
+                else None
             ),
         },
         "streams": {
@@ -855,13 +1003,19 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     if busiest is not None:
         name, p = busiest
         level = "saturated" if p["cpu_avg_pct"] >= 85 else "busiest"
-        notes.append(f"{level}: {name} at {p['cpu_avg_pct']:.0f}% of one core on average (max {p['cpu_max_pct']:.0f}%)")
+        notes.append(
+            f"{level}: {name} at {p['cpu_avg_pct']:.0f}% of one core on average (max {p['cpu_max_pct']:.0f}%)"
+        )
     load = report["machine_load"]
     cpus = report["machine"]["cpus"] or 1
     if load["machine_cpu_avg_pct"] is not None and load["machine_cpu_avg_pct"] >= 85 * cpus:
-        notes.append(f"the machine was saturated: {load['machine_cpu_avg_pct']:.0f}% of {cpus * 100}%")
+        notes.append(
+            f"the machine was saturated: {load['machine_cpu_avg_pct']:.0f}% of {cpus * 100}%"
+        )
     if load["others_cpu_avg_pct"]:
-        notes.append(f"other processes on the machine used {load['others_cpu_avg_pct']:.0f}% of a core on average")
+        notes.append(
+            f"other processes on the machine used {load['others_cpu_avg_pct']:.0f}% of a core on average"
+        )
     if gens and servers:
         g = sum(p["cpu_avg_pct"] for p in gens.values())
         s = sum(p["cpu_avg_pct"] for p in servers.values())
@@ -877,6 +1031,25 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     if s["ingest_lag_max"]:
         notes.append(f"workers fell behind: ingest lag up to {s['ingest_lag_max']} entries")
     clean = not (d["lost"] or d["duplicated"] or d["reordered"] or d["unexpected"] or d["unknown"])
+    stored = m.get("stored")
+    if stored is not None:
+        if stored["missing_from_history"] or stored["stored_twice"]:
+            clean = False
+            notes.insert(
+                0,
+                f"{stored['missing_from_history']} acknowledged message(s) missing from history, "
+                f"{stored['stored_twice']} stored twice",
+            )
+        else:
+            notes.insert(
+                0, f"all {stored['acknowledged']:,} acknowledged messages are in history, once each"
+            )
+    if d["lost"]:
+        notes.insert(
+            0,
+            f"{d['lost']:,} deliveries missing at READY clients "
+            f"(neither live nor recovered from history by the end of the drain)",
+        )
     return {"clean": clean, "notes": notes}
 
 

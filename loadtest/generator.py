@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import orjson
 import psutil
 from websockets.client import ClientProtocol
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
@@ -87,7 +87,9 @@ class Part:
     channels: list[int]
     sends: list[tuple[float, int, int, str]] = field(default_factory=list)  # at, cid, ch, text
     statuses: list[tuple[float, int, str]] = field(default_factory=list)  # at, cid, status
-    drops: list[tuple[float, int, bool, float]] = field(default_factory=list)  # at, cid, resume, delay
+    drops: list[tuple[float, int, bool, float]] = field(
+        default_factory=list
+    )  # at, cid, resume, delay
     watch: list[tuple[float, int, str]] = field(default_factory=list)  # all status changes
     user_cids: dict[int, int] = field(default_factory=dict)  # user id -> cid (observers)
     connect_rate: float = 500.0  # setup: new connections per second (this process)
@@ -143,8 +145,8 @@ class _Conn(asyncio.Protocol):
                     client.fail(self, f"handshake {event.status_code}")
                     return
                 self.open = True
-            elif event.opcode is Opcode.TEXT:
-                client.on_text(event.data)
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                client.on_text(event.data)  # type: ignore[arg-type]  # bytes from the parser
         self.flush()
 
     def eof_received(self) -> bool | None:
@@ -154,7 +156,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         rcvd = self.proto.close_rcvd
-        self.client.on_lost(self, rcvd.code if rcvd is not None else 1006, rcvd.reason if rcvd else "")
+        self.client.on_lost(
+            self, rcvd.code if rcvd is not None else 1006, rcvd.reason if rcvd else ""
+        )
 
 
 class SimClient:
@@ -181,12 +185,14 @@ class SimClient:
         self.sent_n = 0
         self.last_id: dict[int, int] = {}
         self.backfill: dict[int, list[tuple[int, bytes, float, float]]] | None = None
+        self.history_nonces: dict[str, int] = {}  # nonce -> id, from history after a new session
         self.shown: set[int] | None = None  # message ids shown from history after a new session
         self.history: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
         self.attempt_started = 0.0
         self.first_attempt = 0.0
         self.attempts = 0
-        self.resuming_since = 0.0
+        self.resuming_since = 0.0  # when the connection was lost
+        self.reconnect_started: float | None = None  # first attempt after that
         self.dropping = False
         self.want_resume = True
         self.reconnect_delay = 0.0
@@ -215,9 +221,13 @@ class SimClient:
     async def _connect(self, conn: _Conn, url: str) -> None:
         parts = urlsplit(url)
         try:
-            await self.gen.loop.create_connection(lambda: conn, parts.hostname, parts.port)
+            await self.gen.loop.create_connection(
+                lambda: conn, parts.hostname or "127.0.0.1", parts.port or 80
+            )
         except OSError as exc:
-            self.fail(conn, "refused" if isinstance(exc, ConnectionRefusedError) else "connect error")
+            self.fail(
+                conn, "refused" if isinstance(exc, ConnectionRefusedError) else "connect error"
+            )
 
     def _arm_timeout(self) -> None:
         if self.timeout_timer is not None:
@@ -253,6 +263,8 @@ class SimClient:
 
     def _retry(self) -> None:
         if self.state == "backoff":
+            if self.reconnect_started is None and self.ready_at is not None:
+                self.reconnect_started = time.time()
             self._open(self.resume_url if self.session_id else self.url)
 
     def on_lost(self, conn: _Conn, code: int, reason: str = "") -> None:
@@ -357,7 +369,11 @@ class SimClient:
                 self._send(
                     {
                         "op": 6,
-                        "d": {"token": self.plan.token, "session_id": self.session_id, "seq": self.seq},
+                        "d": {
+                            "token": self.plan.token,
+                            "session_id": self.session_id,
+                            "seq": self.seq,
+                        },
                     }
                 )
             else:
@@ -399,10 +415,11 @@ class SimClient:
         else:
             gen.counters["new_sessions"] += 1
             gen.session_gap.record(now - self.resuming_since)
+            gen.reconnect_latency.record(now - (self.reconnect_started or self.resuming_since))
+            self.reconnect_started = None
             self._start_backfill(now)
-            for item in list(self.inflight.values()):  # their ACKs died with the old session
-                gen.counters["resent_after_new_session"] += 1
-                self._transmit(item)
+            # In-flight messages lost their ACKs with the old session; whether each was stored
+            # is decided once history is loaded (_settle_inflight), as a careful client does.
         self.pump()
 
     def on_resumed(self) -> None:
@@ -412,7 +429,9 @@ class SimClient:
         if self.timeout_timer is not None:
             self.timeout_timer.cancel()
         self.gen.counters["resumed"] += 1
-        self.gen.resume_latency.record(now - self.resuming_since)
+        self.gen.resume_latency.record(now - (self.reconnect_started or self.resuming_since))
+        self.gen.session_gap.record(now - self.resuming_since)
+        self.reconnect_started = None
         for nonce in self.inflight:  # ACKs sent before the drop come back with the replay
             self._arm_ack(nonce)
         self.pump()
@@ -448,7 +467,9 @@ class SimClient:
     def _transmit(self, item: Item) -> None:
         nonce, channel_id, content, _intended, _n = item
         self.sent_at[nonce] = time.time()
-        self._send({"op": 20, "d": {"channel_id": str(channel_id), "content": content, "nonce": nonce}})
+        self._send(
+            {"op": 20, "d": {"channel_id": str(channel_id), "content": content, "nonce": nonce}}
+        )
         self.gen.counters["send_frames"] += 1
         self._arm_ack(nonce)
 
@@ -483,7 +504,7 @@ class SimClient:
         now = time.time()
         self._disarm(item[0])
         _nonce, channel_id, _content, intended, n = item
-        self.gen.sends.append((item[0], channel_id, self.cid, intended, n))
+        self.gen.sends.append((item[0], channel_id, self.cid, intended, n, int(d.get("id") or 0)))
         self.gen.ack_latency.record(now - self.sent_at.pop(item[0], now))
         if self.gen.series is not None:
             self.gen.series.record_send(intended)
@@ -556,12 +577,15 @@ class SimClient:
         self._send({"op": 21, "d": d})
 
     def on_history(self, d: dict[str, Any]) -> None:
-        entry = self.history.pop(d.get("nonce"), None)
+        entry = self.history.pop(str(d.get("nonce")), None)
         if entry is None or self.backfill is None:
             return
         ch, pages, got = entry
         floor = self.last_id.get(ch, 0)
         page = d["messages"]  # newest first
+        for m in page:
+            if isinstance(m.get("nonce"), str):
+                self.history_nonces[m["nonce"]] = int(m["id"])
         newer = [m for m in page if int(m["id"]) > floor]
         got += newer
         if len(page) == 100 and len(newer) == len(page) and pages < 20:
@@ -597,6 +621,27 @@ class SimClient:
         self.shown = (self.shown or set()) | seen
         if not self.backfill:
             self.backfill = None
+            self._settle_inflight()
+
+    def _settle_inflight(self) -> None:
+        """After a new session's history is loaded: a message that was awaiting its ACK and is
+        in history was stored (count it acknowledged); one that is not is sent again with its
+        nonce. The second can still duplicate if the first copy was queued but not yet stored:
+        the protocol dedupes nonces within one session only."""
+        now = time.time()
+        for nonce, item in list(self.inflight.items()):
+            stored = self.history_nonces.get(nonce)
+            if stored is not None:
+                del self.inflight[nonce]
+                self._disarm(nonce)
+                self.gen.sends.append((nonce, item[1], self.cid, item[3], item[4], stored))
+                self.gen.ack_latency.record(now - self.sent_at.pop(nonce, now))
+                self.gen.counters["confirmed_from_history"] += 1
+            else:
+                self.gen.counters["resent_after_new_session"] += 1
+                self._transmit(item)
+        self.history_nonces.clear()
+        self.pump()
 
 
 def _intended(nonce: bytes) -> float | None:
@@ -623,7 +668,8 @@ class Generator:
         self.window = LatencyRecorder()  # since the last progress report
         self.ready_latency = LatencyRecorder()
         self.resume_latency = LatencyRecorder()
-        self.session_gap = LatencyRecorder()
+        self.session_gap = LatencyRecorder()  # connection lost -> RESUMED or new READY
+        self.reconnect_latency = LatencyRecorder()  # first reconnect attempt -> new READY
         self.ack_latency = LatencyRecorder()
         self.send_lag = LatencyRecorder()  # actual send - intended: the generator behind schedule
         self.recovered_age = LatencyRecorder()
@@ -631,7 +677,7 @@ class Generator:
         self.series: TimeSeries | None = None
         self.connect_series: TimeSeries | None = None
         self.receipts: list[tuple[int, bytes, float]] = []
-        self.sends: list[tuple[str, int, int, float, int]] = []
+        self.sends: list[tuple[str, int, int, float, int, int]] = []  # acked, with server id
         self.failed: list[tuple[str, str]] = []
         self.rejected: list[Any] = []
         self.ready_at: dict[int, float] = {}
@@ -714,7 +760,9 @@ class Generator:
         if self.series is not None:
             self.series.record_delivery(intended, now)
 
-    def record(self, client: SimClient, nonce: bytes, at: float, intended: float, *, live: bool | None) -> None:
+    def record(
+        self, client: SimClient, nonce: bytes, at: float, intended: float, *, live: bool | None
+    ) -> None:
         """A receipt outside the hot path: recovered from history (live=False) or released
         after a backfill (live=None: its latency was recorded when it arrived)."""
         self.receipts.append((client.cid, nonce, at))
@@ -754,7 +802,9 @@ class Generator:
         now = time.time()
         for p in orjson.loads(data)["d"].get("presences", ()):
             target = self.part.user_cids.get(int(p["user_id"]))
-            changes = self._watch.get(target) if target is not None else None
+            if target is None:
+                continue
+            changes = self._watch.get(target)
             if not changes:
                 continue
             k = bisect.bisect_right(changes, (now, "~")) - 1
@@ -895,6 +945,7 @@ class Generator:
             "ready_latency": self.ready_latency.to_dict(),
             "resume_latency": self.resume_latency.to_dict(),
             "session_gap": self.session_gap.to_dict(),
+            "reconnect_latency": self.reconnect_latency.to_dict(),
             "ack_latency": self.ack_latency.to_dict(),
             "send_lag": self.send_lag.to_dict(),
             "recovered_age": self.recovered_age.to_dict(),

@@ -15,8 +15,20 @@ import math
 from pathlib import Path
 from typing import Any
 
-COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#be185d", "#65a30d",
-          "#4b5563", "#ca8a04", "#7c3aed", "#0f766e"]
+COLORS = [
+    "#2563eb",
+    "#dc2626",
+    "#16a34a",
+    "#9333ea",
+    "#ea580c",
+    "#0891b2",
+    "#be185d",
+    "#65a30d",
+    "#4b5563",
+    "#ca8a04",
+    "#7c3aed",
+    "#0f766e",
+]
 
 
 # ---- terminal ------------------------------------------------------------------------------------
@@ -36,8 +48,23 @@ def _codes(d: dict[str, int]) -> str:
     return ", ".join(f"{k}: {v:,}" for k, v in d.items()) or "none"
 
 
+def _stored(m: dict[str, Any]) -> str:
+    s = m.get("stored")
+    if not s:
+        return "not checked"
+    return (
+        f"{s['acknowledged'] - s['missing_from_history']:,} of {s['acknowledged']:,} in history"
+        f" ({s['missing_from_history']:,} missing, {s['stored_twice']:,} stored twice)"
+    )
+
+
 def text(report: dict[str, Any]) -> str:
-    c, m, d, conn = report["community"], report["messages"], report["deliveries"], report["connections"]
+    c, m, d, conn = (
+        report["community"],
+        report["messages"],
+        report["deliveries"],
+        report["connections"],
+    )
     lat = d["latency_ms"]
     lines = [
         f"chatscale loadtest {report['scenario']} — {report['description']}",
@@ -62,22 +89,29 @@ def text(report: dict[str, Any]) -> str:
         "",
         f"latency send→receive ms    p50 {_n(lat['p50_ms'], 2)}  p90 {_n(lat['p90_ms'], 2)}  p99 {_n(lat['p99_ms'], 2)}"
         f"  p99.9 {_n(lat['p999_ms'], 2)}  max {_n(lat['max_ms'], 2)}  (n={_n(lat['measured'])})",
+        f"time to last delivery ms   p50 {_n(d['time_to_last_delivery_ms']['p50_ms'], 1)}  p99 {_n(d['time_to_last_delivery_ms']['p99_ms'], 1)}"
+        f"  max {_n(d['time_to_last_delivery_ms']['max_ms'], 1)}  (per message: its whole audience served; n={_n(d['time_to_last_delivery_ms']['measured'])})",
         f"READY latency ms           p50 {_n(rl['p50_ms'], 1)}  p90 {_n(rl['p90_ms'], 1)}  p99 {_n(rl['p99_ms'], 1)}"
         f"  max {_n(rl['max_ms'], 1)}  (n={_n(rl['measured'])})",
-        f"lost / dup / reordered     {d['lost']:,} / {d['duplicated']:,} / {d['reordered']:,}"
+        f"deliveries lost/dup/reord  {d['lost']:,} / {d['duplicated']:,} / {d['reordered']:,}"
         f"   (expected {d['expected']:,}; unexpected {d['unexpected']:,}; unknown {d['unknown']:,})",
+        f"acknowledged, stored       {_stored(m)}",
         f"recovered from history     {d['recovered_from_history']:,}   (early, before READY: {d['early']:,};"
         f" delivered but never acknowledged: {d.get('delivered_not_acknowledged', 0):,})",
         f"connect failures           {_codes(conn['attempts_failed'])}; gave up {conn['gave_up']:,}",
         f"close codes seen           {_codes(conn['close_codes'])}",
         f"reconnects                 {conn['reconnects']:,} (drops {conn['drops']:,}, RESUMED {conn['resumed']:,},"
-        f" INVALID_SESSION {conn['invalid_session']:,}, new sessions {conn['new_sessions']:,});"
-        f" resume p50/max {_n(conn['resume_latency_ms']['p50_ms'])}/{_n(conn['resume_latency_ms']['max_ms'])} ms",
+        f" INVALID_SESSION {conn['invalid_session']:,}, new sessions {conn['new_sessions']:,})",
+        f"reconnect ms (attempt →)   RESUMED p50 {_n(conn['resume_latency_ms']['p50_ms'])} max {_n(conn['resume_latency_ms']['max_ms'])};"
+        f" new session READY p50 {_n(conn['new_session_latency_ms']['p50_ms'])} max {_n(conn['new_session_latency_ms']['max_ms'])};"
+        f" offline (loss → back) p50 {_n(conn['offline_gap_ms']['p50_ms'])} max {_n(conn['offline_gap_ms']['max_ms'])}",
         f"send lag (actual−intended) p50 {_n(m['send_lag_ms']['p50_ms'], 2)}  p99 {_n(m['send_lag_ms']['p99_ms'], 2)}"
         f"  max {_n(m['send_lag_ms']['max_ms'], 2)} ms; ack p50 {_n(m['ack_latency_ms']['p50_ms'], 2)}"
         f" p99 {_n(m['ack_latency_ms']['p99_ms'], 2)} ms; {m['in_flight_per_client']} in flight per client",
         f"send errors                {_codes(m['send_errors'])}; not acknowledged {m['not_acknowledged']:,};"
-        f" unsent {m['unsent_at_end']:,}; retries {m['retries']:,}; ack timeouts {m['ack_timeouts']:,}",
+        f" unsent {m['unsent_at_end']:,}; retries {m['retries']:,}; ack timeouts {m['ack_timeouts']:,};"
+        f" after a new session: {m['confirmed_from_history']:,} found in history,"
+        f" {m['resent_after_new_session']:,} sent again",
     ]
     p = report["presence"]
     if p["status_changes_sent"] or p["updates_received"]:
@@ -95,15 +129,24 @@ def text(report: dict[str, Any]) -> str:
     )
     for f in report["faults"]:
         lines.append(f"fault/event  t={f['t']:6.1f}s  {f['what']}")
-    lines += ["", f"{'process':24}{'cpu avg %':>10}{'cpu max %':>10}{'rss max MiB':>13}{'rss end MiB':>13}"]
+    lines += [
+        "",
+        f"{'process':24}{'cpu avg %':>10}{'cpu max %':>10}{'rss max MiB':>13}{'rss end MiB':>13}",
+    ]
     for name, row in report["processes"].items():
         lines.append(
             f"{name:24}{row['cpu_avg_pct']:>10.1f}{row['cpu_max_pct']:>10.1f}{row['rss_max_mib']:>13.1f}{row['rss_end_mib']:>13.1f}"
         )
     g = report["generator"]
-    lines.append(f"generator CPU {g['cpu_s']:.1f}s = {g['cpu_us_per_delivery']:.1f} µs per delivery (whole run)")
+    lines.append(
+        f"generator CPU {g['cpu_s']:.1f}s = {g['cpu_us_per_delivery']:.1f} µs per delivery (whole run)"
+    )
     lines.append("")
-    lines.append(("CLEAN" if report["verdict"]["clean"] else "NOT CLEAN") + ": " + "; ".join(report["verdict"]["notes"]))
+    lines.append(
+        ("CLEAN" if report["verdict"]["clean"] else "NOT CLEAN")
+        + ": "
+        + "; ".join(report["verdict"]["notes"])
+    )
     return "\n".join(lines)
 
 
@@ -163,7 +206,8 @@ def line_chart(
     ys = [y for _, y in pts]
     if log_y:
         floor = max(min(y for y in ys if y > 0) if any(y > 0 for y in ys) else 0.01, 0.01)
-        y0, y1 = math.log10(floor), math.log10(max(max(ys), floor * 10))
+        y0 = math.floor(math.log10(floor))  # whole decades: ticks on the axis ends
+        y1 = max(y0 + 1, math.ceil(math.log10(max(ys))))
     else:
         y0, y1 = 0.0, max(ys) * 1.08 or 1.0
 
@@ -178,16 +222,24 @@ def line_chart(
     yticks = [10**e for e in range(math.floor(y0), math.ceil(y1) + 1)] if log_y else _ticks(y0, y1)
     for t in yticks:
         y = sy(t)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />'
+        )
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     for t in _ticks(x0, x1, 8):
         x = sx(t)
-        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle" class="lab">{html.escape(x_label)}</text>')
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_fmt(t)}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle" class="lab">{html.escape(x_label)}</text>'
+    )
     parts.append(f'<text x="12" y="{top + 4}" class="lab">{html.escape(y_label)}</text>')
     for i, (mx, label) in enumerate(markers or []):
         x = sx(mx)
-        parts.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" class="fault" />')
+        parts.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" class="fault" />'
+        )
         y = height - bottom - 5 - 12 * (len(markers or []) - 1 - i)  # staggered, above the axis
         parts.append(
             f'<text x="{x + 3:.1f}" y="{y}" class="faultlab">{html.escape(label[:48])}</text>'
@@ -205,17 +257,28 @@ def line_chart(
             if before is None and after is None:  # an isolated point: a line would not show it
                 parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}" />')
             pen = "L"
-        parts.append(f'<path d="{" ".join(path)}" stroke="{color}" fill="none" stroke-width="1.6" />')
+        parts.append(
+            f'<path d="{" ".join(path)}" stroke="{color}" fill="none" stroke-width="1.6" />'
+        )
         lx = left + 8 + (i % 4) * 200
         ly = top + 14 + (i // 4) * 14
         parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{color}" />')
         parts.append(f'<text x="{lx + 14}" y="{ly - 3}" class="legend">{html.escape(name)}</text>')
-    parts.append(f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame" />')
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame" />'
+    )
     parts.append("</svg>")
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
 
 
-def bar_chart(title: str, bars: list[tuple[str, float]], *, y_label: str = "", width: int = 900, height: int = 240) -> str:
+def bar_chart(
+    title: str,
+    bars: list[tuple[str, float]],
+    *,
+    y_label: str = "",
+    width: int = 900,
+    height: int = 240,
+) -> str:
     if not bars or not any(v for _, v in bars):
         return f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>no data</p></figure>"
     left, right, top, bottom = 64, 16, 16, 48
@@ -224,7 +287,9 @@ def bar_chart(title: str, bars: list[tuple[str, float]], *, y_label: str = "", w
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">']
     for t in _ticks(0, top_v):
         y = height - bottom - t / top_v * (height - top - bottom)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />'
+        )
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
     for i, (label, v) in enumerate(bars):
         h = v / top_v * (height - top - bottom)
@@ -235,13 +300,17 @@ def bar_chart(title: str, bars: list[tuple[str, float]], *, y_label: str = "", w
         parts.append(
             f'<text x="{x + bw / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle" class="small">{html.escape(label)}</text>'
         )
-    parts.append(f'<text x="{(left + width) / 2}" y="{height - 6}" text-anchor="middle" class="lab">latency ≤ ms (log₂ buckets)</text>')
+    parts.append(
+        f'<text x="{(left + width) / 2}" y="{height - 6}" text-anchor="middle" class="lab">latency ≤ ms (log₂ buckets)</text>'
+    )
     parts.append(f'<text x="12" y="{top + 4}" class="lab">{html.escape(y_label)}</text>')
     parts.append("</svg>")
     return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
 
 
-def percentile_chart(curve: list[tuple[float, float]], *, width: int = 900, height: int = 260) -> str:
+def percentile_chart(
+    curve: list[tuple[float, float]], *, width: int = 900, height: int = 260
+) -> str:
     """Latency by percentile with the x axis stretched towards the tail (1 / (1 - p))."""
     if not curve:
         return ""
@@ -250,9 +319,15 @@ def percentile_chart(curve: list[tuple[float, float]], *, width: int = 900, heig
     xmax = max(x for x, _ in finite) + 0.5
     series = [("latency", [(x if x is not None else xmax, v) for x, v in pts])]
     labels = {0.0: "p0", 1.0: "p90", 2.0: "p99", 3.0: "p99.9", 4.0: "p99.99", 5.0: "p99.999"}
-    chart = line_chart("Latency by percentile (ms, log scale; right edge = max)", series,
-                       x_label="percentile: " + ", ".join(f"{k:g}→{v}" for k, v in labels.items() if k <= xmax),
-                       y_label="ms", log_y=True, width=width, height=height)
+    chart = line_chart(
+        "Latency by percentile (ms, log scale; right edge = max)",
+        series,
+        x_label="percentile: " + ", ".join(f"{k:g}→{v}" for k, v in labels.items() if k <= xmax),
+        y_label="ms",
+        log_y=True,
+        width=width,
+        height=height,
+    )
     return chart
 
 
@@ -263,17 +338,24 @@ def page(report: dict[str, Any]) -> str:
     throughput = line_chart(
         "Deliveries per second (by receive time)",
         [("deliveries/s", [(x["t"], x["deliveries"]) for x in rows])],
-        y_label="per s", markers=markers,
+        y_label="per s",
+        markers=markers,
     )
     sends = line_chart(
         "Messages per second (acknowledged, by intended send time)",
         [("messages/s", [(x["t"], x["sends"]) for x in rows])],
-        y_label="per s", markers=markers,
+        y_label="per s",
+        markers=markers,
     )
     latency = line_chart(
         "Latency over time (by intended send time; ms, log scale)",
-        [("p50", [(x["t"], x["p50_ms"]) for x in rows]), ("p99", [(x["t"], x["p99_ms"]) for x in rows])],
-        y_label="ms", markers=markers, log_y=True,
+        [
+            ("p50", [(x["t"], x["p50_ms"]) for x in rows]),
+            ("p99", [(x["t"], x["p99_ms"]) for x in rows]),
+        ],
+        y_label="ms",
+        markers=markers,
+        log_y=True,
     )
     hist = bar_chart(
         "Latency histogram (send → receive)",
@@ -287,7 +369,8 @@ def page(report: dict[str, Any]) -> str:
         "CPU per process (% of one core)",
         [(n, [(row["t"], row["cpu"].get(n)) for row in procs]) for n in names]
         + [("whole machine", [(row["t"], row.get("machine_cpu")) for row in procs])],
-        y_label="%", markers=markers,
+        y_label="%",
+        markers=markers,
     )
     st = r["series"]["streams"]
     streams = line_chart(
@@ -297,7 +380,8 @@ def page(report: dict[str, Any]) -> str:
             ("ingest pending", [(s["t"], s.get("ingest_pending")) for s in st]),
             ("presence lag", [(s["t"], s.get("presence_lag")) for s in st]),
         ],
-        y_label="entries", markers=markers,
+        y_label="entries",
+        markers=markers,
     )
     connects = r["series"]["connects"]
     conn_chart = ""
@@ -318,12 +402,12 @@ def page(report: dict[str, Any]) -> str:
     headline = (
         f"{r['messages']['achieved_per_s']:,} msg/s → {d['per_s']:,.0f} deliveries/s · "
         f"p50 {lat['p50_ms']:.1f} ms · p99 {lat['p99_ms']:.1f} ms · max {lat['max_ms']:.1f} ms · "
-        f"lost {d['lost']:,} · dup {d['duplicated']:,} · reordered {d['reordered']:,}"
+        f"deliveries lost {d['lost']:,} · dup {d['duplicated']:,} · reordered {d['reordered']:,}"
     )
     status = "clean" if r["verdict"]["clean"] else "not clean"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<title>chatscale loadtest {html.escape(r['scenario'])} · {html.escape(r['community']['name'])}</title>
+<title>chatscale loadtest {html.escape(r["scenario"])} · {html.escape(r["community"]["name"])}</title>
 <style>
 body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 960px; color: #111; }}
 h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 28px 0 8px; }}
@@ -336,17 +420,17 @@ svg {{ width: 100%; height: auto; font-size: 11px; }} svg text {{ fill: #374151;
 pre {{ background: #f9fafb; border: 1px solid #e5e7eb; padding: 12px; overflow-x: auto; font-size: 12px; }}
 .empty {{ color: #9ca3af; }}
 </style></head><body>
-<h1>chatscale loadtest: {html.escape(r['scenario'])} on {html.escape(r['community']['name'])}</h1>
-<div class="sub">{html.escape(r['description'])} · started {html.escape(r['started_at'])} ·
-{r['machine']['cpus']} CPUs ({html.escape(r['machine']['cpu_model'])}), {r['machine']['memory_gib']} GiB</div>
-<p><b>{html.escape(headline)}</b> · <span class="{'clean' if r['verdict']['clean'] else 'notclean'}">{status}</span></p>
-<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in r['verdict']['notes'])}</ul>
+<h1>chatscale loadtest: {html.escape(r["scenario"])} on {html.escape(r["community"]["name"])}</h1>
+<div class="sub">{html.escape(r["description"])} · started {html.escape(r["started_at"])} ·
+{r["machine"]["cpus"]} CPUs ({html.escape(r["machine"]["cpu_model"])}), {r["machine"]["memory_gib"]} GiB</div>
+<p><b>{html.escape(headline)}</b> · <span class="{"clean" if r["verdict"]["clean"] else "notclean"}">{status}</span></p>
+<ul>{"".join(f"<li>{html.escape(n)}</li>" for n in r["verdict"]["notes"])}</ul>
 <h2>Throughput</h2>{throughput}{sends}
 <h2>Latency</h2>{latency}{hist}{curve}
-{('<h2>Connections</h2>' + conn_chart) if conn_chart else ''}
+{("<h2>Connections</h2>" + conn_chart) if conn_chart else ""}
 <h2>Processes</h2>{cpu}{streams}
 <h2>Summary</h2><pre>{table}</pre>
-<h2>Command</h2><pre>{html.escape(r.get('command') or '')}</pre>
+<h2>Command</h2><pre>{html.escape(r.get("command") or "")}</pre>
 <p class="sub">The full data is in report.json next to this file.</p>
 </body></html>
 """

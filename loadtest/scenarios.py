@@ -121,13 +121,19 @@ def build(opts: Options, sim: SimCommunity) -> Plan:
         plan.statuses = [
             (s.at, s.member, s.status)
             for s in sim.status_churn(
-                start=0.0, seconds=duration, per_member_hour=spec.presence.changes_per_hour, seed=seed + 2
+                start=0.0,
+                seconds=duration,
+                per_member_hour=spec.presence.changes_per_hour,
+                seed=seed + 2,
             )
         ]
         plan.drops = [
             (d.at, d.member, d.resume, d.delay)
             for d in sim.drops(
-                start=0.0, seconds=duration, per_member_hour=spec.reconnect.drops_per_hour, seed=seed + 3
+                start=0.0,
+                seconds=duration,
+                per_member_hour=spec.reconnect.drops_per_hour,
+                seed=seed + 3,
             )
         ]
         plan.observers = observers()
@@ -135,9 +141,16 @@ def build(opts: Options, sim: SimCommunity) -> Plan:
         owner = sim.members[0]
         rate = opts.rate if opts.rate is not None else 0.5
         plan.sends = sim.messages(
-            start=0.0, seconds=duration, per_second=rate, seed=seed + 1, senders=[(owner, 1.0)], channel=0
+            start=0.0,
+            seconds=duration,
+            per_second=rate,
+            seed=seed + 1,
+            senders=[(owner, 1.0)],
+            channel=0,
         )
-        plan.notes.append(f"{owner.username} posts in #{sim.channel_names[0]} {rate:g} times a second")
+        plan.notes.append(
+            f"{owner.username} posts in #{sim.channel_names[0]} {rate:g} times a second"
+        )
     elif opts.scenario == "connect-storm":
         arrivals = {m.index: m.arrive_at for m in sim.online if m.arrive_at is not None}
         if not arrivals:  # no arrival in the file: everyone but the owner arrives now
@@ -148,7 +161,10 @@ def build(opts: Options, sim: SimCommunity) -> Plan:
             plan.connect_at = dict(arrivals)
         last = max(plan.connect_at.values(), default=0.0)
         plan.sends = sim.messages(
-            start=0.0, seconds=duration, per_second=spec.chat.messages_per_minute / 60, seed=seed + 1
+            start=0.0,
+            seconds=duration,
+            per_second=spec.chat.messages_per_minute / 60,
+            seed=seed + 1,
         )
         if spec.burst is not None:
             b = spec.burst
@@ -177,7 +193,9 @@ def build(opts: Options, sim: SimCommunity) -> Plan:
     elif opts.scenario == "reconnect-storm":
         at = opts.fault_at if opts.fault_at is not None else duration / 3
         plan.sends = chat()
-        plan.drops = [(d.at, d.member, d.resume, d.delay) for d in sim.drop_storm(at=at, seed=seed + 3)]
+        plan.drops = [
+            (d.at, d.member, d.resume, d.delay) for d in sim.drop_storm(at=at, seed=seed + 3)
+        ]
         resumes = sum(d[2] for d in plan.drops)
         plan.notes.append(
             f"{len(plan.drops)} clients drop at {at:g}s: {resumes} RESUME, {len(plan.drops) - resumes} start a new session"

@@ -71,7 +71,7 @@ class Embedded:
             storage_url=storage_url,
             redis_url=None,
             metrics_port=0,
-            **{k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()},
+            **{k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()},  # type: ignore[arg-type]
         )
         self.topo = LoadTopology(
             settings,
@@ -97,7 +97,9 @@ class Embedded:
         await supervisor.start(self.topo, say=say)
         self._supervisor = asyncio.create_task(
             supervisor.supervise(
-                self.topo, self._stop, say=lambda text: self.timed_events.append((time.time(), text))
+                self.topo,
+                self._stop,
+                say=lambda text: self.timed_events.append((time.time(), text)),
             )
         )
 
@@ -132,7 +134,9 @@ class Embedded:
         assert child.proc is not None
         pid = child.proc.pid
         child.proc.send_signal(signal.SIGKILL)
-        return f"SIGKILL worker-{index} (pid {pid}); the supervisor restarts it and evicts its leases"
+        return (
+            f"SIGKILL worker-{index} (pid {pid}); the supervisor restarts it and evicts its leases"
+        )
 
     async def kill_gateway(self, index: int = -1) -> str:
         gateways = [c for c in self.topo.children if c.role == "gateway"]
@@ -174,20 +178,37 @@ class External:
             with contextlib.suppress(psutil.Error, KeyError, ValueError):
                 data = json.loads(info)
                 if data["url"] in self._urls:
-                    self._procs[gw.decode()] = psutil.Process(int(data["pid"]))
-        port = self.settings.redis_url.rsplit(":", 1)[-1].split("/")[0] if self.settings.redis_url else ""
+                    name = gw.decode() if isinstance(gw, bytes) else str(gw)
+                    self._procs[name] = psutil.Process(int(data["pid"]))
+        port = (
+            self.settings.redis_url.rsplit(":", 1)[-1].split("/")[0]
+            if self.settings.redis_url
+            else ""
+        )
         for p in psutil.process_iter(["cmdline"]):
             cmd = p.info["cmdline"] or []
-            if len(cmd) >= 3 and cmd[1:3] == ["-m", "chatscale"] and len(cmd) > 3:
-                if cmd[3] in ("worker", "presence"):
+            if (
+                len(cmd) > 3
+                and cmd[1:3] == ["-m", "chatscale"]
+                and cmd[3] in ("worker", "presence")
+            ):
+                if self._ours(p):  # another topology's workers on this machine are not ours
                     self._procs[f"{cmd[3]}-{p.pid}"] = p
-            elif cmd and "valkey-server" in cmd[0] or cmd and "redis-server" in cmd[0]:
-                if port and any(port in c for c in cmd):
+            elif cmd and ("valkey-server" in cmd[0] or "redis-server" in cmd[0]):
+                if port and any(c == port or c.endswith(f":{port}") for c in cmd):
                     self._procs["valkey"] = p
         say(f"external    {len(self._urls)} gateway(s); sampling {sorted(self._procs)}")
 
     async def stop(self) -> None:
         return None
+
+    def _ours(self, proc: psutil.Process) -> bool:
+        """A service of this topology: it talks to the same Redis."""
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            return False
+        return (env.get("CHATSCALE_REDIS_URL") or env.get("REDIS_URL")) == self.settings.redis_url
 
     def processes(self) -> dict[str, psutil.Process]:
         alive = {}
@@ -198,7 +219,7 @@ class External:
         if not any(n.startswith("worker") for n in alive):
             for p in psutil.process_iter(["cmdline"]):
                 cmd = p.info["cmdline"] or []
-                if len(cmd) > 3 and cmd[1:4] == ["-m", "chatscale", "worker"]:
+                if len(cmd) > 3 and cmd[1:4] == ["-m", "chatscale", "worker"] and self._ours(p):
                     alive[f"worker-{p.pid}"] = p
                     self._procs[f"worker-{p.pid}"] = p
         return alive
@@ -233,7 +254,12 @@ def storage_pid(settings: Settings) -> int:
         raise LookupError(f"storage is {url.scheme}, not Cassandra: nothing to pause")
     port = url.port or 9042
     for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+        if (
+            conn.status == psutil.CONN_LISTEN
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.pid
+        ):
             return conn.pid
     raise LookupError(f"no process on this machine listens on port {port}")
 
