@@ -13,12 +13,15 @@ count, as Discord sends large guilds less up front.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from chatscale.keys import Keys
 from presence.state import Heartbeat, Offline, Online, SetStatus, VoiceUpdate, event_to_dict
+
+MEMBER_CACHE_S = 5.0
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -39,6 +42,7 @@ class PresenceReporter:
         self._events: list[dict[str, Any]] = []
         self._typing: list[dict[str, Any]] = []
         self.batches_sent = 0
+        self._member_cache: dict[int, tuple[float, list[int]]] = {}
 
     def online(self, session: Session) -> None:
         self._events.append(
@@ -78,13 +82,24 @@ class PresenceReporter:
         self.batches_sent += 1
         return True
 
+    async def _members(self, store: Store, guild_id: int) -> list[int]:
+        """Member ids, cached for a few seconds: an IDENTIFY storm into a 50k-member guild would
+        otherwise read the whole member list once per connection. Only READY's presence list
+        uses it, so a few seconds of staleness cost nothing but a late presence entry."""
+        now = time.monotonic()
+        hit = self._member_cache.get(guild_id)
+        if hit is None or now - hit[0] > MEMBER_CACHE_S:
+            hit = (now, await store.guild_members(guild_id))
+            self._member_cache[guild_id] = hit
+        return hit[1]
+
     async def ready_presences(
         self, store: Store, guilds: list[Guild], large_threshold: int
     ) -> dict[int, Any]:
         """guild id -> {"presences": [...]}, or for large guilds {"large": true, "member_count": n}."""
         out: dict[int, Any] = {}
         for guild in guilds:
-            members = await store.guild_members(guild.id)
+            members = await self._members(store, guild.id)
             if (
                 len(members) > large_threshold
             ):  # counts arrive with the guild's next PRESENCE_UPDATE

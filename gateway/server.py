@@ -64,6 +64,7 @@ from gateway.session import (
     ResumeRequest,
     SendFrame,
     Session,
+    State,
 )
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
@@ -307,6 +308,8 @@ class Gateway:
         ready["presences"] = {
             str(g): p for g, p in (await self.presence.ready_presences(self.store, guilds, self.settings.large_guild_threshold)).items()
         }
+        if client.conn.state is not State.AUTHENTICATING:
+            return  # closed while we loaded; nothing registered yet
         self.sessions[session.session_id] = session
         self.presence.online(session)
         try:
@@ -314,6 +317,11 @@ class Gateway:
             views = await self.control.settle(session, views, version)
         except (StorageUnavailable, *TRANSIENT):
             await client.ws.close(Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
+            return
+        if client.conn.state is not State.AUTHENTICATING:
+            # The connection was closed while we loaded (heartbeat timeout, fencing, a client
+            # that gave up): nobody will RESUME a session that never got READY.
+            await self._forget(session)
             return
         ready["guilds"] = [v.guild_object() for v in views]  # no await from settle() to READY
         ready["presences"] = {

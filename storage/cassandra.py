@@ -120,7 +120,7 @@ def _parse(url: str) -> dict[str, Any]:
         "dc": q.get("dc", "datacenter1"),
         "messages": LEVELS[q.get("messages", "ONE").upper()],
         "metadata": LEVELS[q.get("metadata", "QUORUM").upper()],
-        "timeout": float(q.get("timeout", "5")),
+        "timeout": float(q.get("timeout", "2")),  # also how long a paused node stalls a batch
     }
 
 

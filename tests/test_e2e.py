@@ -6,9 +6,11 @@ Workers are drained (burst mode) instead of waited for; clients wait on events, 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import pytest
+from websockets.asyncio.client import connect
 
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
@@ -199,3 +201,41 @@ async def test_slow_reader_is_closed_with_slow_consumer_and_others_keep_receivin
     slow.ws.transport.resume_reading()
     await asyncio.wait_for(slow.closed.wait(), 20)
     assert slow.close_code == Close.SLOW_CONSUMER
+
+
+class _GatedStore:
+    """The real store, except that ``get_user`` waits for the test to open a gate."""
+
+    def __init__(self, store) -> None:
+        self._store = store
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def get_user(self, user_id):
+        self.entered.set()
+        await self.gate.wait()
+        return await self._store.get_user(user_id)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+async def test_a_connection_closed_during_identify_leaves_no_session_and_no_error(stack: Stack):
+    gw = stack.gateways[0]
+    gated = _GatedStore(gw.store)
+    gw.store = gated
+    async with connect(gw.url, compression=None) as ws:
+        await ws.recv()  # HELLO
+        await ws.send(json.dumps({"op": Op.IDENTIFY, "d": {"token": stack.token("carol")}}))
+        await asyncio.wait_for(gated.entered.wait(), 10)  # the gateway is loading carol
+        stack.clock.advance(stack.settings.heartbeat_timeout_s + 1)
+        await gw.tick()  # ... and her connection times out meanwhile
+        gated.gate.set()
+        with pytest.raises(Exception):  # noqa: B017,PT011 - drain to the close frame
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == Close.SESSION_TIMED_OUT
+    gw.store = gated._store
+    assert all(s.username != "carol" for s in gw.sessions.values())
+    bob = await stack.client("bob", gateway=0)  # the gateway is fine
+    assert bob.session_id
