@@ -153,17 +153,25 @@ class Session:
     channels: dict[int, int] = field(default_factory=dict)
     perms: dict[int, int] = field(default_factory=dict)
     username: str = ""
-    _replay: deque[tuple[int, str]] = field(init=False)
+    # (seq, t, d_json, trace_json): references to the payload strings every local session
+    # shares, not a per-session copy of the frame — the frame is rebuilt only on RESUME.
+    _replay: deque[tuple[int, str, str, str]] = field(init=False)
     detached_at: float | None = None
 
     def __post_init__(self) -> None:
         self._replay = deque(maxlen=self.replay_size)
 
-    def dispatch(self, t: str, d_json: str, trace_json: str = "") -> str:
-        """Number the next dispatch, remember it for RESUME, return the frame text."""
+    def dispatch(self, t: str, d_json: str, trace_json: str = "", *, replay: bool = True) -> str:
+        """Number the next dispatch, remember it for RESUME, return the frame text.
+
+        ``replay=False`` is for READY: a client can only RESUME with the session id READY gave
+        it, so READY is never replayed — and keeping it (guilds, channels, presences: often the
+        largest frame of a session) would multiply every idle session's memory.
+        """
         self.seq += 1
         text = dispatch_frame(t, self.seq, d_json, trace_json)
-        self._replay.append((self.seq, text))
+        if replay:
+            self._replay.append((self.seq, t, d_json, trace_json))
         return text
 
     def missed_since(self, seq: int) -> list[str] | None:
@@ -173,7 +181,7 @@ class Session:
         oldest = self._replay[0][0] if self._replay else self.seq + 1
         if seq + 1 < oldest:
             return None
-        return [text for s, text in self._replay if s > seq]
+        return [dispatch_frame(t, s, d, tr) for s, t, d, tr in self._replay if s > seq]
 
 
 # ---- connection -----------------------------------------------------------------------------
@@ -256,7 +264,7 @@ class Connection:
         self.state = State.READY
         self.session = session
         ready = {**ready, "session_id": session.session_id}
-        return [SendFrame(session.dispatch("READY", dumps(ready)))]
+        return [SendFrame(session.dispatch("READY", dumps(ready), replay=False))]
 
     def resumed(self, session: Session, seq: int) -> list[Action]:
         self._expect(State.AUTHENTICATING)

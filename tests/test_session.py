@@ -216,3 +216,12 @@ def test_every_close_code_is_catalogued():
     assert not is_resumable(Close.AUTHENTICATION_FAILED)
     assert is_resumable(Close.SESSION_TIMED_OUT)
     assert not is_resumable(1000)
+
+
+def test_ready_is_not_kept_for_replay_but_resume_after_it_works():
+    conn = make()
+    session = ready(conn)  # READY is s=1
+    assert session.missed_since(1) == []
+    session.dispatch("MESSAGE_CREATE", '{"n":1}')
+    assert [json.loads(t)["s"] for t in session.missed_since(1)] == [2]
+    assert all(json.loads(t)["t"] != "READY" for t in session.missed_since(0) or [])
