@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from chatscale import admin, community, metrics, tokens
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -208,7 +210,14 @@ async def cmd_seed(args: argparse.Namespace) -> int:
     from storage import open_store
 
     settings = settings_for_tools()
-    spec = community.load_file(args.file)
+    try:
+        spec = community.load_file(args.file)
+    except ValidationError:
+        # Not a structure file: a load-test behaviour file (seeds/study-group.toml ...) also
+        # defines a community, generated from its seed.
+        from loadtest import communities
+
+        spec = communities.load(args.file).community
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings) if settings.redis_url else None
     try:

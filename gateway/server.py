@@ -36,6 +36,7 @@ from chatscale import metrics, snowflake, trace
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
+from chatscale.permissions import Permission
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
@@ -362,6 +363,10 @@ class Gateway:
             guild_id = session.channels.get(request.channel_id)
             if guild_id is None:
                 self.send_error(client, "UNKNOWN_CHANNEL", "no such channel visible to you")
+                return
+            if not session.perms.get(request.channel_id, 0) & Permission.SEND_MESSAGES:
+                # Typing announces a message to come: only those who may send may type.
+                self.send_error(client, "MISSING_PERMISSIONS", "you cannot send messages here")
                 return
             self.presence.typing(session, guild_id, request.channel_id)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chatscale.client import ChatClient
@@ -128,3 +130,17 @@ async def test_typing_is_throttled_per_user_and_channel(stack: Stack, presence: 
     await tick(stack, presence, advance=stack.settings.typing_window_s + 1)
     await bob.next_event("TYPING_START")
     assert presence.typing.received == 4 and presence.typing.emitted == 2
+
+
+async def test_typing_needs_send_messages(stack: Stack, presence: PresenceService):
+    bob = await stack.client("bob", gateway=1)  # sees #announcements but may not post there
+    await bob.send_op(Op.TYPING, {"channel_id": str(stack.channels["announcements"])})
+    while True:
+        msg = await asyncio.wait_for(bob.events.get(), 5)
+        if msg["op"] == Op.ERROR:
+            break
+    assert msg["d"]["code"] == "MISSING_PERMISSIONS"
+    await bob.send_op(Op.TYPING, {"channel_id": str(stack.channels["general"])})  # still connected
+    await bob.send_message(stack.channels["general"], "sync point")
+    await tick(stack, presence)
+    assert presence.typing.received == 1
