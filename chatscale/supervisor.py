@@ -231,7 +231,9 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
             for child in topo.children:
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
-                    say(f"presence exited ({child.proc.returncode}); restarting from its saved state (#{child.restarts})")
+                    say(
+                        f"presence exited ({child.proc.returncode}); restarting from its saved state (#{child.restarts})"
+                    )
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "worker":
                     code = child.proc.returncode

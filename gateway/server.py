@@ -116,7 +116,10 @@ class Gateway:
         self.fanout = LocalFanout(self)
         self.control = GatewayControl(self)  # permissions of sessions, rate limits
         self.presence = PresenceReporter(
-            self.redis, self.keys, gateway_id=self.id, heartbeat_every_s=settings.presence_timeout_s / 3
+            self.redis,
+            self.keys,
+            gateway_id=self.id,
+            heartbeat_every_s=settings.presence_timeout_s / 3,
         )
         self.clients: set[Client] = set()
         self.sessions: dict[str, Session] = {}
@@ -307,7 +310,12 @@ class Gateway:
             "gateway_id": self.id,
         }
         ready["presences"] = {
-            str(g): p for g, p in (await self.presence.ready_presences(self.store, guilds, self.settings.large_guild_threshold)).items()
+            str(g): p
+            for g, p in (
+                await self.presence.ready_presences(
+                    self.store, guilds, self.settings.large_guild_threshold
+                )
+            ).items()
         }
         if client.conn.state is not State.AUTHENTICATING:
             return  # closed while we loaded; nothing registered yet
@@ -354,9 +362,12 @@ class Gateway:
             self.presence.status(session, request.status)
         elif isinstance(request, VoiceStateUpdate):
             if request.guild_id not in session.guilds or (
-                request.channel_id is not None and session.channels.get(request.channel_id) != request.guild_id
+                request.channel_id is not None
+                and session.channels.get(request.channel_id) != request.guild_id
             ):
-                self.send_error(client, "UNKNOWN_CHANNEL", "no such guild or channel visible to you")
+                self.send_error(
+                    client, "UNKNOWN_CHANNEL", "no such guild or channel visible to you"
+                )
                 return
             self.presence.voice(session, request.guild_id, request.channel_id)
         elif isinstance(request, Typing):

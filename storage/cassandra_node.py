@@ -368,8 +368,6 @@ def _q(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-
-
 def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
     """SIGSTOP is delivered to every thread of the JVM, but not in the same instant: on a
     loaded machine a network thread can still answer one request right after ``kill``
@@ -378,7 +376,9 @@ def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
     tasks = Path(f"/proc/{pid}/task")
     while time.monotonic() < deadline:
         try:
-            states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+            states = [
+                (t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()
+            ]
         except (FileNotFoundError, ProcessLookupError, IndexError):
             return  # not Linux /proc, or the process is gone
         if all(state in ("T", "t") for state in states):
