@@ -5,8 +5,9 @@ changes, prints the control plane's receipt: the new metadata version and which 
 confirmed. A change that some live gateway did not confirm in time exits with status 3 and
 names the gateways it fenced (see ``chatscale/controlplane.py``).
 
-``explain-permissions`` needs only the metadata store; the others also need Redis (the running
-topology's, found like the other tools through ``REDIS_URL`` or ``.chatscale/run.json``).
+``explain-permissions`` and ``create-user`` need only the metadata store; the others also need
+Redis (the running topology's, found like the other tools: ``chatscale.discovery``). None of
+them creates a database: run in the wrong directory, they say where the data is expected.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chatscale import discovery
 from chatscale.access import load_guild, load_member
+from chatscale.config import Settings
 from chatscale.controlplane import ControlError, ControlPlane, Receipt
 from chatscale.permissions import format_explanation, parse_permissions, permission_names
 from storage import Channel, Guild, Store, User, open_store
@@ -24,6 +27,10 @@ from storage import Channel, Guild, Store, User, open_store
 
 class Unresolved(Exception):
     """A name or id on the command line matches nothing (or several things)."""
+
+
+class Refused(Exception):
+    """The change makes no sense as asked (a duplicate name, lifting a ban that is not there)."""
 
 
 # ---- resolving names --------------------------------------------------------------------------
@@ -86,14 +93,17 @@ def _print_receipt(receipt: Receipt) -> int:
     return 0
 
 
-async def _with_store(fn: Callable[[Store], Awaitable[int]]) -> int:
-    from chatscale.cli import settings_for_tools
-
-    settings = settings_for_tools()
+async def _with_store(
+    fn: Callable[[Store], Awaitable[int]], settings: Settings | None = None
+) -> int:
+    # Only the store of this directory's topology is needed here: a stale run.json still says
+    # where it is. Commands that need the live topology pass settings checked for staleness.
+    settings = settings or discovery.settings_for_tools(need_live=False)
+    discovery.require_existing_store(settings)
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
         return await fn(store)
-    except (Unresolved, ControlError, ValueError) as exc:
+    except (Unresolved, Refused, ControlError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -104,9 +114,7 @@ def _control(
     change: Callable[[argparse.Namespace, Store, ControlPlane], Awaitable[Receipt]],
 ) -> Callable[[argparse.Namespace], Awaitable[int]]:
     async def run(args: argparse.Namespace) -> int:
-        from chatscale.cli import settings_for_tools
-
-        settings = settings_for_tools()
+        settings = discovery.settings_for_tools()
         if not settings.redis_url:
             print(
                 "error: no Redis: start `chatscale run` here or set REDIS_URL (control-plane "
@@ -122,7 +130,7 @@ def _control(
             finally:
                 await plane.close()
 
-        return await _with_store(go)
+        return await _with_store(go, settings)
 
     return run
 
@@ -145,11 +153,20 @@ async def _create_user(args: argparse.Namespace) -> int:
 
 async def _create_guild(a: Any, store: Store, plane: ControlPlane) -> Receipt:
     owner = await resolve_user(store, a.owner)
+    if same := await store.find_guilds(a.name):
+        # Names are how every other command finds a guild: a second one would make them fail.
+        raise Refused(f"a guild named {a.name!r} exists (id {same[0].id}): choose another name")
     return await plane.create_guild(a.name, owner.id, channels=a.channel or ["general"])
 
 
 async def _create_channel(a: Any, store: Store, plane: ControlPlane) -> Receipt:
     guild = await resolve_guild(store, a.guild)
+    name = a.name.lstrip("#")
+    for channel in await store.guild_channels(guild.id):
+        if channel.name == name:
+            raise Refused(
+                f"#{name} exists in {guild.name!r} (id {channel.id}): choose another name"
+            )
     overwrites: list[Any] = []
     if a.private:
         view = parse_permissions("VIEW_CHANNEL")
@@ -182,6 +199,8 @@ async def _member_change(a: Any, store: Store, plane: ControlPlane) -> Receipt:
     if a.action == "ban":
         return await plane.ban(guild.id, user.id, a.reason or "")
     if a.action == "unban":
+        if not await store.is_banned(guild.id, user.id):
+            raise Refused(f"{user.username} is not banned from {guild.name!r}: nothing to lift")
         return await plane.unban(guild.id, user.id)
     role = await resolve_role(store, guild, a.role)
     if a.action == "assign-role":

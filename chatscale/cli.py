@@ -1,9 +1,13 @@
 """The ``chatscale`` command: one entry point for every service and tool.
 
 Services read their configuration from the environment (``chatscale.config``); flags only
-override what is specific to one process (its port, its consumer name). Tools that talk to a
-running topology (``token``, ``trace``, ``seed``) find it through ``REDIS_URL`` or, when that is
-unset, through the ``.chatscale/run.json`` that ``chatscale run`` writes.
+override what is specific to one process (its port, its consumer name). Everything that talks to
+a running topology — the tools (``token``, ``trace``, ``seed``, ...) and services started by hand
+in a ``chatscale run`` directory — finds it one way, ``chatscale.discovery``: the environment
+first, then the ``.chatscale/run.json`` and token secret that ``chatscale run`` keeps.
+
+Expected failures (a stale ``run.json``, a taken port, an unknown name, a refused change) print
+one line, ``error: ...``, and exit with status 2; only bugs print tracebacks.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -19,28 +24,24 @@ import time
 from pathlib import Path
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chatscale import admin, community, metrics, tokens
+from chatscale import admin, community, discovery, metrics, tokens
 from chatscale.config import Settings
+from chatscale.controlplane import ControlError
+from chatscale.discovery import WORKDIR, TopologyError, settings_for_tools
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 
-WORKDIR = Path(".chatscale")
+__all__ = ["WORKDIR", "build_parser", "main", "settings_for_tools"]  # settings_for_tools: moved
 
 
-def settings_for_tools(workdir: Path = WORKDIR) -> Settings:
-    settings = Settings()
-    state = workdir / "run.json"
-    if settings.redis_url is None and state.exists():
-        data = json.loads(state.read_text())
-        settings = settings.model_copy(
-            update={
-                "redis_url": data["redis_url"],
-                "storage_url": data["storage_url"],
-                "key_prefix": data["key_prefix"],
-            }
-        )
-    return settings
+class UsageError(Exception):
+    """A mistake on the command line or in the environment; ``str()`` is the one line to print."""
+
+
+#: What ``main`` reports in one line instead of a traceback.
+EXPECTED_ERRORS = (UsageError, TopologyError, admin.Unresolved, admin.Refused, ControlError)
 
 
 def _logging(verbose: bool) -> None:
@@ -64,11 +65,48 @@ async def _serve_until_signal(start, stop) -> None:  # noqa: ANN001
     await stop()
 
 
+def _service_settings() -> Settings:
+    """A service's settings: the environment, else the ``chatscale run`` of this directory."""
+    settings = settings_for_tools()
+    if not settings.redis_url:
+        raise UsageError(
+            "no Redis: start `chatscale run` in this directory first (services started here "
+            "then join it), or set REDIS_URL and CHATSCALE_STORAGE_URL"
+        )
+    return settings
+
+
+def _check_secret(settings: Settings, insecure_dev: bool) -> None:
+    reason = discovery.weak_secret_reason(settings.token_secret)
+    if reason is not None and not (insecure_dev or settings.insecure_dev):
+        raise UsageError(
+            f"refusing to start: {reason}, so anyone could forge tokens; set it to 32+ random "
+            "characters (python3 -c 'import secrets; print(secrets.token_urlsafe(48))'), "
+            "start the gateway from a `chatscale run` directory, or pass --insecure-dev"
+        )
+
+
+def _port_in_use(exc: OSError, port: int, what: str) -> UsageError | None:
+    if exc.errno != errno.EADDRINUSE:
+        return None
+    return UsageError(f"port {port} is in use ({what}): stop what holds it, or choose another port")
+
+
+def _serve_metrics(settings: Settings, *, role: str, name: str) -> None:
+    try:
+        metrics.serve(settings, role=role, name=name)
+    except OSError as exc:
+        if (err := _port_in_use(exc, settings.metrics_port, "metrics")) is not None:
+            raise err from None
+        raise
+
+
 async def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import Gateway
     from storage import open_store
 
-    settings = Settings()
+    settings = _service_settings()
+    _check_secret(settings, args.insecure_dev)
     if args.port is not None:
         settings = settings.model_copy(
             update={"gateway_port": args.port, "gateway_host": args.host}
@@ -78,14 +116,25 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
 
     async def stop() -> None:
         await gw.stop()
-        await store.close()
 
     async def start() -> None:
-        await gw.start()
-        metrics.serve(settings, role="gateway", name=gw.id)
+        try:
+            try:
+                await gw.start()
+            except OSError as exc:
+                if (err := _port_in_use(exc, settings.gateway_port, "gateway")) is not None:
+                    raise err from None
+                raise
+            _serve_metrics(settings, role="gateway", name=gw.id)
+        except BaseException:
+            await gw.stop()  # unregister and close what start() opened before failing
+            raise
         print(f"gateway {gw.id} ready on {gw.url}", flush=True)
 
-    await _serve_until_signal(start, stop)
+    try:
+        await _serve_until_signal(start, stop)
+    finally:
+        await store.close()
     return 0
 
 
@@ -93,7 +142,7 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from storage import open_store
     from workers.worker import Worker
 
-    settings = Settings()
+    settings = _service_settings()
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     worker = Worker(
         settings,
@@ -103,12 +152,12 @@ async def cmd_worker(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
     )
     worker.install_signal_handlers()
-    metrics.serve(settings, role="worker", name=worker.consumer)
-    print(
-        f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
-        flush=True,
-    )
     try:
+        _serve_metrics(settings, role="worker", name=worker.consumer)
+        print(
+            f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
+            flush=True,
+        )
         await worker.run(burst=args.burst)
     finally:
         print(f"worker {worker.consumer} stopping: {vars(worker.stats)}", flush=True)
@@ -121,19 +170,19 @@ async def cmd_presence(args: argparse.Namespace) -> int:
     from presence.service import PresenceService
     from storage import open_store
 
-    settings = Settings()
+    settings = _service_settings()
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     service = PresenceService(settings, store=store, consumer=args.consumer)
-    metrics.serve(settings, role="presence", name=args.consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, service.stop)
     mode = "coalesced" if settings.presence_coalesce else "raw broadcast"
-    print(
-        f"presence service {args.consumer} ({mode}, tick {settings.presence_tick_ms} ms)",
-        flush=True,
-    )
     try:
+        _serve_metrics(settings, role="presence", name=args.consumer)
+        print(
+            f"presence service {args.consumer} ({mode}, tick {settings.presence_tick_ms} ms)",
+            flush=True,
+        )
         await service.run()
     finally:
         print(f"presence stopping: {service.coalescer.stats.to_dict()}", flush=True)
@@ -142,12 +191,21 @@ async def cmd_presence(args: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_run(args: argparse.Namespace) -> int:
-    from chatscale import supervisor
-
+def _run_settings(args: argparse.Namespace) -> Settings:
+    """``chatscale run``'s settings: the environment, plus metrics on by default (loopback, a
+    free port per child, registered in Redis) so ``chatscale top`` works out of the box."""
     settings = Settings()
     if args.storage_url:
         settings = settings.model_copy(update={"storage_url": args.storage_url})
+    if "metrics_port" not in settings.model_fields_set:
+        settings = settings.model_copy(update={"metrics_port": -1})
+    return settings
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    from chatscale import supervisor
+
+    settings = _run_settings(args)
     topo = supervisor.Topology(
         settings,
         Path(args.workdir),
@@ -180,21 +238,32 @@ async def cmd_run(args: argparse.Namespace) -> int:
 # ---- tools --------------------------------------------------------------------------------
 
 
+def _minting_settings(*, need_live: bool) -> Settings:
+    """Settings for a tool that mints tokens: they must be signed with the topology's secret."""
+    settings = settings_for_tools(need_live=need_live)
+    discovery.require_existing_store(settings)
+    if not settings.token_secret:
+        raise UsageError(
+            "no token secret: run this in the directory where `chatscale run` ran (it keeps "
+            "one in .chatscale/token-secret) or set CHATSCALE_TOKEN_SECRET as the gateways have it"
+        )
+    return settings
+
+
 async def cmd_token(args: argparse.Namespace) -> int:
     from storage import open_store
 
-    settings = settings_for_tools()
+    # The store and the secret of this data directory are enough: no live topology needed.
+    settings = _minting_settings(need_live=False)
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
         user = await store.find_user(args.user)
     finally:
         await store.close()
     if user is None:
-        print(
-            f"no user named {args.user!r} in {settings.storage_url} (load a seed first)",
-            file=sys.stderr,
+        raise UsageError(
+            f"no user named {args.user!r} in {settings.storage_url} (load a seed first)"
         )
-        return 2
     print(
         tokens.mint(
             user.id,
@@ -206,18 +275,41 @@ async def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def seed_path(ref: str) -> Path:
+    """A community file: a path as given, else a file of that name in the package's seeds/
+    (so ``seeds/demo.toml``, ``demo.toml`` and ``demo`` work from any directory)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    for candidate in (community.SEEDS / path.name, community.SEEDS / f"{path.name}.toml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in community.SEEDS.glob("*.toml"))) or "none"
+    raise UsageError(f"no community file {ref!r} here or in {community.SEEDS} (known: {known})")
+
+
 async def cmd_seed(args: argparse.Namespace) -> int:
     from storage import open_store
 
     settings = settings_for_tools()
+    path = seed_path(args.file)
     try:
-        spec = community.load_file(args.file)
+        spec = community.load_file(path)
     except ValidationError:
         # Not a structure file: a load-test behaviour file (seeds/study-group.toml ...) also
         # defines a community, generated from its seed.
         from loadtest import communities
 
-        spec = communities.load(args.file).community
+        try:
+            spec = communities.load(path).community
+        except ValidationError as exc:
+            raise UsageError(
+                f"{path} is neither a community file nor a load-test behaviour file "
+                f"({exc.error_count()} errors, first: {exc.errors()[0]['msg']} at "
+                f"{'.'.join(map(str, exc.errors()[0]['loc']))})"
+            ) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not TOML
+        raise UsageError(f"cannot load {path}: {exc}") from None
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings) if settings.redis_url else None
     try:
@@ -235,23 +327,17 @@ async def cmd_trace(args: argparse.Namespace) -> int:
     from chatscale.trace import format_timeline
     from storage import open_store
 
-    settings = settings_for_tools()
-    state = WORKDIR / "run.json"
-    urls = args.gateway or (json.loads(state.read_text())["gateways"] if state.exists() else [])
+    urls = args.gateway or discovery.gateways()
     if not urls:
-        print(
-            "no gateway: pass --gateway ws://host:port or start `chatscale run` first",
-            file=sys.stderr,
-        )
-        return 2
+        raise UsageError("no gateway: pass --gateway ws://host:port or start `chatscale run` first")
+    settings = _minting_settings(need_live=not args.gateway)
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
         users = [await store.find_user(name) for name in (args.sender, args.to)]
     finally:
         await store.close()
     if None in users:
-        print(f"unknown user among {args.sender!r}, {args.to!r}", file=sys.stderr)
-        return 2
+        raise UsageError(f"unknown user among {args.sender!r}, {args.to!r}")
     now = time.time()
     toks = [tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now) for u in users if u]
     a = await ChatClient.identify(urls[0], toks[0])
@@ -261,8 +347,7 @@ async def cmd_trace(args: argparse.Namespace) -> int:
             (c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == args.channel), None
         )
         if channel is None:
-            print(f"{args.sender} sees no channel named {args.channel!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"{args.sender} sees no channel named {args.channel!r}")
         ack = await a.send_message(channel["id"], args.content, trace=True)
         got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
         while got["d"]["id"] != ack["id"]:
@@ -292,8 +377,7 @@ async def cmd_top(args: argparse.Namespace) -> int:
 
     settings = settings_for_tools()
     if not settings.redis_url:
-        print("no running topology: set REDIS_URL or start `chatscale run`", file=sys.stderr)
-        return 2
+        raise UsageError("no running topology: start `chatscale run` here or set REDIS_URL")
     await top.run(settings, interval=args.interval, once=args.once)
     return 0
 
@@ -368,7 +452,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         result = await storage_bench.run(settings, messages=args.messages, reads=args.reads)
         print(json.dumps(result, indent=2))
         return 0
-    state = WORKDIR / "run.json"
+    state = WORKDIR / discovery.STATE_FILE
     if not (state.exists() or args.gateway) or settings.redis_url is None:
         print(
             "no running topology: start `chatscale run` in this directory first, or set "
@@ -425,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, help="0 picks a free port (default: CHATSCALE_GATEWAY_PORT)")
     g.add_argument("--id", help="gateway id (default: random)")
+    g.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="start even with a weak CHATSCALE_TOKEN_SECRET (throwaway local tests only)",
+    )
     g.set_defaults(fn=cmd_gateway)
 
     w = sub.add_parser("worker", help="one worker process (consumes ingest streams)")
@@ -539,6 +628,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         return asyncio.run(args.fn(args))
-    return 130
+    except KeyboardInterrupt:
+        return 130
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except RedisConnectionError as exc:
+        print(f"error: Redis unreachable: {exc}", file=sys.stderr, flush=True)
+        return 2

@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORAGE_URL = "sqlite:///.chatscale/chatscale.db"
+# The public default of earlier versions: anyone could forge tokens with it. Gateways refuse it.
+OLD_DEFAULT_TOKEN_SECRET = "chatscale-dev-secret"
 
 
 class Settings(BaseSettings):
@@ -39,14 +41,18 @@ class Settings(BaseSettings):
         default="cs", description="Prefix of every Redis key (tests make it unique)."
     )
     token_secret: str = Field(
-        default="chatscale-dev-secret",
-        description="HMAC key for user tokens. Change it anywhere real.",
+        default="",
+        description="HMAC key for user tokens; no usable default. `chatscale run` generates one "
+        "per data directory (.chatscale/token-secret, mode 0600) and the tools read it there; "
+        "elsewhere set at least 32 random characters (a gateway refuses a weak one).",
     )
     token_ttl_s: int = Field(default=7 * 24 * 3600, description="Lifetime of minted tokens.")
     metrics_port: int = Field(
         default=0,
-        description="Port of this process's Prometheus /metrics endpoint; 0 turns it off. "
-        "`chatscale run` gives its children this port and the next ones (docs/metrics.md).",
+        description="Port of this process's Prometheus /metrics endpoint; 0 turns it off, -1 "
+        "picks a free port (registered in Redis, where `chatscale top` finds it). "
+        "`chatscale run` gives its children this port and the next ones, or -1 when unset "
+        "(docs/metrics.md).",
     )
     metrics_host: str = Field(
         default="127.0.0.1",
@@ -172,6 +178,13 @@ class Settings(BaseSettings):
     redis_retries: int = Field(
         default=1,
         description="Retries per Redis call (redis-py's default of 10 turns a pause into stalls).",
+    )
+
+    # --- safety -------------------------------------------------------------------------
+    insecure_dev: bool = Field(
+        default=False,
+        description="Let a gateway start with a weak token secret (empty, the old public "
+        "default, under 32 characters). Only for throwaway local experiments.",
     )
 
     @cached_property

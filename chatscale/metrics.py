@@ -423,7 +423,12 @@ class Exporter:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._server, _thread = start_http_server(self.port, addr=self.settings.metrics_host)
+        self._server, _thread = start_http_server(
+            max(self.port, 0), addr=self.settings.metrics_host
+        )
+        if self.port <= 0:  # -1: any free port; advertise the one bound
+            self.port = self._server.server_port
+            self.url = self.url.rsplit(":", 1)[0] + f":{self.port}/metrics"
         self.register_forever()
 
     def register_forever(self) -> None:
@@ -490,5 +495,6 @@ def serve(settings: Settings, *, role: str, name: str) -> Exporter | None:
 
 
 def child_port(settings: Settings, index: int) -> int:
-    """The metrics port of the ``index``-th child of ``chatscale run`` (0 when metrics are off)."""
-    return settings.metrics_port + index if settings.metrics_port else 0
+    """The metrics port of the ``index``-th child of ``chatscale run`` (0 when metrics are off,
+    -1 for every child when each picks a free port)."""
+    return settings.metrics_port + index if settings.metrics_port > 0 else settings.metrics_port

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatscale import community, metrics, tokens
+from chatscale import community, discovery, metrics, tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -100,6 +100,15 @@ class Topology:
             self.valkey.stop()
 
 
+def _last_line(log: Path | None) -> str:
+    """The last line a child wrote: its one-line error (``port 8765 is in use``, ...)."""
+    try:
+        lines = [ln for ln in (log.read_text(errors="replace") if log else "").splitlines() if ln]
+    except OSError:
+        return "no log"
+    return lines[-1].strip() if lines else "no output"
+
+
 def plan(topo: Topology) -> list[Child]:
     """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
     workers, one presence service, gateways. docker-compose.yml runs the same services as
@@ -122,6 +131,10 @@ def plan(topo: Topology) -> list[Child]:
 async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     settings = topo.settings
     (topo.workdir / "logs").mkdir(parents=True, exist_ok=True)
+    if "token_secret" not in settings.model_fields_set:
+        # No usable default secret: one per data directory, kept in it (mode 0600).
+        secret = discovery.ensure_secret(topo.workdir)
+        settings = topo.settings = settings.model_copy(update={"token_secret": secret})
     if not settings.redis_url:
         topo.valkey = ValkeyServer(workdir=topo.workdir / "valkey").start()
         settings = topo.settings = settings.model_copy(update={"redis_url": topo.valkey.url})
@@ -153,7 +166,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
             break
         for child in topo.children:
             if child.proc and child.proc.poll() is not None:
-                raise RuntimeError(f"{child.role}-{child.index} exited early; see {child.log}")
+                raise discovery.TopologyError(
+                    f"{child.role}-{child.index} exited early: {_last_line(child.log)} "
+                    f"(log: {child.log})"
+                )
         if time.monotonic() > deadline:
             raise RuntimeError("gateways did not register within 20 s; see .chatscale/logs/")
         await asyncio.sleep(0.1)
