@@ -106,7 +106,7 @@ def _last_line(log: Path | None) -> str:
         lines = [ln for ln in (log.read_text(errors="replace") if log else "").splitlines() if ln]
     except OSError:
         return "no log"
-    return lines[-1].strip() if lines else "no output"
+    return lines[-1].strip().removeprefix("error: ") if lines else "no output"
 
 
 def plan(topo: Topology) -> list[Child]:
@@ -171,7 +171,9 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
                     f"(log: {child.log})"
                 )
         if time.monotonic() > deadline:
-            raise RuntimeError("gateways did not register within 20 s; see .chatscale/logs/")
+            raise discovery.TopologyError(
+                f"gateways did not register within 20 s; see {topo.workdir / 'logs'}"
+            )
         await asyncio.sleep(0.1)
     topo.gateway_urls = [
         json.loads(registered[f"gw-{i}".encode()])["url"] for i in range(topo.gateways)

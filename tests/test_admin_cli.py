@@ -124,3 +124,40 @@ def test_control_plane_commands_change_what_explain_shows(env: str, capsys):
         "lobby",
     )
     assert code == 0 and "guild owner" in out
+
+
+def test_names_stay_unique_and_unban_says_when_there_is_no_ban(env: str, capsys):
+    g = ["--guild", "interview-prep"]
+    code, out = run(capsys, "create-guild", "interview-prep", "--owner", "bob")
+    assert code == 2 and "a guild named 'interview-prep' exists" in out
+    code, out = run(capsys, "create-channel", *g, "general")
+    assert code == 2 and "#general exists in 'interview-prep'" in out
+    code, out = run(capsys, "create-channel", *g, "#general")
+    assert code == 2 and "#general exists" in out
+    assert run(capsys, "explain-permissions", *g, "--user", "bob", "--channel", "general")[0] == 0
+
+    code, out = run(capsys, "unban", *g, "--user", "bob")
+    assert code == 2 and "bob is not banned from 'interview-prep'" in out
+    assert "ban lifted" not in out
+
+
+def test_admin_commands_in_the_wrong_directory_create_no_database(
+    valkey: ValkeyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    from chatscale.config import env_names
+
+    for name in env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", valkey.url)
+    monkeypatch.chdir(tmp_path)  # no .chatscale here: not where `chatscale run` ran
+    for argv in (
+        ["explain-permissions", "--guild", "g", "--user", "u", "--channel", "c"],
+        ["create-user", "zoe"],
+        ["create-guild", "zoes-place", "--owner", "zoe"],
+        ["ban", "--guild", "g", "--user", "u"],
+    ):
+        code, out = run(capsys, *argv)
+        assert code == 2, (argv, out)
+        assert out.count("\n") == 1 and "no database at .chatscale/chatscale.db" in out, out
+        assert "Traceback" not in out
+    assert not (tmp_path / ".chatscale").exists()
