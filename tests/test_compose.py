@@ -11,6 +11,7 @@ engine); tests/test_compose_run.py goes further and runs the compose services as
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -36,14 +37,23 @@ PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICE_ROLES = ("gateway", "worker", "presence")  # long-running chatscale processes
 
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?-(?P<default>[^}]*))?\}")
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?(?P<kind>[-?])(?P<default>[^}]*))?\}")
+# What a required variable (``${VAR:?message}``, which has no default) stands for in the checks.
+REQUIRED_STAND_IN = "required-variable-stand-in-0123456789abcdef"
 
 
 def interpolate(value: Any) -> str:
     """Compose's ``${VAR:-default}`` with the defaults (the host's environment is ignored, so
-    the checks do not depend on who runs them); ``$$`` is a literal ``$``."""
+    the checks do not depend on who runs them), ``${VAR:?message}`` as ``REQUIRED_STAND_IN``;
+    ``$$`` is a literal ``$``."""
     text = str(value).replace("$$", "\0")
-    return _VAR.sub(lambda m: m.group("default") or "", text).replace("\0", "$")
+
+    def value_of(m: re.Match[str]) -> str:
+        if m.group("kind") == "?":
+            return REQUIRED_STAND_IN
+        return m.group("default") or ""
+
+    return _VAR.sub(value_of, text).replace("\0", "$")
 
 
 def load_compose() -> dict[str, Any]:
@@ -404,6 +414,7 @@ def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(
         [docker, "compose", "--profile", "loadtest", "--profile", "metrics", "config", "-q"],
         cwd=ROOT,
+        env={**os.environ, "CHATSCALE_TOKEN_SECRET": REQUIRED_STAND_IN},  # required, no default
         capture_output=True,
         text=True,
     )

@@ -113,3 +113,14 @@ def test_insecure_dev_lets_a_weak_secret_through(clean_env: Path, valkey: Valkey
     assert done.stderr.strip().splitlines()[-1] == (
         f"error: port {port} is in use (gateway): stop what holds it, or choose another port"
     )
+
+
+def test_compose_requires_the_secret_from_the_environment():
+    import yaml
+
+    compose = yaml.safe_load(
+        (Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text()
+    )
+    value = compose["x-chatscale-env"]["CHATSCALE_TOKEN_SECRET"]
+    assert value.startswith("${CHATSCALE_TOKEN_SECRET:?"), value  # no fallback: compose stops
+    assert OLD_DEFAULT_TOKEN_SECRET not in value
