@@ -363,7 +363,7 @@ async def cmd_trace(args: argparse.Namespace) -> int:
 async def cmd_migrate(args: argparse.Namespace) -> int:
     from storage import open_store
 
-    settings = settings_for_tools()
+    settings = settings_for_tools(need_live=False)  # only storage
     url = args.storage_url or settings.storage_url
     started = time.monotonic()
     store = await open_store(url, bucket_span_ms=settings.bucket_span_ms)  # creates what is missing
@@ -400,7 +400,7 @@ async def cmd_evict(args: argparse.Namespace) -> int:
 async def cmd_bench(args: argparse.Namespace) -> int:
     from loadtest import bench
 
-    settings = settings_for_tools()
+    settings = settings_for_tools(need_live=args.mode in ("chat", "idle"))
     if args.mode == "presence":
         from presence.simulate import simulate_guild
 
