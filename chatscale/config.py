@@ -119,6 +119,12 @@ class Settings(BaseSettings):
         description="sync: history write before fan-out (durable first). defer: fan out first, "
         "write history after (lower latency; the entry stays unacked until stored).",
     )
+    dead_letter_maxlen: int = Field(
+        default=10_000,
+        description="Approximate cap of the dead-letter stream (MAXLEN ~): the oldest go first, "
+        "so a flood of bad entries cannot grow Redis without bound. Its length is exported as "
+        "chatscale_stream_length and shown by `chatscale top`.",
+    )
 
     # --- presence -----------------------------------------------------------------------
     presence_timeout_s: float = Field(

@@ -13,6 +13,7 @@ import orjson
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.wire import Author, IngestMessage, encode_entry, message_payload
 from tests.conftest import Stack
+from workers.worker import Worker
 
 
 async def test_forged_payloads_are_dead_lettered_not_delivered(stack: Stack):
@@ -82,3 +83,23 @@ async def test_forged_payloads_are_dead_lettered_not_delivered(stack: Stack):
     got = await listener.next_event("MESSAGE_CREATE")
     assert got["d"]["id"] == after["id"]
     assert got["d"]["author"] == {"id": str(alice), "username": "alice"}
+
+
+async def test_the_dead_letter_stream_is_bounded(stack: Stack):
+    settings = stack.settings.model_copy(update={"dead_letter_maxlen": 10})
+    worker = Worker(settings, store=stack.store, consumer="w-bounded")
+    keys = Keys(settings.key_prefix)
+    redis = stack.gateways[0].redis
+    try:
+        for i in range(500):  # undecodable: each is dead-lettered at once
+            await redis.xadd(keys.ingest(i % settings.ingest_shards), {"e": b"not json %d" % i})
+        await worker.drain()
+        assert worker.stats.dead_lettered == 500
+        length = await redis.xlen(keys.dead_letter())
+        # MAXLEN ~ trims whole stream nodes (100 entries each by default), never below the cap.
+        assert 10 <= length <= 10 + 100, length
+        [(_, newest)] = await redis.xrevrange(keys.dead_letter(), count=1)
+        assert newest[b"e"].startswith(b"not json")
+        assert newest[b"reason"] == b"undecodable: JSONDecodeError"
+    finally:
+        await worker.close()

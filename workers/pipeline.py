@@ -280,12 +280,15 @@ class Pipeline:
     async def dead_letter(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
     ) -> None:
-        """Move an entry aside for a human, atomically with its ack."""
+        """Move an entry aside for a human, atomically with its ack. The dead-letter stream is
+        capped (``dead_letter_maxlen``, approximately): the oldest reasons go first."""
         log.error("dead-lettering %s %s: %s", stream, entry_id, reason)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.keys.dead_letter(),
                 {b"stream": stream.encode(), b"id": entry_id, b"reason": reason.encode(), **fields},
+                maxlen=self.settings.dead_letter_maxlen,
+                approximate=True,
             )
             pipe.xack(stream, INGEST_GROUP, entry_id)
             await pipe.execute()
