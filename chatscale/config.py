@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Address the metrics endpoint binds (0.0.0.0 in containers).",
     )
+    valkey_appendfsync: Literal["always", "everysec"] = Field(
+        default="everysec",
+        description="fsync policy of the Valkey that `chatscale run` starts (compose passes it to "
+        "its valkey too). everysec: an OS crash or power loss loses up to ~1 s of writes, "
+        "including messages already acknowledged. always: every reply waits for its fsync, so "
+        "nothing a client was told is lost; the cost is in README, 'Guarantees'.",
+    )
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
