@@ -59,6 +59,17 @@ class Settings(BaseSettings):
         "including messages already acknowledged. always: every reply waits for its fsync, so "
         "nothing a client was told is lost; the cost is in README, 'Guarantees'.",
     )
+    metrics_max_requests: int = Field(
+        default=4,
+        ge=1,
+        description="/metrics requests served at once (a thread each); more get 503 at once, so "
+        "idle or slow connections cannot pile up threads.",
+    )
+    metrics_request_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A /metrics connection that sends or reads nothing for this long is closed.",
+    )
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
