@@ -31,8 +31,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    CHATSCALE_GATEWAY_HOST=0.0.0.0 \
-    CHATSCALE_METRICS_HOST=0.0.0.0
+    CHATSCALE_GATEWAY_HOST=0.0.0.0
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/chatscale chatscale \
     && printf '#!/bin/sh\nexec python -m chatscale "$@"\n' > /usr/local/bin/chatscale \
     && chmod 0755 /usr/local/bin/chatscale
@@ -49,7 +48,9 @@ COPY loadtest/ loadtest/
 COPY seeds/ seeds/
 RUN python -m compileall -q chatscale gateway workers presence storage loadtest
 USER 10001:10001
-# 8765: a gateway's WebSocket port; 9100: any service's /metrics (CHATSCALE_METRICS_PORT).
-EXPOSE 8765 9100
+# 8765: a gateway's WebSocket port. /metrics (CHATSCALE_METRICS_PORT) is not exposed and binds
+# 127.0.0.1 unless CHATSCALE_METRICS_HOST says otherwise: it has no authentication, so only a
+# private network (compose's) should reach it, never `docker run -P`.
+EXPOSE 8765
 ENTRYPOINT ["chatscale"]
 CMD ["--help"]

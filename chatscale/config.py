@@ -58,6 +58,24 @@ class Settings(BaseSettings):
         default="127.0.0.1",
         description="Address the metrics endpoint binds (0.0.0.0 in containers).",
     )
+    valkey_appendfsync: Literal["always", "everysec"] = Field(
+        default="everysec",
+        description="fsync policy of the Valkey that `chatscale run` starts (compose passes it to "
+        "its valkey too). everysec: an OS crash or power loss loses up to ~1 s of writes, "
+        "including messages already acknowledged. always: every reply waits for its fsync, so "
+        "nothing a client was told is lost; the cost is in README, 'Guarantees'.",
+    )
+    metrics_max_requests: int = Field(
+        default=4,
+        ge=1,
+        description="/metrics requests served at once (a thread each); more get 503 at once, so "
+        "idle or slow connections cannot pile up threads.",
+    )
+    metrics_request_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="A /metrics connection that sends or reads nothing for this long is closed.",
+    )
 
     # --- gateway ------------------------------------------------------------------------
     gateway_host: str = "127.0.0.1"
@@ -124,6 +142,12 @@ class Settings(BaseSettings):
         default="sync",
         description="sync: history write before fan-out (durable first). defer: fan out first, "
         "write history after (lower latency; the entry stays unacked until stored).",
+    )
+    dead_letter_maxlen: int = Field(
+        default=10_000,
+        description="Approximate cap of the dead-letter stream (MAXLEN ~): the oldest go first, "
+        "so a flood of bad entries cannot grow Redis without bound. Its length is exported as "
+        "chatscale_stream_length and shown by `chatscale top`.",
     )
 
     # --- presence -----------------------------------------------------------------------

@@ -35,9 +35,11 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Histogram, Info, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, Info, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -407,6 +409,63 @@ def watch_presence(service: PresenceService) -> None:
 # ---- the endpoint ---------------------------------------------------------------------------
 
 
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\n\r\n"
+)
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per request, as prometheus_client's server, but at most ``max_threads`` at
+    once, and each request's socket has a timeout (the handler's ``timeout``).
+
+    prometheus_client's own server starts an unbounded thread per connection with no timeout:
+    a client that opens connections and sends nothing (or reads nothing) holds a thread each,
+    for as long as it likes. Here a connection over the cap gets an immediate 503 and is
+    closed, and a slow one is dropped after the timeout, so a scraper finds a free slot again
+    within that time.
+    """
+
+    daemon_threads = True
+    max_threads = 4
+    request_queue_size = 64  # listen backlog: a burst is answered (503) rather than left in SYN
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_threads)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(0.1)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("metrics request from %s failed", client_address, exc_info=True)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = 5.0
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+        pass
+
+
 class Exporter:
     """A running /metrics endpoint and its registration in Redis."""
 
@@ -415,20 +474,44 @@ class Exporter:
         self.role = role
         self.name = name
         self.port = port
-        host = settings.metrics_host
-        advertised = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
-        self.url = f"http://{advertised}:{port}/metrics"
+        self.url = self._url(port)
         self._stop = threading.Event()
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
+    def _url(self, port: int) -> str:
+        host = self.settings.metrics_host
+        advertised = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+        return f"http://{advertised}:{port}/metrics"
+
     def start(self) -> None:
-        self._server, _thread = start_http_server(
-            max(self.port, 0), addr=self.settings.metrics_host
+        """Serve on ``metrics_host:port`` (0 picks a free port) from a background thread, with
+        at most ``metrics_max_requests`` request threads of ``metrics_request_timeout_s``."""
+        server = type(
+            "MetricsServer",
+            (_BoundedServer,),
+            {
+                "max_threads": self.settings.metrics_max_requests,
+                "address_family": socket.AF_INET6
+                if ":" in self.settings.metrics_host
+                else socket.AF_INET,
+            },
         )
-        if self.port <= 0:  # -1: any free port; advertise the one bound
-            self.port = self._server.server_port
-            self.url = self.url.rsplit(":", 1)[0] + f":{self.port}/metrics"
+        handler = type(
+            "MetricsHandler", (_QuietHandler,), {"timeout": self.settings.metrics_request_timeout_s}
+        )
+        self._server = make_server(
+            self.settings.metrics_host,
+            max(self.port, 0),  # 0 or -1: any free port; advertise the one bound
+            make_wsgi_app(REGISTRY),
+            server_class=server,
+            handler_class=handler,
+        )
+        self.port = self._server.server_port
+        self.url = self._url(self.port)
+        threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        ).start()
         self.register_forever()
 
     def register_forever(self) -> None:

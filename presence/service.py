@@ -11,7 +11,12 @@ Typing goes through ``TypingThrottle`` and is never persisted.
 State (sessions and pending coalescer windows) is saved to Redis after every step and restored
 on start, so the service can be restarted mid-run; entries are acked only after the state that
 includes them is saved (at-least-once; replaying a batch is harmless: the events are idempotent
-state assignments). Time comes from an injected clock; ``step(now=...)`` processes what is
+state assignments). A service killed between reading a batch and acking it finds that batch
+pending on restart: its first steps re-read its own pending entries (XREADGROUP id 0), after
+taking over those another consumer name left idle (XAUTOCLAIM), before reading new ones.
+
+The input stream is a queue, not a log: after each ack it is trimmed (XTRIM MINID) to the
+oldest entry still pending, or to the last one acked, so it holds only what is in flight. Time comes from an injected clock; ``step(now=...)`` processes what is
 queued without blocking, which is how tests drive it.
 """
 
@@ -68,6 +73,7 @@ class PresenceService:
         self._members: dict[int, int] = {}  # guild -> member count (cache)
         self._online: dict[int, set[int]] = {}  # guild -> users others see as not offline
         self._meta_version: bytes | None = None
+        self._reclaiming = True  # re-read our own pending entries before new ones
         self._stopping = asyncio.Event()
         metrics.watch_presence(self)  # amplification counters, read at scrape time
 
@@ -96,6 +102,18 @@ class PresenceService:
             self.coalescer = self._new_coalescer(saved.get("coalescer"))
             self._online = {int(g): set(users) for g, users in saved.get("online", {}).items()}
             log.info("presence state restored: %d sessions", len(saved["state"]["sessions"]))
+        # Entries another consumer name read and never acked (a renamed or dead instance).
+        claimed = await self.redis.xautoclaim(
+            self.keys.presence_in(),
+            PRESENCE_GROUP,
+            self.consumer,
+            self.settings.reclaim_idle_ms,
+            start_id="0-0",
+            count=1000,
+        )
+        if claimed[1]:
+            log.info("presence took over %d entries left pending by others", len(claimed[1]))
+        self._reclaiming = True
 
     def stop(self) -> None:
         self._stopping.set()
@@ -117,16 +135,36 @@ class PresenceService:
 
     @metrics.presence_step
     async def step(self, *, now: float | None = None, block_ms: int | None = None) -> int:
-        """Apply what is queued, expire, flush due guild updates, save, ack. Returns entries read."""
-        reply = await self.redis.xreadgroup(
-            PRESENCE_GROUP, self.consumer, {self.keys.presence_in(): ">"}, count=256, block=block_ms
-        )
-        entries = [e for _, es in reply or [] for e in es]
+        """Apply what is queued, expire, flush due guild updates, save, ack. Returns entries read.
+
+        Right after ``start`` this reads the entries still pending on this consumer (read but
+        never acked by a previous life of the service) until there are none, then new ones.
+        """
+        stream = self.keys.presence_in()
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        if self._reclaiming:
+            reply = await self.redis.xreadgroup(
+                PRESENCE_GROUP, self.consumer, {stream: "0"}, count=256
+            )
+            entries = [e for _, es in reply or [] for e in es]
+            if entries:
+                log.info("presence re-reading %d entries pending since a restart", len(entries))
+            else:
+                self._reclaiming = False
+        if not self._reclaiming:
+            reply = await self.redis.xreadgroup(
+                PRESENCE_GROUP, self.consumer, {stream: ">"}, count=256, block=block_ms
+            )
+            entries = [e for _, es in reply or [] for e in es]
+        # An entry trimmed while pending comes back without fields: ack it, nothing to apply.
+        entries = [(eid, fields or {}) for eid, fields in entries]
         now = self.clock() if now is None else now
         await self._refresh_metadata()
         changes: list[PresenceChange] = []
         typing: list[dict[str, Any]] = []
         for _, fields in entries:
+            if b"e" not in fields:
+                continue
             batch = orjson.loads(fields[b"e"])
             changes += self.state.apply_batch(
                 [event_from_dict(e) for e in batch.get("events", [])], now
@@ -140,11 +178,20 @@ class PresenceService:
         await self._publish(updates, typing, now)
         await self._save(changes)
         if entries:
-            await self.redis.xack(
-                self.keys.presence_in(), PRESENCE_GROUP, *[eid for eid, _ in entries]
-            )
+            await self.redis.xack(stream, PRESENCE_GROUP, *[eid for eid, _ in entries])
+            await self._trim(entries[-1][0])
         self.typing.expire(now)
         return len(entries)
+
+    async def _trim(self, last_acked: bytes) -> None:
+        """Drop entries every consumer has acked: keep from the oldest pending one, or from the
+        last one just acked when nothing is pending (all older ones were delivered and acked,
+        because a group delivers in id order)."""
+        summary = await self.redis.xpending(self.keys.presence_in(), PRESENCE_GROUP)
+        floor = summary["min"] if summary["pending"] else last_acked
+        # Exact, not `~`: one entry per gateway per tick is cheap to trim, and `~` would keep a
+        # whole node (100 entries) of every small stream.
+        await self.redis.xtrim(self.keys.presence_in(), minid=floor, approximate=False)
 
     async def _refresh_metadata(self) -> None:
         version = await self.redis.get(self.keys.metadata_version())

@@ -37,23 +37,35 @@ PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 SERVICE_ROLES = ("gateway", "worker", "presence")  # long-running chatscale processes
 
-_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?(?P<kind>[-?])(?P<default>[^}]*))?\}")
-# What a required variable (``${VAR:?message}``, which has no default) stands for in the checks.
-REQUIRED_STAND_IN = "required-variable-stand-in-0123456789abcdef"
+_VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
+
+
+def stand_in(name: str) -> str:
+    """The value the checks use for a required variable (``${VAR:?message}``), URL-safe."""
+    return f"required-{name.lower().replace('_', '-')}-0123456789abcdef"  # 32+ chars
 
 
 def interpolate(value: Any) -> str:
     """Compose's ``${VAR:-default}`` with the defaults (the host's environment is ignored, so
-    the checks do not depend on who runs them), ``${VAR:?message}`` as ``REQUIRED_STAND_IN``;
-    ``$$`` is a literal ``$``."""
+    the checks do not depend on who runs them); a required ``${VAR:?message}`` becomes
+    ``stand_in(VAR)``; ``$$`` is a literal ``$``."""
     text = str(value).replace("$$", "\0")
 
     def value_of(m: re.Match[str]) -> str:
-        if m.group("kind") == "?":
-            return REQUIRED_STAND_IN
+        if (m.group("op") or "").endswith("?"):
+            return stand_in(m.group("name"))
         return m.group("default") or ""
 
     return _VAR.sub(value_of, text).replace("\0", "$")
+
+
+def required_variables() -> set[str]:
+    """Variables compose refuses to start without (``${VAR:?message}``)."""
+    return {
+        m.group("name")
+        for m in _VAR.finditer(COMPOSE.read_text())
+        if (m.group("op") or "").endswith("?")
+    }
 
 
 def load_compose() -> dict[str, Any]:
@@ -302,6 +314,47 @@ def test_datastores_valkey_with_aof_and_cassandra_with_health_check_and_modest_h
     assert storage.port == 9042 and storage.hostname == "cassandra"
 
 
+def test_valkey_requires_the_password_every_client_uses():
+    """No default password: compose refuses to start without CHATSCALE_REDIS_PASSWORD, Valkey
+    requires it, every chatscale service's REDIS_URL carries it, the health check uses it."""
+    assert "CHATSCALE_REDIS_PASSWORD" in required_variables()
+    password = stand_in("CHATSCALE_REDIS_PASSWORD")
+    svc = services()
+    valkey = svc["valkey"]
+    command = _words(valkey["command"])
+    assert command[command.index("--requirepass") + 1] == password
+    assert command[command.index("--appendfsync") + 1] in ("everysec", "always")
+    assert environment(valkey)["REDISCLI_AUTH"] == password
+    health = " ".join(_words(valkey["healthcheck"]["test"]))
+    assert "PONG" in health, "valkey-cli exits 0 on NOAUTH: the check must look for PONG"
+    for host_ip, _, _ in published_ports(valkey):
+        assert host_ip == "127.0.0.1", "valkey is published on the host's loopback only"
+    for name, service in svc.items():
+        if is_ours(service):
+            url = urlparse(environment(service)["REDIS_URL"])
+            assert url.password == password and url.hostname == "valkey", name
+
+
+def test_metrics_stay_inside_the_compose_network():
+    """/metrics has no authentication: no service publishes it, the image does not expose or
+    bind it on every interface by default, and what aggregates it (Prometheus, Grafana) is
+    published on the host's loopback only. Gateways are the only ports open beyond it."""
+    svc = services()
+    for name, service in svc.items():
+        env = environment(service)
+        metrics_port = int(env.get("CHATSCALE_METRICS_PORT", "0"))
+        for host_ip, host_port, target in published_ports(service):
+            assert target != metrics_port, f"{name} publishes its /metrics port"
+            if role(service) != "gateway":
+                assert host_ip == "127.0.0.1", f"{name} publishes {host_port} beyond loopback"
+    steps = _instructions()
+    exposed = {int(p) for w, arg in steps if w == "EXPOSE" for p in arg.split()}
+    metrics_port = int(environment(svc["worker"])["CHATSCALE_METRICS_PORT"])
+    assert metrics_port not in exposed, "EXPOSE would let `docker run -P` publish /metrics"
+    assert "CHATSCALE_METRICS_HOST=0.0.0.0" not in DOCKERFILE.read_text()
+    assert Settings.model_fields["metrics_host"].default == "127.0.0.1"
+
+
 def test_compose_and_the_embedded_runner_describe_the_same_services(tmp_path):
     """`chatscale run` and docker compose: same roles, counts, subcommands and wiring."""
     defaults = build_parser().parse_args(["run"])
@@ -414,7 +467,10 @@ def test_docker_compose_config_accepts_the_file():
     result = subprocess.run(
         [docker, "compose", "--profile", "loadtest", "--profile", "metrics", "config", "-q"],
         cwd=ROOT,
-        env={**os.environ, "CHATSCALE_TOKEN_SECRET": REQUIRED_STAND_IN},  # required, no default
+        env={
+            **os.environ,
+            **{name: stand_in(name) for name in required_variables()},
+        },  # required, no default
         capture_output=True,
         text=True,
     )

@@ -19,6 +19,13 @@ again: hot-cache members and history rows are keyed by message id, and fan-out i
 per-message marker set in the same Lua script that writes the delivery entries. Transient
 failures (Redis or the store unreachable) propagate to the worker, which retries the batch;
 entries that can never succeed (undecodable) go to the dead-letter stream at once.
+
+The payload bytes are delivered as the gateway built them, so the worker checks that they say
+what it authorized: the payload's ``id``, ``channel_id``, ``guild_id`` and ``author`` (id and
+stored username) must be the envelope's. A gateway builds both from one session and never
+disagrees with itself, so a mismatch is an entry some other Redis client wrote (forged, or a
+bug): it is dead-lettered with the reason, not rebuilt. Rebuilding would still post, under a
+real user's name, text that user's session never sent; dead-lettering keeps the evidence.
 """
 
 from __future__ import annotations
@@ -101,6 +108,7 @@ class Authorizer:
         self.version: bytes | None = None
         self._guilds: dict[int, GuildSnapshot | None] = {}
         self._members: dict[tuple[int, int], frozenset[int] | None] = {}
+        self._usernames: dict[int, str | None] = {}
 
     async def refresh(self) -> None:
         version = await self._redis.get(self._keys.metadata_version())
@@ -108,6 +116,35 @@ class Authorizer:
             self.version = version
             self._guilds.clear()
             self._members.clear()
+            self._usernames.clear()
+
+    async def forged(self, message: IngestMessage) -> str | None:
+        """Why the payload disagrees with the envelope that was authorized, or None if it agrees.
+
+        Recipients get ``message.payload`` as it is, so an author, id or channel in it that is
+        not the envelope's would be shown although nobody authorized it.
+        """
+        try:
+            d = orjson.loads(message.payload)
+        except orjson.JSONDecodeError:
+            return "forged: payload is not JSON"
+        if not isinstance(d, dict):
+            return "forged: payload is not an object"
+        for name, value in (
+            ("id", message.id),
+            ("channel_id", message.channel_id),
+            ("guild_id", message.guild_id),
+        ):
+            if d.get(name) != str(value):
+                return f"forged: payload {name} {d.get(name)!r} is not the envelope's {value}"
+        user_id = message.author_id
+        if user_id not in self._usernames:
+            user = await self._store.get_user(user_id)
+            self._usernames[user_id] = user.username if user else None
+        author = {"id": str(user_id), "username": self._usernames[user_id]}
+        if d.get("author") != author:
+            return f"forged: payload author {d.get('author')!r} is not the authorized {author}"
+        return None
 
     @metrics.timed("authorize")
     async def check(self, message: IngestMessage) -> str | None:
@@ -172,7 +209,9 @@ class Pipeline:
         for m in messages:
             trace.stamp(m.trace, "worker_read")
         metrics.messages_at("worker_read", messages)
-        accepted, rejected = await self._authorize_and_accept(messages)
+        accepted, rejected, forged = await self._authorize_and_accept(messages)
+        if forged:
+            await self._dead_letter_forged(batch, forged)
         stored = True
         if self.settings.history_mode == "sync":
             stored = await self._try_history(accepted)
@@ -241,36 +280,61 @@ class Pipeline:
     async def dead_letter(
         self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], reason: str
     ) -> None:
-        """Move an entry aside for a human, atomically with its ack."""
+        """Move an entry aside for a human, atomically with its ack. The dead-letter stream is
+        capped (``dead_letter_maxlen``, approximately): the oldest reasons go first."""
         log.error("dead-lettering %s %s: %s", stream, entry_id, reason)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.keys.dead_letter(),
                 {b"stream": stream.encode(), b"id": entry_id, b"reason": reason.encode(), **fields},
+                maxlen=self.settings.dead_letter_maxlen,
+                approximate=True,
             )
             pipe.xack(stream, INGEST_GROUP, entry_id)
             await pipe.execute()
         self.stats.dead_lettered += 1
 
+    async def _dead_letter_forged(
+        self, batch: Batch, forged: list[tuple[IngestMessage, str]]
+    ) -> None:
+        """Dead-letter (and so ack) entries whose payload is not what was authorized; they
+        leave ``batch.decoded`` one by one, so a retried batch neither acks nor redoes them."""
+        entry_of = {id(m): entry_id for entry_id, m in batch.decoded}
+        fields_of = dict(batch.entries)
+        for m, reason in forged:
+            entry_id = entry_of[id(m)]
+            await self.dead_letter(batch.stream, entry_id, fields_of[entry_id], reason[:300])
+            batch.decoded = [(e, d) for e, d in batch.decoded if e != entry_id]
+
     async def _authorize_and_accept(
         self, messages: list[IngestMessage]
-    ) -> tuple[list[IngestMessage], list[tuple[IngestMessage, str]]]:
+    ) -> tuple[
+        list[IngestMessage], list[tuple[IngestMessage, str]], list[tuple[IngestMessage, str]]
+    ]:
         """Authorize under the current metadata version, then accept (hot-cache write) only if
-        that version still holds; otherwise authorize again under the new one."""
+        that version still holds; otherwise authorize again under the new one.
+
+        Returns (accepted, rejected with their code, forged with the reason). Forged entries
+        are authorized ones whose payload disagrees with the envelope (``Authorizer.forged``);
+        entries that fail authorization are only rejected (their payload reaches nobody).
+        """
         for _ in range(MAX_REAUTHORIZE):
             await self.auth.refresh()
             accepted: list[IngestMessage] = []
             rejected: list[tuple[IngestMessage, str]] = []
+            forged: list[tuple[IngestMessage, str]] = []
             for m in messages:
                 code = await self.auth.check(m)
-                if code is None:
-                    accepted.append(m)
-                else:
+                if code is not None:
                     rejected.append((m, code))
+                elif (reason := await self.auth.forged(m)) is not None:
+                    forged.append((m, reason))
+                else:
+                    accepted.append(m)
             for m in accepted:
                 trace.stamp(m.trace, "worker_checks")
             if await self._hot(accepted, self.auth.version):
-                return accepted, rejected
+                return accepted, rejected, forged
             self.stats.reauthorized += 1
         raise MetadataChurn("metadata version kept moving while the batch was authorized")
 
