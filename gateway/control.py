@@ -52,6 +52,9 @@ log = logging.getLogger("chatscale.gateway.control")
 
 _P = Permission
 
+#: How often a load that raced another view change is redone before giving up this round.
+LOAD_TRIES = 5
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -165,6 +168,9 @@ class GatewayControl:
         self.slowmode: dict[int, int] = {}  # channel id -> seconds, from the latest snapshot
         self._snapshots: dict[int, tuple[int, GuildSnapshot]] = {}  # guild -> (version, snap)
         self._dirty: set[Session] = set()  # not yet READY, but a change touched them
+        # Bumped whenever apply() or resync_all() is about to change sessions' views: a load
+        # that straddles a bump may be older than what the sessions hold, and is redone.
+        self._generation = 0
         self._sub_redis = connect(gateway.settings)
         self._pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
 
@@ -219,19 +225,26 @@ class GatewayControl:
 
     async def apply(self, change: Change) -> None:
         guild_id = change.guild_id
-        snapshot = await load_guild(self.gw.store, guild_id)
+        for _ in range(LOAD_TRIES):
+            # Loaded after the change was stored, so fresh for it; reloaded if a resync applied
+            # (possibly newer) views meanwhile, so this apply does not undo them with older ones.
+            generation = self._generation
+            snapshot = await load_guild(self.gw.store, guild_id)
+            roles: dict[int, frozenset[int] | None] = {}
+            while True:  # the targets are taken after the last await, so none is missed
+                targets = self._targets(change)
+                missing = {s.user_id for s in targets} - roles.keys()
+                if not missing:
+                    break
+                for user_id in missing:
+                    roles[user_id] = (
+                        await load_member(self.gw.store, guild_id, user_id) if snapshot else None
+                    )
+            if self._generation == generation:
+                break
+        self._generation += 1  # no await from here to the last dispatch below
         if snapshot is not None:
             self._remember(snapshot, change.version)
-        roles: dict[int, frozenset[int] | None] = {}
-        while True:  # the targets are taken after the last await, so none is missed
-            targets = self._targets(change)
-            missing = {s.user_id for s in targets} - roles.keys()
-            if not missing:
-                break
-            for user_id in missing:
-                roles[user_id] = (
-                    await load_member(self.gw.store, guild_id, user_id) if snapshot else None
-                )
         joined: set[int] = set()
         left: set[int] = set()
         for session in targets:
@@ -303,15 +316,32 @@ class GatewayControl:
             await self.resync_all()
 
     async def resync_all(self) -> None:
-        """Recompute every session from the store (after a missed announcement)."""
-        version = await self._version()
-        loaded: dict[int, list[GuildView]] = {}
-        while True:
-            users = {s.user_id for s in self.gw.sessions.values()} - loaded.keys()
-            if not users:
+        """Recompute every session from the store (after a missed announcement).
+
+        The loads take many awaits. If ``apply`` changed any session meanwhile (a ban
+        announced and applied while we loaded), what we loaded may be older than what the
+        sessions already hold — applying it would hand a banned user the guild back
+        (GUILD_CREATE, then its messages and presence). So the load is only used if no view
+        was changed while it ran; otherwise it is redone, and after ``LOAD_TRIES`` busy
+        rounds left to the next housekeeping tick (``seen_version`` stays behind). Applying
+        nothing is safe: every announced change is applied by ``apply`` on its own.
+        """
+        for _ in range(LOAD_TRIES):
+            generation = self._generation
+            version = await self._version()
+            loaded: dict[int, list[GuildView]] = {}
+            while True:
+                users = {s.user_id for s in self.gw.sessions.values()} - loaded.keys()
+                if not users:
+                    break
+                for user_id in users:
+                    loaded[user_id], _ = await self.load_views(user_id)
+            if self._generation == generation:
                 break
-            for user_id in users:
-                loaded[user_id], _ = await self.load_views(user_id)
+        else:
+            log.info("views kept changing during a resync; retrying at the next check")
+            return
+        self._generation += 1  # no await from here until every session is updated
         joined: set[int] = set()
         left: set[int] = set()
         for session in list(self.gw.sessions.values()):
