@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -34,7 +34,13 @@ from chatscale.keys import PRESENCE_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import Delivery, dumps, encode_entry
 from presence.coalesce import Coalescer, GuildUpdate, TypingThrottle
-from presence.state import PresenceChange, PresenceState, StatusChange, event_from_dict
+from presence.state import (
+    PresenceChange,
+    PresenceState,
+    StatusChange,
+    VoiceChange,
+    event_from_dict,
+)
 from storage import Store
 
 log = logging.getLogger("chatscale.presence")
@@ -134,8 +140,11 @@ class PresenceService:
             typing += batch.get("typing", [])
         changes += self.state.expire(now)
         await self._load_guilds({c.user_id for c in changes if isinstance(c, StatusChange)})
+        await self._load_counts({c.guild_id for c in changes if isinstance(c, VoiceChange)})
         self._track_online(changes)
         updates = self.coalescer.submit(changes, lambda user: self._guilds.get(user, ()))
+        # Changes queued before a metadata change are flushed after it emptied the counts.
+        await self._load_counts(self.coalescer.pending_guilds())
         updates += self.coalescer.flush(now)
         await self._publish(updates, typing, now)
         await self._save(changes)
@@ -156,9 +165,13 @@ class PresenceService:
     async def _load_guilds(self, users: set[int]) -> None:
         for user in users - self._guilds.keys():
             self._guilds[user] = [g.id for g in await self.store.user_guilds(user)]
-            for guild in self._guilds[user]:
-                if guild not in self._members:
-                    self._members[guild] = len(await self.store.guild_members(guild))
+            await self._load_counts(self._guilds[user])
+
+    async def _load_counts(self, guilds: Iterable[int]) -> None:
+        """Member counts of these guilds, for the coalescer (emptied when metadata moves)."""
+        for guild in guilds:
+            if guild not in self._members:
+                self._members[guild] = len(await self.store.guild_members(guild))
 
     def _track_online(self, changes: list[PresenceChange]) -> None:
         for c in changes:
