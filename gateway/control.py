@@ -286,6 +286,8 @@ class GatewayControl:
         )
         for t, d in done.dispatches:
             self._dispatch(session, t, d)
+        if done.left:  # out of the guild (kick, ban): out of its voice channels too
+            self.gw.presence.voice(session, guild_id, None)
         return done
 
     def _dispatch(self, session: Session, t: str, d: str) -> None:
@@ -445,6 +447,26 @@ class GatewayControl:
         if verdict.allowed:
             return None
         return Refusal("RATE_LIMITED", verdict.message(), verdict.retry_after)
+
+    def voice_refusal(
+        self, session: Session, guild_id: int, channel_id: int | None
+    ) -> Refusal | None:
+        """Joining (or moving to) a voice channel needs it visible, a voice channel, and
+        CONNECT there (``Session.perms`` already has the voice bits dropped without it).
+        Leaving (``channel_id`` None) needs only the guild."""
+        if guild_id not in session.guilds or (
+            channel_id is not None and session.channels.get(channel_id) != guild_id
+        ):
+            return Refusal("UNKNOWN_CHANNEL", "no such guild or channel visible to you")
+        if channel_id is None:
+            return None
+        cached = self._snapshots.get(guild_id)
+        channel = cached[1].channels.get(channel_id) if cached is not None else None
+        if channel is None or channel.kind != "voice":
+            return Refusal("NOT_VOICE_CHANNEL", "only a voice channel can be joined")
+        if not session.perms.get(channel_id, 0) & _P.CONNECT:
+            return Refusal("MISSING_PERMISSIONS", "you may not connect to this voice channel")
+        return None
 
     def history_refusal(self, session: Session, channel_id: int) -> Refusal | None:
         if not session.perms.get(channel_id, 0) & _P.READ_MESSAGE_HISTORY:

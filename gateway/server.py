@@ -361,13 +361,9 @@ class Gateway:
         if isinstance(request, PresenceUpdate):
             self.presence.status(session, request.status)
         elif isinstance(request, VoiceStateUpdate):
-            if request.guild_id not in session.guilds or (
-                request.channel_id is not None
-                and session.channels.get(request.channel_id) != request.guild_id
-            ):
-                self.send_error(
-                    client, "UNKNOWN_CHANNEL", "no such guild or channel visible to you"
-                )
+            refusal = self.control.voice_refusal(session, request.guild_id, request.channel_id)
+            if refusal is not None:  # visible, a voice channel, CONNECT
+                self.send_error(client, refusal.code, refusal.message)
                 return
             self.presence.voice(session, request.guild_id, request.channel_id)
         elif isinstance(request, Typing):

@@ -189,12 +189,14 @@ class PresenceService:
     ) -> None:
         deliveries: list[tuple[int, Delivery]] = []
         for update in updates:
-            d = Delivery(
-                t="PRESENCE_UPDATE",
-                guild_id=update.guild_id,
-                payload=dumps(_wire(update.to_dict())),
-            )
-            deliveries.append((update.guild_id, d))
+            if update.presences or update.went_offline or update.online_delta or not update.voice:
+                d = Delivery(
+                    t="PRESENCE_UPDATE",
+                    guild_id=update.guild_id,
+                    payload=dumps(_wire(update.to_dict())),
+                )
+                deliveries.append((update.guild_id, d))
+            deliveries += [(update.guild_id, v) for v in _voice_deliveries(update)]
         for t in typing:
             if self.typing.typing(int(t["user_id"]), int(t["channel_id"]), now):
                 payload = {
@@ -250,15 +252,42 @@ class PresenceService:
 
 
 def _wire(update: dict[str, Any]) -> dict[str, Any]:
-    """Ids as strings on the wire, like every other payload."""
+    """Ids as strings on the wire, like every other payload. Voice is not in it: it goes only
+    to members who can see the channel (``_voice_deliveries``)."""
     update = dict(update)
     update["guild_id"] = str(update["guild_id"])
     update["presences"] = [{**p, "user_id": str(p["user_id"])} for p in update["presences"]]
-    update["voice"] = [
-        {
-            "user_id": str(v["user_id"]),
-            "channel_id": None if v["channel_id"] is None else str(v["channel_id"]),
-        }
-        for v in update["voice"]
-    ]
+    del update["voice"]
     return update
+
+
+def _voice_deliveries(update: GuildUpdate) -> list[Delivery]:
+    """VOICE_STATE_UPDATEs scoped to one channel each, so gateways deliver them only to
+    sessions that can VIEW that channel: a private voice channel's id and who is in it never
+    reach anyone else. Who left a channel is told to that channel's viewers as
+    ``channel_id: null``; who joined, to the new channel's viewers. Every "left" delivery is
+    written before every "joined" one: a viewer of both channels of a move ends with the
+    user in the new one."""
+    left: dict[int, list[dict[str, Any]]] = {}
+    joined: dict[int, list[dict[str, Any]]] = {}
+    for v in update.voice:
+        if v.old_channel_id is not None:
+            left.setdefault(v.old_channel_id, []).append(
+                {"user_id": str(v.user_id), "channel_id": None}
+            )
+        if v.new_channel_id is not None:
+            joined.setdefault(v.new_channel_id, []).append(
+                {"user_id": str(v.user_id), "channel_id": str(v.new_channel_id)}
+            )
+    return [
+        Delivery(
+            t="VOICE_STATE_UPDATE",
+            guild_id=update.guild_id,
+            channel_id=channel_id,
+            payload=dumps(
+                {"guild_id": str(update.guild_id), "channel_id": str(channel_id), "voice": entries}
+            ),
+        )
+        for scoped in (left, joined)
+        for channel_id, entries in scoped.items()
+    ]
