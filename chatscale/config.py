@@ -116,6 +116,13 @@ class Settings(BaseSettings):
     resume_timeout_s: float = Field(
         default=120.0, description="How long a dropped session stays resumable on its gateway."
     )
+    nonce_ttl_s: int = Field(
+        default=300,
+        ge=1,
+        description="How long a SEND_MESSAGE nonce keeps its message id: a retry with the same "
+        "nonce and content in that time, from any session or gateway (after a reconnect), is "
+        "the same message. Costs one small Redis key per message sent with a nonce.",
+    )
 
     # --- workers ------------------------------------------------------------------------
     ingest_shards: int = Field(

@@ -7,6 +7,7 @@ a channel's hot cache is tagged by channel, a guild's route set by guild.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 INGEST_GROUP = "workers"
@@ -113,3 +114,12 @@ class Keys:
     def rate_identify(self, user_id: int) -> str:
         """Times of a user's recent IDENTIFYs."""
         return f"{self.prefix}:rl:{{u{user_id}}}:identify"
+
+    def send_nonce(self, user_id: int, channel_id: int, nonce: str | int, content: str) -> str:
+        """Message id a user's SEND_MESSAGE got in a channel for one nonce and content, SET NX
+        with a TTL of ``nonce_ttl_s``: a retry from any session on any gateway reuses the id,
+        so it stores and delivers one message. Nonce (typed: 1 is not "1") and content are
+        hashed, so the key has a fixed length whatever the client sends."""
+        raw = f"{type(nonce).__name__}:{nonce}\n{content}".encode()
+        digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        return f"{self.prefix}:nonce:{{u{user_id}}}:{channel_id}:{digest}"

@@ -52,6 +52,9 @@ log = logging.getLogger("chatscale.gateway.control")
 
 _P = Permission
 
+#: How often a load that raced another view change is redone before giving up this round.
+LOAD_TRIES = 5
+
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
@@ -165,6 +168,9 @@ class GatewayControl:
         self.slowmode: dict[int, int] = {}  # channel id -> seconds, from the latest snapshot
         self._snapshots: dict[int, tuple[int, GuildSnapshot]] = {}  # guild -> (version, snap)
         self._dirty: set[Session] = set()  # not yet READY, but a change touched them
+        # Bumped whenever apply() or resync_all() is about to change sessions' views: a load
+        # that straddles a bump may be older than what the sessions hold, and is redone.
+        self._generation = 0
         self._sub_redis = connect(gateway.settings)
         self._pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
 
@@ -219,19 +225,26 @@ class GatewayControl:
 
     async def apply(self, change: Change) -> None:
         guild_id = change.guild_id
-        snapshot = await load_guild(self.gw.store, guild_id)
+        for _ in range(LOAD_TRIES):
+            # Loaded after the change was stored, so fresh for it; reloaded if a resync applied
+            # (possibly newer) views meanwhile, so this apply does not undo them with older ones.
+            generation = self._generation
+            snapshot = await load_guild(self.gw.store, guild_id)
+            roles: dict[int, frozenset[int] | None] = {}
+            while True:  # the targets are taken after the last await, so none is missed
+                targets = self._targets(change)
+                missing = {s.user_id for s in targets} - roles.keys()
+                if not missing:
+                    break
+                for user_id in missing:
+                    roles[user_id] = (
+                        await load_member(self.gw.store, guild_id, user_id) if snapshot else None
+                    )
+            if self._generation == generation:
+                break
+        self._generation += 1  # no await from here to the last dispatch below
         if snapshot is not None:
             self._remember(snapshot, change.version)
-        roles: dict[int, frozenset[int] | None] = {}
-        while True:  # the targets are taken after the last await, so none is missed
-            targets = self._targets(change)
-            missing = {s.user_id for s in targets} - roles.keys()
-            if not missing:
-                break
-            for user_id in missing:
-                roles[user_id] = (
-                    await load_member(self.gw.store, guild_id, user_id) if snapshot else None
-                )
         joined: set[int] = set()
         left: set[int] = set()
         for session in targets:
@@ -273,6 +286,8 @@ class GatewayControl:
         )
         for t, d in done.dispatches:
             self._dispatch(session, t, d)
+        if done.left:  # out of the guild (kick, ban): out of its voice channels too
+            self.gw.presence.voice(session, guild_id, None)
         return done
 
     def _dispatch(self, session: Session, t: str, d: str) -> None:
@@ -303,15 +318,32 @@ class GatewayControl:
             await self.resync_all()
 
     async def resync_all(self) -> None:
-        """Recompute every session from the store (after a missed announcement)."""
-        version = await self._version()
-        loaded: dict[int, list[GuildView]] = {}
-        while True:
-            users = {s.user_id for s in self.gw.sessions.values()} - loaded.keys()
-            if not users:
+        """Recompute every session from the store (after a missed announcement).
+
+        The loads take many awaits. If ``apply`` changed any session meanwhile (a ban
+        announced and applied while we loaded), what we loaded may be older than what the
+        sessions already hold — applying it would hand a banned user the guild back
+        (GUILD_CREATE, then its messages and presence). So the load is only used if no view
+        was changed while it ran; otherwise it is redone, and after ``LOAD_TRIES`` busy
+        rounds left to the next housekeeping tick (``seen_version`` stays behind). Applying
+        nothing is safe: every announced change is applied by ``apply`` on its own.
+        """
+        for _ in range(LOAD_TRIES):
+            generation = self._generation
+            version = await self._version()
+            loaded: dict[int, list[GuildView]] = {}
+            while True:
+                users = {s.user_id for s in self.gw.sessions.values()} - loaded.keys()
+                if not users:
+                    break
+                for user_id in users:
+                    loaded[user_id], _ = await self.load_views(user_id)
+            if self._generation == generation:
                 break
-            for user_id in users:
-                loaded[user_id], _ = await self.load_views(user_id)
+        else:
+            log.info("views kept changing during a resync; retrying at the next check")
+            return
+        self._generation += 1  # no await from here until every session is updated
         joined: set[int] = set()
         left: set[int] = set()
         for session in list(self.gw.sessions.values()):
@@ -415,6 +447,26 @@ class GatewayControl:
         if verdict.allowed:
             return None
         return Refusal("RATE_LIMITED", verdict.message(), verdict.retry_after)
+
+    def voice_refusal(
+        self, session: Session, guild_id: int, channel_id: int | None
+    ) -> Refusal | None:
+        """Joining (or moving to) a voice channel needs it visible, a voice channel, and
+        CONNECT there (``Session.perms`` already has the voice bits dropped without it).
+        Leaving (``channel_id`` None) needs only the guild."""
+        if guild_id not in session.guilds or (
+            channel_id is not None and session.channels.get(channel_id) != guild_id
+        ):
+            return Refusal("UNKNOWN_CHANNEL", "no such guild or channel visible to you")
+        if channel_id is None:
+            return None
+        cached = self._snapshots.get(guild_id)
+        channel = cached[1].channels.get(channel_id) if cached is not None else None
+        if channel is None or channel.kind != "voice":
+            return Refusal("NOT_VOICE_CHANNEL", "only a voice channel can be joined")
+        if not session.perms.get(channel_id, 0) & _P.CONNECT:
+            return Refusal("MISSING_PERMISSIONS", "you may not connect to this voice channel")
+        return None
 
     def history_refusal(self, session: Session, channel_id: int) -> Refusal | None:
         if not session.perms.get(channel_id, 0) & _P.READ_MESSAGE_HISTORY:

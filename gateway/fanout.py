@@ -99,8 +99,10 @@ class LocalFanout:
             members = self.by_guild.get(delivery.guild_id, ())
             if delivery.channel_id:
                 targets = [s for s in members if delivery.channel_id in s.channels]
-            else:  # guild-wide (presence): every member session of the guild
-                targets = list(members)
+            else:  # guild-wide (presence): every member session of the guild that is READY
+                # (one still identifying is in ``by_guild`` for routing, but READY must be its
+                # first dispatch; it carries the guild's presences as of then).
+                targets = [s for s in members if s.seq]
         if not targets:
             return 0
         suffix = ""

@@ -21,9 +21,8 @@ import logging
 import os
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -78,7 +77,6 @@ log = logging.getLogger("chatscale.gateway")
 class Client:
     ws: ServerConnection
     conn: Connection
-    nonces: OrderedDict[Any, int] = field(default_factory=OrderedDict)
 
     @property
     def session(self) -> Session | None:
@@ -361,13 +359,9 @@ class Gateway:
         if isinstance(request, PresenceUpdate):
             self.presence.status(session, request.status)
         elif isinstance(request, VoiceStateUpdate):
-            if request.guild_id not in session.guilds or (
-                request.channel_id is not None
-                and session.channels.get(request.channel_id) != request.guild_id
-            ):
-                self.send_error(
-                    client, "UNKNOWN_CHANNEL", "no such guild or channel visible to you"
-                )
+            refusal = self.control.voice_refusal(session, request.guild_id, request.channel_id)
+            if refusal is not None:  # visible, a voice channel, CONNECT
+                self.send_error(client, refusal.code, refusal.message)
                 return
             self.presence.voice(session, request.guild_id, request.channel_id)
         elif isinstance(request, Typing):
@@ -410,15 +404,36 @@ class Gateway:
                 nonce=request.nonce,
             )
             return
-        # A retry with the same nonce on this session reuses the id: the worker stores it once.
-        key = (request.channel_id, request.nonce)
-        message_id = client.nonces.get(key) if request.nonce is not None else None
+        # A retry (same user, channel, nonce and content within nonce_ttl_s, from any session
+        # or gateway) reuses the id the first attempt claimed: the worker stores and fans out
+        # an id once, so a client may retry an UNAVAILABLE or unanswered send after reconnecting.
+        message_id, retry, nonce_key = self._ids.next(), False, ""
+        if request.nonce is not None:
+            nonce_key = self.keys.send_nonce(
+                session.user_id, request.channel_id, request.nonce, request.content
+            )
+            try:
+                claimed = await self.redis.set(
+                    nonce_key, message_id, nx=True, get=True, ex=self.settings.nonce_ttl_s
+                )
+            except TRANSIENT:
+                self.send_error(
+                    client,
+                    "UNAVAILABLE",
+                    "could not queue the message; retry with the same nonce",
+                    nonce=request.nonce,
+                    retry_after=1.0,
+                )
+                return
+            if claimed is not None:
+                message_id, retry = int(claimed), True
         # SEND_MESSAGES here is a fast answer; the worker re-checks with current metadata.
         # Rate limits count new messages only, not retries of one already queued.
-        refusal = await self.control.send_refusal(
-            session, request.channel_id, count=message_id is None
-        )
+        refusal = await self.control.send_refusal(session, request.channel_id, count=not retry)
         if refusal is not None:
+            if nonce_key and not retry:  # not queued: free the nonce, or a retry would skip limits
+                with contextlib.suppress(*TRANSIENT):
+                    await self.redis.delete(nonce_key)
             self.send_error(
                 client,
                 refusal.code,
@@ -427,12 +442,6 @@ class Gateway:
                 retry_after=refusal.retry_after,
             )
             return
-        if message_id is None:
-            message_id = self._ids.next()
-            if request.nonce is not None:
-                client.nonces[key] = message_id
-                if len(client.nonces) > 256:
-                    client.nonces.popitem(last=False)
         payload = message_payload(
             message_id=message_id,
             channel_id=request.channel_id,

@@ -101,6 +101,8 @@ class Coalescer:
     - ``recipients(guild_id)``: deliveries one update costs (gateways holding members, or
       online members); only counted, never used to route.
     - ``member_count(guild_id)`` and ``online_count(guild_id)``: totals the caller keeps.
+      ``member_count`` must know every guild of ``pending_guilds()`` when ``flush`` runs: it
+      decides ``large`` and the window, and is sent as ``member_count``.
     """
 
     def __init__(
@@ -131,23 +133,25 @@ class Coalescer:
     ) -> list[GuildUpdate]:
         """Queue changes for every guild they concern: a status change for each guild of the
         user (``guilds_of(user_id)``), a voice change for its own guild. Returns updates only
-        in raw mode (at once); coalesced updates come from ``flush``."""
+        in raw mode (at once, so ``member_count`` must know those guilds already); coalesced
+        updates come from ``flush``."""
         out: list[GuildUpdate] = []
         for change in changes:
             if isinstance(change, VoiceChange):
                 guilds: Iterable[int] = (change.guild_id,)
-                raw = GuildUpdate(change.guild_id, voice=(change,))
+                statuses: list[StatusChange] = []
+                voices = [change]
             else:
                 guilds = guilds_of(change.user_id)
-                raw = GuildUpdate(0, presences=(change,))
+                statuses, voices = [change], []
             for guild_id in guilds:
                 cost = self.recipients(guild_id)
                 self.stats.changes_in += 1
                 self.stats.raw_deliveries += cost
                 if self.enabled:
                     self._merge(guild_id, change)
-                else:
-                    out.append(replace(raw, guild_id=guild_id))
+                else:  # the same payload as a coalesced update of one change (counts, large)
+                    out.append(self._build(guild_id, statuses, voices))
                     self._count(out[-1], cost)
         return out
 
@@ -180,6 +184,11 @@ class Coalescer:
         for guild_id in [g for g, t in self._last_emit.items() if now - t >= longest]:
             del self._last_emit[guild_id]  # due anyway: forget, so memory follows active guilds
         return out
+
+    def pending_guilds(self) -> set[int]:
+        """Guilds with changes waiting for their window: the next ``flush`` may ask
+        ``member_count`` for any of them, so a caller with a cache fills it for these first."""
+        return self._status.keys() | self._voice.keys()
 
     def next_flush_at(self) -> float | None:
         """Earliest time a ``flush`` could emit something, or None when nothing is pending."""

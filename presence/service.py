@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -39,7 +39,13 @@ from chatscale.keys import PRESENCE_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import Delivery, dumps, encode_entry
 from presence.coalesce import Coalescer, GuildUpdate, TypingThrottle
-from presence.state import PresenceChange, PresenceState, StatusChange, event_from_dict
+from presence.state import (
+    PresenceChange,
+    PresenceState,
+    StatusChange,
+    VoiceChange,
+    event_from_dict,
+)
 from storage import Store
 
 log = logging.getLogger("chatscale.presence")
@@ -172,8 +178,11 @@ class PresenceService:
             typing += batch.get("typing", [])
         changes += self.state.expire(now)
         await self._load_guilds({c.user_id for c in changes if isinstance(c, StatusChange)})
+        await self._load_counts({c.guild_id for c in changes if isinstance(c, VoiceChange)})
         self._track_online(changes)
         updates = self.coalescer.submit(changes, lambda user: self._guilds.get(user, ()))
+        # Changes queued before a metadata change are flushed after it emptied the counts.
+        await self._load_counts(self.coalescer.pending_guilds())
         updates += self.coalescer.flush(now)
         await self._publish(updates, typing, now)
         await self._save(changes)
@@ -203,9 +212,13 @@ class PresenceService:
     async def _load_guilds(self, users: set[int]) -> None:
         for user in users - self._guilds.keys():
             self._guilds[user] = [g.id for g in await self.store.user_guilds(user)]
-            for guild in self._guilds[user]:
-                if guild not in self._members:
-                    self._members[guild] = len(await self.store.guild_members(guild))
+            await self._load_counts(self._guilds[user])
+
+    async def _load_counts(self, guilds: Iterable[int]) -> None:
+        """Member counts of these guilds, for the coalescer (emptied when metadata moves)."""
+        for guild in guilds:
+            if guild not in self._members:
+                self._members[guild] = len(await self.store.guild_members(guild))
 
     def _track_online(self, changes: list[PresenceChange]) -> None:
         for c in changes:
@@ -223,12 +236,14 @@ class PresenceService:
     ) -> None:
         deliveries: list[tuple[int, Delivery]] = []
         for update in updates:
-            d = Delivery(
-                t="PRESENCE_UPDATE",
-                guild_id=update.guild_id,
-                payload=dumps(_wire(update.to_dict())),
-            )
-            deliveries.append((update.guild_id, d))
+            if update.presences or update.went_offline or update.online_delta or not update.voice:
+                d = Delivery(
+                    t="PRESENCE_UPDATE",
+                    guild_id=update.guild_id,
+                    payload=dumps(_wire(update.to_dict())),
+                )
+                deliveries.append((update.guild_id, d))
+            deliveries += [(update.guild_id, v) for v in _voice_deliveries(update)]
         for t in typing:
             if self.typing.typing(int(t["user_id"]), int(t["channel_id"]), now):
                 payload = {
@@ -284,15 +299,42 @@ class PresenceService:
 
 
 def _wire(update: dict[str, Any]) -> dict[str, Any]:
-    """Ids as strings on the wire, like every other payload."""
+    """Ids as strings on the wire, like every other payload. Voice is not in it: it goes only
+    to members who can see the channel (``_voice_deliveries``)."""
     update = dict(update)
     update["guild_id"] = str(update["guild_id"])
     update["presences"] = [{**p, "user_id": str(p["user_id"])} for p in update["presences"]]
-    update["voice"] = [
-        {
-            "user_id": str(v["user_id"]),
-            "channel_id": None if v["channel_id"] is None else str(v["channel_id"]),
-        }
-        for v in update["voice"]
-    ]
+    del update["voice"]
     return update
+
+
+def _voice_deliveries(update: GuildUpdate) -> list[Delivery]:
+    """VOICE_STATE_UPDATEs scoped to one channel each, so gateways deliver them only to
+    sessions that can VIEW that channel: a private voice channel's id and who is in it never
+    reach anyone else. Who left a channel is told to that channel's viewers as
+    ``channel_id: null``; who joined, to the new channel's viewers. Every "left" delivery is
+    written before every "joined" one: a viewer of both channels of a move ends with the
+    user in the new one."""
+    left: dict[int, list[dict[str, Any]]] = {}
+    joined: dict[int, list[dict[str, Any]]] = {}
+    for v in update.voice:
+        if v.old_channel_id is not None:
+            left.setdefault(v.old_channel_id, []).append(
+                {"user_id": str(v.user_id), "channel_id": None}
+            )
+        if v.new_channel_id is not None:
+            joined.setdefault(v.new_channel_id, []).append(
+                {"user_id": str(v.user_id), "channel_id": str(v.new_channel_id)}
+            )
+    return [
+        Delivery(
+            t="VOICE_STATE_UPDATE",
+            guild_id=update.guild_id,
+            channel_id=channel_id,
+            payload=dumps(
+                {"guild_id": str(update.guild_id), "channel_id": str(channel_id), "voice": entries}
+            ),
+        )
+        for scoped in (left, joined)
+        for channel_id, entries in scoped.items()
+    ]
