@@ -253,7 +253,12 @@ async def cmd_trace(args: argparse.Namespace) -> int:
         print(f"unknown user among {args.sender!r}, {args.to!r}", file=sys.stderr)
         return 2
     now = time.time()
-    toks = [tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now) for u in users if u]
+    # The sender's token carries the operator claim: gateways honour ``trace`` only from operators.
+    toks = [
+        tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now, operator=i == 0)
+        for i, u in enumerate(users)
+        if u
+    ]
     a = await ChatClient.identify(urls[0], toks[0])
     b = await ChatClient.identify(urls[-1], toks[1])
     try:

@@ -449,6 +449,7 @@ class Gateway:
             self.settings.replay_buffer,
             username=user.username,
             replay_bytes=self.settings.replay_buffer_bytes,
+            operator=request.operator,
         )
         # No channels yet, so nothing is delivered to it: control.settle() installs them once
         # no permission change can have raced the load (gateway/control.py).
@@ -542,8 +543,10 @@ class Gateway:
         session = client.session
         assert session is not None and self._ids is not None
         started = metrics.clock()  # gateway_publish: receive -> XADD acknowledged
+        # Tracing exposes internal hop timings to every recipient: operators only (token claim);
+        # anyone else's ``trace`` is ignored.
         tr: list[tuple[str, int]] | None = (
-            [("gateway_receive", time.time_ns())] if request.trace else None
+            [("gateway_receive", time.time_ns())] if request.trace and session.operator else None
         )
         guild_id = session.channels.get(request.channel_id)
         if guild_id is None:

@@ -76,6 +76,7 @@ class CloseConnection:
 class Authenticate:
     user_id: int
     device: str
+    operator: bool = False  # the token's operator claim (may trace messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class Session:
     channels: dict[int, int] = field(default_factory=dict)
     perms: dict[int, int] = field(default_factory=dict)
     username: str = ""
+    operator: bool = False  # from the IDENTIFY token: may trace its messages (chatscale trace)
     # Bytes of payload the replay buffer may hold (with ``replay_size`` entries, whichever is
     # reached first): the bound on what one session costs its gateway, whatever it receives.
     replay_bytes: int = 512 * 1024
@@ -339,7 +341,7 @@ class Connection:
                 return self._close(Close.AUTHENTICATION_FAILED, f"token {exc.reason}")
             self.state = State.AUTHENTICATING
             if isinstance(request, Identify):
-                return [Authenticate(user_id, request.device)]
+                return [Authenticate(user_id, request.device, tokens.is_operator(request.token))]
             return [ResumeRequest(user_id, request.session_id, request.seq)]
         if isinstance(request, SendMessage):
             return [PublishMessage(request)]
