@@ -44,11 +44,20 @@ def settings_for_tools(workdir: Path = WORKDIR) -> Settings:
 
 
 def _logging(verbose: bool) -> None:
+    from chatscale import logfilter
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    try:  # the knobs; a bad environment is reported by the command itself, one line
+        settings = Settings()
+        limit, window = settings.log_repeat_limit, settings.log_repeat_window_s
+    except ValidationError:
+        fields = Settings.model_fields
+        limit, window = fields["log_repeat_limit"].default, fields["log_repeat_window_s"].default
+    logfilter.install(limit, window)  # a flood of one error must not flood the log
 
 
 # ---- services -----------------------------------------------------------------------------
@@ -65,9 +74,11 @@ async def _serve_until_signal(start, stop) -> None:  # noqa: ANN001
 
 
 async def cmd_gateway(args: argparse.Namespace) -> int:
-    from gateway.server import Gateway
+    from gateway.server import Gateway, raise_open_file_limit
     from storage import open_store
 
+    soft, hard = raise_open_file_limit()  # 1024 by default: ~1,000 idle sockets would lock us out
+    logging.getLogger("chatscale.gateway").info("open-file limit %s (hard %s)", soft, hard)
     settings = Settings()
     if args.port is not None:
         settings = settings.model_copy(

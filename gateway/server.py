@@ -190,7 +190,7 @@ class Gateway:
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < self.max_connections:
             self.max_connections = max(soft - FD_RESERVE, 1)
-            log.warning(
+            log.info(
                 "open-file limit %d caps this gateway at %d connections", soft, self.max_connections
             )
         self._server = await serve(
