@@ -222,6 +222,7 @@ async def test_silent_and_ping_flooding_clients_do_not_stall_the_gateway(stack: 
     flooder = await RawClient.connect(gw.port)  # pings as fast as it can, never reads
     flood = asyncio.create_task(flooder.flood_pings(max_bytes=64 << 20))
     acked, received = [], []
+    most_buffered = 0  # the gateway's write buffer towards the flooder (its pongs)
     try:
         for r in range(ROUNDS):
             stack.clock.advance(1.0)
@@ -239,14 +240,14 @@ async def test_silent_and_ping_flooding_clients_do_not_stall_the_gateway(stack: 
             assert await redis.exists(alive), f"round {r}: the gateway lost its liveness key"
             ours = server_side(gw, flooder)
             if ours is not None and ours.ws.transport is not None:
-                buffered = ours.ws.transport.get_write_buffer_size()
-                # The limit is checked after each read: one read's worth of pongs past it at most.
-                assert buffered <= stack.settings.client_buffer_bytes + (256 << 10), buffered
+                most_buffered = max(most_buffered, ours.ws.transport.get_write_buffer_size())
         sent = await asyncio.wait_for(flood, 10)
         assert sent < 64 << 20, "the gateway never dropped the ping flooder"
         await gone(gw, flooder, "the ping flooder")
         await gone(gw, silent, "the silent client")
         assert acked == received  # nothing lost, in order
+        # The limit is checked after each read: one read's worth of pongs past it at most.
+        assert most_buffered <= stack.settings.client_buffer_bytes + (256 << 10), most_buffered
         assert not alice.closed.is_set() and not bob.closed.is_set()  # nobody got 4000
         assert alice.session_id in gw.sessions and bob.session_id in gw.sessions
     finally:
@@ -288,12 +289,11 @@ async def test_history_answers_are_not_kept_for_resume(stack: Stack):
     for _ in range(20):
         await alice.next_event("MESSAGE_CREATE")
     session = gw.sessions[alice.session_id]
-    seq_before, held_before = session.seq, session.replay_held
+    seq_before = session.seq
     for _ in range(10):
         assert len(await alice.history(general, limit=100)) == 20
     assert session.seq == seq_before + 10  # the answers were numbered and sent...
     assert session.missed_since(seq_before) == []  # ...but are not owed on RESUME
-    assert session.replay_held == held_before
 
 
 def test_replay_buffer_is_bounded_in_bytes_and_resume_fails_past_it():
@@ -336,7 +336,7 @@ async def test_slow_consumer_is_aborted_after_a_bounded_wait_and_its_session_exp
     assert ours.conn.state is State.CLOSED, "never detected as a slow consumer"
     # Before the fix the 4010 close waited in drain() forever: the connection never ended,
     # the session stayed attached and never expired.
-    await gone(gw, raw, "the slow consumer", timeout=stack.settings.close_timeout_s + 5)
+    await gone(gw, raw, "the slow consumer", timeout=SMALL["close_timeout_s"] + 5)
     assert session.detached_at is not None
     stack.clock.advance(stack.settings.resume_timeout_s + 1)
     await gw.tick()
