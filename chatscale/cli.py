@@ -45,11 +45,20 @@ EXPECTED_ERRORS = (UsageError, TopologyError, admin.Unresolved, admin.Refused, C
 
 
 def _logging(verbose: bool) -> None:
+    from chatscale import logfilter
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    try:  # the knobs; a bad environment is reported by the command itself, one line
+        settings = Settings()
+        limit, window = settings.log_repeat_limit, settings.log_repeat_window_s
+    except ValidationError:
+        fields = Settings.model_fields
+        limit, window = fields["log_repeat_limit"].default, fields["log_repeat_window_s"].default
+    logfilter.install(limit, window)  # a flood of one error must not flood the log
 
 
 # ---- services -----------------------------------------------------------------------------
@@ -102,9 +111,11 @@ def _serve_metrics(settings: Settings, *, role: str, name: str) -> None:
 
 
 async def cmd_gateway(args: argparse.Namespace) -> int:
-    from gateway.server import Gateway
+    from gateway.server import Gateway, raise_open_file_limit
     from storage import open_store
 
+    soft, hard = raise_open_file_limit()  # 1024 by default: ~1,000 idle sockets would lock us out
+    logging.getLogger("chatscale.gateway").info("open-file limit %s (hard %s)", soft, hard)
     settings = _service_settings()
     _check_secret(settings, args.insecure_dev)
     if args.port is not None:
@@ -339,7 +350,12 @@ async def cmd_trace(args: argparse.Namespace) -> int:
     if None in users:
         raise UsageError(f"unknown user among {args.sender!r}, {args.to!r}")
     now = time.time()
-    toks = [tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now) for u in users if u]
+    # The sender's token carries the operator claim: gateways honour ``trace`` only from operators.
+    toks = [
+        tokens.mint(u.id, secret=settings.token_secret, ttl_s=600, now=now, operator=i == 0)
+        for i, u in enumerate(users)
+        if u
+    ]
     a = await ChatClient.identify(urls[0], toks[0])
     b = await ChatClient.identify(urls[-1], toks[1])
     try:

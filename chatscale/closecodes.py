@@ -25,6 +25,9 @@ class Close(IntEnum):
     SLOW_CONSUMER = 4010
     GATEWAY_SHUTDOWN = 4011
     SESSION_REPLACED = 4012
+    IDENTIFY_TIMEOUT = 4013
+    GATEWAY_FULL = 4014
+    TOO_MANY_CONNECTIONS = 4015
     MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself when max_size is exceeded
 
 
@@ -77,6 +80,21 @@ CATALOGUE: dict[Close, CloseInfo] = {
             "The gateway is stopping. Reconnect to another and resume or identify.",
         ),
         CloseInfo(Close.SESSION_REPLACED, True, "The session was resumed on another connection."),
+        CloseInfo(
+            Close.IDENTIFY_TIMEOUT,
+            True,
+            "No IDENTIFY or RESUME within the deadline after HELLO (heartbeats do not extend it).",
+        ),
+        CloseInfo(
+            Close.GATEWAY_FULL,
+            True,
+            "The gateway is at its connection cap. Back off, or connect to another gateway.",
+        ),
+        CloseInfo(
+            Close.TOO_MANY_CONNECTIONS,
+            True,
+            "Too many connections from your address. Close some, back off, then reconnect.",
+        ),
         CloseInfo(
             Close.MESSAGE_TOO_BIG,
             True,

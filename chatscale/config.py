@@ -123,6 +123,38 @@ class Settings(BaseSettings):
         "nonce and content in that time, from any session or gateway (after a reconnect), is "
         "the same message. Costs one small Redis key per message sent with a nonce.",
     )
+    replay_buffer_bytes: int = Field(
+        default=512 * 1024,
+        description="Bytes of dispatch payload kept per session for RESUME (with replay_buffer, "
+        "whichever is hit first). Request answers (HISTORY) are never kept. Bounds a gateway's "
+        "memory per session; a longer outage needs re-IDENTIFY.",
+    )
+    close_timeout_s: float = Field(
+        default=5.0,
+        description="How long a closing connection may take to finish the close handshake before "
+        "the gateway aborts its TCP connection. Bounds what one silent client can hold.",
+    )
+    identify_timeout_s: float = Field(
+        default=20.0,
+        description="A connection that has not IDENTIFYed (or RESUMEd) this long after HELLO is "
+        "closed with 4013, heartbeats or not.",
+    )
+    max_connections: int = Field(
+        default=50_000,
+        description="Connections one gateway accepts; more are closed with 4014. Also capped at "
+        "the process's open-file limit minus a reserve for Redis, storage and logs.",
+    )
+    max_connections_per_ip: int = Field(
+        default=2048,
+        description="Connections one gateway accepts from one address; more are closed with "
+        "4015. 0 turns it off. Raise it for load tests that connect from one host.",
+    )
+    log_repeat_limit: int = Field(
+        default=10,
+        description="Identical log lines (same logger, level and message) printed per window; "
+        "the rest are counted and the count is printed with the next one.",
+    )
+    log_repeat_window_s: float = 60.0
 
     # --- workers ------------------------------------------------------------------------
     ingest_shards: int = Field(

@@ -212,7 +212,9 @@ async def demo(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         await store.close()
     assert alice and bob
     tok = {
-        u.username: tokens.mint(u.id, secret=s.token_secret, ttl_s=s.token_ttl_s, now=now)
+        u.username: tokens.mint(  # alice traces a message: an operator capability
+            u.id, secret=s.token_secret, ttl_s=s.token_ttl_s, now=now, operator=u is alice
+        )
         for u in (alice, bob)
     }
     a = await ChatClient.identify(topo.gateway_urls[0], tok["alice"])

@@ -32,8 +32,15 @@ def _sign(secret: str, body: str) -> str:
     return _b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
 
 
-def mint(user_id: int, *, secret: str, ttl_s: float, now: float) -> str:
-    body = _b64(json.dumps({"u": str(user_id), "exp": int(now + ttl_s)}).encode())
+def mint(user_id: int, *, secret: str, ttl_s: float, now: float, operator: bool = False) -> str:
+    """``operator`` adds the ``op`` claim: operator capabilities such as message tracing.
+
+    Only whoever holds the secret can mint it (``chatscale trace`` does, for its own sender).
+    """
+    claims: dict[str, object] = {"u": str(user_id), "exp": int(now + ttl_s)}
+    if operator:
+        claims["op"] = 1
+    body = _b64(json.dumps(claims).encode())
     return f"{body}.{_sign(secret, body)}"
 
 
@@ -52,3 +59,11 @@ def verify(token: str, *, secret: str, now: float) -> int:
     if exp <= now:
         raise TokenError("expired")
     return user_id
+
+
+def is_operator(token: str) -> bool:
+    """Whether a token that ``verify`` already accepted carries the operator claim."""
+    try:
+        return json.loads(_unb64(token.split(".")[0])).get("op") == 1
+    except (ValueError, AttributeError):
+        return False

@@ -16,11 +16,12 @@ permission bits there (``Session.channels`` / ``Session.perms``). Deliveries are
   CHANNEL_UPDATE / CHANNEL_DELETE, GUILD_MEMBER_ADD / GUILD_MEMBER_REMOVE to the others), and
   only then confirms (RPUSH to the change's ack list). The control plane returns once every
   live gateway confirmed, so "the ban returned" implies "no gateway delivers to them".
-- **Housekeeping** (``check``, every second, before the gateway renews its liveness key): a
-  version that moved without an event (a missed pub/sub message, ``chatscale seed``) resyncs
-  every session; a liveness key that vanished means the control plane fenced this gateway
-  (it did not confirm in time) or it stalled past the key's TTL — workers skipped it, so its
-  sessions may have missed deliveries: they are dropped and clients re-IDENTIFY.
+- **Housekeeping** (``check``, every second; the liveness key is renewed by its own task, which
+  only extends an existing key): a version that moved without an event (a missed pub/sub
+  message, ``chatscale seed``) resyncs every session; a liveness key that vanished means the
+  control plane fenced this gateway (it did not confirm in time) or it stalled past the key's
+  TTL — workers skipped it, so its sessions may have missed deliveries: they are dropped,
+  clients re-IDENTIFY, and only then is the key created again.
 
 ``apply_view`` and ``install`` are pure (no I/O): the leak property test drives them directly.
 """
@@ -311,9 +312,10 @@ class GatewayControl:
     # ---- housekeeping -----------------------------------------------------------------------
 
     async def check(self) -> None:
-        """Before the gateway renews its liveness: handle a fence, catch up a missed change."""
+        """Handle a fence (then re-create the liveness key), catch up a missed change."""
         if not await self.gw.redis.exists(self.gw.keys.gateway_alive(self.gw.id)):
             await self.drop_sessions("this gateway missed deliveries; IDENTIFY again")
+            await self.gw._refresh_alive(create=True)  # only now: renewals never re-create it
         if await self._version() > self.seen_version:
             await self.resync_all()
 
@@ -363,9 +365,7 @@ class GatewayControl:
         for session in list(self.gw.sessions.values()):
             await self.gw._forget(session)
         for client in list(self.gw.clients):
-            client.conn.closed()
-            with contextlib.suppress(Exception):
-                await client.ws.close(Close.UNKNOWN_ERROR, reason)
+            self.gw.close_client(client, Close.UNKNOWN_ERROR, reason)  # bounded, in the background
 
     # ---- IDENTIFY ---------------------------------------------------------------------------
 
@@ -374,16 +374,17 @@ class GatewayControl:
         try:
             verdict = await self.limiter.identify(user_id)
         except TRANSIENT:
-            await client.ws.close(Close.UNKNOWN_ERROR, "rate limiter unavailable")
+            self.gw.close_client(client, Close.UNKNOWN_ERROR, "rate limiter unavailable")
             return False
         if verdict.allowed:
             return True
         self.gw.send_error(
             client, "RATE_LIMITED", verdict.message(), retry_after=verdict.retry_after
         )
-        client.conn.closed()
-        await client.ws.close(
-            Close.RATE_LIMITED, f"identify rate limited; retry after {verdict.retry_after:.3f} s"
+        self.gw.close_client(
+            client,
+            Close.RATE_LIMITED,
+            f"identify rate limited; retry after {verdict.retry_after:.3f} s",
         )
         return False
 

@@ -11,14 +11,24 @@ past ``client_buffer_bytes`` is closed with 4010 (SLOW_CONSUMER) instead of slow
 the trade-off the websockets docs describe for broadcast: memory is bounded per client and a
 slow reader loses its connection, not the others' latency. permessage-deflate is off by default
 (``compression``): it costs 3-4x the CPU per frame and ~3x the memory per idle connection.
+
+No background step ever awaits one client. Closing a connection (heartbeat or IDENTIFY timeout,
+slow consumer, fencing, shutdown) runs in its own task and is bounded: after
+``close_timeout_s`` the TCP connection is aborted, whether the peer stopped reading (``drain()``
+would wait forever) or just never answers the close frame. The liveness key is renewed by its
+own task, so housekeeping work cannot make this gateway look dead. What the library writes on
+its own — pongs to a peer's pings — counts against the same per-client buffer as our frames
+(``GatewayConnection``): a peer that floods pings and never reads is closed like any slow one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import resource
 import secrets
 import time
 from collections.abc import Callable
@@ -72,11 +82,52 @@ from storage.paging import read_page
 
 log = logging.getLogger("chatscale.gateway")
 
+ALIVE_TTL_S = 10  # the liveness key's expiry; renewed every ALIVE_EVERY_S by its own task
+ALIVE_EVERY_S = 1.0
+FD_RESERVE = 128  # open files kept back from clients: Redis pools, storage, metrics, logs
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raise this process's open-file soft limit to its hard limit; returns (soft, hard).
+
+    Distributions start processes at 1024 open files, which ~1,000 idle connections exhaust;
+    the hard limit (often 2^19 or more) is what the administrator actually allows.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps at OPEN_MAX
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+class GatewayConnection(ServerConnection):
+    """A server connection that reports after each input what it made the library write.
+
+    websockets answers a peer's ping with a pong straight from ``data_received``, bypassing our
+    ``Gateway.send``. Without this hook a peer that floods pings and never reads grows our
+    write buffer without bound; with it, the gateway applies the same per-client limit.
+    """
+
+    def __init__(
+        self, *args: Any, after_input: Callable[[GatewayConnection], None], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._after_input = after_input
+        self.client: Client | None = None  # set once the gateway's handler runs
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._after_input(self)
+
 
 @dataclass(eq=False)
 class Client:
     ws: ServerConnection
     conn: Connection
+    opened_at: float = 0.0  # gateway clock at HELLO: the IDENTIFY deadline counts from here
+    address: str = ""
+    closing: bool = False  # a bounded close is under way; never start a second one
 
     @property
     def session(self) -> Session | None:
@@ -120,6 +171,8 @@ class Gateway:
             heartbeat_every_s=settings.presence_timeout_s / 3,
         )
         self.clients: set[Client] = set()
+        self.per_address: dict[str, int] = {}  # open connections by remote address
+        self.max_connections = settings.max_connections  # lowered to the fd limit in start()
         self.sessions: dict[str, Session] = {}
         self._ids: snowflake.SnowflakeGenerator | None = None
         self._server: Server | None = None
@@ -132,6 +185,12 @@ class Gateway:
     async def start(self) -> None:
         node = await self.redis.incr(self.keys.node_ids()) % (snowflake.MAX_NODE + 1)
         self._ids = snowflake.SnowflakeGenerator(node)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and soft - FD_RESERVE < self.max_connections:
+            self.max_connections = max(soft - FD_RESERVE, 1)
+            log.info(
+                "open-file limit %d caps this gateway at %d connections", soft, self.max_connections
+            )
         self._server = await serve(
             self._handle,
             self.settings.gateway_host,
@@ -139,7 +198,11 @@ class Gateway:
             max_size=self.settings.max_frame_bytes,
             compression="deflate" if self.settings.compression else None,
             ping_interval=None,  # liveness is the protocol's HEARTBEAT, counted per session
-            close_timeout=10,
+            close_timeout=self.settings.close_timeout_s,
+            open_timeout=self.settings.close_timeout_s,  # the HTTP upgrade, before HELLO
+            create_connection=functools.partial(  # type: ignore[arg-type]
+                GatewayConnection, after_input=self._after_input
+            ),
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
@@ -152,9 +215,10 @@ class Gateway:
             self.id,
             dumps({"url": self.url, "pid": os.getpid(), "started": self.wall_clock()}),
         )
-        await self._refresh_alive()
+        await self._refresh_alive(create=True)
         self._spawn(self.fanout.run(self._reader_redis))
         self._spawn(self.control.run())
+        self._spawn(self._liveness())
         self._spawn(self._housekeeping())
         metrics.watch_gateway(self)  # connections and sessions, read at scrape time
         log.info("gateway %s listening on %s", self.id, self.url)
@@ -163,9 +227,13 @@ class Gateway:
         """Close clients with GATEWAY_SHUTDOWN (resumable), drop routes, stop background tasks."""
         if self._server is not None:
             self._server.close(close_connections=False)
-        for client in list(self.clients):
-            with contextlib.suppress(Exception):
-                await client.ws.close(Close.GATEWAY_SHUTDOWN, "gateway stopping")
+        await asyncio.gather(  # all at once, each bounded: one silent client cannot hold us up
+            *(
+                self._close_bounded(c.ws, Close.GATEWAY_SHUTDOWN, "gateway stopping")
+                for c in list(self.clients)
+            ),
+            return_exceptions=True,
+        )
         if self._server is not None:
             await self._server.wait_closed()
         for task in list(self._tasks):
@@ -187,16 +255,27 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _refresh_alive(self) -> None:
-        await self.redis.set(self.keys.gateway_alive(self.id), b"1", ex=10)
+    async def _refresh_alive(self, *, create: bool = False) -> bool:
+        """Renew the liveness key; only ``create`` (start, or after a fence was handled) may make
+        it anew. A renewal never resurrects a key the control plane deleted to fence us: that
+        deletion must stay visible until ``control.check()`` has dropped the sessions."""
+        key = self.keys.gateway_alive(self.id)
+        if create:
+            return bool(await self.redis.set(key, b"1", ex=ALIVE_TTL_S))
+        return bool(await self.redis.set(key, b"1", ex=ALIVE_TTL_S, xx=True))
+
+    async def _liveness(self) -> None:
+        """Its own task: nothing housekeeping does (store reloads, many clients) can starve it."""
+        while True:
+            with contextlib.suppress(*TRANSIENT):
+                await self._refresh_alive()
+            await asyncio.sleep(ALIVE_EVERY_S)
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             with contextlib.suppress(*TRANSIENT, StorageUnavailable):
-                await self.control.check()  # fenced? missed a change? (before renewing liveness)
-            with contextlib.suppress(*TRANSIENT):
-                await self._refresh_alive()
+                await self.control.check()  # fenced? missed a change? (re-creates liveness)
             await self.tick()
             with contextlib.suppress(*TRANSIENT):
                 await self.flush_presence()
@@ -206,10 +285,18 @@ class Gateway:
         await self.presence.flush(list(self.fanout.attached), self.clock())
 
     async def tick(self) -> None:
-        """Heartbeat timeouts and expiry of detached sessions (tests call it with a fake clock)."""
-        for client in list(self.clients):
-            await self._apply(client, client.conn.tick())
+        """Heartbeat and IDENTIFY timeouts, expiry of detached sessions (tests call it with a
+        fake clock). Closing never awaits the client: ``close_client`` runs in the background."""
         now = self.clock()
+        for client in list(self.clients):
+            for action in client.conn.tick():
+                assert isinstance(action, CloseConnection)
+                self.close_client(client, action.code, action.reason)
+            if (
+                client.conn.state is State.AWAIT_IDENTIFY
+                and now - client.opened_at > self.settings.identify_timeout_s
+            ):
+                self.close_client(client, Close.IDENTIFY_TIMEOUT, "IDENTIFY within the deadline")
         for session in list(self.sessions.values()):
             if (
                 session.detached_at is not None
@@ -217,17 +304,72 @@ class Gateway:
             ):
                 await self._forget(session)
 
+    # ---- closing ------------------------------------------------------------------------------
+
+    def close_client(self, client: Client, code: Close, reason: str) -> None:
+        """Close in the background, bounded; the caller never waits on this client."""
+        client.conn.closed()
+        if client.closing:
+            return
+        client.closing = True
+        self._spawn(self._close_bounded(client.ws, code, reason))
+
+    async def _close_bounded(self, ws: ServerConnection, code: Close, reason: str) -> None:
+        """The close handshake for at most ``close_timeout_s``, then abort the TCP connection.
+
+        ``ws.close()`` alone can wait forever: it drains our write buffer first, and a peer
+        that stopped reading never lets it drain. Aborting drops what is still buffered.
+        """
+        try:
+            async with asyncio.timeout(self.settings.close_timeout_s):
+                await ws.close(code, reason)
+        except (TimeoutError, ConnectionClosed, OSError):
+            pass
+        finally:
+            if ws.protocol.state is not WsState.CLOSED and ws.transport is not None:
+                ws.transport.abort()
+
+    def _after_input(self, ws: GatewayConnection) -> None:
+        """After every read: whatever the library queued on its own (pongs) is bounded too."""
+        if ws.transport is None or ws.transport.get_write_buffer_size() <= (
+            self.settings.client_buffer_bytes
+        ):
+            return
+        client = ws.client
+        if client is None or client.closing:  # not ours yet, or a close did not get through
+            ws.transport.abort()
+        else:
+            self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
+
     # ---- per connection -----------------------------------------------------------------------
 
+    def _refusal(self, address: str) -> tuple[Close, str] | None:
+        """The connection caps, checked before HELLO (a refused connection costs one close)."""
+        if len(self.clients) >= self.max_connections:
+            return Close.GATEWAY_FULL, "gateway full; try another gateway or retry later"
+        limit = self.settings.max_connections_per_ip
+        if limit and self.per_address.get(address, 0) >= limit:
+            return Close.TOO_MANY_CONNECTIONS, f"at most {limit} connections per address"
+        return None
+
     async def _handle(self, ws: ServerConnection) -> None:
+        address = str(ws.remote_address[0]) if ws.remote_address else ""
+        refusal = self._refusal(address)
+        if refusal is not None:
+            await self._close_bounded(ws, *refusal)
+            metrics.connection_closed(ws)
+            return
         conn = Connection(
             limits=self.limits,
             token_secret=self.settings.token_secret,
             clock=self.clock,
             wall_clock=self.wall_clock,
         )
-        client = Client(ws, conn)
+        client = Client(ws, conn, opened_at=self.clock(), address=address)
+        if isinstance(ws, GatewayConnection):
+            ws.client = client
         self.clients.add(client)
+        self.per_address[address] = self.per_address.get(address, 0) + 1
         try:
             await self._apply(client, conn.hello())
             async for raw in ws:
@@ -237,6 +379,11 @@ class Gateway:
             pass
         finally:
             self.clients.discard(client)
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
             metrics.connection_closed(ws)  # by close code
             conn.closed()
             session = client.session
@@ -249,7 +396,7 @@ class Gateway:
             if isinstance(action, SendFrame):
                 self.send(client, action.text)
             elif isinstance(action, CloseConnection):
-                await client.ws.close(action.code, action.reason)
+                self.close_client(client, action.code, action.reason)
             elif isinstance(action, Authenticate):
                 await self._identify(client, action)
             elif isinstance(action, ResumeRequest):
@@ -268,8 +415,7 @@ class Gateway:
             return
         buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
         if buffered > self.settings.client_buffer_bytes:
-            client.conn.closed()
-            self._spawn(ws.close(Close.SLOW_CONSUMER, "send buffer overflow"))
+            self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
             return
         broadcast([ws], text)
         metrics.frame_out()
@@ -289,14 +435,19 @@ class Gateway:
             user = await self.store.get_user(request.user_id)
             views, version = await self.control.load_views(request.user_id) if user else ([], 0)
         except (StorageUnavailable, *TRANSIENT):
-            await client.ws.close(Close.UNKNOWN_ERROR, "metadata store unavailable")
+            self.close_client(client, Close.UNKNOWN_ERROR, "metadata store unavailable")
             return
         guilds = [v.guild for v in views]
         if user is None:
-            await client.ws.close(Close.AUTHENTICATION_FAILED, "unknown user")
+            self.close_client(client, Close.AUTHENTICATION_FAILED, "unknown user")
             return
         session = Session(
-            user.id, request.device, self.settings.replay_buffer, username=user.username
+            user.id,
+            request.device,
+            self.settings.replay_buffer,
+            username=user.username,
+            replay_bytes=self.settings.replay_buffer_bytes,
+            operator=request.operator,
         )
         # No channels yet, so nothing is delivered to it: control.settle() installs them once
         # no permission change can have raced the load (gateway/control.py).
@@ -323,7 +474,7 @@ class Gateway:
             await self.fanout.attach(session, client)
             views = await self.control.settle(session, views, version)
         except (StorageUnavailable, *TRANSIENT):
-            await client.ws.close(Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
+            self.close_client(client, Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
             return
         if client.conn.state is not State.AUTHENTICATING:
             # The connection was closed while we loaded (heartbeat timeout, fencing, a client
@@ -343,8 +494,7 @@ class Gateway:
             return
         previous = self.fanout.attached.get(session)
         if previous is not None and previous is not client:
-            previous.conn.closed()
-            self._spawn(previous.ws.close(Close.SESSION_REPLACED, "resumed elsewhere"))
+            self.close_client(previous, Close.SESSION_REPLACED, "resumed elsewhere")
         actions = client.conn.resumed(session, request.seq)
         if client.conn.session is session:
             session.detached_at = None
@@ -387,8 +537,10 @@ class Gateway:
         session = client.session
         assert session is not None and self._ids is not None
         started = metrics.clock()  # gateway_publish: receive -> XADD acknowledged
+        # Tracing exposes internal hop timings to every recipient: operators only (token claim);
+        # anyone else's ``trace`` is ignored.
         tr: list[tuple[str, int]] | None = (
-            [("gateway_receive", time.time_ns())] if request.trace else None
+            [("gateway_receive", time.time_ns())] if request.trace and session.operator else None
         )
         guild_id = session.channels.get(request.channel_id)
         if guild_id is None:
@@ -508,4 +660,5 @@ class Gateway:
             return
         body = ",".join(payload for _, payload in page)
         d = f'{{"channel_id":"{request.channel_id}","nonce":{dumps(request.nonce)},"messages":[{body}]}}'
-        self.send(client, session.dispatch("HISTORY", d))
+        # An answer, not an event: never kept for RESUME (a page can be ~1.5 MB at the maximum).
+        self.send(client, session.dispatch("HISTORY", d, replay=False))

@@ -76,6 +76,7 @@ class CloseConnection:
 class Authenticate:
     user_id: int
     device: str
+    operator: bool = False  # the token's operator claim (may trace messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,33 +154,55 @@ class Session:
     channels: dict[int, int] = field(default_factory=dict)
     perms: dict[int, int] = field(default_factory=dict)
     username: str = ""
+    operator: bool = False  # from the IDENTIFY token: may trace its messages (chatscale trace)
+    # Bytes of payload the replay buffer may hold (with ``replay_size`` entries, whichever is
+    # reached first): the bound on what one session costs its gateway, whatever it receives.
+    replay_bytes: int = 512 * 1024
     # (seq, t, d_json, trace_json): references to the payload strings every local session
     # shares, not a per-session copy of the frame — the frame is rebuilt only on RESUME.
     _replay: deque[tuple[int, str, str, str]] = field(init=False)
+    _replay_held: int = field(init=False, default=0)  # bytes of d_json + trace_json in _replay
+    _evicted_seq: int = field(init=False, default=0)  # newest seq pushed out of the buffer
     detached_at: float | None = None
 
     def __post_init__(self) -> None:
-        self._replay = deque(maxlen=self.replay_size)
+        self._replay = deque()
 
     def dispatch(self, t: str, d_json: str, trace_json: str = "", *, replay: bool = True) -> str:
         """Number the next dispatch, remember it for RESUME, return the frame text.
 
-        ``replay=False`` is for READY: a client can only RESUME with the session id READY gave
-        it, so READY is never replayed — and keeping it (guilds, channels, presences: often the
-        largest frame of a session) would multiply every idle session's memory.
+        ``replay=False`` is for frames RESUME never owes: READY (a client can only RESUME with
+        the session id READY gave it; keeping it would multiply every idle session's memory)
+        and answers to requests (HISTORY: up to a full page per request — a client that lost
+        the answer asks again). Only dispatches of events are kept, bounded in entries and bytes.
         """
         self.seq += 1
         text = dispatch_frame(t, self.seq, d_json, trace_json)
         if replay:
             self._replay.append((self.seq, t, d_json, trace_json))
+            self._replay_held += len(d_json) + len(trace_json)
+            while len(self._replay) > self.replay_size or (
+                self._replay_held > self.replay_bytes and len(self._replay) > 1
+            ):
+                s, _, d, tr = self._replay.popleft()
+                self._replay_held -= len(d) + len(tr)
+                self._evicted_seq = s
         return text
 
+    @property
+    def replay_held(self) -> int:
+        """Bytes of payload the replay buffer holds now (a bound check for tests and metrics)."""
+        return self._replay_held
+
     def missed_since(self, seq: int) -> list[str] | None:
-        """Frames after ``seq``; None if some of them already fell out of the buffer."""
+        """Frames after ``seq``; None if some of them already fell out of the buffer.
+
+        Sequence numbers of frames that were never kept (READY, request answers) are not gaps:
+        only an evicted dispatch makes a RESUME impossible.
+        """
         if seq == self.seq:
             return []
-        oldest = self._replay[0][0] if self._replay else self.seq + 1
-        if seq + 1 < oldest:
+        if seq < self._evicted_seq:
             return None
         return [dispatch_frame(t, s, d, tr) for s, t, d, tr in self._replay if s > seq]
 
@@ -318,7 +341,7 @@ class Connection:
                 return self._close(Close.AUTHENTICATION_FAILED, f"token {exc.reason}")
             self.state = State.AUTHENTICATING
             if isinstance(request, Identify):
-                return [Authenticate(user_id, request.device)]
+                return [Authenticate(user_id, request.device, tokens.is_operator(request.token))]
             return [ResumeRequest(user_id, request.session_id, request.seq)]
         if isinstance(request, SendMessage):
             return [PublishMessage(request)]
