@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import resource
+import secrets
 import socket
 import struct
 import subprocess
@@ -433,11 +434,13 @@ def test_gateway_process_raises_its_open_file_limit(settings: Settings, tmp_path
         "CHATSCALE_REDIS_URL": settings.redis_url or "",
         "CHATSCALE_STORAGE_URL": f"sqlite:///{tmp_path}/gw.db",
         "CHATSCALE_KEY_PREFIX": settings.key_prefix,
+        "CHATSCALE_TOKEN_SECRET": secrets.token_urlsafe(48),  # a gateway refuses a weak one
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
     }
     with subprocess.Popen(
         [sys.executable, "-m", "chatscale", "gateway", "--port", "0"],
         env=env,
+        cwd=tmp_path,  # no run.json of this checkout is found
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
