@@ -26,12 +26,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chatscale import admin, community, discovery, metrics, tokens
+from chatscale import discovery, metrics, tokens
 from chatscale.config import Settings
-from chatscale.controlplane import ControlError
 from chatscale.discovery import WORKDIR, TopologyError, settings_for_tools
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
+from guilds import commands as admin
+from guilds import community
+from guilds.controlplane import ControlError
 
 __all__ = ["WORKDIR", "build_parser", "main", "settings_for_tools"]  # settings_for_tools: moved
 
@@ -214,7 +216,7 @@ def _run_settings(args: argparse.Namespace) -> Settings:
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
-    from chatscale import supervisor
+    from ops import supervisor
 
     settings = _run_settings(args)
     topo = supervisor.Topology(
@@ -389,7 +391,7 @@ async def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def cmd_top(args: argparse.Namespace) -> int:
-    from chatscale import top
+    from ops import top
 
     settings = settings_for_tools()
     if not settings.redis_url:

@@ -1,8 +1,10 @@
-"""Prometheus metrics of every service, in one module (documented in docs/metrics.md).
+"""What every service's Prometheus metrics share (documented in docs/metrics.md): the registry,
+the HTTP endpoint and its registration in Redis, the stage and message-age histograms every
+service observes, the queue gauges, and a base for collectors over live service objects.
 
-The services call in here with one line per hook; everything else — names, labels, buckets,
-the HTTP endpoint, the queue gauges — lives here, so a hook in a hot path stays a counter
-increment or a histogram observation.
+Each service defines its own metrics next to its code (``gateway/metrics.py``,
+``workers/metrics.py``, ``presence/metrics.py``) and imports this module; this module imports no
+service. A hook in a hot path stays a counter increment or a histogram observation.
 
 Two kinds of latency:
 
@@ -36,22 +38,16 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from socketserver import ThreadingMixIn
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import REGISTRY, Counter, Histogram, Info, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chatscale import snowflake
-from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
-
-if TYPE_CHECKING:
-    from gateway.server import Gateway
-    from presence.service import PresenceService
-    from workers.worker import Worker
 
 log = logging.getLogger("chatscale.metrics")
 
@@ -88,39 +84,6 @@ AGE = Histogram(
     ["hop"],
     buckets=AGE_BUCKETS,
 )
-FRAMES_IN = Counter("chatscale_gateway_frames_in_total", "WebSocket frames received from clients.")
-FRAMES_OUT = Counter(
-    "chatscale_gateway_frames_out_total", "WebSocket frames queued to clients (all ops)."
-)
-DELIVERIES = Counter(
-    "chatscale_gateway_deliveries_total",
-    "Delivery-stream entries dispatched to local sessions, by event type, counted once per "
-    "recipient session.",
-    ["type"],
-)
-CLOSES = Counter(
-    "chatscale_gateway_closes_total",
-    "Closed WebSocket connections by close code and by who closed first.",
-    ["code", "name", "by"],
-)
-ERRORS = Counter(
-    "chatscale_gateway_error_replies_total",
-    "ERROR replies sent to clients (the connection stays open), by code.",
-    ["code"],
-)
-WORKER_READ = Counter(
-    "chatscale_worker_entries_read_total", "Ingest entries a worker decoded and started on."
-)
-PRESENCE_BATCHES = Counter(
-    "chatscale_presence_batches_total", "Gateway presence batches the presence service applied."
-)
-
-_CLOSE_NAMES = {int(c): c.name for c in Close} | {
-    1000: "NORMAL",
-    1001: "GOING_AWAY",
-    1006: "ABNORMAL",
-    1011: "INTERNAL_ERROR",
-}
 
 
 def clock() -> float:
@@ -155,75 +118,26 @@ def timed(name: str) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaita
     return wrap
 
 
-def _age_s(message_id: int, now_ms: float) -> float:
+def age_s(message_id: int, now_ms: float) -> float:
     return max(0.0, (now_ms - snowflake.timestamp_ms(message_id)) / 1000)
 
 
-def messages_at(hop: str, messages: Iterable[Any]) -> None:
-    """Observe the age of each message (anything with an ``id`` snowflake) at ``hop``."""
+def messages_at(hop: str, messages: Iterable[Any]) -> int:
+    """Observe the age of each message (anything with an ``id`` snowflake) at ``hop``; returns
+    how many there were."""
     hist = AGE.labels(hop)
     now_ms = time.time() * 1000
     n = 0
     for m in messages:
-        hist.observe(_age_s(m.id, now_ms))
+        hist.observe(age_s(m.id, now_ms))
         n += 1
-    if hop == "worker_read":
-        WORKER_READ.inc(n)
-
-
-def delivered(delivery: Any, recipients: int) -> None:
-    """One delivery-stream entry dispatched to ``recipients`` local sessions."""
-    DELIVERIES.labels(delivery.t).inc(recipients)
-    if delivery.t == "MESSAGE_CREATE":
-        # The payload is built by wire.message_payload and starts with {"id":"<snowflake>".
-        payload = delivery.payload
-        end = payload.find('"', 7)
-        if payload.startswith('{"id":"') and end > 7:
-            AGE.labels("delivered").observe(_age_s(int(payload[7:end]), time.time() * 1000))
-
-
-def frame_in() -> None:
-    FRAMES_IN.inc()
-
-
-def frame_out() -> None:
-    FRAMES_OUT.inc()
-
-
-def error_reply(code: str) -> None:
-    ERRORS.labels(code).inc()
-
-
-def connection_closed(ws: Any) -> None:
-    """Count a finished connection by its close code (1006: no close frame at all)."""
-    protocol = getattr(ws, "protocol", None)
-    code = getattr(ws, "close_code", None)
-    if code is None:
-        return
-    by = "client" if getattr(protocol, "close_rcvd_then_sent", None) else "server"
-    name = _CLOSE_NAMES.get(code, "OTHER")
-    CLOSES.labels(str(code) if name != "OTHER" else "other", name, by).inc()
-
-
-def presence_step(
-    fn: Callable[P, Awaitable[int]],
-) -> Callable[P, Awaitable[int]]:
-    """Decorate ``PresenceService.step``: count the gateway batches it applied. (Not timed:
-    a step blocks for up to a tick waiting for input; its publish and save stages are.)"""
-
-    @functools.wraps(fn)
-    async def inner(*args: P.args, **kwargs: P.kwargs) -> int:
-        n = await fn(*args, **kwargs)
-        PRESENCE_BATCHES.inc(n)
-        return n
-
-    return inner
+    return n
 
 
 # ---- collectors: state the services already keep, read at scrape time -------------------------
 
 
-class _Watched(Collector):
+class Watched(Collector):
     """A collector over weakly held service objects (tests create and drop many)."""
 
     def __init__(self) -> None:
@@ -231,79 +145,6 @@ class _Watched(Collector):
 
     def alive(self) -> list[Any]:
         return list(self.objects)
-
-
-class _GatewayCollector(_Watched):
-    def collect(self) -> Iterator[Any]:
-        gateways = self.alive()
-        yield GaugeMetricFamily(
-            "chatscale_gateway_connections",
-            "Open WebSocket connections.",
-            value=sum(len(g.clients) for g in gateways),
-        )
-        yield GaugeMetricFamily(
-            "chatscale_gateway_sessions",
-            "Identified sessions, attached or detached but still resumable.",
-            value=sum(len(g.sessions) for g in gateways),
-        )
-
-
-class _WorkerCollector(_Watched):
-    def collect(self) -> Iterator[Any]:
-        workers = self.alive()
-        outcomes = CounterMetricFamily(
-            "chatscale_worker_messages",
-            "Messages a worker finished, by outcome (processed: stored and fanned out; "
-            "rejected: failed authorization; dead_lettered: moved to the dead-letter stream).",
-            labels=["outcome"],
-        )
-        for outcome in ("processed", "rejected", "dead_lettered"):
-            outcomes.add_metric([outcome], sum(getattr(w.stats, outcome) for w in workers))
-        yield outcomes
-        yield CounterMetricFamily(
-            "chatscale_worker_gateway_writes",
-            "Delivery-stream entries written by fan-out (one per message per gateway).",
-            value=sum(w.stats.gateway_writes for w in workers),
-        )
-        yield CounterMetricFamily(
-            "chatscale_worker_fanout_skipped",
-            "Redelivered messages whose fan-out had already happened (the marker was set).",
-            value=sum(w.stats.fanout_skipped for w in workers),
-        )
-        yield GaugeMetricFamily(
-            "chatscale_worker_history_backlog",
-            "Messages fanned out but not yet stored in history (so not acked).",
-            value=sum(w.history_backlog for w in workers),
-        )
-        yield GaugeMetricFamily(
-            "chatscale_worker_shards_owned",
-            "Ingest shards this worker holds the lease of (ordering=shard).",
-            value=sum(len(w.leases.owned) for w in workers),
-        )
-
-
-class _PresenceCollector(_Watched):
-    def collect(self) -> Iterator[Any]:
-        stats = [s.coalescer.stats for s in self.alive()]
-        for field, help_text in (
-            ("changes_in", "Visible status changes submitted, per (change, guild) pair."),
-            ("updates_out", "Per-guild PRESENCE_UPDATEs emitted."),
-            ("deliveries_out", "Recipients reached by those updates (the real fan-out cost)."),
-            ("raw_deliveries", "What raw broadcast would have cost for the same changes."),
-            ("net_zero", "Per-user entries dropped because the user flapped back in the window."),
-        ):
-            yield CounterMetricFamily(
-                f"chatscale_presence_{field}",
-                help_text,
-                value=sum(getattr(s, field) for s in stats),
-            )
-        changes = sum(s.changes_in for s in stats)
-        yield GaugeMetricFamily(
-            "chatscale_presence_amplification",
-            "Deliveries per visible status change since start (raw broadcast: about the online "
-            "members per guild; coalesced: far less).",
-            value=sum(s.deliveries_out for s in stats) / changes if changes else 0.0,
-        )
 
 
 class QueueCollector(Collector):
@@ -386,24 +227,7 @@ def queue_info(redis: Any, stream: str, group: str) -> dict[str, int]:
     return {"length": int(length), "lag": int(length), "pending": 0}
 
 
-_queues: QueueCollector | None = None
-_GATEWAYS = _GatewayCollector()
-_WORKERS = _WorkerCollector()
-_PRESENCE = _PresenceCollector()
-for _collector in (_GATEWAYS, _WORKERS, _PRESENCE):
-    REGISTRY.register(_collector)
-
-
-def watch_gateway(gateway: Gateway) -> None:
-    _GATEWAYS.objects.add(gateway)
-
-
-def watch_worker(worker: Worker) -> None:
-    _WORKERS.objects.add(worker)
-
-
-def watch_presence(service: PresenceService) -> None:
-    _PRESENCE.objects.add(service)
+_queues: QueueCollector | None = None  # worker processes register one
 
 
 # ---- the endpoint ---------------------------------------------------------------------------

@@ -33,21 +33,18 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from chatscale.access import GuildSnapshot, GuildView, channel_object, load_guild, load_member
-from chatscale.access import member_view as make_view
 from chatscale.closecodes import Close
-from chatscale.controlplane import Change
-from chatscale.permissions import Permission, bypasses_slowmode
-from chatscale.ratelimit import RateLimiter
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import dumps
+from gateway.host import Client, GatewayHost
+from gateway.ratelimit import RateLimiter
 from gateway.session import Session
+from guilds.access import GuildSnapshot, GuildView, channel_object, load_guild, load_member
+from guilds.access import member_view as make_view
+from guilds.controlplane import Change
+from guilds.permissions import Permission, bypasses_slowmode
 from storage import StorageUnavailable
-
-if TYPE_CHECKING:
-    from gateway.server import Client, Gateway
 
 log = logging.getLogger("chatscale.gateway.control")
 
@@ -159,7 +156,7 @@ def _leave(by_guild: dict[int, set[Session]], guild_id: int, session: Session) -
 
 
 class GatewayControl:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayHost) -> None:
         self.gw = gateway
         self.limiter = RateLimiter(
             gateway.redis, gateway.keys, gateway.settings, clock=gateway.wall_clock

@@ -15,24 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 import orjson
 import redis.asyncio as aioredis
 
-from chatscale import metrics, trace
+from chatscale import trace
 from chatscale.redisconn import TRANSIENT
 from chatscale.wire import Delivery
+from gateway import metrics
+from gateway.host import Client, GatewayHost
 from gateway.session import Session
-
-if TYPE_CHECKING:
-    from gateway.server import Client, Gateway
 
 log = logging.getLogger("chatscale.gateway.fanout")
 
 
 class LocalFanout:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayHost) -> None:
         self.gateway = gateway
         self.attached: dict[Session, Client] = {}
         self.by_guild: dict[int, set[Session]] = {}

@@ -32,7 +32,6 @@ import resource
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -45,7 +44,6 @@ from chatscale import metrics, snowflake, trace
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
-from chatscale.permissions import Permission
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
@@ -59,8 +57,10 @@ from chatscale.wire import (
     encode_entry,
     message_payload,
 )
+from gateway import metrics as gateway_metrics
 from gateway.control import GatewayControl
 from gateway.fanout import LocalFanout
+from gateway.host import Client
 from gateway.presence import PresenceReporter
 from gateway.session import (
     Action,
@@ -76,6 +76,7 @@ from gateway.session import (
     Session,
     State,
 )
+from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
 from storage.paging import read_page
@@ -119,19 +120,6 @@ class GatewayConnection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         self._after_input(self)
-
-
-@dataclass(eq=False)
-class Client:
-    ws: ServerConnection
-    conn: Connection
-    opened_at: float = 0.0  # gateway clock at HELLO: the IDENTIFY deadline counts from here
-    address: str = ""
-    closing: bool = False  # a bounded close is under way; never start a second one
-
-    @property
-    def session(self) -> Session | None:
-        return self.conn.session
 
 
 class Gateway:
@@ -220,7 +208,7 @@ class Gateway:
         self._spawn(self.control.run())
         self._spawn(self._liveness())
         self._spawn(self._housekeeping())
-        metrics.watch_gateway(self)  # connections and sessions, read at scrape time
+        gateway_metrics.watch_gateway(self)  # connections and sessions, read at scrape time
         log.info("gateway %s listening on %s", self.id, self.url)
 
     async def stop(self) -> None:
@@ -357,7 +345,7 @@ class Gateway:
         refusal = self._refusal(address)
         if refusal is not None:
             await self._close_bounded(ws, *refusal)
-            metrics.connection_closed(ws)
+            gateway_metrics.connection_closed(ws)
             return
         conn = Connection(
             limits=self.limits,
@@ -373,7 +361,7 @@ class Gateway:
         try:
             await self._apply(client, conn.hello())
             async for raw in ws:
-                metrics.frame_in()
+                gateway_metrics.frame_in()
                 await self._apply(client, conn.receive(raw))
         except ConnectionClosed:
             pass
@@ -384,7 +372,7 @@ class Gateway:
                 self.per_address[address] = left
             else:
                 self.per_address.pop(address, None)
-            metrics.connection_closed(ws)  # by close code
+            gateway_metrics.connection_closed(ws)  # by close code
             conn.closed()
             session = client.session
             if session is not None and self.fanout.attached.get(session) is client:
@@ -418,10 +406,10 @@ class Gateway:
             self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
             return
         broadcast([ws], text)
-        metrics.frame_out()
+        gateway_metrics.frame_out()
 
     def send_error(self, client: Client, code: str, message: str, **extra: Any) -> None:
-        metrics.error_reply(code)
+        gateway_metrics.error_reply(code)
         for action in client.conn.error(code, message, **extra):
             assert isinstance(action, SendFrame)
             self.send(client, action.text)

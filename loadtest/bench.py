@@ -25,11 +25,12 @@ from typing import Any
 
 import psutil
 
-from chatscale import community, tokens
+from chatscale import tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
+from guilds import community
 from loadtest.accounting import DeliveryLedger
 from loadtest.latency import LatencyRecorder
 from storage import open_store

@@ -7,7 +7,7 @@ talkative members, many lurkers), how often statuses change (presence churn), ho
 connections drop and how clients come back, and optionally an *arrival* (members connecting
 within a few seconds, as when a streamer goes live) followed by a chat *burst*.
 
-``generate(spec)`` turns that into a ``SimCommunity``: a ``chatscale.community.Community`` (the
+``generate(spec)`` turns that into a ``SimCommunity``: a ``guilds.community.Community`` (the
 structure the control plane loads with ``community.apply``) plus one ``SimMember`` per member
 (online or not, device, how much they talk, when they arrive) and the schedules a scenario
 replays (messages, status changes, drops). Everything comes from ``random.Random(seed)``, so a
@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from chatscale import community
+from guilds import community
 
 SEEDS = community.SEEDS
 DEVICES = ("desktop", "mobile", "web")

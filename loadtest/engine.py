@@ -3,7 +3,7 @@
 One run, in order:
 
 1. generate the community from its seed and load it **through the control plane**
-   (``chatscale.community.apply``: the storage interfaces, then a metadata-version bump),
+   (``guilds.community.apply``: the storage interfaces, then a metadata-version bump),
    unless the store already holds exactly it (a 50k-member community takes a while on SQLite);
 2. make the scenario's plan (``loadtest.scenarios``) and split it over the generator
    processes: each client, and so each sender, lives in exactly one process;
@@ -39,10 +39,11 @@ from typing import Any, Protocol
 import orjson
 import psutil
 
-from chatscale import community, tokens
+from chatscale import tokens
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
 from chatscale.redisconn import connect
+from guilds import community
 from loadtest import communities, scenarios
 from loadtest.accounting import DeliveryLedger
 from loadtest.generator import ClientPlan, Part, child_main, drive
@@ -376,7 +377,7 @@ async def check_stored(settings: Settings, results: list[dict[str, Any]]) -> dic
 def _topology(cfg: RunConfig) -> Topology:
     """Gateways given on the command line, or a topology of our own."""
     if cfg.gateways:
-        from chatscale.cli import settings_for_tools
+        from chatscale.discovery import settings_for_tools
 
         return External(cfg.gateways, settings_for_tools())
     cfg.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The system under test: an embedded topology started like ``chatscale run``, or gateway URLs.
 
-``Embedded`` starts the same processes as ``chatscale run`` (``chatscale.supervisor``: a real
+``Embedded`` starts the same processes as ``chatscale run`` (``ops.supervisor``: a real
 Valkey, gateways, workers, the presence service; dead workers restarted with their leases
 evicted) on free ports in its own work directory, with the per-connection and per-user limits
 raised so the generator measures the system rather than Discord's rate limits. ``External``
@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from chatscale import supervisor
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
+from ops import supervisor
 
 BENCH_ENV = {
     # One connection may otherwise send 120 events a minute and one user 5 messages per 5 s, as

@@ -38,6 +38,7 @@ from chatscale.config import Settings
 from chatscale.keys import PRESENCE_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import Delivery, dumps, encode_entry
+from presence import metrics as presence_metrics
 from presence.coalesce import Coalescer, GuildUpdate, TypingThrottle
 from presence.state import (
     PresenceChange,
@@ -81,7 +82,7 @@ class PresenceService:
         self._meta_version: bytes | None = None
         self._reclaiming = True  # re-read our own pending entries before new ones
         self._stopping = asyncio.Event()
-        metrics.watch_presence(self)  # amplification counters, read at scrape time
+        presence_metrics.watch_presence(self)  # amplification counters, read at scrape time
 
     def _new_coalescer(self, saved: dict[str, Any] | None = None) -> Coalescer:
         options: dict[str, Any] = {
@@ -139,7 +140,7 @@ class PresenceService:
 
     # ---- one tick -------------------------------------------------------------------------
 
-    @metrics.presence_step
+    @presence_metrics.presence_step
     async def step(self, *, now: float | None = None, block_ms: int | None = None) -> int:
         """Apply what is queued, expire, flush due guild updates, save, ack. Returns entries read.
 

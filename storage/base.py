@@ -48,7 +48,7 @@ class Channel:
 @dataclass(frozen=True, slots=True)
 class GuildRole:
     """A role of a guild. The @everyone role has ``id == guild_id``; ``permissions`` is the
-    integer of ``chatscale.permissions.Permission`` bits (stored as a plain int)."""
+    integer of ``guilds.permissions.Permission`` bits (stored as a plain int)."""
 
     id: int
     guild_id: int

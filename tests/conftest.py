@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from chatscale import community, tokens
+from chatscale import tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from gateway.server import Gateway
+from guilds import community
 from storage import Store, open_store
 from workers.worker import Worker
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from chatscale import cli, community
+from chatscale import cli
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
+from guilds import community
 from storage import open_store
 
 

@@ -26,9 +26,9 @@ import jsonschema
 import pytest
 import yaml
 
-from chatscale import supervisor
 from chatscale.cli import build_parser
 from chatscale.config import Settings, env_names
+from ops import supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

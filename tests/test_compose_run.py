@@ -34,8 +34,8 @@ from chatscale.client import ChatClient
 from chatscale.config import Settings, env_names
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
-from chatscale.top import parse, total
 from chatscale.valkey import ValkeyServer
+from ops.top import parse, total
 from storage import open_store
 from tests.test_compose import ROOT, chatscale_commands, environment, replicas, role, services
 

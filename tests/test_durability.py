@@ -27,12 +27,12 @@ import orjson
 import pytest
 import redis as sync_redis
 
-from chatscale import community
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from chatscale.wire import Author, IngestMessage, encode_entry, message_payload
+from guilds import community
 from storage import open_store
 from workers.leases import evict
 from workers.worker import Worker

@@ -3,7 +3,7 @@
 Model level, no I/O: a random guild (roles, channels with overwrites, members with roles, bans)
 and a random stream of messages interleaved with control-plane changes (ban, kick, join, role
 assigned or removed, overwrite set or cleared, a role's permissions changed). The code under
-test is what the running system uses — ``chatscale.access`` (views, the worker's
+test is what the running system uses — ``guilds.access`` (views, the worker's
 ``authorize_send``), ``gateway.control.install``/``apply_view`` (what a gateway does to its
 sessions on IDENTIFY and on a change, applied only to the sessions the change's scope names,
 as the control plane announces it) and ``gateway.fanout.LocalFanout.deliver`` (the delivery
@@ -24,8 +24,12 @@ from types import SimpleNamespace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chatscale.access import GuildSnapshot, authorize_send, member_view
-from chatscale.permissions import (
+from chatscale.wire import Delivery
+from gateway.control import apply_view, install
+from gateway.fanout import LocalFanout
+from gateway.session import Session
+from guilds.access import GuildSnapshot, authorize_send, member_view
+from guilds.permissions import (
     ALL,
     NONE,
     GuildContext,
@@ -34,10 +38,6 @@ from chatscale.permissions import (
     Permission,
     Role,
 )
-from chatscale.wire import Delivery
-from gateway.control import apply_view, install
-from gateway.fanout import LocalFanout
-from gateway.session import Session
 from storage import Channel, ChannelOverwrite, Guild, GuildRole
 from tests.test_permissions import reference
 

@@ -23,7 +23,8 @@ from chatscale import metrics
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import connect
-from chatscale.top import Samples, parse, total
+from ops.top import Samples, parse, total
+from presence import metrics as presence_metrics
 from presence.coalesce import Coalescer, CoalescerStats
 from tests.conftest import Stack
 
@@ -129,7 +130,7 @@ class _Presence:
 
 
 def test_presence_amplification_is_read_from_the_coalescer():
-    collector = metrics._PresenceCollector()
+    collector = presence_metrics._PresenceCollector()
     service = _Presence(
         CoalescerStats(changes_in=10, updates_out=2, deliveries_out=30, raw_deliveries=300)
     )
@@ -230,7 +231,7 @@ def test_every_metric_is_documented_and_every_query_names_a_real_metric(settings
         "deploy/grafana/dashboards/chatscale.json": (
             root / "deploy" / "grafana" / "dashboards" / "chatscale.json"
         ).read_text(),
-        "chatscale/top.py": (root / "chatscale" / "top.py").read_text(),
+        "ops/top.py": (root / "chatscale" / "top.py").read_text(),
     }
     for where, text in referenced.items():
         for name in set(re.findall(r"\bchatscale_[a-z_*]*[a-z*]", text)) - {"chatscale_*"}:

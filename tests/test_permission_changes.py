@@ -18,9 +18,9 @@ import pytest
 
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
-from chatscale.controlplane import ControlError, ControlPlane
-from chatscale.permissions import Permission
 from chatscale.wire import IngestMessage, Op, encode_entry
+from guilds.controlplane import ControlError, ControlPlane
+from guilds.permissions import Permission
 from tests.conftest import Stack
 from workers.worker import Worker
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatscale.permissions import (
+from guilds.permissions import (
     ALL,
     NONE,
     GuildContext,

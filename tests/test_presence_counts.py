@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatscale.controlplane import ControlPlane
+from guilds.controlplane import ControlPlane
 from presence.service import PresenceService
 from tests.conftest import FakeClock, Stack
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from chatscale.client import ChatClient
-from chatscale.controlplane import ControlPlane
 from chatscale.wire import Delivery, Op, dumps
+from guilds.controlplane import ControlPlane
 from tests.conftest import Stack
 
 
@@ -144,7 +144,7 @@ async def test_an_apply_that_loaded_before_a_resync_does_not_undo_it(
         return roles
 
     monkeypatch.setattr(control_module, "load_member", held_load_member)
-    from chatscale.permissions import Permission
+    from guilds.permissions import Permission
 
     overwrite = asyncio.create_task(
         plane.set_overwrite(

@@ -15,9 +15,9 @@ from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
-from chatscale.ratelimit import RateLimiter
 from chatscale.redisconn import connect
 from chatscale.wire import Op
+from gateway.ratelimit import RateLimiter
 from tests.conftest import FakeClock, Stack
 
 

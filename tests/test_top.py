@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from chatscale import top
-from chatscale.top import Scrape, Snapshot, quantile, render, window
+from ops import top
+from ops.top import Scrape, Snapshot, quantile, render, window
 from tests.conftest import Stack
 
 

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from chatscale.client import ChatClient
-from chatscale.controlplane import ControlPlane
-from chatscale.permissions import Permission
 from chatscale.wire import Op
+from guilds.controlplane import ControlPlane
+from guilds.permissions import Permission
 from presence.service import PresenceService
 from tests.conftest import FakeClock, Stack
 

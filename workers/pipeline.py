@@ -40,12 +40,13 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from chatscale import metrics, trace
-from chatscale.access import GuildSnapshot, authorize_send, load_guild, load_member
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
+from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
 from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes
+from workers import metrics as worker_metrics
 
 log = logging.getLogger("chatscale.worker")
 
@@ -92,7 +93,7 @@ class Authorizer:
 
     Rules, in order: the channel must be in the message's guild (UNKNOWN_CHANNEL); the author
     must be a member and not banned, and see the channel (MISSING_ACCESS); and hold
-    SEND_MESSAGES there (MISSING_PERMISSIONS) — computed by ``chatscale.access`` from the
+    SEND_MESSAGES there (MISSING_PERMISSIONS) — computed by ``guilds.access`` from the
     guild's roles and overwrites, exactly as the gateways compute what members see.
 
     Guild snapshots and member roles are cached and the cache is dropped whenever the metadata
@@ -208,7 +209,7 @@ class Pipeline:
         messages = [m for _, m in batch.decoded]
         for m in messages:
             trace.stamp(m.trace, "worker_read")
-        metrics.messages_at("worker_read", messages)
+        worker_metrics.entries_read(messages)
         accepted, rejected, forged = await self._authorize_and_accept(messages)
         if forged:
             await self._dead_letter_forged(batch, forged)

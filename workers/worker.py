@@ -33,12 +33,12 @@ from typing import Literal
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from chatscale import metrics
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import dumps
 from storage import StorageUnavailable, Store
+from workers import metrics
 from workers.leases import ShardLeases
 from workers.pipeline import Batch, HistoryPending, LeaseLost, Pipeline
 

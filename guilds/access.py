@@ -1,4 +1,4 @@
-"""What a member may see and do, computed from stored metadata with ``chatscale.permissions``.
+"""What a member may see and do, computed from stored metadata with ``guilds.permissions``.
 
 Picture: a ``GuildSnapshot`` is one guild's channels, roles and channel overwrites, read from
 the metadata store in one go. Given a member's role ids it answers "which channels can they
@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from chatscale.permissions import (
+from guilds.permissions import (
     DEFAULT_EVERYONE,
     NONE,
     GuildContext,

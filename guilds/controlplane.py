@@ -43,9 +43,9 @@ import orjson
 from chatscale import snowflake
 from chatscale.config import Settings
 from chatscale.keys import Keys
-from chatscale.permissions import DEFAULT_EVERYONE, Permission
 from chatscale.redisconn import connect
 from chatscale.wire import dumps
+from guilds.permissions import DEFAULT_EVERYONE, Permission
 from storage import Ban, Channel, ChannelOverwrite, Guild, GuildRole, Store
 
 MAX_SLOWMODE_S = 6 * 3600  # Discord's ceiling

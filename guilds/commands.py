@@ -3,7 +3,7 @@
 Every command takes names or ids (``--guild interview-prep`` or ``--guild 1456...``) and, for
 changes, prints the control plane's receipt: the new metadata version and which gateways
 confirmed. A change that some live gateway did not confirm in time exits with status 3 and
-names the gateways it fenced (see ``chatscale/controlplane.py``).
+names the gateways it fenced (see ``guilds/controlplane.py``).
 
 ``explain-permissions`` and ``create-user`` need only the metadata store; the others also need
 Redis (the running topology's, found like the other tools: ``chatscale.discovery``). None of
@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chatscale import discovery
-from chatscale.access import load_guild, load_member
 from chatscale.config import Settings
-from chatscale.controlplane import ControlError, ControlPlane, Receipt
-from chatscale.permissions import format_explanation, parse_permissions, permission_names
+from guilds.access import load_guild, load_member
+from guilds.controlplane import ControlError, ControlPlane, Receipt
+from guilds.permissions import format_explanation, parse_permissions, permission_names
 from storage import Channel, Guild, Store, User, open_store
 
 

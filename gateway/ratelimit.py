@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from chatscale.config import Settings
 from chatscale.keys import Keys
 
-SCRIPT = resources.files("chatscale").joinpath("lua/ratelimit.lua").read_text()
+SCRIPT = resources.files("gateway").joinpath("lua/ratelimit.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from chatscale import community, discovery, metrics, tokens
+from chatscale import discovery, metrics, tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -31,6 +31,7 @@ from chatscale.procutil import die_with_parent
 from chatscale.redisconn import connect
 from chatscale.trace import format_timeline
 from chatscale.valkey import ValkeyServer
+from guilds import community
 from storage import open_store
 from workers.leases import evict
 

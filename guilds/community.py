@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatscale import snowflake
 from chatscale.keys import Keys
-from chatscale.permissions import DEFAULT_EVERYONE, parse_permissions
+from guilds.permissions import DEFAULT_EVERYONE, parse_permissions
 from storage import Channel, ChannelOverwrite, Guild, GuildRole, Store, User
 
 ROLE_NODE, USER_NODE, GUILD_NODE, CHANNEL_NODE = 1020, 1021, 1022, 1023

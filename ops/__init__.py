@@ -1,0 +1,2 @@
+"""Operating a topology on one machine: ``chatscale run`` (the supervisor) and
+``chatscale top``."""
