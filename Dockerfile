@@ -40,11 +40,13 @@ WORKDIR /app
 # The source last: the layers above are reused until pyproject.toml changes. Bytecode is
 # compiled here because the non-root user cannot write it next to the source at run time.
 COPY chatscale/ chatscale/
+COPY guilds/ guilds/
 COPY gateway/ gateway/
 COPY workers/ workers/
 COPY presence/ presence/
 COPY storage/ storage/
 COPY loadtest/ loadtest/
+COPY ops/ ops/
 COPY seeds/ seeds/
 RUN python -m compileall -q chatscale gateway workers presence storage loadtest
 USER 10001:10001
