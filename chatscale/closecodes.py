@@ -29,6 +29,7 @@ class Close(IntEnum):
     GATEWAY_FULL = 4014
     TOO_MANY_CONNECTIONS = 4015
     MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself when max_size is exceeded
+    INVALID_DATA = 1007  # sent by the websockets library itself: a text frame not UTF-8
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,11 @@ CATALOGUE: dict[Close, CloseInfo] = {
             Close.MESSAGE_TOO_BIG,
             True,
             "A frame exceeded the gateway's max frame size (library close).",
+        ),
+        CloseInfo(
+            Close.INVALID_DATA,
+            True,
+            "A text frame was not valid UTF-8 (library close, RFC 6455 section 7.4.1).",
         ),
     )
 }

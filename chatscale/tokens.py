@@ -7,9 +7,14 @@ algorithm and two claims, so there is no header to negotiate and no ``alg: none`
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
+import re
+
+MAX_USER_ID = (1 << 63) - 1  # a snowflake; larger ids would overflow the stores' 64-bit columns
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class TokenError(Exception):
@@ -45,20 +50,30 @@ def mint(user_id: int, *, secret: str, ttl_s: float, now: float, operator: bool 
 
 
 def verify(token: str, *, secret: str, now: float) -> int:
-    """Return the user id, or raise TokenError."""
-    if not isinstance(token, str) or token.count(".") != 1:
+    """Return the user id (1 <= id < 2^63), or raise TokenError — never anything else.
+
+    Any string may arrive here (``tests/test_tokens_snowflake.py`` fuzzes it): non-ASCII text
+    would make ``compare_digest`` raise TypeError, and a signed id of 2^64 would overflow
+    SQLite later, so both are refused as malformed here.
+    """
+    if not isinstance(token, str) or not token.isascii() or token.count(".") != 1:
         raise TokenError("malformed")
     body, sig = token.split(".")
-    if not hmac.compare_digest(sig, _sign(secret, body)):
+    if not hmac.compare_digest(sig.encode(), _sign(secret, body).encode()):
         raise TokenError("bad signature")
     try:
         claims = json.loads(_unb64(body))
-        user_id, exp = int(claims["u"]), int(claims["exp"])
-    except (ValueError, KeyError, TypeError) as exc:
+        u, exp = claims["u"], claims["exp"]
+    except (ValueError, KeyError, TypeError, RecursionError, binascii.Error) as exc:
         raise TokenError("malformed") from exc
+    # mint() writes u as a string of digits and exp as an integer; accept nothing looser.
+    if not isinstance(u, str) or not _DIGITS.fullmatch(u) or not 0 < int(u) <= MAX_USER_ID:
+        raise TokenError("malformed")
+    if type(exp) is not int:
+        raise TokenError("malformed")
     if exp <= now:
         raise TokenError("expired")
-    return user_id
+    return int(u)
 
 
 def is_operator(token: str) -> bool:

@@ -13,11 +13,12 @@ original.
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
 
 
 class Op(IntEnum):
@@ -37,36 +38,60 @@ class Op(IntEnum):
     ERROR = 23  # server: a request failed, connection stays open
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_NONCE_CHARS = 25  # as Discord; a nonce is echoed to every recipient of the message
+
+
 def _snowflake(value: Any) -> Any:
-    if isinstance(value, str) and value.isdigit():
+    """An id as a string of ASCII digits becomes an int; anything else is left to strict int.
+
+    ``str.isdigit`` / ``int()`` would accept "١٢" (Arabic-Indic digits), " 12" and "1_2";
+    strict int refuses floats and booleans.
+    """
+    if isinstance(value, str):
+        if not _ASCII_DIGITS.fullmatch(value):
+            raise ValueError("an id is a string of ASCII digits (or an integer)")
         return int(value)
     return value
 
 
-Snowflake = Annotated[int, BeforeValidator(_snowflake), Field(ge=0, lt=1 << 63)]
+Snowflake = Annotated[int, BeforeValidator(_snowflake), Field(strict=True, ge=0, lt=1 << 63)]
 Device = Literal["desktop", "mobile", "web"]
-Nonce = Annotated[str | int | None, Field(default=None)]
+#: A client's correlation token: a string of at most 25 characters (code points) or an
+#: integer, never a boolean or a float. Echoed as given, so "1" and 1 are different nonces.
+Nonce = (
+    Annotated[str, Field(max_length=MAX_NONCE_CHARS)]
+    | Annotated[StrictInt, Field(ge=-(1 << 63), lt=1 << 63)]
+    | None
+)
+#: HEARTBEAT's ``d``: the last sequence number seen, or null before any dispatch.
+HEARTBEAT_D: TypeAdapter[int | None] = TypeAdapter(
+    Annotated[StrictInt, Field(ge=0)] | None  # type: ignore[arg-type]
+)
+#: A client frame has exactly these keys; unknown keys close with 4006 like inside ``d``.
+FRAME_KEYS = frozenset({"op", "d"})
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion ("5" -> 5 only for ids, by _snowflake; never 5.0 -> 5 or true -> 1).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Identify(_Strict):
     token: str = Field(max_length=512)
-    device: Device = "desktop"
+    device: Device = "desktop"  # optional: a client that omits it is a desktop (documented)
 
 
 class Resume(_Strict):
     token: str = Field(max_length=512)
     session_id: str = Field(max_length=64)
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, lt=1 << 63)
 
 
 class SendMessage(_Strict):
     channel_id: Snowflake
     content: str = Field(min_length=1)
-    nonce: str | int | None = Field(default=None)
+    nonce: Nonce = None
     trace: bool = False
 
 
@@ -74,7 +99,7 @@ class RequestHistory(_Strict):
     channel_id: Snowflake
     before: Snowflake | None = None
     limit: int = Field(default=50, ge=1, le=100)
-    nonce: str | int | None = None
+    nonce: Nonce = None
 
 
 class Typing(_Strict):

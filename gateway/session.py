@@ -33,6 +33,8 @@ from pydantic import BaseModel, ValidationError
 from chatscale import tokens
 from chatscale.closecodes import Close
 from chatscale.wire import (
+    FRAME_KEYS,
+    HEARTBEAT_D,
     Identify,
     Op,
     PresenceUpdate,
@@ -260,6 +262,8 @@ class Connection:
         op_value = message.get("op") if isinstance(message, dict) else None
         if type(op_value) is not int:
             return self._close(Close.INVALID_PAYLOAD, "a frame is an object with an integer op")
+        if message.keys() != FRAME_KEYS:  # "d" is required (null where it carries nothing)
+            return self._close(Close.INVALID_PAYLOAD, 'a frame has exactly the keys "op" and "d"')
         try:
             op = Op(op_value)
         except ValueError:
@@ -270,7 +274,7 @@ class Connection:
             if self.state is State.AWAIT_IDENTIFY:
                 return self._close(Close.NOT_AUTHENTICATED, "IDENTIFY first")
             return self._close(Close.ALREADY_AUTHENTICATED, "already identified")
-        return self._handle(op, message.get("d"))
+        return self._handle(op, message["d"])
 
     def tick(self) -> list[Action]:
         """Call periodically: closes a connection whose heartbeats stopped."""
@@ -326,6 +330,12 @@ class Connection:
 
     def _handle(self, op: Op, d: Any) -> list[Action]:
         if op is Op.HEARTBEAT:
+            try:
+                HEARTBEAT_D.validate_python(d)
+            except ValidationError:
+                return self._close(
+                    Close.INVALID_PAYLOAD, "HEARTBEAT: d is the last s seen (an integer) or null"
+                )
             self._last_heartbeat = self._clock()
             return [SendFrame(frame(Op.HEARTBEAT_ACK))]
         try:

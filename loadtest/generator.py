@@ -12,7 +12,8 @@ the nonce are sliced out of the bytes (any other layout falls back to ``orjson``
 the project's machine: ~7.5 µs of CPU per received frame, against ~13 µs for the ``websockets``
 asyncio client with ``orjson`` (``docs/benchmarks.md``).
 
-What the generator knows about a message travels in its nonce, ``"<sender>.<n>.<intended µs>"``:
+What the generator knows about a message travels in its nonce, ``"<sender>.<n>.<intended µs>"``
+(the time in base 36, so the nonce fits the protocol's 25 characters):
 the receiver gets the sender, the sender's order number and the *intended* send time (the
 schedule's, not the moment the frame went out), so latency is measured from when a user would
 have pressed Enter — a generator that falls behind shows up as latency instead of hiding it
@@ -450,7 +451,7 @@ class SimClient:
     def queue(self, channel_id: int, content: str, intended: float) -> None:
         n = self.sent_n
         self.sent_n += 1
-        nonce = f"{self.cid}.{n}.{round(intended * 1_000_000)}"
+        nonce = f"{self.cid}.{n}.{_base36(round(intended * 1_000_000))}"
         self.outbox.append((nonce, channel_id, content, intended, n))
         self.gen.counters["scheduled"] += 1
         self.pump()
@@ -644,11 +645,21 @@ class SimClient:
         self.pump()
 
 
+def _base36(n: int) -> str:
+    """16 decimal digits of µs become 10 characters: nonces are at most 25 characters."""
+    digits = ""
+    while True:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        if not n:
+            return digits
+
+
 def _intended(nonce: bytes) -> float | None:
     parts = nonce.split(b".")
-    if len(parts) != 3 or not parts[2].isdigit():
+    if len(parts) != 3 or not parts[2].isalnum() or not parts[2].isascii():
         return None
-    return int(parts[2]) / 1_000_000
+    return int(parts[2], 36) / 1_000_000
 
 
 class Generator:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -17,6 +18,10 @@ from tests.conftest import Stack
 
 def f(op: int, d: object = None) -> str:
     return json.dumps({"op": op, "d": d})
+
+
+def identify_with(token: str) -> str:
+    return f(Op.IDENTIFY, {"token": token, "device": "web"})
 
 
 def identify(stack: Stack, name: str = "carol") -> str:
@@ -56,6 +61,21 @@ CASES = {
                         s.users["carol"], secret=s.settings.token_secret, ttl_s=1, now=0
                     )
                 },
+            )
+        ],
+        Close.AUTHENTICATION_FAILED,
+    ),
+    # Both crashed the connection handler (1011 + traceback) before tokens.verify was strict.
+    "token-non-ascii-signature": (
+        False,
+        lambda s: [identify_with(s.token("carol").split(".")[0] + ".sigé")],
+        Close.AUTHENTICATION_FAILED,
+    ),
+    "token-user-2^64": (
+        False,
+        lambda s: [
+            identify_with(
+                tokens.mint(1 << 64, secret=s.settings.token_secret, ttl_s=60, now=time.time())
             )
         ],
         Close.AUTHENTICATION_FAILED,
