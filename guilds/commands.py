@@ -14,15 +14,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from chatscale import discovery
+from chatscale.commandline import UsageError
 from chatscale.config import Settings
+from chatscale.discovery import settings_for_tools
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from guilds import community
 from guilds.access import load_guild, load_member
 from guilds.controlplane import ControlError, ControlPlane, Receipt
 from guilds.permissions import format_explanation, parse_permissions, permission_names
 from storage import Channel, Guild, Store, User, open_store
+
+#: Reads a file of another format into a community, or raises ``ValidationError``.
+CommunityReader = Callable[[Path], community.Community]
 
 
 class Unresolved(Exception):
@@ -266,11 +277,74 @@ async def explanation(store: Store, guild: Guild, user: User, channel: Channel) 
     return "\n".join(lines)
 
 
+# ---- loading a community file ------------------------------------------------------------
+
+
+def seed_path(ref: str) -> Path:
+    """A community file: a path as given, else a file of that name in the package's seeds/
+    (so ``seeds/demo.toml``, ``demo.toml`` and ``demo`` work from any directory)."""
+    path = Path(ref)
+    if path.is_file():
+        return path
+    for candidate in (community.SEEDS / path.name, community.SEEDS / f"{path.name}.toml"):
+        if candidate.is_file():
+            return candidate
+    known = ", ".join(sorted(p.stem for p in community.SEEDS.glob("*.toml"))) or "none"
+    raise UsageError(f"no community file {ref!r} here or in {community.SEEDS} (known: {known})")
+
+
+async def cmd_seed(args: argparse.Namespace) -> int:
+    from storage import open_store
+
+    settings = settings_for_tools()
+    path = seed_path(args.file)
+    try:
+        spec = community.load_file(path)
+    except ValidationError:
+        # Not a structure file: another kind of file that defines a community (the load tester's
+        # behaviour files, seeds/study-group.toml ..., generate one from their seed) — readers
+        # the CLI wiring hands in, so this package imports none of them.
+        spec = None
+        for read in args.readers:
+            try:
+                spec = read(path)
+                break
+            except ValidationError as exc:
+                last = exc
+        if spec is None:
+            raise UsageError(
+                f"{path} is neither a community file nor a load-test behaviour file "
+                f"({last.error_count()} errors, first: {last.errors()[0]['msg']} at "
+                f"{'.'.join(map(str, last.errors()[0]['loc']))})"
+            ) from None
+    except (OSError, ValueError) as exc:  # unreadable, or not TOML
+        raise UsageError(f"cannot load {path}: {exc}") from None
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings) if settings.redis_url else None
+    try:
+        counts = await community.apply(spec, store, redis, Keys(settings.key_prefix))
+    finally:
+        await store.close()
+        if redis is not None:
+            await redis.aclose()
+    print(f"loaded {spec.name!r} into {settings.storage_url}: {counts}")
+    return 0
+
+
 # ---- the parser ------------------------------------------------------------------------------
 
 
-def add_commands(sub: Any) -> None:
-    """Register the admin commands on ``chatscale``'s subparsers."""
+def add_commands(sub: Any, *, community_readers: Sequence[CommunityReader] = ()) -> None:
+    """Register the admin commands and ``seed`` on ``chatscale``'s subparsers.
+
+    ``community_readers``: other file formats ``seed`` accepts (tried in order when a file is
+    not a community file); each returns a ``Community`` or raises ``ValidationError``.
+    """
+    s = sub.add_parser(
+        "seed", help="load a community file (seeds/NAME.toml) through the control plane"
+    )
+    s.add_argument("file", help="path, or a name in seeds/ such as demo")
+    s.set_defaults(fn=cmd_seed, readers=list(community_readers))
 
     def cmd(name: str, help: str, fn: Callable[..., Awaitable[int]]) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
+from chatscale import discovery
+from chatscale.discovery import WORKDIR, settings_for_tools
 from loadtest import scenarios
 
 EPILOG = """\
@@ -193,3 +196,129 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
     print(report.text(result))
     print(f"\nfiles: {json_path}  {html_path}")
     return 0 if result["verdict"]["clean"] else 1
+
+
+# ---- chatscale bench ----------------------------------------------------------------------
+
+
+async def cmd_bench(args: argparse.Namespace) -> int:
+    from loadtest import bench
+
+    settings = settings_for_tools(need_live=args.mode in ("chat", "idle"))
+    if args.mode == "presence":
+        from presence.simulate import simulate_guild
+
+        coalesce_s = args.interval
+        r = simulate_guild(
+            members=args.members,
+            online=args.online,
+            seconds=int(args.duration),
+            interval_s=coalesce_s,
+            seed=args.seed,
+        )
+        raw, co = r["raw"], r["coalesced"]
+        print(
+            json.dumps(
+                {
+                    "members": args.members,
+                    "online_at_start": args.online,
+                    "seconds": int(args.duration),
+                    "seed": args.seed,
+                    "events": r["events"],
+                    "visible_changes": raw.changes_in,
+                    "raw": {
+                        "updates": raw.updates_out,
+                        "deliveries": raw.deliveries_out,
+                        "deliveries_per_change": round(
+                            raw.deliveries_out / max(1, raw.changes_in), 1
+                        ),
+                    },
+                    "coalesced": {
+                        "interval_s": coalesce_s,
+                        "updates": co.updates_out,
+                        "deliveries": co.deliveries_out,
+                        "deliveries_per_change": round(
+                            co.deliveries_out / max(1, co.changes_in), 1
+                        ),
+                        "flaps_netted": co.net_zero,
+                    },
+                    "saving": round(raw.deliveries_out / max(1, co.deliveries_out), 1),
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if args.mode == "storage":
+        from loadtest import storage_bench
+
+        if args.storage_url:
+            settings = settings.model_copy(update={"storage_url": args.storage_url})
+        result = await storage_bench.run(settings, messages=args.messages, reads=args.reads)
+        print(json.dumps(result, indent=2))
+        return 0
+    state = WORKDIR / discovery.STATE_FILE
+    if not (state.exists() or args.gateway) or settings.redis_url is None:
+        print(
+            "no running topology: start `chatscale run` in this directory first, or set "
+            "REDIS_URL and CHATSCALE_STORAGE_URL and pass --gateway ws://host:port",
+            file=sys.stderr,
+        )
+        return 2
+    urls = args.gateway or json.loads(state.read_text())["gateways"]
+    if args.mode == "idle":
+        result = await bench.idle(settings, urls, connections=args.connections)
+    else:
+        result = await bench.chat(
+            settings,
+            urls,
+            members=args.members,
+            senders=args.senders,
+            rate=args.rate,
+            duration=args.duration,
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``chatscale bench``: baseline figures (chat, idle, storage, presence)."""
+    b = sub.add_parser(
+        "bench", help="baseline figures against the topology `chatscale run` started"
+    )
+    b.add_argument(
+        "mode",
+        choices=["chat", "idle", "storage", "presence"],
+        help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
+        "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced "
+        "(storage and presence need no running topology)",
+    )
+    b.add_argument(
+        "--members",
+        type=int,
+        default=20,
+        help="connected members of the bench guild (presence mode: guild size, e.g. 5000)",
+    )
+    b.add_argument(
+        "--online", type=int, default=3000, help="presence mode: members online at the start"
+    )
+    b.add_argument(
+        "--interval", type=float, default=1.0, help="presence mode: coalescing window (s)"
+    )
+    b.add_argument("--seed", type=int, default=20240611, help="presence mode: simulation seed")
+    b.add_argument("--senders", type=int, default=4, help="members that send")
+    b.add_argument(
+        "--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)"
+    )
+    b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
+    b.add_argument(
+        "--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)"
+    )
+    b.add_argument("--messages", type=int, default=20000, help="storage mode: messages to insert")
+    b.add_argument("--reads", type=int, default=500, help="storage mode: page reads of each kind")
+    b.add_argument(
+        "--gateway",
+        action="append",
+        help="gateway URL to connect to (repeat; default: the gateways in .chatscale/run.json)",
+    )
+    b.set_defaults(fn=cmd_bench)

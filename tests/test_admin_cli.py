@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from chatscale import cli
+from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
@@ -28,7 +29,7 @@ def env(valkey: ValkeyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     async def seed() -> None:
         store = await open_store(url)
-        redis = connect(cli.Settings())
+        redis = connect(Settings())
         await community.apply(community.load_file("demo"), store, redis, Keys(prefix))
         await redis.aclose()
         await store.close()

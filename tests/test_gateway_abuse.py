@@ -529,7 +529,7 @@ def test_a_forged_operator_claim_does_not_verify():
 async def test_chatscale_trace_command_still_prints_a_timeline(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ):
-    from chatscale.cli import cmd_trace
+    from ops.commands import cmd_trace
 
     s = stack.settings
     monkeypatch.setenv("CHATSCALE_REDIS_URL", s.redis_url or "")

@@ -231,7 +231,7 @@ def test_every_metric_is_documented_and_every_query_names_a_real_metric(settings
         "deploy/grafana/dashboards/chatscale.json": (
             root / "deploy" / "grafana" / "dashboards" / "chatscale.json"
         ).read_text(),
-        "ops/top.py": (root / "chatscale" / "top.py").read_text(),
+        "ops/top.py": (root / "ops" / "top.py").read_text(),
     }
     for where, text in referenced.items():
         for name in set(re.findall(r"\bchatscale_[a-z_*]*[a-z*]", text)) - {"chatscale_*"}:

@@ -1,0 +1,72 @@
+"""``chatscale worker`` (one worker process) and ``chatscale evict`` (free a dead worker's leases)."""
+
+from __future__ import annotations
+
+import argparse
+
+from chatscale import commandline
+from chatscale.discovery import settings_for_tools
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+
+
+async def cmd_worker(args: argparse.Namespace) -> int:
+    from storage import open_store
+    from workers.worker import Worker
+
+    settings = commandline.service_settings()
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    worker = Worker(
+        settings,
+        store=store,
+        consumer=args.consumer,
+        ordering=args.ordering,
+        stop_after=args.stop_after,
+    )
+    worker.install_signal_handlers()
+    try:
+        commandline.serve_metrics(settings, role="worker", name=worker.consumer)
+        print(
+            f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
+            flush=True,
+        )
+        await worker.run(burst=args.burst)
+    finally:
+        print(f"worker {worker.consumer} stopping: {vars(worker.stats)}", flush=True)
+        await worker.close()
+        await store.close()
+    return 0
+
+
+async def cmd_evict(args: argparse.Namespace) -> int:
+    from workers.leases import evict
+
+    settings = settings_for_tools()
+    redis = connect(settings)
+    try:
+        freed = await evict(
+            redis, Keys(settings.key_prefix), shards=settings.ingest_shards, consumer=args.consumer
+        )
+    finally:
+        await redis.aclose()
+    print(f"freed {freed} shard lease(s) of {args.consumer}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register this package's commands on ``chatscale``'s subparsers."""
+    w = sub.add_parser("worker", help="one worker process (consumes ingest streams)")
+    w.add_argument("--consumer", help="consumer name in the group (default: unique per process)")
+    w.add_argument(
+        "--ordering",
+        choices=["shard", "parallel"],
+        default="shard",
+        help="shard: per-channel order via shard leases; parallel: every worker reads every shard",
+    )
+    w.add_argument("--burst", action="store_true", help="process what is queued, then exit")
+    w.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection for tests
+    w.set_defaults(fn=cmd_worker)
+
+    e = sub.add_parser("evict", help="free a dead worker's shard leases now")
+    e.add_argument("consumer")
+    e.set_defaults(fn=cmd_evict)
