@@ -431,7 +431,12 @@ class GatewayControl:
         self, session: Session, channel_id: int, *, count: bool
     ) -> Refusal | None:
         """SEND_MESSAGES, then (``count``: a new message, not a retry) the user's message rate
-        and the channel's slowmode, which members who may manage messages bypass."""
+        and the channel's slowmode, which members who may manage messages bypass. The caller
+        checked visibility before awaiting (the nonce claim), so a ban or permission change may
+        have removed the channel since: that answer is UNKNOWN_CHANNEL, as for any channel the
+        session cannot see."""
+        if channel_id not in session.channels:
+            return Refusal("UNKNOWN_CHANNEL", "no such guild or channel visible to you")
         perms = _P(session.perms.get(channel_id, 0))
         if not perms & _P.SEND_MESSAGES:
             return Refusal("MISSING_PERMISSIONS", "you may not send messages in this channel")
