@@ -6,11 +6,13 @@ and history is a real SQLite file. Tests isolate themselves by key prefix, not b
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,8 +22,11 @@ from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
+from chatscale.wire import Op
 from gateway.server import Gateway
 from guilds import community
+from guilds.controlplane import ControlPlane
+from presence.service import PresenceService
 from storage import Store, open_store
 from workers.worker import Worker
 
@@ -125,6 +130,48 @@ async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     for gw in gateways:
         await gw.stop()
     await worker.close()
+
+
+@pytest.fixture
+async def plane(stack: Stack) -> AsyncIterator[ControlPlane]:
+    """The control plane over the stack's store and Redis (bans, permission changes)."""
+    cp = ControlPlane(stack.settings, store=stack.store)
+    yield cp
+    await cp.close()
+
+
+@pytest.fixture
+async def presence(stack: Stack) -> AsyncIterator[PresenceService]:
+    """A presence service on the stack's settings, with its own injected clock."""
+    service = PresenceService(stack.settings, store=stack.store, clock=FakeClock(1_000_000.0))
+    await service.start()
+    yield service
+    await service.close()
+
+
+async def presence_tick(
+    stack: Stack, service: PresenceService, advance: float = 0.0, *, drain: bool = False
+) -> None:
+    """One presence tick everywhere: move both clocks, flush both gateways' batches, step the
+    service (and, with ``drain``, let the worker deliver what it published)."""
+    stack.clock.advance(advance)
+    service.clock.advance(advance)  # type: ignore[attr-defined]
+    for gw in stack.gateways:
+        await gw.flush_presence()
+    await service.step()
+    if drain:
+        await stack.drain()
+
+
+async def settled(client: ChatClient) -> list[dict[str, Any]]:
+    """Every frame the gateway sent this client so far (a HEARTBEAT_ACK marks the end)."""
+    await client.send_op(Op.HEARTBEAT, client.seq)
+    frames = []
+    while True:
+        msg = await asyncio.wait_for(client.events.get(), 10)
+        if msg.get("op") == Op.HEARTBEAT_ACK:
+            return frames
+        frames.append(msg)
 
 
 # ---- a real Cassandra node (session-wide; started only if a test asks for it) -------------------

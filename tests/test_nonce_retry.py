@@ -8,27 +8,13 @@ the first attempt's id, and the worker stores and delivers that id once.
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import orjson
 import pytest
 
-from chatscale.client import ChatClient, GatewayError
-from chatscale.wire import Op
-from tests.conftest import FakeClock, Stack
-
-
-async def settled(client: ChatClient) -> list[dict[str, Any]]:
-    """Every frame the gateway sent this client so far (a HEARTBEAT_ACK marks the end)."""
-    await client.send_op(Op.HEARTBEAT, client.seq)
-    frames = []
-    while True:
-        msg = await asyncio.wait_for(client.events.get(), 10)
-        if msg.get("op") == Op.HEARTBEAT_ACK:
-            return frames
-        frames.append(msg)
+from chatscale.client import GatewayError
+from tests.conftest import FakeClock, Stack, settled
 
 
 async def test_a_retry_on_a_new_session_on_another_gateway_is_one_message(stack: Stack):

@@ -10,28 +10,19 @@ proves a client has received everything its gateway sent before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
-from chatscale.wire import IngestMessage, Op, encode_entry
+from chatscale.wire import IngestMessage, encode_entry
 from guilds.controlplane import ControlError, ControlPlane
 from guilds.permissions import Permission
-from tests.conftest import Stack
+from tests.conftest import Stack, settled
 from workers.worker import Worker
 
 P = Permission
-
-
-@pytest.fixture
-async def plane(stack: Stack) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(stack.settings, store=stack.store)
-    yield cp
-    await cp.close()
 
 
 async def guild_id(stack: Stack, name: str = "interview-prep") -> int:
@@ -42,17 +33,6 @@ async def guild_id(stack: Stack, name: str = "interview-prep") -> int:
 def channel_names(client: ChatClient, guild: str = "interview-prep") -> list[str]:
     g = next((g for g in client.ready["guilds"] if g["name"] == guild), None)
     return [c["name"] for c in g["channels"]] if g else []
-
-
-async def settled(client: ChatClient) -> list[dict[str, Any]]:
-    """Every frame the gateway sent this client so far (a HEARTBEAT_ACK marks the end)."""
-    await client.send_op(Op.HEARTBEAT, client.seq)
-    frames = []
-    while True:
-        msg = await asyncio.wait_for(client.events.get(), 10)
-        if msg.get("op") == Op.HEARTBEAT_ACK:
-            return frames
-        frames.append(msg)
 
 
 async def hot_authors(stack: Stack, channel: int) -> dict[str, str]:

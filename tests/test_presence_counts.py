@@ -12,7 +12,7 @@ import pytest
 
 from guilds.controlplane import ControlPlane
 from presence.service import PresenceService
-from tests.conftest import FakeClock, Stack
+from tests.conftest import FakeClock, Stack, presence_tick
 
 
 @pytest.fixture
@@ -22,14 +22,6 @@ async def presence(stack: Stack):
     await service.start()
     yield service
     await service.close()
-
-
-async def tick(stack: Stack, service: PresenceService, advance: float = 0.0) -> None:
-    stack.clock.advance(advance)
-    service.clock.advance(advance)  # type: ignore[attr-defined]
-    for gw in stack.gateways:
-        await gw.flush_presence()
-    await service.step()
 
 
 async def test_counts_survive_a_control_plane_command_between_queue_and_flush(
@@ -43,12 +35,12 @@ async def test_counts_survive_a_control_plane_command_between_queue_and_flush(
         watcher = await stack.client("alice", gateway=0)
         rounds = 0
         for name in ("bob", "carol", "dave"):
-            await tick(stack, presence, advance=2.0)  # a quiet guild: emits at once
+            await presence_tick(stack, presence, advance=2.0)  # a quiet guild: emits at once
             await stack.client(name, gateway=1)
-            await tick(stack, presence, advance=0.1)  # inside the window: queued, not sent
+            await presence_tick(stack, presence, advance=0.1)  # inside the window: queued, not sent
             rounds += 1
             await plane.set_slowmode(stack.channels["general"], rounds)  # the version moves
-            await tick(stack, presence, advance=1.0)  # the queued change goes out now
+            await presence_tick(stack, presence, advance=1.0)  # the queued change goes out now
             while True:
                 update = (await watcher.next_event("PRESENCE_UPDATE", timeout=5))["d"]
                 if update["guild_id"] != str(guild.id):

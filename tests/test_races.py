@@ -12,33 +12,13 @@ then let the resync finish, at every point of the resync in turn, many times.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from chatscale.client import ChatClient
-from chatscale.wire import Delivery, Op, dumps
+from chatscale.wire import Delivery, dumps
 from guilds.controlplane import ControlPlane
-from tests.conftest import Stack
-
-
-@pytest.fixture
-async def plane(stack: Stack) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(stack.settings, store=stack.store)
-    yield cp
-    await cp.close()
-
-
-async def settled(client: ChatClient) -> list[dict[str, Any]]:
-    """Every frame the gateway sent this client so far (a HEARTBEAT_ACK marks the end)."""
-    await client.send_op(Op.HEARTBEAT, client.seq)
-    frames = []
-    while True:
-        msg = await asyncio.wait_for(client.events.get(), 10)
-        if msg.get("op") == Op.HEARTBEAT_ACK:
-            return frames
-        frames.append(msg)
+from tests.conftest import Stack, settled
 
 
 def of_guild(frame: dict[str, Any], guild: int) -> bool:

@@ -11,43 +11,15 @@ import asyncio
 from typing import Any
 
 import orjson
-import pytest
 
 from chatscale.client import ChatClient
 from chatscale.wire import Op
 from guilds.controlplane import ControlPlane
 from guilds.permissions import Permission
 from presence.service import PresenceService
-from tests.conftest import FakeClock, Stack
+from tests.conftest import Stack, presence_tick, settled
 
 P = Permission
-
-
-@pytest.fixture
-async def presence(stack: Stack):
-    service = PresenceService(stack.settings, store=stack.store, clock=FakeClock(1_000_000.0))
-    await service.start()
-    yield service
-    await service.close()
-
-
-async def tick(stack: Stack, service: PresenceService, advance: float = 2.0) -> None:
-    stack.clock.advance(advance)
-    service.clock.advance(advance)  # type: ignore[attr-defined]
-    for gw in stack.gateways:
-        await gw.flush_presence()
-    await service.step()
-
-
-async def settled(client: ChatClient) -> list[dict[str, Any]]:
-    """Every frame the gateway sent this client so far (a HEARTBEAT_ACK marks the end)."""
-    await client.send_op(Op.HEARTBEAT, client.seq)
-    frames = []
-    while True:
-        msg = await asyncio.wait_for(client.events.get(), 10)
-        if msg.get("op") == Op.HEARTBEAT_ACK:
-            return frames
-        frames.append(msg)
 
 
 def voice_of(frames: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str | None]]]]:
@@ -92,12 +64,12 @@ async def test_a_private_voice_channel_reaches_only_its_viewers(
     bob = await stack.client("bob", gateway=1)
     carol = await stack.client("carol", gateway=1)
     carol_id = str(stack.users["carol"])
-    await tick(stack, presence)
+    await presence_tick(stack, presence, 2.0)
     await settled(alice), await settled(bob)
 
     await voice_request(carol, guild, staff)  # into the private channel
     await carol.send_message(stack.channels["general"], "sync point")  # handled before this
-    await tick(stack, presence)
+    await presence_tick(stack, presence, 2.0)
     await stack.drain()
     leaked = [f for f in await settled(bob) if str(staff) in orjson.dumps(f).decode()]
     assert leaked == []
@@ -105,7 +77,7 @@ async def test_a_private_voice_channel_reaches_only_its_viewers(
 
     await voice_request(carol, guild, lounge)  # a move: staff's viewers see her leave it
     await carol.send_message(stack.channels["general"], "sync point 2")
-    await tick(stack, presence)
+    await presence_tick(stack, presence, 2.0)
     await stack.drain()
     assert voice_of(await settled(alice)) == [
         (str(staff), [(carol_id, None)]),
@@ -146,7 +118,7 @@ async def test_voice_state_needs_a_visible_voice_channel_with_connect(
         error = await asyncio.wait_for(bob.events.get(), 10)
         assert (error["op"], error["d"]["code"]) == (Op.ERROR, code), channel
     await bob.send_message(stack.channels["general"], "still connected")
-    await tick(stack, presence)
+    await presence_tick(stack, presence, 2.0)
     assert presence.state.voice_channel(stack.users["bob"]) is None
 
 
@@ -164,12 +136,12 @@ async def test_a_member_removed_from_the_guild_leaves_its_voice_channel(
         await carol.next_event("CHANNEL_CREATE")
         await voice_request(carol, guild, lounge)
         await carol.send_message(stack.channels["general"], "sync point")
-        await tick(stack, presence)
+        await presence_tick(stack, presence, 2.0)
         assert presence.state.voice_channel(stack.users["carol"]) == (guild, lounge)
         await settled(alice)
         await plane.ban(guild, stack.users["carol"])
     finally:
         await plane.close()
-    await tick(stack, presence)
+    await presence_tick(stack, presence, 2.0)
     assert presence.state.voice_channel(stack.users["carol"]) is None
     assert voice_of(await settled(alice)) == [(str(lounge), [(carol_id, None)])]
