@@ -111,6 +111,7 @@ class RunConfig:
     # None: the clients at ``connect_rate`` plus ``max_attempts`` (8) ready timeouts
     setup_timeout: float | None = None
     reply_timeout: float = 60.0  # a generator answers "finish" with its results within this
+    history_wait_s: float = 30.0  # acknowledged messages missing from history: look again until
     observers: int = 6
     embedded_gateways: int = 2
     embedded_workers: int = 2
@@ -637,10 +638,10 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         await wait_for("results", cfg.reply_timeout)
         ordered = [results[i] for i in sorted(results)]
         stored = await check_stored(settings, ordered)
-        for _ in range(6):  # a worker may still be finishing a history backlog (paused storage)
-            if not stored["missing_from_history"]:
-                break
-            await asyncio.sleep(5)
+        # a worker may still be finishing a history backlog (paused storage): look again
+        look_until = time.monotonic() + cfg.history_wait_s
+        while stored["missing_from_history"] and time.monotonic() < look_until:
+            await asyncio.sleep(min(2.0, max(0.0, look_until - time.monotonic())))
             stored = await check_stored(settings, ordered)
         say(
             f"history     {stored['acknowledged'] - stored['missing_from_history']:,}/{stored['acknowledged']:,} "

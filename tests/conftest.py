@@ -6,6 +6,7 @@ and history is a real SQLite file. Tests isolate themselves by key prefix, not b
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -119,11 +120,28 @@ async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     s.users = {u.username: u.id for u in users}
     s.channels = {c.name: c.id for c in channels}
     yield s
-    for c in s.clients:
-        await c.close()
+    # Bounded: a gateway's stop waits for every connection handler, and a hang here used to
+    # spend the whole test timeout with nothing said (and leak into the next test). Everything
+    # is stopped (or given up on) before the fixture fails, naming what did not stop.
+    stuck = []
+    try:
+        async with asyncio.timeout(20):
+            for c in s.clients:
+                await c.close()
+    except TimeoutError:
+        stuck.append("test clients did not close within 20 s")
     for gw in gateways:
-        await gw.stop()
-    await worker.close()
+        try:
+            async with asyncio.timeout(30):
+                await gw.stop()
+        except TimeoutError:
+            stuck.append(f"gateway {gw.id} did not stop within 30 s ({len(gw.clients)} open)")
+    try:
+        await asyncio.wait_for(worker.close(), 10)
+    except TimeoutError:
+        stuck.append("the worker's Redis client did not close within 10 s")
+    if stuck:
+        pytest.fail("stack teardown: " + "; ".join(stuck))
 
 
 # ---- a real Cassandra node (session-wide; started only if a test asks for it) -------------------

@@ -79,13 +79,15 @@ def _config(scenario: str, community: str, **kw) -> RunConfig:
         community,
         processes=0,
         **{
-            "drain_s": 30.0,
+            # their sum stays under the 120 s test timeout, so a slow run fails with its reason
+            "drain_s": 25.0,
             "progress_every": 10.0,
             "quiet_s": 1.0,
             "report_s": 0.1,
-            "ready_timeout": 20.0,
-            "setup_timeout": 40.0,
-            "reply_timeout": 20.0,
+            "ready_timeout": 15.0,
+            "setup_timeout": 30.0,
+            "reply_timeout": 15.0,
+            "history_wait_s": 10.0,
             **kw,
         },
     )
