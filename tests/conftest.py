@@ -104,6 +104,18 @@ class Stack:
         await self.worker.drain()
 
 
+def _awaiting(task: asyncio.Task) -> str:
+    """Where a task is suspended: the innermost frame of its await chain, as file:line."""
+    coro, where = task.get_coro(), "?"
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
+            where = f"{path}:{frame.f_lineno} in {frame.f_code.co_name}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return where
+
+
 @pytest.fixture
 async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     clock = FakeClock()
@@ -131,11 +143,18 @@ async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     except TimeoutError:
         stuck.append("test clients did not close within 20 s")
     for gw in gateways:
-        try:
-            async with asyncio.timeout(30):
-                await gw.stop()
-        except TimeoutError:
-            stuck.append(f"gateway {gw.id} did not stop within 30 s ({len(gw.clients)} open)")
+        stopping = asyncio.create_task(gw.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=30)
+        if not done:
+            where = _awaiting(stopping)
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+            stuck.append(
+                f"gateway {gw.id} did not stop within 30 s ({len(gw.clients)} open; "
+                f"stop() was waiting at {where})"
+            )
+        elif stopping.exception() is not None:
+            raise stopping.exception()  # type: ignore[misc]
     try:
         await asyncio.wait_for(worker.close(), 10)
     except TimeoutError:
