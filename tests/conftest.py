@@ -105,15 +105,15 @@ class Stack:
 
 
 def _awaiting(task: asyncio.Task) -> str:
-    """Where a task is suspended: the innermost frame of its await chain, as file:line."""
-    coro, where = task.get_coro(), "?"
+    """Where a task is suspended: the last frames of its await chain, as file:line."""
+    coro, frames = task.get_coro(), []
     while coro is not None:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is not None:
             path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
-            where = f"{path}:{frame.f_lineno} in {frame.f_code.co_name}"
+            frames.append(f"{path}:{frame.f_lineno} {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return where
+    return " -> ".join(frames[-4:]) or "?"
 
 
 @pytest.fixture
