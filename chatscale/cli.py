@@ -334,8 +334,10 @@ async def cmd_seed(args: argparse.Namespace) -> int:
 
 
 async def cmd_trace(args: argparse.Namespace) -> int:
-    from chatscale.client import ChatClient
-    from chatscale.trace import format_timeline
+    """One traced message. A RATE_LIMITED answer (the default topology allows a user 5
+    messages per 5 s) is waited out as the gateway asks, with the same nonce; every expected
+    failure is one line on stderr."""
+    from chatscale.trace import ToolError, format_timeline, identify, send_patiently
     from storage import open_store
 
     urls = args.gateway or discovery.gateways()
@@ -356,23 +358,49 @@ async def cmd_trace(args: argparse.Namespace) -> int:
         for i, u in enumerate(users)
         if u
     ]
-    a = await ChatClient.identify(urls[0], toks[0])
-    b = await ChatClient.identify(urls[-1], toks[1])
+    deadline = time.monotonic() + args.timeout
+    clients = []
     try:
+        a = await identify(urls[0], toks[0], timeout=args.timeout)
+        clients.append(a)
+        b = await identify(urls[-1], toks[1], timeout=args.timeout)
+        clients.append(b)
         channel = next(
             (c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == args.channel), None
         )
         if channel is None:
             raise UsageError(f"{args.sender} sees no channel named {args.channel!r}")
-        ack = await a.send_message(channel["id"], args.content, trace=True)
+
+        def waiting(seconds: float) -> None:
+            print(f"rate limited: retrying in {seconds:.1f}s as the gateway asks", file=sys.stderr)
+
+        ack = await send_patiently(
+            a,
+            channel["id"],
+            args.content,
+            nonce=f"trace-{time.time_ns()}",
+            deadline=deadline + 60,  # the wait for a rate limit is on top of --timeout
+            trace=True,
+            on_wait=waiting,
+        )
+        wait_until = time.monotonic() + args.timeout
         got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
         while got["d"]["id"] != ack["id"]:
-            got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
-        print(f"message {ack['id']}: {args.sender} via {urls[0]} -> {args.to} via {urls[-1]}")
-        print(format_timeline([(h, ns) for h, ns in got["trace"]]))
+            got = await b.next_event("MESSAGE_CREATE", timeout=wait_until - time.monotonic())
+    except ToolError as exc:
+        print(f"trace: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(
+            f"trace: {args.to} did not receive the message within {args.timeout:g}s",
+            file=sys.stderr,
+        )
+        return 1
     finally:
-        await a.close()
-        await b.close()
+        for c in clients:
+            await c.close()
+    print(f"message {ack['id']}: {args.sender} via {urls[0]} -> {args.to} via {urls[-1]}")
+    print(format_timeline([(h, ns) for h, ns in got["trace"]]))
     return 0
 
 
@@ -414,9 +442,13 @@ async def cmd_evict(args: argparse.Namespace) -> int:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
+    from chatscale.trace import ToolError
     from loadtest import bench
 
     settings = settings_for_tools(need_live=args.mode in ("chat", "idle"))
+    for name, per_mode in BENCH_DEFAULTS.items():  # each mode has its own defaults
+        if getattr(args, name) is None:
+            setattr(args, name, per_mode.get(args.mode, per_mode["chat"]))
     if args.mode == "presence":
         from presence.simulate import simulate_guild
 
@@ -476,20 +508,35 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    urls = args.gateway or json.loads(state.read_text())["gateways"]
-    if args.mode == "idle":
-        result = await bench.idle(settings, urls, connections=args.connections)
-    else:
-        result = await bench.chat(
-            settings,
-            urls,
-            members=args.members,
-            senders=args.senders,
-            rate=args.rate,
-            duration=args.duration,
-        )
+    run_state = json.loads(state.read_text()) if state.exists() else None
+    urls = args.gateway or run_state["gateways"]
+    if args.gateway:  # other gateways than run.json's: sample only what Redis registered
+        run_state = None
+    try:
+        if args.mode == "idle":
+            result = await bench.idle(settings, urls, connections=args.connections, state=run_state)
+        else:
+            result = await bench.chat(
+                settings,
+                urls,
+                members=args.members,
+                senders=min(args.senders, args.members),
+                rate=args.rate,
+                duration=args.duration,
+                state=run_state,
+            )
+    except (ToolError, LookupError) as exc:
+        print(f"bench {args.mode}: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
+
+
+# per-mode defaults of the options `bench` modes share (None on the command line: the mode's)
+BENCH_DEFAULTS: dict[str, dict[str, float]] = {
+    "members": {"chat": 20, "idle": 20, "presence": 5000},
+    "duration": {"chat": 10.0, "presence": 60.0},
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,7 +608,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="path, or a name in seeds/ such as demo")
     s.set_defaults(fn=cmd_seed)
 
-    tr = sub.add_parser("trace", help="send one traced message and print its hop-by-hop timeline")
+    from loadtest.command import DefaultsHelp  # trace and bench: --help shows the defaults
+
+    tr = sub.add_parser(
+        "trace",
+        help="send one traced message and print its hop-by-hop timeline",
+        formatter_class=DefaultsHelp,
+    )
     tr.add_argument("--from", dest="sender", default="alice")
     tr.add_argument("--to", default="bob")
     tr.add_argument("--channel", default="general")
@@ -571,11 +624,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="gateway URL (repeat: sender uses the first, recipient the last)",
     )
-    tr.add_argument("--timeout", type=float, default=10.0)
+    tr.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds for READY, the ACK and the delivery (a rate limit's wait comes on top)",
+    )
     tr.set_defaults(fn=cmd_trace)
 
     b = sub.add_parser(
-        "bench", help="baseline figures against the topology `chatscale run` started"
+        "bench",
+        help="baseline figures against the topology `chatscale run` started",
+        formatter_class=DefaultsHelp,
     )
     b.add_argument(
         "mode",
@@ -587,8 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--members",
         type=int,
-        default=20,
-        help="connected members of the bench guild (presence mode: guild size, e.g. 5000)",
+        help="chat: connected members of the bench guild (default 20); presence: guild size "
+        "(default 5000)",
     )
     b.add_argument(
         "--online", type=int, default=3000, help="presence mode: members online at the start"
@@ -597,11 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", type=float, default=1.0, help="presence mode: coalescing window (s)"
     )
     b.add_argument("--seed", type=int, default=20240611, help="presence mode: simulation seed")
-    b.add_argument("--senders", type=int, default=4, help="members that send")
+    b.add_argument("--senders", type=int, default=4, help="chat: members that send")
     b.add_argument(
-        "--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)"
+        "--rate",
+        type=float,
+        default=100.0,
+        help="chat: total messages/s (0: as fast as acks return)",
     )
-    b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    b.add_argument(
+        "--duration",
+        type=float,
+        help="chat: seconds of sending (default 10); presence: simulated seconds (default 60)",
+    )
     b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
     b.add_argument(
         "--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)"

@@ -31,6 +31,15 @@ DIR/report.json (everything) and DIR/report.html (charts, self-contained).
 """
 
 
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default, except options without one (None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from loadtest.engine import RunConfig
 
@@ -187,7 +196,11 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     cfg.out = args.out or engine.default_out(cfg)
-    result = await engine.run(cfg)
+    try:
+        result = await engine.run(cfg)
+    except (engine.LoadTestError, ValueError) as exc:  # expected failures: one line, no traceback
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 2
     json_path, html_path = report.write(result, cfg.out)
     print()
     print(report.text(result))
