@@ -25,7 +25,7 @@ import sys
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from chatscale.commandline import UsageError
+from chatscale.commandline import DefaultsHelp, UsageError
 from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, TopologyError
 from guilds import commands as admin
@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_commands(sub, community_readers=[lambda path: communities.load(path).community])
     loadtest_command.add_bench_command(sub)  # bench chat|idle|storage|presence
     loadtest_command.add_command(sub)  # loadtest SCENARIO
+    for command in sub.choices.values():  # --help shows the defaults of every command
+        if command.formatter_class in (
+            argparse.HelpFormatter,
+            argparse.RawDescriptionHelpFormatter,
+        ):
+            command.formatter_class = DefaultsHelp
     return p
 
 

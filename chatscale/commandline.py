@@ -9,6 +9,7 @@ service, so every package can use it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import errno
 import signal
@@ -16,6 +17,16 @@ import signal
 from chatscale import discovery, metrics
 from chatscale.config import Settings
 from chatscale.discovery import settings_for_tools
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows every option's default (except options without one: None/False) and
+    keeps descriptions and epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.help is None:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class UsageError(Exception):

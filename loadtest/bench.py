@@ -22,6 +22,7 @@ import contextlib
 import json
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -30,6 +31,7 @@ from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
+from chatscale.trace import identify, send_patiently
 from guilds import community
 from loadtest.accounting import DeliveryLedger
 from loadtest.latency import LatencyRecorder
@@ -46,24 +48,80 @@ def bench_community(members: int) -> community.Community:
     )
 
 
-async def _server_processes(settings: Settings) -> dict[str, psutil.Process]:
+def _role(proc: psutil.Process) -> str:
+    """valkey, gateway, worker, presence ... from the command line; else the process name."""
+    cmd = proc.cmdline()
+    if cmd and ("valkey-server" in cmd[0] or "redis-server" in cmd[0]):
+        return "valkey"
+    if "chatscale" in cmd:
+        k = cmd.index("chatscale")
+        if k + 1 < len(cmd):
+            return cmd[k + 1]
+    return proc.name()
+
+
+async def server_processes(
+    settings: Settings, state: dict[str, Any] | None
+) -> dict[str, psutil.Process]:
+    """The processes of *this* topology, never others on the machine: with ``run.json``
+    (``state``) the ``chatscale run`` process and everything it started (Valkey, gateways,
+    workers, presence — a restarted worker is found again at the next call); without it, only
+    the gateways registered in this topology's Redis that run on this machine. Processes that
+    exit while being looked at are skipped."""
+    procs: dict[str, psutil.Process] = {}
+    if state and state.get("pid"):
+        try:
+            root = psutil.Process(int(state["pid"]))
+            members = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            members = []  # run.json is stale: its `chatscale run` is gone
+        for proc in members:
+            with contextlib.suppress(psutil.Error):
+                role = "run" if proc is members[0] else _role(proc)
+                procs[f"{role}-{proc.pid}"] = proc
+        return procs
     redis = connect(settings)
     try:
         registered = await redis.hgetall(Keys(settings.key_prefix).gateways())
     finally:
         await redis.aclose()
-    procs = {}
     for gw, info in registered.items():
-        pid = json.loads(info)["pid"]
-        if psutil.pid_exists(pid):
-            procs[gw.decode()] = psutil.Process(pid)
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "worker" in cmd and any("chatscale" in c for c in cmd):
-            procs[f"worker-{p.pid}"] = p
-        elif cmd and "valkey-server" in cmd[0]:
-            procs[f"valkey-{p.pid}"] = p
+        with contextlib.suppress(psutil.Error, KeyError, ValueError, TypeError):
+            proc = psutil.Process(int(json.loads(info)["pid"]))
+            if "chatscale" in proc.cmdline():  # a pid from another machine is someone else
+                procs[gw.decode()] = proc
     return procs
+
+
+def _listens_on(proc: psutil.Process, url: str) -> bool:
+    port = urlsplit(url).port
+    with contextlib.suppress(psutil.Error):
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+            for c in proc.net_connections(kind="tcp")
+        )
+    return False
+
+
+class CpuMeter:
+    """CPU % of each process between ``start`` and ``stop``, tolerant of processes that exit
+    (a worker killed and restarted mid-run): those are reported as ``"exited"``."""
+
+    def __init__(self, procs: dict[str, psutil.Process]) -> None:
+        self.procs: dict[str, psutil.Process] = {}
+        for name, proc in procs.items():
+            with contextlib.suppress(psutil.Error):
+                proc.cpu_percent(None)
+                self.procs[name] = proc
+
+    def stop(self) -> dict[str, float | str]:
+        out: dict[str, float | str] = {}
+        for name, proc in self.procs.items():
+            try:
+                out[name] = proc.cpu_percent(None)
+            except psutil.Error:
+                out[name] = "exited"
+        return out
 
 
 async def _connect_members(
@@ -82,7 +140,7 @@ async def _connect_members(
     clients = []
     for i, user in enumerate(users):
         token = tokens.mint(user.id, secret=settings.token_secret, ttl_s=3600, now=now)
-        clients.append(await ChatClient.identify(urls[i % len(urls)], token, heartbeat=True))
+        clients.append(await identify(urls[i % len(urls)], token))
     return clients, channels[0].id
 
 
@@ -94,12 +152,11 @@ async def chat(
     senders: int,
     rate: float,
     duration: float,
+    state: dict[str, Any] | None = None,
     say=print,
 ) -> dict[str, Any]:  # noqa: ANN001
     clients, channel = await _connect_members(settings, urls, members)
-    procs = await _server_processes(settings)
-    for p in procs.values():
-        p.cpu_percent(None)
+    cpu = CpuMeter(await server_processes(settings, state))
     me = psutil.Process()
     me.cpu_percent(None)
     ledger = DeliveryLedger()
@@ -108,6 +165,16 @@ async def chat(
     interval = senders / rate if rate > 0 else None  # per sender
     stop_at = time.monotonic() + duration
     received = 0
+    waits: list[float] = []  # retry_after of every RATE_LIMITED/UNAVAILABLE answer
+
+    def on_wait(seconds: float) -> None:
+        if not waits:
+            say(
+                f"  rate limited: waiting {seconds:.1f}s as the gateway asks (the figures include "
+                "these waits; see docs/benchmarks.md for a topology with raised limits)"
+            )
+        waits.append(seconds)
+
     all_in = asyncio.Event()
     expected = 0  # set when sending stops
 
@@ -137,14 +204,28 @@ async def chat(
             ledger.record_send(
                 nonce, channel_id=channel, sender=idx, sent_at=intended, recipients=everyone
             )
-            await client.send_message(channel, f"{int(intended * 1e9)} bench", nonce=nonce)
+            await send_patiently(
+                client,
+                channel,
+                f"{int(intended * 1e9)} bench",
+                nonce=nonce,
+                deadline=time.monotonic() + 60,
+                on_wait=on_wait,
+            )
             n += 1
             next_at = next_at + interval if interval else time.monotonic()
 
     readers = [asyncio.create_task(receive(i, c)) for i, c in enumerate(clients)]
     started = time.monotonic()
     progress = asyncio.create_task(_progress(lambda: (ledger.sent_count, received), started, say))
-    await asyncio.gather(*(send(i) for i in range(senders)))
+    try:
+        await asyncio.gather(*(send(i) for i in range(senders)))
+    except BaseException:
+        for task in [progress, *readers]:
+            task.cancel()
+        await asyncio.gather(progress, *readers, return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        raise
     sent_done = time.monotonic()
     # settle: wait until every expected delivery arrived, or 5 s
     expected = ledger.sent_count * members
@@ -168,9 +249,11 @@ async def chat(
         "lost": report.lost,
         "duplicated": report.duplicated,
         "reordered": report.reordered,
-        "cpu_percent": {name: p.cpu_percent(None) for name, p in procs.items()},
+        "cpu_percent": cpu.stop(),
         "generator_cpu_percent": me.cpu_percent(None),
+        "rate_limited": {"answers": len(waits), "waited_s": round(sum(waits), 1)},
     }
+    await asyncio.gather(*readers, progress, return_exceptions=True)
     for c in clients:
         await c.close()
     return result
@@ -184,10 +267,18 @@ async def _progress(counts, started: float, say) -> None:  # noqa: ANN001
 
 
 async def idle(
-    settings: Settings, urls: list[str], *, connections: int, say=print
+    settings: Settings,
+    urls: list[str],
+    *,
+    connections: int,
+    state: dict[str, Any] | None = None,
+    say=print,
 ) -> dict[str, Any]:  # noqa: ANN001
-    procs = await _server_processes(settings)
-    gw = procs.get("gw-0") or next(p for n, p in procs.items() if n.startswith("gw"))
+    procs = await server_processes(settings, state)
+    gws = [p for n, p in sorted(procs.items()) if n.startswith(("gw", "gateway"))]
+    if not gws:
+        raise LookupError("no gateway process of this topology on this machine to measure")
+    gw = next((p for p in gws if _listens_on(p, urls[0])), gws[0])
     before = gw.memory_info().rss
     clients, _ = await _connect_members(settings, urls[:1], connections)
     after = gw.memory_info().rss

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from chatscale import discovery
+from chatscale.commandline import DefaultsHelp
 from chatscale.discovery import WORKDIR, settings_for_tools
 from loadtest import scenarios
 
@@ -190,7 +191,11 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     cfg.out = args.out or engine.default_out(cfg)
-    result = await engine.run(cfg)
+    try:
+        result = await engine.run(cfg)
+    except (engine.LoadTestError, ValueError) as exc:  # expected failures: one line, no traceback
+        print(f"loadtest: {exc}", file=sys.stderr)
+        return 2
     json_path, html_path = report.write(result, cfg.out)
     print()
     print(report.text(result))
@@ -202,9 +207,13 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 async def cmd_bench(args: argparse.Namespace) -> int:
+    from chatscale.trace import ToolError
     from loadtest import bench
 
     settings = settings_for_tools(need_live=args.mode in ("chat", "idle"))
+    for name, per_mode in BENCH_DEFAULTS.items():  # each mode has its own defaults
+        if getattr(args, name) is None:
+            setattr(args, name, per_mode.get(args.mode, per_mode["chat"]))
     if args.mode == "presence":
         from presence.simulate import simulate_guild
 
@@ -264,18 +273,26 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    urls = args.gateway or json.loads(state.read_text())["gateways"]
-    if args.mode == "idle":
-        result = await bench.idle(settings, urls, connections=args.connections)
-    else:
-        result = await bench.chat(
-            settings,
-            urls,
-            members=args.members,
-            senders=args.senders,
-            rate=args.rate,
-            duration=args.duration,
-        )
+    run_state = json.loads(state.read_text()) if state.exists() else None
+    urls = args.gateway or run_state["gateways"]
+    if args.gateway:  # other gateways than run.json's: sample only what Redis registered
+        run_state = None
+    try:
+        if args.mode == "idle":
+            result = await bench.idle(settings, urls, connections=args.connections, state=run_state)
+        else:
+            result = await bench.chat(
+                settings,
+                urls,
+                members=args.members,
+                senders=min(args.senders, args.members),
+                rate=args.rate,
+                duration=args.duration,
+                state=run_state,
+            )
+    except (ToolError, LookupError) as exc:
+        print(f"bench {args.mode}: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(result, indent=2))
     return 0
 
@@ -283,7 +300,9 @@ async def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``chatscale bench``: baseline figures (chat, idle, storage, presence)."""
     b = sub.add_parser(
-        "bench", help="baseline figures against the topology `chatscale run` started"
+        "bench",
+        help="baseline figures against the topology `chatscale run` started",
+        formatter_class=DefaultsHelp,
     )
     b.add_argument(
         "mode",
@@ -295,8 +314,8 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument(
         "--members",
         type=int,
-        default=20,
-        help="connected members of the bench guild (presence mode: guild size, e.g. 5000)",
+        help="chat: connected members of the bench guild (default 20); presence: guild size "
+        "(default 5000)",
     )
     b.add_argument(
         "--online", type=int, default=3000, help="presence mode: members online at the start"
@@ -305,11 +324,18 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--interval", type=float, default=1.0, help="presence mode: coalescing window (s)"
     )
     b.add_argument("--seed", type=int, default=20240611, help="presence mode: simulation seed")
-    b.add_argument("--senders", type=int, default=4, help="members that send")
+    b.add_argument("--senders", type=int, default=4, help="chat: members that send")
     b.add_argument(
-        "--rate", type=float, default=100.0, help="total messages/s (0: as fast as acks return)"
+        "--rate",
+        type=float,
+        default=100.0,
+        help="chat: total messages/s (0: as fast as acks return)",
     )
-    b.add_argument("--duration", type=float, default=10.0, help="seconds of sending")
+    b.add_argument(
+        "--duration",
+        type=float,
+        help="chat: seconds of sending (default 10); presence: simulated seconds (default 60)",
+    )
     b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
     b.add_argument(
         "--storage-url", help="storage mode: backend to measure (default CHATSCALE_STORAGE_URL)"
@@ -322,3 +348,9 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="gateway URL to connect to (repeat; default: the gateways in .chatscale/run.json)",
     )
     b.set_defaults(fn=cmd_bench)
+
+
+BENCH_DEFAULTS: dict[str, dict[str, float]] = {
+    "members": {"chat": 20, "idle": 20, "presence": 5000},
+    "duration": {"chat": 10.0, "presence": 60.0},
+}

@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
 from collections import Counter
@@ -48,7 +49,7 @@ from loadtest import communities, scenarios
 from loadtest.accounting import DeliveryLedger
 from loadtest.generator import ClientPlan, Part, child_main, drive
 from loadtest.latency import LatencyRecorder, TimeSeries
-from loadtest.topology import Embedded, External, pause_process, storage_pid
+from loadtest.topology import Embedded, External, resume_after, storage_pid
 from storage import open_store
 
 
@@ -107,6 +108,11 @@ class RunConfig:
     window: int = 1  # messages in flight per client
     drain_s: float = 15.0
     ready_timeout: float = 30.0
+    # setup: how long the generators may take to connect the clients online before the run;
+    # None: the clients at ``connect_rate`` plus ``max_attempts`` (8) ready timeouts
+    setup_timeout: float | None = None
+    reply_timeout: float = 60.0  # a generator answers "finish" with its results within this
+    history_wait_s: float = 30.0  # acknowledged messages missing from history: look again until
     observers: int = 6
     embedded_gateways: int = 2
     embedded_workers: int = 2
@@ -181,16 +187,36 @@ class _Inline:
     def __init__(self, part: Part, inbox: asyncio.Queue[dict[str, Any]]) -> None:
         self.commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.pid = os.getpid()
-        self.task = asyncio.create_task(drive(part, self.commands, inbox.put_nowait))
+        self.index = part.index
+        self.finished = False
+        self.inbox = inbox
+        self.task = asyncio.create_task(drive(part, self.commands, self._report))
+        self.task.add_done_callback(self._ended)
+
+    def _report(self, msg: dict[str, Any]) -> None:
+        self.finished = self.finished or msg.get("type") == "results"
+        self.inbox.put_nowait(msg)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A driver that ended without its results crashed: tell the parent now, with why,
+        instead of letting it wait for a report that cannot come."""
+        if self.finished:
+            return
+        why = "cancelled" if task.cancelled() else repr(task.exception())
+        self.inbox.put_nowait({"type": "dead", "part": self.index, "why": why})
 
     def send(self, cmd: dict[str, Any]) -> None:
         self.commands.put_nowait(cmd)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 10.0) -> None:
+        """Finish the driver (it aborts its connections); cancel it if it does not finish."""
         if not self.task.done():
             self.commands.put_nowait({"cmd": "finish"})
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.task, 30)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        if not self.task.done():
+            self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
 
 
 class _Child:
@@ -216,20 +242,24 @@ class _Child:
         except (EOFError, OSError):
             self.loop.remove_reader(self.conn.fileno())
             if not self.finished:  # after its results a child exits: that EOF is expected
-                self.inbox.put_nowait({"type": "dead", "part": self.index})
+                why = f"exit code {self.proc.exitcode}; see its stderr"
+                self.inbox.put_nowait({"type": "dead", "part": self.index, "why": why})
 
     def send(self, cmd: dict[str, Any]) -> None:
         with contextlib.suppress(OSError):
             self.conn.send(cmd)
 
-    async def close(self) -> None:
-        await asyncio.to_thread(self.proc.join, 10)
+    async def close(self, timeout: float = 10.0) -> None:
+        """Wait for the child to exit after its results; kill it if it does not (always reaped)."""
+        await asyncio.to_thread(self.proc.join, timeout)
         if self.proc.is_alive():
             self.proc.kill()
-            await asyncio.to_thread(self.proc.join, 5)
+            await asyncio.to_thread(self.proc.join, 10)
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.conn.fileno())
         self.conn.close()
+        with contextlib.suppress(ValueError):  # still running after SIGKILL + 10 s: leave it
+            self.proc.close()
 
 
 # ---- sampling the servers ---------------------------------------------------------------------------
@@ -389,6 +419,18 @@ def _topology(cfg: RunConfig) -> Topology:
     )
 
 
+def setup_timeout(cfg: RunConfig, clients: int) -> float:
+    """How long setup may take: the connect rate, plus every retry of a slow last client."""
+    if cfg.setup_timeout is not None:
+        return cfg.setup_timeout
+    return clients / max(1.0, cfg.connect_rate) + 8 * cfg.ready_timeout
+
+
+class LoadTestError(RuntimeError):
+    """The run could not be measured (a generator died or hung, clients were refused): the
+    message says what happened in one line, for the command line to print as is."""
+
+
 def split(
     plan: scenarios.Plan,
     sim: communities.SimCommunity,
@@ -411,6 +453,7 @@ def split(
             connect_rate=cfg.connect_rate / parts,
             connect_window=max(1, cfg.connect_window // parts),
             ready_timeout=cfg.ready_timeout,
+            setup_timeout=setup_timeout(cfg, len(plan.online) - len(plan.connect_at)),
             bucket_s=1.0,
             inject=dict(cfg.inject),
             report_s=cfg.report_s,
@@ -495,7 +538,9 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         tasks += [asyncio.create_task(sampler.run()), asyncio.create_task(sampler.run_streams())]
         latest: dict[int, dict[str, Any]] = {}
 
-        async def wait_for(kind: str, deadline: float) -> set[int]:
+        async def wait_for(kind: str, timeout: float) -> None:
+            """Every generator's ``kind`` report, within ``timeout`` or a LoadTestError."""
+            deadline = time.time() + timeout
             done: set[int] = set()
             shown = time.time()
             while len(done) < len(drivers):
@@ -507,7 +552,10 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
                 try:
                     msg = await asyncio.wait_for(inbox.get(), max(0.01, deadline - time.time()))
                 except TimeoutError:
-                    break
+                    missing = sorted(set(range(len(drivers))) - done)
+                    raise LoadTestError(
+                        f"generator(s) {missing} sent no {kind!r} report within {timeout:g}s"
+                    ) from None
                 if msg["type"] == "progress":
                     latest[msg["part"]] = msg
                 elif msg["type"] == kind:
@@ -516,8 +564,7 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
                     if kind == "results":
                         results[msg["part"]] = msg
                 elif msg["type"] == "dead":
-                    raise RuntimeError(f"generator process {msg['part']} died; see its stderr")
-            return done
+                    raise LoadTestError(_dead(msg))
 
         # -- setup ---------------------------------------------------------------------------------
         before = len(plan.online) - len(plan.connect_at)
@@ -527,10 +574,19 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         say(
             f"setup       connecting {before:,} clients (up to {cfg.connect_rate:g}/s, {cfg.connect_window} at once) ..."
         )
-        await wait_for("setup_done", started + 660)
+        # the generators end their setup by themselves after setup_timeout; the margin is for
+        # a loaded machine to deliver that report
+        await wait_for("setup_done", parts[0].setup_timeout + cfg.reply_timeout)
         timings["setup_s"] = round(time.time() - started, 2)
         ready = sum(m.get("ready_now", 0) for m in latest.values())
         say(f"setup       {ready:,}/{before:,} ready in {timings['setup_s']:.1f}s")
+        refused = {k: v for m in latest.values() for k, v in m.get("terminal", {}).items() if v}
+        if refused:
+            raise LoadTestError(
+                f"{sum(refused.values())} client(s) refused for good during setup ({refused}): "
+                f"the gateways do not know this community's users, so they read another store "
+                f"than this load test wrote ({settings.storage_url}, Redis {settings.redis_url})"
+            )
 
         # -- run -----------------------------------------------------------------------------------
         t0 = time.time() + (0.5 if cfg.processes else 0.1)
@@ -553,7 +609,12 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         timings["run_s"] = round(time.time() - t0, 2)
 
         # -- drain -----------------------------------------------------------------------------------
+        # It ends early only when nothing can still arrive: no message awaiting its ACK, no
+        # client reconnecting or reloading history (a slow machine stretches both), the
+        # workers' ingest streams empty, and then every READY client has every acknowledged
+        # message or nothing arrived for quiet_s. Otherwise drain_s bounds it.
         drain_start = time.time()
+        fresh = max(0.3, 2 * cfg.report_s)  # progress reports newer than the end of the run
         last_change, last_received = time.time(), -1
         while time.time() < drain_start + cfg.drain_s:
             await _pump(inbox, latest, min(0.25, cfg.report_s))
@@ -562,24 +623,26 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
             outbox = sum(m.get("outbox", 0) for m in latest.values())
             acked = sum(m.get("acked", 0) for m in latest.values())
             ready_now = sum(m.get("ready_now", 0) for m in latest.values())
-            if received != last_received:
+            settling = sum(m.get("settling", 0) for m in latest.values())
+            stream = sampler.streams[-1] if sampler.streams else {}
+            backlog = stream.get("ingest_lag", 0) or stream.get("ingest_pending", 0)
+            if received != last_received or outbox or settling or backlog:
                 last_change, last_received = time.time(), received
-            if outbox == 0 and received >= acked * ready_now and time.time() - drain_start > 0.3:
-                break
-            if outbox == 0 and time.time() - last_change > cfg.quiet_s:
+                continue
+            if time.time() - drain_start < fresh:
+                continue
+            if received >= acked * ready_now or time.time() - last_change > cfg.quiet_s:
                 break
         timings["drain_s"] = round(time.time() - drain_start, 2)
         for d in drivers:
             d.send({"cmd": "finish"})
-        got = await wait_for("results", time.time() + 120)
-        if len(got) < len(drivers):
-            raise RuntimeError(f"only {len(got)} of {len(drivers)} generator processes reported")
+        await wait_for("results", cfg.reply_timeout)
         ordered = [results[i] for i in sorted(results)]
         stored = await check_stored(settings, ordered)
-        for _ in range(6):  # a worker may still be finishing a history backlog (paused storage)
-            if not stored["missing_from_history"]:
-                break
-            await asyncio.sleep(5)
+        # a worker may still be finishing a history backlog (paused storage): look again
+        look_until = time.monotonic() + cfg.history_wait_s
+        while stored["missing_from_history"] and time.monotonic() < look_until:
+            await asyncio.sleep(min(2.0, max(0.0, look_until - time.monotonic())))
             stored = await check_stored(settings, ordered)
         say(
             f"history     {stored['acknowledged'] - stored['missing_from_history']:,}/{stored['acknowledged']:,} "
@@ -622,10 +685,14 @@ async def _pump(
             if msg["type"] == "progress":
                 latest[msg["part"]] = msg
             elif msg["type"] == "dead":
-                raise RuntimeError(f"generator process {msg['part']} died")
+                raise LoadTestError(_dead(msg))
             if inbox.empty():
                 break
             msg = inbox.get_nowait()
+
+
+def _dead(msg: dict[str, Any]) -> str:
+    return f"generator {msg['part']} ended before its results ({msg.get('why', '?')})"
 
 
 async def _fault(
@@ -634,25 +701,31 @@ async def _fault(
     kind, at, seconds = fault
     await asyncio.sleep(max(0.0, t0 + at - time.time()))
 
-    def note(text: str) -> None:
-        log.append({"t": round(time.time() - t0, 2), "what": text})
+    def note(text: str, injected: bool | None = None) -> None:
+        entry: dict[str, Any] = {"t": round(time.time() - t0, 2), "what": text}
+        if injected is not None:  # the entry that says whether the scenario's fault happened
+            entry["injected"] = injected
+        log.append(entry)
         say(f"fault       t={time.time() - t0:5.1f}s {text}")
 
     try:
         if kind == "kill-worker":
-            note(await topo.kill_worker(0))
+            note(await topo.kill_worker(0), injected=True)
         elif kind == "kill-gateway":
-            note(await topo.kill_gateway(-1))
+            note(await topo.kill_gateway(-1), injected=True)
         elif kind in ("pause-redis", "pause-cassandra"):
             what = "valkey" if kind == "pause-redis" else "cassandra"
             pid = topo.valkey_pid() if kind == "pause-redis" else storage_pid(topo.settings)
-            note(f"SIGSTOP {what} (pid {pid}) for {seconds:g}s")
+            os.kill(pid, signal.SIGSTOP)  # raises if there is no such process: not injected
+            note(f"SIGSTOP {what} (pid {pid}) for {seconds:g}s", injected=True)
             events: list[str] = []
-            await pause_process(pid, seconds, events, what)
+            await resume_after(pid, seconds, events, what)
             for e in events:
                 note(e)
-    except LookupError as exc:
-        note(f"fault not injected: {exc}")
+        else:
+            note(f"fault not injected: no such fault {kind!r}", injected=False)
+    except (LookupError, OSError, AssertionError, IndexError) as exc:
+        note(f"fault not injected: {type(exc).__name__}: {exc}", injected=False)
 
 
 class _Progress:
@@ -881,6 +954,7 @@ def build_report(
             "clients": len(plan.online),
             "ready": len(ready_times),
             "attempts_failed": _sum(results, "failures"),
+            "refused": _sum(results, "refused"),
             "gave_up": counters.get("gave_up", 0),
             "ready_latency_ms": _ms(ready_latency),
             "accepted_per_s": (
@@ -1032,6 +1106,28 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     if s["ingest_lag_max"]:
         notes.append(f"workers fell behind: ingest lag up to {s['ingest_lag_max']} entries")
     clean = not (d["lost"] or d["duplicated"] or d["reordered"] or d["unexpected"] or d["unknown"])
+    # A run that measured nothing, or not what it set out to, is not clean either: no loss
+    # among zero messages proves nothing (a topology reading another store refuses every
+    # client as an unknown user and sends nothing), and a fault scenario without its fault
+    # is a steady run under another name.
+    unmeasured = []
+    c = report["connections"]
+    if c["clients"] and not c["ready"]:
+        unmeasured.append(f"none of the {c['clients']:,} clients reached READY")
+    if c.get("refused"):
+        unmeasured.append(
+            f"{sum(c['refused'].values()):,} client(s) refused for good ({c['refused']})"
+        )
+    if m["scheduled"] and not m["acknowledged"]:
+        unmeasured.append(f"none of the {m['scheduled']:,} scheduled messages was acknowledged")
+    elif m["acknowledged"] and not d["expected"]:
+        unmeasured.append("no delivery was expected: no client was READY to receive")
+    fault = report["plan"].get("fault")
+    if fault and not any(f.get("injected") for f in report["faults"]):
+        why = [f["what"] for f in report["faults"] if f.get("injected") is False]
+        unmeasured.append(
+            f"the fault ({fault[0]}) was not injected" + (f": {why[0]}" if why else "")
+        )
     stored = m.get("stored")
     if stored is not None:
         if stored["missing_from_history"] or stored["stored_twice"]:
@@ -1051,6 +1147,9 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
             f"{d['lost']:,} deliveries missing at READY clients "
             f"(neither live nor recovered from history by the end of the drain)",
         )
+    if unmeasured:  # first: the rest of the notes describe a run that did not happen
+        clean = False
+        notes[:0] = [f"NOT MEASURED: {u}" for u in unmeasured]
     return {"clean": clean, "notes": notes}
 
 

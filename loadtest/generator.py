@@ -64,6 +64,8 @@ MC = b'{"op":0,"t":"MESSAGE_CREATE","s":'
 DISPATCH = b'{"op":0,"t":"'
 TERMINAL = {4004}
 Item = tuple[str, int, str, float, int]  # nonce, channel id, content, intended time, order
+RECHECK_S = 0.5  # a new session looks for its unacknowledged sends in history this often
+SETTLING = frozenset({"connecting", "identifying", "resuming", "backoff"})
 VISIBLE = {"online": "online", "idle": "idle", "dnd": "dnd", "invisible": "offline"}
 
 
@@ -119,6 +121,12 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.client.conn is not self or self.client.closing:
+            # The attempt was given up (timeout, client closed) while the TCP connect was
+            # still under way: close what arrived late instead of leaving it open forever.
+            self.lost = True
+            transport.abort()
+            return
         self.proto.send_request(self.proto.connect())
         self.flush()
 
@@ -189,6 +197,8 @@ class SimClient:
         self.history_nonces: dict[str, int] = {}  # nonce -> id, from history after a new session
         self.shown: set[int] | None = None  # message ids shown from history after a new session
         self.history: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
+        self.rechecks: set[str] = set()  # history requests looking for unacknowledged sends
+        self.recheck_timer: asyncio.TimerHandle | None = None
         self.attempt_started = 0.0
         self.first_attempt = 0.0
         self.attempts = 0
@@ -229,6 +239,8 @@ class SimClient:
             self.fail(
                 conn, "refused" if isinstance(exc, ConnectionRefusedError) else "connect error"
             )
+        except Exception:  # noqa: BLE001 - e.g. a bad host name; counted, then retried
+            self.fail(conn, "connect error")
 
     def _arm_timeout(self) -> None:
         if self.timeout_timer is not None:
@@ -281,6 +293,7 @@ class SimClient:
                 self.conn = None
                 self.state = "gone"
                 self.gen.failures[label] += 1
+                self.gen.refused[label] += 1
                 self.gen.counters["terminal_close"] += 1
                 self.gen.settled(self)
                 return
@@ -323,7 +336,7 @@ class SimClient:
 
     def close(self) -> None:
         self.closing = True
-        for timer in [self.timeout_timer, *self.ack_timers.values()]:
+        for timer in [self.timeout_timer, self.recheck_timer, *self.ack_timers.values()]:
             if timer is not None:
                 timer.cancel()
         if self.conn is not None and self.conn.transport is not None:
@@ -515,6 +528,10 @@ class SimClient:
         nonce = d.get("nonce")
         code = d.get("code", "?")
         self.gen.send_errors[str(code)] += 1
+        if isinstance(nonce, str) and nonce in self.rechecks:
+            self.rechecks.discard(nonce)
+            self._recheck_later(float(d.get("retry_after") or 1.0))
+            return
         if isinstance(nonce, str) and nonce in self.history:
             ch, pages, got = self.history.pop(nonce)
             self.gen.loop.call_later(
@@ -578,6 +595,14 @@ class SimClient:
         self._send({"op": 21, "d": d})
 
     def on_history(self, d: dict[str, Any]) -> None:
+        if d.get("nonce") in self.rechecks:
+            self.rechecks.discard(d["nonce"])
+            for m in d["messages"]:
+                if isinstance(m.get("nonce"), str):
+                    self.history_nonces[m["nonce"]] = int(m["id"])
+            if not self.rechecks:
+                self._settle_inflight()
+            return
         entry = self.history.pop(str(d.get("nonce")), None)
         if entry is None or self.backfill is None:
             return
@@ -626,10 +651,16 @@ class SimClient:
 
     def _settle_inflight(self) -> None:
         """After a new session's history is loaded: a message that was awaiting its ACK and is
-        in history was stored (count it acknowledged); one that is not is sent again with its
-        nonce. The second can still duplicate if the first copy was queued but not yet stored:
-        the protocol dedupes nonces within one session only."""
+        in history was stored (count it acknowledged). One that is not may still be queued
+        for a worker (a busy machine: the ingest stream lags) — the protocol dedupes nonces
+        within one session only, so sending it again now would store it twice. A careful
+        client looks again (``RECHECK_S``) and sends it again with its nonce only once
+        ``ack_timeout`` has passed since it was sent: a duplicate then needs a pipeline
+        stalled for longer than that."""
+        if self.state != "ready" or self.backfill is not None:
+            return  # the next READY loads history again and comes back here
         now = time.time()
+        waiting: set[int] = set()
         for nonce, item in list(self.inflight.items()):
             stored = self.history_nonces.get(nonce)
             if stored is not None:
@@ -638,11 +669,33 @@ class SimClient:
                 self.gen.sends.append((nonce, item[1], self.cid, item[3], item[4], stored))
                 self.gen.ack_latency.record(now - self.sent_at.pop(nonce, now))
                 self.gen.counters["confirmed_from_history"] += 1
-            else:
+            elif now - self.sent_at.get(nonce, 0.0) >= self.gen.part.ack_timeout:
                 self.gen.counters["resent_after_new_session"] += 1
                 self._transmit(item)
+            else:
+                waiting.add(item[1])
         self.history_nonces.clear()
+        if waiting:
+            self.gen.counters["inflight_rechecks"] += 1
+            self._recheck_later(RECHECK_S, waiting)
         self.pump()
+
+    def _recheck_later(self, delay: float, channels: set[int] | None = None) -> None:
+        if channels is None:
+            channels = {item[1] for item in self.inflight.values()}
+        if self.recheck_timer is not None:
+            self.recheck_timer.cancel()
+        self.recheck_timer = self.gen.loop.call_later(delay, self._recheck, channels)
+
+    def _recheck(self, channels: set[int]) -> None:
+        self.recheck_timer = None
+        if self.state != "ready" or self.closing:
+            return  # a new session's backfill settles the in-flight messages instead
+        for ch in channels:
+            self.gen.counters["history_requests"] += 1
+            nonce = f"r.{self.cid}.{self.gen.counters['history_requests']}"
+            self.rechecks.add(nonce)
+            self._send({"op": 21, "d": {"channel_id": str(ch), "limit": 100, "nonce": nonce}})
 
 
 def _base36(n: int) -> str:
@@ -675,6 +728,7 @@ class Generator:
         self.failures: Counter[str] = Counter()
         self.close_codes: Counter[str] = Counter()
         self.send_errors: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()  # terminal closes before READY (e.g. 4004)
         self.latency = LatencyRecorder()
         self.window = LatencyRecorder()  # since the last progress report
         self.ready_latency = LatencyRecorder()
@@ -705,6 +759,7 @@ class Generator:
         self._unsettled: set[int] = set()
         self._settled = asyncio.Event()
         self.ready_at_finish = 0
+        self.closed = False
 
     def spawn(self, coro: Any) -> None:
         task = self.loop.create_task(coro)
@@ -922,10 +977,18 @@ class Generator:
             "errors": sum(self.send_errors.values()) + sum(self.failures.values()),
             "closes": sum(self.close_codes.values()),
             "outbox": sum(len(c.outbox) + len(c.inflight) for c in self.clients.values()),
+            "terminal": dict(self.refused),
+            # reconnecting, or loading history after a new session: deliveries still to come
+            "settling": sum(
+                c.state in SETTLING or c.backfill is not None for c in self.clients.values()
+            ),
         }
 
     def close_all(self) -> None:
-        self.ready_at_finish = sum(c.state == "ready" for c in self.clients.values())
+        """Abort every connection (idempotent: also run when the driver is cancelled)."""
+        if not self.closed:
+            self.closed = True
+            self.ready_at_finish = sum(c.state == "ready" for c in self.clients.values())
         for client in self.clients.values():
             client.close()
 
@@ -949,6 +1012,7 @@ class Generator:
             "rss": self._cpu.memory_info().rss,
             "counters": dict(self.counters),
             "failures": dict(self.failures),
+            "refused": dict(self.refused),
             "close_codes": dict(self.close_codes),
             "send_errors": dict(self.send_errors),
             "injected": dict(self.injected),
@@ -1012,9 +1076,14 @@ async def drive(part: Part, commands: asyncio.Queue[dict[str, Any]], report) -> 
                 report({"type": "results", **gen.results()})
                 return
     finally:
+        # Cancelled or failed as well as finished: no client may keep a socket open after the
+        # driver is gone (a leaked transport fails a later test through a ResourceWarning).
+        if running is not None and not running.done():
+            running.cancel()
+        gen.close_all()
         for task in list(gen._tasks):
             task.cancel()
-        await asyncio.gather(*gen._tasks, return_exceptions=True)
+        await asyncio.gather(*gen._tasks, *([running] if running else []), return_exceptions=True)
 
 
 def child_main(part: Part, conn) -> None:  # noqa: ANN001 - a multiprocessing Connection

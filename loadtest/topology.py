@@ -264,11 +264,13 @@ def storage_pid(settings: Settings) -> int:
     raise LookupError(f"no process on this machine listens on port {port}")
 
 
-async def pause_process(pid: int, seconds: float, events: list[str], what: str) -> None:
-    """SIGSTOP ``pid`` for ``seconds`` then SIGCONT (also if cancelled)."""
-    os.kill(pid, signal.SIGSTOP)
+async def resume_after(pid: int, seconds: float, events: list[str], what: str) -> None:
+    """SIGCONT the SIGSTOPped ``pid`` after ``seconds`` (also if cancelled)."""
     try:
         await asyncio.sleep(seconds)
     finally:
-        os.kill(pid, signal.SIGCONT)
-        events.append(f"SIGCONT {what} (pid {pid})")
+        try:
+            os.kill(pid, signal.SIGCONT)
+            events.append(f"SIGCONT {what} (pid {pid})")
+        except ProcessLookupError:
+            events.append(f"{what} (pid {pid}) is gone: nothing to SIGCONT")

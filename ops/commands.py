@@ -7,11 +7,12 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from pathlib import Path
 
 from chatscale import commandline, discovery, tokens
-from chatscale.commandline import UsageError
+from chatscale.commandline import DefaultsHelp, UsageError
 from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, settings_for_tools
 
@@ -86,8 +87,10 @@ async def cmd_token(args: argparse.Namespace) -> int:
 
 
 async def cmd_trace(args: argparse.Namespace) -> int:
-    from chatscale.client import ChatClient
-    from chatscale.trace import format_timeline
+    """One traced message. A RATE_LIMITED answer (the default topology allows a user 5
+    messages per 5 s) is waited out as the gateway asks, with the same nonce; every expected
+    failure is one line on stderr."""
+    from chatscale.trace import ToolError, format_timeline, identify, send_patiently
     from storage import open_store
 
     urls = args.gateway or discovery.gateways()
@@ -108,23 +111,49 @@ async def cmd_trace(args: argparse.Namespace) -> int:
         for i, u in enumerate(users)
         if u
     ]
-    a = await ChatClient.identify(urls[0], toks[0])
-    b = await ChatClient.identify(urls[-1], toks[1])
+    deadline = time.monotonic() + args.timeout
+    clients = []
     try:
+        a = await identify(urls[0], toks[0], timeout=args.timeout)
+        clients.append(a)
+        b = await identify(urls[-1], toks[1], timeout=args.timeout)
+        clients.append(b)
         channel = next(
             (c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == args.channel), None
         )
         if channel is None:
             raise UsageError(f"{args.sender} sees no channel named {args.channel!r}")
-        ack = await a.send_message(channel["id"], args.content, trace=True)
+
+        def waiting(seconds: float) -> None:
+            print(f"rate limited: retrying in {seconds:.1f}s as the gateway asks", file=sys.stderr)
+
+        ack = await send_patiently(
+            a,
+            channel["id"],
+            args.content,
+            nonce=f"trace-{time.time_ns()}",
+            deadline=deadline + 60,  # the wait for a rate limit is on top of --timeout
+            trace=True,
+            on_wait=waiting,
+        )
+        wait_until = time.monotonic() + args.timeout
         got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
         while got["d"]["id"] != ack["id"]:
-            got = await b.next_event("MESSAGE_CREATE", timeout=args.timeout)
-        print(f"message {ack['id']}: {args.sender} via {urls[0]} -> {args.to} via {urls[-1]}")
-        print(format_timeline([(h, ns) for h, ns in got["trace"]]))
+            got = await b.next_event("MESSAGE_CREATE", timeout=wait_until - time.monotonic())
+    except ToolError as exc:
+        print(f"trace: {exc}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(
+            f"trace: {args.to} did not receive the message within {args.timeout:g}s",
+            file=sys.stderr,
+        )
+        return 1
     finally:
-        await a.close()
-        await b.close()
+        for c in clients:
+            await c.close()
+    print(f"message {ack['id']}: {args.sender} via {urls[0]} -> {args.to} via {urls[-1]}")
+    print(format_timeline([(h, ns) for h, ns in got["trace"]]))
     return 0
 
 
@@ -165,7 +194,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     t.add_argument("--ttl", type=int, help="seconds (default CHATSCALE_TOKEN_TTL_S)")
     t.set_defaults(fn=cmd_token)
 
-    tr = sub.add_parser("trace", help="send one traced message and print its hop-by-hop timeline")
+    tr = sub.add_parser(
+        "trace",
+        help="send one traced message and print its hop-by-hop timeline",
+        formatter_class=DefaultsHelp,
+    )
     tr.add_argument("--from", dest="sender", default="alice")
     tr.add_argument("--to", default="bob")
     tr.add_argument("--channel", default="general")
@@ -175,7 +208,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         action="append",
         help="gateway URL (repeat: sender uses the first, recipient the last)",
     )
-    tr.add_argument("--timeout", type=float, default=10.0)
+    tr.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds for READY, the ACK and the delivery (a rate limit's wait comes on top)",
+    )
     tr.set_defaults(fn=cmd_trace)
 
     top = sub.add_parser(

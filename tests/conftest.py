@@ -109,6 +109,18 @@ class Stack:
         await self.worker.drain()
 
 
+def _awaiting(task: asyncio.Task) -> str:
+    """Where a task is suspended: the last frames of its await chain, as file:line."""
+    coro, frames = task.get_coro(), []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
+            frames.append(f"{path}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " -> ".join(frames[-4:]) or "?"
+
+
 @pytest.fixture
 async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     clock = FakeClock()
@@ -125,11 +137,35 @@ async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     s.users = {u.username: u.id for u in users}
     s.channels = {c.name: c.id for c in channels}
     yield s
-    for c in s.clients:
-        await c.close()
+    # Bounded: a gateway's stop waits for every connection handler, and a hang here used to
+    # spend the whole test timeout with nothing said (and leak into the next test). Everything
+    # is stopped (or given up on) before the fixture fails, naming what did not stop.
+    stuck = []
+    try:
+        async with asyncio.timeout(20):
+            for c in s.clients:
+                await c.close()
+    except TimeoutError:
+        stuck.append("test clients did not close within 20 s")
     for gw in gateways:
-        await gw.stop()
-    await worker.close()
+        stopping = asyncio.create_task(gw.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=30)
+        if not done:
+            where = _awaiting(stopping)
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+            stuck.append(
+                f"gateway {gw.id} did not stop within 30 s ({len(gw.clients)} open; "
+                f"stop() was waiting at {where})"
+            )
+        elif stopping.exception() is not None:
+            raise stopping.exception()  # type: ignore[misc]
+    try:
+        await asyncio.wait_for(worker.close(), 10)
+    except TimeoutError:
+        stuck.append("the worker's Redis client did not close within 10 s")
+    if stuck:
+        pytest.fail("stack teardown: " + "; ".join(stuck))
 
 
 @pytest.fixture

@@ -9,14 +9,17 @@ runs the real thing: generator processes, an embedded topology and a killed work
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from loadtest import report
-from loadtest.engine import Given, RunConfig, run
+from loadtest.engine import Given, LoadTestError, RunConfig, _fault, run, verdict
+from loadtest.generator import ClientPlan, Part, drive
 from tests.conftest import Stack
 
 ONE_TALKER = """
@@ -61,19 +64,32 @@ async def consuming(stack: Stack) -> AsyncIterator[Stack]:
     task = asyncio.create_task(stack.worker.run())
     yield stack
     stack.worker.stop()
-    await asyncio.wait_for(task, 10)
+    try:
+        await asyncio.wait_for(task, 30)
+    except TimeoutError:
+        task.cancel()
+        pytest.fail("the background worker did not finish its batch within 30 s of stop()")
 
 
 def _config(scenario: str, community: str, **kw) -> RunConfig:
+    # Deadlines, not expected durations: the drain ends as soon as everything arrived, so the
+    # generous bounds cost nothing on a fast machine and keep a loaded one from failing.
     return RunConfig(
         scenario,
         community,
         processes=0,
-        drain_s=5.0,
-        progress_every=10.0,
-        quiet_s=0.4,
-        report_s=0.1,
-        **kw,
+        **{
+            # their sum stays under the 120 s test timeout, so a slow run fails with its reason
+            "drain_s": 25.0,
+            "progress_every": 10.0,
+            "quiet_s": 1.0,
+            "report_s": 0.1,
+            "ready_timeout": 15.0,
+            "setup_timeout": 30.0,
+            "reply_timeout": 15.0,
+            "history_wait_s": 10.0,
+            **kw,
+        },
     )
 
 
@@ -102,6 +118,13 @@ async def test_steady_chat_is_delivered_to_everyone_exactly_once(consuming: Stac
     assert "deliveries lost/dup/reord  0 / 0 / 0" in report.text(r)
     assert r["messages"]["stored"]["missing_from_history"] == 0
     assert r["messages"]["stored"]["acknowledged"] == 20
+    # the same run as a fault scenario whose fault never happened is not a clean result
+    faked = copy.deepcopy(r)
+    faked["plan"]["fault"] = ["pause-cassandra", 0.3, 5.0]
+    faked["faults"] = [{"t": 0.3, "what": "fault not injected: no Cassandra", "injected": False}]
+    judged = verdict(faked)
+    assert not judged["clean"]
+    assert "NOT MEASURED: the fault (pause-cassandra) was not injected" in judged["notes"][0]
 
 
 @pytest.mark.parametrize(
@@ -195,3 +218,80 @@ async def test_generator_processes_against_an_embedded_topology_with_a_killed_wo
     assert any("restarting" in f["what"] for f in r["faults"])
     names = set(r["processes"])
     assert {"generator-0", "generator-1", "gateway-0", "gateway-1", "valkey"} <= names
+
+
+async def _until(predicate, what: str, timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until true; fail saying ``what`` was awaited after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g}s for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_clients_refused_as_unknown_users_fail_the_run_loudly(stack: Stack, tmp_path: Path):
+    # The load test writes its community into another store than the gateways read (the
+    # CHATSCALE_REDIS_URL-vs-run.json mix-up): every client is refused with 4004. That used to
+    # end with nothing sent and a CLEAN verdict.
+    other = stack.settings.model_copy(update={"storage_url": f"sqlite:///{tmp_path}/other.db"})
+    topo = Given(other, [gw.url for gw in stack.gateways])
+    with pytest.raises(LoadTestError, match=r"refused for good .*4004.* another store"):
+        await run(
+            _config("steady", "study-group", duration=1.0), topology=topo, say=lambda *_: None
+        )
+
+
+async def test_a_run_that_reached_no_client_is_not_clean(stack: Stack):
+    # a "gateway" that accepts TCP and never answers: no READY, nothing sent, nothing lost
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client aborts
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    cfg = _config("steady", "study-group", duration=0.5, drain_s=1.0)
+    cfg.ready_timeout, cfg.setup_timeout = 0.3, 1.5
+    try:
+        r = await run(cfg, topology=Given(stack.settings, [url]), say=lambda *_: None)
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 10)
+    assert r["deliveries"]["lost"] == 0 and r["messages"]["acknowledged"] == 0
+    assert not r["verdict"]["clean"]
+    notes = r["verdict"]["notes"]
+    assert "NOT MEASURED: none of the 16 clients reached READY" in notes
+    assert any(n.startswith("NOT MEASURED: none of the") and "scheduled" in n for n in notes)
+
+
+async def test_a_fault_that_cannot_be_injected_says_so(stack: Stack):
+    log: list[dict] = []
+    topo = Given(stack.settings, [])  # SQLite storage: there is no Cassandra to pause
+    await _fault(("pause-cassandra", 0.0, 1.0), topo, time.time(), log, lambda *_: None)
+    assert [e["injected"] for e in log] == [False]
+    assert "not Cassandra" in log[0]["what"]
+
+
+async def test_a_cancelled_driver_closes_every_connection(stack: Stack):
+    # a driver cancelled mid-run (a test timing out, Ctrl-C) must not leave sockets open: they
+    # kept the gateways waiting at shutdown and failed later tests through ResourceWarnings
+    gw = stack.gateways[0]
+    part = Part(
+        index=0,
+        clients=[
+            ClientPlan(i, stack.users[n], stack.token(n), "desktop", gw.url)
+            for i, n in enumerate(("alice", "bob"))
+        ],
+        urls=[gw.url],
+        channels=[stack.channels["general"]],
+        report_s=0.05,
+    )
+    commands: asyncio.Queue[dict] = asyncio.Queue()
+    inbox: list[dict] = []
+    task = asyncio.create_task(drive(part, commands, inbox.append))
+    commands.put_nowait({"cmd": "setup", "at": time.time()})
+    await _until(lambda: any(m["type"] == "setup_done" for m in inbox), "the setup_done report")
+    assert [m["ready_now"] for m in inbox if m["type"] == "setup_done"] == [2]
+    assert len(gw.clients) == 2
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await _until(lambda: not gw.clients, "the gateway to see both connections closed", 10)
