@@ -52,7 +52,7 @@ def mint(user_id: int, *, secret: str, ttl_s: float, now: float, operator: bool 
 def verify(token: str, *, secret: str, now: float) -> int:
     """Return the user id (1 <= id < 2^63), or raise TokenError — never anything else.
 
-    Any string may arrive here (``tests/test_tokens_snowflake.py`` fuzzes it): non-ASCII text
+    Any string may arrive here (``tests/chatscale/test_tokens_snowflake.py`` fuzzes it): non-ASCII text
     would make ``compare_digest`` raise TypeError, and a signed id of 2^64 would overflow
     SQLite later, so both are refused as malformed here.
     """

@@ -115,7 +115,7 @@ def _last_line(log: Path | None) -> str:
 def plan(topo: Topology) -> list[Child]:
     """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
     workers, one presence service, gateways. docker-compose.yml runs the same services as
-    containers; tests/test_compose.py keeps the two in step."""
+    containers; tests/ops/test_compose.py keeps the two in step."""
     logs = topo.workdir / "logs"
     children = []
     for i in range(topo.workers):

@@ -2,7 +2,7 @@
 
 Two stores sit behind one URL: ``HistoryStore`` (durable message history, partitioned by
 (channel_id, bucket) as in Discord's Cassandra schema) and ``MetadataStore`` (users, guilds,
-channels, roles, members and their roles, channel permission overwrites, bans). The contract suite in ``tests/test_storage_contract.py`` runs the same
+channels, roles, members and their roles, channel permission overwrites, bans). The contract suite in ``tests/storage/test_storage_contract.py`` runs the same
 tests against every backend, which is what lets the embedded SQLite backend stand in for
 Cassandra.
 """

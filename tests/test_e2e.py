@@ -153,7 +153,7 @@ async def test_heartbeat_timeout_closes_with_session_timed_out(stack: Stack):
 
 
 async def test_traced_message_stamps_every_hop(stack: Stack):
-    # Tracing is an operator capability (tests/test_gateway_abuse.py checks the refusal).
+    # Tracing is an operator capability (tests/gateway/test_gateway_abuse.py checks the refusal).
     token = tokens.mint(
         stack.users["alice"],
         secret=stack.settings.token_secret,

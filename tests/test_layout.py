@@ -115,3 +115,28 @@ def test_the_walk_sees_a_cycle() -> None:
     """The checker itself: a made-up circle is found, a chain is not."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+#: The layers of the README's picture, top to bottom: a module imports only its own package and
+#: packages of lower layers (the CLI entry point, which wires every command, excepted).
+LAYERS = (
+    ("loadtest",),
+    ("ops",),
+    ("gateway", "workers"),
+    ("presence", "guilds"),
+    ("storage",),
+    ("chatscale",),
+)
+
+
+def test_packages_import_only_the_layers_below_them() -> None:
+    rank = {package: i for i, layer in enumerate(LAYERS) for package in layer}
+    assert set(rank) == set(PACKAGES), "every package has a layer"
+    upward = sorted(
+        f"{module} imports {target}"
+        for module, targets in _imports(_modules()).items()
+        if module not in CORE_WIRING
+        for target in targets
+        if (a := module.split(".")[0]) != (b := target.split(".")[0]) and rank[b] <= rank[a]
+    )
+    assert not upward, "an arrow runs up or sideways across layers:\n" + "\n".join(upward)

@@ -6,7 +6,7 @@ no cycle), commands that are real ``chatscale`` subcommands with valid arguments
 variables that ``chatscale/config.py`` reads with values it accepts, host ports that do not
 collide, and the same services as the embedded runner (``chatscale run``). Where the real
 ``docker compose`` CLI plugin is installed, ``docker compose config`` runs too (it needs no
-engine); tests/test_compose_run.py goes further and runs the compose services as processes.
+engine); tests/ops/test_compose_run.py goes further and runs the compose services as processes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from chatscale.cli import build_parser
 from chatscale.config import Settings, env_names
 from ops import supervisor
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "deploy" / "compose-spec.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"

@@ -16,7 +16,7 @@ from chatscale import cli, discovery
 from chatscale.config import env_names
 from chatscale.valkey import ValkeyServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 ``chatscale run`` keeps a random secret per data directory (mode 0600) and the tools read it
 there; a gateway process refuses a weak secret unless told ``--insecure-dev``. The end-to-end
 half (a token forged with the old default is refused by a default ``chatscale run``) is in
-tests/test_run_command.py.
+tests/ops/test_run_command.py.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def test_insecure_dev_lets_a_weak_secret_through(clean_env: Path, valkey: Valkey
         env = {"PATH": "/usr/bin:/bin", "REDIS_URL": valkey.url, "CHATSCALE_TOKEN_SECRET": "weak"}
         done = subprocess.run(
             [sys.executable, "-m", "chatscale", "gateway", "--port", str(port), "--insecure-dev"],
-            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
             cwd=clean_env,
             capture_output=True,
             text=True,
@@ -119,7 +119,7 @@ def test_compose_requires_the_secret_from_the_environment():
     import yaml
 
     compose = yaml.safe_load(
-        (Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text()
+        (Path(__file__).resolve().parents[2] / "docker-compose.yml").read_text()
     )
     value = compose["x-chatscale-env"]["CHATSCALE_TOKEN_SECRET"]
     assert value.startswith("${CHATSCALE_TOKEN_SECRET:?"), value  # no fallback: compose stops

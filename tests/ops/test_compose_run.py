@@ -37,7 +37,7 @@ from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from ops.top import parse, total
 from storage import open_store
-from tests.test_compose import ROOT, chatscale_commands, environment, replicas, role, services
+from tests.ops.test_compose import ROOT, chatscale_commands, environment, replicas, role, services
 
 pytestmark = pytest.mark.slow
 

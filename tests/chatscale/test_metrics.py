@@ -2,7 +2,7 @@
 
 In-process services (the ``stack`` fixture) share the process's default registry, so these
 tests compare scrapes before and after instead of expecting absolute values. Real processes
-serving /metrics over HTTP are covered by tests/test_compose_run.py.
+serving /metrics over HTTP are covered by tests/ops/test_compose_run.py.
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def _exposed_names(settings: Settings) -> set[str]:
 
 
 def test_every_metric_is_documented_and_every_query_names_a_real_metric(settings: Settings):
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     exposed = _exposed_names(settings)
     docs = (root / "docs" / "metrics.md").read_text()
     undocumented = {name for name in exposed if f"`{name}" not in docs}

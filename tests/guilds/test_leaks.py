@@ -8,12 +8,12 @@ test is what the running system uses — ``guilds.access`` (views, the worker's
 sessions on IDENTIFY and on a change, applied only to the sessions the change's scope names,
 as the control plane announces it) and ``gateway.fanout.LocalFanout.deliver`` (the delivery
 filter). The oracle is independent: membership and bans from the model, and channel
-permissions from the naive per-bit reference of ``tests/test_permissions.py``.
+permissions from the naive per-bit reference of ``tests/guilds/test_permissions.py``.
 
 After every step: each session's visible channels are exactly the reference's; every
 message is accepted exactly when the reference says the author may send; each accepted
 message reaches exactly the sessions that may view its channel, and guild-wide events exactly
-the members. ``tests/test_permission_changes.py`` runs the same idea on the real stack.
+the members. ``tests/guilds/test_permission_changes.py`` runs the same idea on the real stack.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from guilds.permissions import (
     Role,
 )
 from storage import Channel, ChannelOverwrite, Guild, GuildRole
-from tests.test_permissions import reference
+from tests.guilds.test_permissions import reference
 
 P = Permission
 G = 100  # the guild, and so its @everyone role

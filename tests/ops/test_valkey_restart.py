@@ -20,7 +20,7 @@ from chatscale import tokens
 from chatscale.client import ChatClient
 from chatscale.keys import Keys
 from storage import open_store
-from tests.test_run_command import _read_until
+from tests.ops.test_run_command import _read_until
 
 pytestmark = pytest.mark.slow
 
