@@ -44,6 +44,17 @@ class FakeClock:
         self.now += seconds
 
 
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A directory that is not the repository root, with no chatscale variables set."""
+    from chatscale.config import env_names
+
+    for name in env_names():
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server = ValkeyServer(workdir=tmp_path_factory.mktemp("valkey")).start()
@@ -93,14 +104,21 @@ class Stack:
     channels: dict[str, int] = field(default_factory=dict)
     clients: list[ChatClient] = field(default_factory=list)
 
-    def token(self, name: str) -> str:
+    def token(self, name: str, *, operator: bool = False) -> str:
+        """A token for a demo user; ``operator``: with the operator claim (may trace)."""
         return tokens.mint(
-            self.users[name], secret=self.settings.token_secret, ttl_s=3600, now=time.time()
+            self.users[name],
+            secret=self.settings.token_secret,
+            ttl_s=3600,
+            now=time.time(),
+            operator=operator,
         )
 
-    async def client(self, name: str, gateway: int = 0, **kw: object) -> ChatClient:
+    async def client(
+        self, name: str, gateway: int = 0, *, operator: bool = False, **kw: object
+    ) -> ChatClient:
         c = await ChatClient.identify(
-            self.gateways[gateway].url, self.token(name), heartbeat=False, **kw
+            self.gateways[gateway].url, self.token(name, operator=operator), heartbeat=False, **kw
         )
         self.clients.append(c)
         return c

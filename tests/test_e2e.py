@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 
 import pytest
 from websockets.asyncio.client import connect
 
-from chatscale import tokens
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
 from chatscale.wire import Op
@@ -154,15 +152,7 @@ async def test_heartbeat_timeout_closes_with_session_timed_out(stack: Stack):
 
 async def test_traced_message_stamps_every_hop(stack: Stack):
     # Tracing is an operator capability (tests/gateway/test_gateway_abuse.py checks the refusal).
-    token = tokens.mint(
-        stack.users["alice"],
-        secret=stack.settings.token_secret,
-        ttl_s=60,
-        now=time.time(),
-        operator=True,
-    )
-    alice = await ChatClient.identify(stack.gateways[0].url, token, heartbeat=False)
-    stack.clients.append(alice)
+    alice = await stack.client("alice", operator=True)
     bob = await stack.client("bob", gateway=1)
     await alice.send_message(stack.channels["general"], "trace me", trace=True)
     await stack.drain()

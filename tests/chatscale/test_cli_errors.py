@@ -19,15 +19,6 @@ from chatscale.valkey import ValkeyServer
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A directory that is not the repository root, with no chatscale variables set."""
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def one_line_error(capsys: pytest.CaptureFixture[str], *expected: str) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err

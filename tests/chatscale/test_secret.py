@@ -16,16 +16,8 @@ from pathlib import Path
 import pytest
 
 from chatscale import cli, discovery
-from chatscale.config import OLD_DEFAULT_TOKEN_SECRET, Settings, env_names
+from chatscale.config import OLD_DEFAULT_TOKEN_SECRET, Settings
 from chatscale.valkey import ValkeyServer
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for name in env_names():
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_settings_have_no_usable_default_secret(clean_env: Path):

@@ -502,15 +502,7 @@ async def test_trace_is_ignored_unless_the_token_is_an_operators(stack: Stack):
     got = await bob.next_event("MESSAGE_CREATE")
     assert "trace" not in got  # no hop timings for bob (or anyone) from a plain user
 
-    token = tokens.mint(
-        stack.users["alice"],
-        secret=stack.settings.token_secret,
-        ttl_s=60,
-        now=time.time(),
-        operator=True,
-    )
-    operator = await ChatClient.identify(stack.gateways[0].url, token, heartbeat=False)
-    stack.clients.append(operator)
+    operator = await stack.client("alice", operator=True)
     await operator.send_message(general, "traced by an operator", trace=True)
     await stack.drain()
     got = await bob.next_event("MESSAGE_CREATE")
