@@ -413,7 +413,11 @@ class SimClient:
         gen = self.gen
         first = self.ready_at is None
         self.session_id = d["session_id"]
-        self.resume_url = d.get("resume_gateway_url") or self.url
+        # RESUME where this connection reached the session's gateway, not at READY's
+        # resume_gateway_url: that is the gateway's public URL (compose: ws://localhost:876x,
+        # the host's port), which a tester given each gateway's own address (--gateway
+        # ws://gateway-0:8765) may not reach (docs/protocol.md, "Which URL to resume at").
+        self.resume_url = self.url
         self.state = "ready"
         self.attempts = 0
         if self.timeout_timer is not None:

@@ -1,10 +1,14 @@
 """A load test's report three ways: a table for the terminal, JSON with everything, and one
 self-contained HTML page whose charts are inline SVG (no script, no CDN, nothing fetched).
 
-Charts: deliveries and messages per second over time, latency p50/p99 over time (by intended
-send time, so a stall shows where it began), the latency histogram and percentile curve, CPU
-of every process over time, consumer lag and pending entries, connections per second (storms).
-Faults are drawn as vertical lines on every time chart.
+Each scenario's headline figure comes first, with its chart (``HEADLINE_CHART``): delivery
+latency over time (steady, faults), time to last delivery per post (celebrity), connections
+per second (connect-storm), presence propagation (presence-storm), time back after a drop
+(reconnect-storm). Then: deliveries and messages per second over time, latency p50/p99 over
+time (by intended send time, so a stall shows where it began), the latency histogram and
+percentile curve, READY latency over time (storms), CPU of every process over time, consumer
+lag and pending entries. Faults are drawn as vertical lines on every time chart. A chart has
+one unit on its one y axis (counts per second and milliseconds are never drawn together).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +168,22 @@ def write(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
 
 
 # ---- SVG charts ---------------------------------------------------------------------------------
+#
+# Every plotted series carries its unit, and a chart draws one unit on its one y axis (line_chart
+# and percentile_bars refuse a mix: two units on one axis make one of them unreadable). The unit
+# is the axis title and travels in the SVG as data-unit, on the <svg> and on every series, so a
+# test can check it. Legends sit above the plot, the axis title is turned along the y axis, and
+# x labels are thinned to fit: no text is drawn over a tick label.
+
+CHAR_PX = 7.0  # width of a character at the 11 px chart font (capitals included), generous
+PERCENTILES = [("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms"), ("p99.9", "p999_ms")]
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    unit: str  # of the y values: "ms", "per s", "%", "entries", ...
+    points: list[tuple[float, float | None]]  # (x, y); None: a gap
 
 
 def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -185,24 +206,70 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
+def _one_unit(title: str, series: list[Series]) -> str:
+    units = {s.unit for s in series}
+    if len(units) != 1:
+        raise ValueError(f"chart {title!r} mixes units on one axis: {sorted(units)}")
+    return units.pop()
+
+
+def _legend(names: list[str], width: int, left: int) -> tuple[list[str], int]:
+    """Legend entries laid out left to right above the plot; returns (SVG parts, height)."""
+    parts, x, row = [], left, 0
+    for i, name in enumerate(names):
+        w = 24 + len(name) * CHAR_PX
+        if x + w > width and x > left:
+            x, row = left, row + 1
+        y = 12 + row * 15
+        color = COLORS[i % len(COLORS)]
+        parts.append(f'<rect x="{x:.0f}" y="{y - 5}" width="12" height="4" fill="{color}" />')
+        parts.append(f'<text x="{x + 16:.0f}" y="{y}" class="legend">{html.escape(name)}</text>')
+        x += w
+    return parts, 15 * (row + 1) + 6 if names else 8
+
+
+def _axis_title(unit: str, top: int, bottom_y: float) -> str:
+    cy = (top + bottom_y) / 2
+    return (
+        f'<text x="14" y="{cy:.0f}" transform="rotate(-90 14 {cy:.0f})" text-anchor="middle"'
+        f' class="lab">{html.escape(unit)}</text>'
+    )
+
+
+def _figure(title: str, svg: str, key: str | None) -> str:
+    attr = f' data-chart="{html.escape(key)}"' if key else ""
+    return f"<figure{attr}><figcaption>{html.escape(title)}</figcaption>{svg}</figure>"
+
+
+def _empty(title: str, key: str | None) -> str:
+    return _figure(title, "<p class='empty'>no data</p>", key)
+
+
 def line_chart(
     title: str,
-    series: list[tuple[str, list[tuple[float, float | None]]]],
+    series: list[Series],
     *,
+    key: str | None = None,
     x_label: str = "seconds since start",
-    y_label: str = "",
+    x_ticks: list[tuple[float, str]] | None = None,
     markers: list[tuple[float, str]] | None = None,
     log_y: bool = False,
     width: int = 900,
     height: int = 260,
 ) -> str:
-    pts = [(x, y) for _, s in series for x, y in s if y is not None]
+    """Lines over x, one unit on the y axis (``ValueError`` for a mix); ``key`` names the
+    chart in the page (``data-chart``)."""
+    unit = _one_unit(title, series)
+    pts = [(x, y) for s in series for x, y in s.points if y is not None]
     if not pts:
-        return f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>no data</p></figure>"
-    left, right, top, bottom = 64, 16, 16, 36
+        return _empty(title, key)
+    left, right, bottom = 64, 16, 40
+    legend, top = _legend([s.name for s in series], width - right, left)
+    height += top
     xs = [x for x, _ in pts] + [x for x, _ in (markers or [])]
     x0, x1 = min(xs), max(xs)
-    x1 = x1 if x1 > x0 else x0 + 1
+    if x1 <= x0:  # one x (a storm within one second): centre it instead of on the frame
+        x0, x1 = x0 - 0.5, x0 + 0.5
     ys = [y for _, y in pts]
     if log_y:
         floor = max(min(y for y in ys if y > 0) if any(y > 0 for y in ys) else 0.01, 0.01)
@@ -218,7 +285,11 @@ def line_chart(
         v = math.log10(max(y, 10**y0)) if log_y else y
         return height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
 
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}"'
+        f' data-unit="{html.escape(unit)}">',
+        *legend,
+    ]
     yticks = [10**e for e in range(math.floor(y0), math.ceil(y1) + 1)] if log_y else _ticks(y0, y1)
     for t in yticks:
         y = sy(t)
@@ -226,86 +297,184 @@ def line_chart(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />'
         )
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
-    for t in _ticks(x0, x1, 8):
+    lowest = min(xs)
+    xt = x_ticks
+    if xt is None:  # no negative ticks added by the padding of a single x
+        xt = [(t, _fmt(t)) for t in _ticks(x0, x1, 8) if t >= min(lowest, 0)]
+    last_end = -math.inf
+    for t, label in xt:
         x = sx(t)
+        half = len(label) * CHAR_PX / 2
+        if x - half < last_end + 4:
+            continue  # would touch the previous label
+        last_end = x + half
         parts.append(
-            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{_fmt(t)}</text>'
+            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="middle">{html.escape(label)}</text>'
         )
     parts.append(
         f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle" class="lab">{html.escape(x_label)}</text>'
     )
-    parts.append(f'<text x="12" y="{top + 4}" class="lab">{html.escape(y_label)}</text>')
+    parts.append(_axis_title(unit, top, height - bottom))
     for i, (mx, label) in enumerate(markers or []):
         x = sx(mx)
         parts.append(
             f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" class="fault" />'
         )
-        y = height - bottom - 5 - 12 * (len(markers or []) - 1 - i)  # staggered, above the axis
+        y = top + 12 + 12 * i  # staggered from the top of the plot, clear of the x labels
+        anchor = "end" if x > width * 0.6 else "start"
+        dx = -3 if anchor == "end" else 3
         parts.append(
-            f'<text x="{x + 3:.1f}" y="{y}" class="faultlab">{html.escape(label[:48])}</text>'
+            f'<text x="{x + dx:.1f}" y="{y}" text-anchor="{anchor}" class="faultlab">{html.escape(label[:48])}</text>'
         )
-    for i, (name, s) in enumerate(series):
+    for i, s in enumerate(series):
         color = COLORS[i % len(COLORS)]
         path, pen = [], "M"
-        for k, (x, y) in enumerate(s):
+        for k, (x, y) in enumerate(s.points):
             if y is None:
                 pen = "M"
                 continue
             path.append(f"{pen}{sx(x):.1f},{sy(y):.1f}")
-            before = s[k - 1][1] if k > 0 else None
-            after = s[k + 1][1] if k + 1 < len(s) else None
+            before = s.points[k - 1][1] if k > 0 else None
+            after = s.points[k + 1][1] if k + 1 < len(s.points) else None
             if before is None and after is None:  # an isolated point: a line would not show it
-                parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{color}" />')
+                parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}" />')
+                parts.append(  # and its value, right of it (series stacked: no overprint)
+                    f'<text x="{sx(x) + 6:.1f}" y="{sy(y) + 4 + 13 * i:.1f}" class="value"'
+                    f' fill="{color}">{html.escape(s.name)}: {_fmt(round(y, 1))}</text>'
+                )
             pen = "L"
         parts.append(
-            f'<path d="{" ".join(path)}" stroke="{color}" fill="none" stroke-width="1.6" />'
+            f'<path d="{" ".join(path)}" stroke="{color}" fill="none" stroke-width="1.6"'
+            f' data-series="{html.escape(s.name)}" data-unit="{html.escape(s.unit)}" />'
         )
-        lx = left + 8 + (i % 4) * 200
-        ly = top + 14 + (i // 4) * 14
-        parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{color}" />')
-        parts.append(f'<text x="{lx + 14}" y="{ly - 3}" class="legend">{html.escape(name)}</text>')
     parts.append(
         f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame" />'
     )
     parts.append("</svg>")
-    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+    return _figure(title, "".join(parts), key)
 
 
 def bar_chart(
     title: str,
     bars: list[tuple[str, float]],
     *,
-    y_label: str = "",
+    key: str | None = None,
+    unit: str = "",
+    x_label: str = "",
     width: int = 900,
     height: int = 240,
 ) -> str:
+    """One bar per (label, value): a histogram. Labels are thinned to fit."""
     if not bars or not any(v for _, v in bars):
-        return f"<figure><figcaption>{html.escape(title)}</figcaption><p class='empty'>no data</p></figure>"
+        return _empty(title, key)
     left, right, top, bottom = 64, 16, 16, 48
     top_v = max(v for _, v in bars) * 1.08
     bw = (width - left - right) / len(bars)
-    parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}"'
+        f' data-unit="{html.escape(unit)}">'
+    ]
     for t in _ticks(0, top_v):
         y = height - bottom - t / top_v * (height - top - bottom)
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid" />'
         )
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    widest = max(len(label) for label, _ in bars) * CHAR_PX * 0.85 + 4  # the 9 px font
+    every = max(1, math.ceil(widest / bw))
     for i, (label, v) in enumerate(bars):
         h = v / top_v * (height - top - bottom)
         x = left + i * bw
         parts.append(
-            f'<rect x="{x + 1:.1f}" y="{height - bottom - h:.1f}" width="{max(1, bw - 2):.1f}" height="{h:.1f}" fill="{COLORS[0]}"><title>≤ {html.escape(label)} ms: {v:,.0f}</title></rect>'
+            f'<rect x="{x + 1:.1f}" y="{height - bottom - h:.1f}" width="{max(1, bw - 2):.1f}" height="{h:.1f}" fill="{COLORS[0]}" data-unit="{html.escape(unit)}"><title>≤ {html.escape(label)}: {v:,.0f}</title></rect>'
         )
-        parts.append(
-            f'<text x="{x + bw / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle" class="small">{html.escape(label)}</text>'
-        )
+        if i % every == 0:
+            parts.append(
+                f'<text x="{x + bw / 2:.1f}" y="{height - bottom + 14}" text-anchor="middle" class="small">{html.escape(label)}</text>'
+            )
     parts.append(
-        f'<text x="{(left + width) / 2}" y="{height - 6}" text-anchor="middle" class="lab">latency ≤ ms (log₂ buckets)</text>'
+        f'<text x="{(left + width) / 2}" y="{height - 6}" text-anchor="middle" class="lab">{html.escape(x_label)}</text>'
     )
-    parts.append(f'<text x="12" y="{top + 4}" class="lab">{html.escape(y_label)}</text>')
+    parts.append(_axis_title(unit, top, height - bottom))
     parts.append("</svg>")
-    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
+    return _figure(title, "".join(parts), key)
+
+
+def percentile_bars(
+    title: str,
+    groups: list[tuple[str, dict[str, Any]]],
+    *,
+    key: str | None = None,
+    unit: str = "ms",
+    width: int = 900,
+    height: int = 240,
+) -> str:
+    """p50/p90/p99/p99.9/max of latency summaries (``LatencyRecorder.summary()``), one bar
+    per summary in each group, the value written above each bar. All in ``unit``."""
+    series = [
+        Series(
+            f"{name} (n={s.get('measured') or s.get('count'):,})",
+            unit,
+            [(i, s.get(k)) for i, (_, k) in enumerate(PERCENTILES)] + [(4, s.get("max_ms"))],
+        )
+        for name, s in groups
+        if s.get("measured") or s.get("count")
+    ]
+    if not series:
+        return _empty(title, key)
+    _one_unit(title, series)
+    values = [y for s in series for _, y in s.points if y is not None]
+    left, right, bottom = 64, 16, 40
+    legend, top = _legend([s.name for s in series], width - right, left)
+    height += top
+    top_v = (max(values) or 1.0) * 1.15  # room for the value labels
+    cats = [label for label, _ in PERCENTILES] + ["max"]
+    slot = (width - left - right) / len(cats)
+    bw = slot * 0.8 / len(series)
+
+    def sy(v: float) -> float:
+        return height - bottom - v / top_v * (height - top - bottom)
+
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}"'
+        f' data-unit="{html.escape(unit)}">',
+        *legend,
+    ]
+    for t in _ticks(0, top_v):
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" class="grid" />'
+        )
+        parts.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+    for c, label in enumerate(cats):
+        cx = left + (c + 0.5) * slot
+        parts.append(
+            f'<text x="{cx:.1f}" y="{height - bottom + 16}" text-anchor="middle">{label}</text>'
+        )
+    for i, s in enumerate(series):
+        color = COLORS[i % len(COLORS)]
+        parts.append(f'<g data-series="{html.escape(s.name)}" data-unit="{html.escape(s.unit)}">')
+        for c, v in s.points:
+            if v is None:
+                continue
+            x = left + c * slot + slot * 0.1 + i * bw
+            parts.append(
+                f'<rect x="{x:.1f}" y="{sy(v):.1f}" width="{max(1.0, bw - 2):.1f}" height="{sy(0) - sy(v):.1f}" fill="{color}"><title>{html.escape(s.name)} {cats[int(c)]}: {v:,.1f} {html.escape(unit)}</title></rect>'
+            )
+            text = _fmt(round(v, 1) if v < 100 else round(v))
+            if len(text) * CHAR_PX * 0.9 <= bw + 6:  # the value fits over its bar
+                parts.append(
+                    f'<text x="{x + (bw - 2) / 2:.1f}" y="{sy(v) - 4:.1f}" text-anchor="middle" class="value">{text}</text>'
+                )
+        parts.append("</g>")
+    parts.append(
+        f'<text x="{(left + width) / 2}" y="{height - 4}" text-anchor="middle" class="lab">percentile</text>'
+    )
+    parts.append(_axis_title(unit, top, height - bottom))
+    parts.append(
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame" />'
+    )
+    parts.append("</svg>")
+    return _figure(title, "".join(parts), key)
 
 
 def percentile_chart(
@@ -317,91 +486,212 @@ def percentile_chart(
     pts = [(math.log10(1 / max(1e-6, 1 - p / 100)) if p < 100 else None, v) for p, v in curve]
     finite = [(x, v) for x, v in pts if x is not None]
     xmax = max(x for x, _ in finite) + 0.5
-    series = [("latency", [(x if x is not None else xmax, v) for x, v in pts])]
-    labels = {0.0: "p0", 1.0: "p90", 2.0: "p99", 3.0: "p99.9", 4.0: "p99.99", 5.0: "p99.999"}
-    chart = line_chart(
-        "Latency by percentile (ms, log scale; right edge = max)",
-        series,
-        x_label="percentile: " + ", ".join(f"{k:g}→{v}" for k, v in labels.items() if k <= xmax),
-        y_label="ms",
+    labels = [(0.0, "p0"), (1.0, "p90"), (2.0, "p99"), (3.0, "p99.9"), (4.0, "p99.99")]
+    labels = [(k, v) for k, v in labels if k < xmax - 0.4] + [(xmax, "max")]
+    return line_chart(
+        "Latency by percentile (log scale; right edge = max)",
+        [Series("latency", "ms", [(x if x is not None else xmax, v) for x, v in pts])],
+        key="latency-percentiles",
+        x_label="percentile (stretched towards the tail)",
+        x_ticks=labels,
         log_y=True,
         width=width,
         height=height,
     )
-    return chart
+
+
+# ---- the page -------------------------------------------------------------------------------------
+
+# The chart (data-chart key) that shows each scenario's headline figure; faults: latency over time,
+# with the fault marked, and the deliveries it may have cost.
+HEADLINE_CHART = {
+    "steady": "latency",
+    "celebrity": "time-to-last-delivery",
+    "connect-storm": "connections-per-s",
+    "presence-storm": "presence-propagation",
+    "reconnect-storm": "reconnect",
+}
+
+
+def headline_chart(scenario: str) -> str:
+    return HEADLINE_CHART.get(scenario, "latency")
+
+
+def _headline(r: dict[str, Any]) -> str:
+    """The scenario's headline figure in words (above its chart)."""
+    d, c, p = r["deliveries"], r["connections"], r["presence"]
+    scenario = r["scenario"]
+    if scenario == "celebrity":
+        t = d["time_to_last_delivery_ms"]
+        return (
+            f"time to last delivery (a post reaching its whole audience of up to "
+            f"{c['ready']:,}): p50 {t['p50_ms']:,.1f} ms · p99 {t['p99_ms']:,.1f} ms · "
+            f"max {t['max_ms']:,.1f} ms over {t['measured']:,} posts"
+        )
+    if scenario == "connect-storm":
+        rl = c["ready_latency_ms"]
+        return (
+            f"{c['ready']:,} of {c['clients']:,} READY · {_n(c['accepted_per_s'])} accepted/s "
+            f"(offered {_n(r['plan']['connections_per_s'])}/s) · READY p50 {rl['p50_ms']:,.1f} ms · "
+            f"p99 {rl['p99_ms']:,.1f} ms"
+        )
+    if scenario == "presence-storm":
+        pl = p["propagation_ms"]
+        return (
+            f"{p['status_changes_sent']:,} status changes · {p['updates_received']:,} updates "
+            f"received ({_n(p['updates_per_s'])}/s) · seen by observers p50 {pl['p50_ms']:,.0f} ms · "
+            f"p99 {pl['p99_ms']:,.0f} ms"
+        )
+    if scenario == "reconnect-storm":
+        return (
+            f"{c['drops']:,} drops · {c['resumed']:,} RESUMED (p50 "
+            f"{c['resume_latency_ms']['p50_ms']:,.0f} ms) · {c['new_sessions']:,} new sessions "
+            f"(p50 {c['new_session_latency_ms']['p50_ms']:,.0f} ms) · INVALID_SESSION "
+            f"{c['invalid_session']:,} · offline max {c['offline_gap_ms']['max_ms']:,.0f} ms"
+        )
+    lat = d["latency_ms"]
+    return (
+        f"{r['messages']['achieved_per_s']:,} msg/s → {d['per_s']:,.0f} deliveries/s · "
+        f"p50 {lat['p50_ms']:.1f} ms · p99 {lat['p99_ms']:.1f} ms · max {lat['max_ms']:.1f} ms"
+    )
+
+
+def charts(r: dict[str, Any]) -> dict[str, str]:
+    """Every chart of the page by its key, in page order."""
+    markers = [(f["t"], f["what"]) for f in r["faults"]]
+    rows = r["series"]["deliveries"]
+    d, c, p = r["deliveries"], r["connections"], r["presence"]
+    out: dict[str, str] = {}
+    out["deliveries-per-s"] = line_chart(
+        "Deliveries per second (by receive time)",
+        [Series("deliveries/s", "per s", [(x["t"], x["deliveries"]) for x in rows])],
+        key="deliveries-per-s",
+        markers=markers,
+    )
+    out["messages-per-s"] = line_chart(
+        "Messages per second (acknowledged, by intended send time)",
+        [Series("messages/s", "per s", [(x["t"], x["sends"]) for x in rows])],
+        key="messages-per-s",
+        markers=markers,
+    )
+    out["latency"] = line_chart(
+        "Latency send → receive over time (by intended send time; log scale)",
+        [
+            Series("p50", "ms", [(x["t"], x["p50_ms"]) for x in rows]),
+            Series("p99", "ms", [(x["t"], x["p99_ms"]) for x in rows]),
+        ],
+        key="latency",
+        markers=markers,
+        log_y=True,
+    )
+    out["latency-histogram"] = bar_chart(
+        "Latency histogram (send → receive)",
+        [(_fmt(upper), float(count)) for upper, count in r["latency_histogram"]],
+        key="latency-histogram",
+        unit="deliveries",
+        x_label="latency ≤ ms (log₂ buckets)",
+    )
+    out["latency-percentiles"] = percentile_chart(
+        [tuple(x) for x in r["latency_percentiles"]]  # type: ignore[misc]
+    )
+    if r["scenario"] == "celebrity" or d["time_to_last_delivery_ms"].get("measured"):
+        out["time-to-last-delivery"] = percentile_bars(
+            "Time to last delivery: from a post's intended send time until its last recipient"
+            " had it (per post), beside one delivery's latency",
+            [
+                ("time to last delivery", d["time_to_last_delivery_ms"]),
+                ("send → receive, per delivery", d["latency_ms"]),
+            ],
+            key="time-to-last-delivery",
+        )
+    connects = r["series"]["connects"]
+    if any(x["deliveries"] or x["sends"] for x in connects):
+        out["connections-per-s"] = line_chart(
+            "Connections per second: attempts scheduled and READY received",
+            [
+                Series("attempts/s (scheduled)", "per s", [(x["t"], x["sends"]) for x in connects]),
+                Series("READY/s", "per s", [(x["t"], x["deliveries"]) for x in connects]),
+            ],
+            key="connections-per-s",
+            markers=markers,
+        )
+        out["ready-latency"] = line_chart(
+            "READY latency over time (by first attempt; retries included; log scale)",
+            [
+                Series("p50", "ms", [(x["t"], x["p50_ms"]) for x in connects]),
+                Series("p99", "ms", [(x["t"], x["p99_ms"]) for x in connects]),
+            ],
+            key="ready-latency",
+            markers=markers,
+            log_y=True,
+        )
+    if c["drops"] or r["scenario"] == "reconnect-storm":
+        out["reconnect"] = percentile_bars(
+            "Back after a dropped connection: RESUMED and new-session READY (from the first"
+            " attempt), and the whole time offline",
+            [
+                ("RESUMED", c["resume_latency_ms"]),
+                ("new session READY", c["new_session_latency_ms"]),
+                ("offline (loss → back)", c["offline_gap_ms"]),
+            ],
+            key="reconnect",
+        )
+    if (
+        p["status_changes_sent"]
+        or p["propagation_ms"]["measured"]
+        or r["scenario"] == "presence-storm"
+    ):
+        out["presence-propagation"] = percentile_bars(
+            "Presence: from a status change until an observer saw it",
+            [("seen by observers", p["propagation_ms"])],
+            key="presence-propagation",
+        )
+    procs = r["series"]["processes"]
+    names = sorted({n for row in procs for n in row["cpu"]})
+    out["cpu"] = line_chart(
+        "CPU per process (% of one core)",
+        [Series(n, "%", [(row["t"], row["cpu"].get(n)) for row in procs]) for n in names]
+        + [Series("whole machine", "%", [(row["t"], row.get("machine_cpu")) for row in procs])],
+        key="cpu",
+        markers=markers,
+    )
+    st = r["series"]["streams"]
+    out["streams"] = line_chart(
+        "Consumer groups: ingest lag and pending entries (XINFO GROUPS)",
+        [
+            Series("ingest lag", "entries", [(s["t"], s.get("ingest_lag")) for s in st]),
+            Series("ingest pending", "entries", [(s["t"], s.get("ingest_pending")) for s in st]),
+            Series("presence lag", "entries", [(s["t"], s.get("presence_lag")) for s in st]),
+        ],
+        key="streams",
+        markers=markers,
+    )
+    return out
+
+
+SECTIONS = [
+    ("Throughput", ["deliveries-per-s", "messages-per-s"]),
+    ("Latency", ["latency", "latency-histogram", "latency-percentiles", "time-to-last-delivery"]),
+    ("Connections", ["connections-per-s", "ready-latency", "reconnect"]),
+    ("Presence", ["presence-propagation"]),
+    ("Processes", ["cpu", "streams"]),
+]
 
 
 def page(report: dict[str, Any]) -> str:
     r = report
-    markers = [(f["t"], f["what"]) for f in r["faults"]]
-    rows = r["series"]["deliveries"]
-    throughput = line_chart(
-        "Deliveries per second (by receive time)",
-        [("deliveries/s", [(x["t"], x["deliveries"]) for x in rows])],
-        y_label="per s",
-        markers=markers,
-    )
-    sends = line_chart(
-        "Messages per second (acknowledged, by intended send time)",
-        [("messages/s", [(x["t"], x["sends"]) for x in rows])],
-        y_label="per s",
-        markers=markers,
-    )
-    latency = line_chart(
-        "Latency over time (by intended send time; ms, log scale)",
-        [
-            ("p50", [(x["t"], x["p50_ms"]) for x in rows]),
-            ("p99", [(x["t"], x["p99_ms"]) for x in rows]),
-        ],
-        y_label="ms",
-        markers=markers,
-        log_y=True,
-    )
-    hist = bar_chart(
-        "Latency histogram (send → receive)",
-        [(_fmt(upper), float(count)) for upper, count in r["latency_histogram"]],
-        y_label="deliveries",
-    )
-    curve = percentile_chart([tuple(p) for p in r["latency_percentiles"]])  # type: ignore[misc]
-    procs = r["series"]["processes"]
-    names = sorted({n for row in procs for n in row["cpu"]})
-    cpu = line_chart(
-        "CPU per process (% of one core)",
-        [(n, [(row["t"], row["cpu"].get(n)) for row in procs]) for n in names]
-        + [("whole machine", [(row["t"], row.get("machine_cpu")) for row in procs])],
-        y_label="%",
-        markers=markers,
-    )
-    st = r["series"]["streams"]
-    streams = line_chart(
-        "Consumer groups: ingest lag and pending entries (XINFO GROUPS)",
-        [
-            ("ingest lag", [(s["t"], s.get("ingest_lag")) for s in st]),
-            ("ingest pending", [(s["t"], s.get("ingest_pending")) for s in st]),
-            ("presence lag", [(s["t"], s.get("presence_lag")) for s in st]),
-        ],
-        y_label="entries",
-        markers=markers,
-    )
-    connects = r["series"]["connects"]
-    conn_chart = ""
-    if any(x["deliveries"] for x in connects):
-        conn_chart = line_chart(
-            "Connections: attempts started and READY per second; READY latency p50/p99 (ms)",
-            [
-                ("attempts/s", [(x["t"], x["sends"]) for x in connects]),
-                ("READY/s", [(x["t"], x["deliveries"]) for x in connects]),
-                ("READY p50 ms", [(x["t"], x["p50_ms"]) for x in connects]),
-                ("READY p99 ms", [(x["t"], x["p99_ms"]) for x in connects]),
-            ],
-            markers=markers,
-        )
+    figures = charts(r)
+    key = headline_chart(r["scenario"])
+    lead = figures.pop(key, None) or _empty(f"{key}: not measured", key)
+    lead = lead.replace("<figure", '<figure class="headline"', 1)
+    body = []
+    for title, keys in SECTIONS:
+        shown = [figures[k] for k in keys if k in figures]
+        if shown:
+            body.append(f"<h2>{title}</h2>{''.join(shown)}")
     table = html.escape(text(report))
-    lat = r["deliveries"]["latency_ms"]
     d = r["deliveries"]
-    headline = (
-        f"{r['messages']['achieved_per_s']:,} msg/s → {d['per_s']:,.0f} deliveries/s · "
-        f"p50 {lat['p50_ms']:.1f} ms · p99 {lat['p99_ms']:.1f} ms · max {lat['max_ms']:.1f} ms · "
+    losses = (
         f"deliveries lost {d['lost']:,} · dup {d['duplicated']:,} · reordered {d['reordered']:,}"
     )
     status = "clean" if r["verdict"]["clean"] else "not clean"
@@ -413,22 +703,22 @@ body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 960
 h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 28px 0 8px; }}
 .sub {{ color: #555; }} .clean {{ color: #15803d; }} .notclean {{ color: #b91c1c; }}
 figure {{ margin: 18px 0; }} figcaption {{ font-weight: 600; margin-bottom: 4px; }}
+figure.headline {{ border-left: 3px solid #2563eb; padding-left: 10px; margin-left: -13px; }}
 svg {{ width: 100%; height: auto; font-size: 11px; }} svg text {{ fill: #374151; }}
 .grid {{ stroke: #e5e7eb; }} .frame {{ fill: none; stroke: #9ca3af; }}
 .fault {{ stroke: #dc2626; stroke-dasharray: 4 3; }} .faultlab {{ fill: #b91c1c; font-size: 10px; }}
 .lab {{ font-size: 11px; fill: #6b7280; }} .legend {{ font-size: 11px; }} .small {{ font-size: 9px; }}
+.value {{ font-size: 10px; }}
 pre {{ background: #f9fafb; border: 1px solid #e5e7eb; padding: 12px; overflow-x: auto; font-size: 12px; }}
 .empty {{ color: #9ca3af; }}
 </style></head><body>
 <h1>chatscale loadtest: {html.escape(r["scenario"])} on {html.escape(r["community"]["name"])}</h1>
 <div class="sub">{html.escape(r["description"])} · started {html.escape(r["started_at"])} ·
 {r["machine"]["cpus"]} CPUs ({html.escape(r["machine"]["cpu_model"])}), {r["machine"]["memory_gib"]} GiB</div>
-<p><b>{html.escape(headline)}</b> · <span class="{"clean" if r["verdict"]["clean"] else "notclean"}">{status}</span></p>
+<p><b>{html.escape(_headline(r))}</b><br>{html.escape(losses)} · <span class="{"clean" if r["verdict"]["clean"] else "notclean"}">{status}</span></p>
 <ul>{"".join(f"<li>{html.escape(n)}</li>" for n in r["verdict"]["notes"])}</ul>
-<h2>Throughput</h2>{throughput}{sends}
-<h2>Latency</h2>{latency}{hist}{curve}
-{("<h2>Connections</h2>" + conn_chart) if conn_chart else ""}
-<h2>Processes</h2>{cpu}{streams}
+{lead}
+{"".join(body)}
 <h2>Summary</h2><pre>{table}</pre>
 <h2>Command</h2><pre>{html.escape(r.get("command") or "")}</pre>
 <p class="sub">The full data is in report.json next to this file.</p>

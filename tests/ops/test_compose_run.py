@@ -98,25 +98,30 @@ class Processes:
         return codes
 
 
-async def test_compose_services_run_as_processes_and_serve_metrics(
-    valkey: ValkeyServer, compose_storage: str, tmp_path: Path
-):
-    svc = services()
-    base = {k: v for k, v in os.environ.items() if k not in env_names() and k != "REDIS_URL"}
+class ComposeEnv:
+    """Each service's compose environment, with this test's servers for the container names."""
 
-    def env_of(service: dict, **overrides: str) -> dict[str, str]:
+    def __init__(self, redis_url: str, storage_url: str) -> None:
+        self.redis_url, self.storage_url = redis_url, storage_url
+        self.base = {
+            k: v for k, v in os.environ.items() if k not in env_names() and k != "REDIS_URL"
+        }
+
+    def __call__(self, service: dict, **overrides: str) -> dict[str, str]:
         env = environment(service)
         env.update(
-            REDIS_URL=valkey.url,  # valkey:6379
-            CHATSCALE_STORAGE_URL=compose_storage,  # cassandra:9042
+            REDIS_URL=self.redis_url,  # valkey:6379
+            CHATSCALE_STORAGE_URL=self.storage_url,  # cassandra:9042
             CHATSCALE_METRICS_PORT=str(free_port()),  # 9100 in every container
             **overrides,
         )
-        return {**base, **env}
+        return {**self.base, **env}
 
-    # init: migrate, then seed; twice, because every `docker compose up` runs it again
+
+async def run_init(svc: dict[str, dict], env_of: ComposeEnv, times: int = 1) -> None:
+    """The init service: migrate, then seed (``times`` over: every `up` runs it again)."""
     init = svc["init"]
-    for _ in range(2):
+    for _ in range(times):
         for argv in chatscale_commands(init):
             done = await asyncio.to_thread(
                 subprocess.run,
@@ -129,42 +134,70 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
             )
             assert done.returncode == 0, f"chatscale {' '.join(argv)}:\n{done.stderr[-3000:]}"
 
-    procs = Processes(tmp_path)
-    gateway_urls: dict[str, str] = {}  # compose service name -> ws URL on this machine
+
+def start_services(
+    procs: Processes, svc: dict[str, dict], env_of: ComposeEnv, public_url: dict[str, str]
+) -> dict[str, str]:
+    """Start every gateway, worker replica and presence service; returns each gateway's URL
+    on this machine (its compose service name's ``ws://gateway-N:8765``). ``public_url``
+    maps a gateway service to the CHATSCALE_GATEWAY_PUBLIC_URL it advertises (default: its
+    own URL)."""
+    gateway_urls: dict[str, str] = {}
+    for name, service in svc.items():
+        kind = role(service)
+        if kind is None:
+            continue
+        argv = chatscale_commands(service)[0]
+        for i in range(replicas(service)):
+            overrides = {}
+            if kind == "gateway":
+                port = free_port()  # the container's 8765
+                gateway_urls[name] = f"ws://127.0.0.1:{port}"
+                overrides = {
+                    "CHATSCALE_GATEWAY_PORT": str(port),
+                    "CHATSCALE_GATEWAY_PUBLIC_URL": public_url.get(name, gateway_urls[name]),
+                }
+            procs.start(f"{name}-{i}", argv, env_of(service, **overrides))
+    return gateway_urls
+
+
+async def wait_registered(procs: Processes, svc: dict[str, dict], redis_url: str) -> dict:
+    """Wait until every gateway is in the gateways hash and every process has registered its
+    /metrics endpoint; returns (gateways hash, the endpoints' registrations)."""
+    keys = Keys(environment(svc["worker"])["CHATSCALE_KEY_PREFIX"])
+    gateways_n = sum(replicas(s) for s in svc.values() if role(s) == "gateway")
+    redis = connect(Settings(redis_url=redis_url))
     try:
-        for name, service in svc.items():
-            kind = role(service)
-            if kind is None:
-                continue
-            argv = chatscale_commands(service)[0]
-            for i in range(replicas(service)):
-                overrides = {}
-                if kind == "gateway":
-                    port = free_port()  # compose publishes the container's 8765 on the host
-                    overrides = {
-                        "CHATSCALE_GATEWAY_PORT": str(port),
-                        "CHATSCALE_GATEWAY_PUBLIC_URL": f"ws://127.0.0.1:{port}",
-                    }
-                    gateway_urls[name] = f"ws://127.0.0.1:{port}"
-                procs.start(f"{name}-{i}", argv, env_of(service, **overrides))
-        prefix = environment(svc["worker"])["CHATSCALE_KEY_PREFIX"]
-        keys = Keys(prefix)
+        deadline = time.monotonic() + 60
+        while True:
+            procs.check_alive()
+            gateways = await redis.hgetall(keys.gateways())
+            endpoints = [k async for k in redis.scan_iter(match=keys.metrics_endpoint("*"))]
+            if len(gateways) == gateways_n and len(endpoints) == len(procs.procs):
+                break
+            assert time.monotonic() < deadline, "services did not register in 60 s; see logs"
+            await asyncio.sleep(0.1)
+        return {
+            "gateways": gateways,
+            "endpoints": [json.loads(await redis.get(k)) for k in endpoints],
+        }
+    finally:
+        await redis.aclose()
+
+
+async def test_compose_services_run_as_processes_and_serve_metrics(
+    valkey: ValkeyServer, compose_storage: str, tmp_path: Path
+):
+    svc = services()
+    env_of = ComposeEnv(valkey.url, compose_storage)
+    await run_init(svc, env_of, times=2)
+
+    procs = Processes(tmp_path)
+    try:
+        gateway_urls = start_services(procs, svc, env_of, {})
         settings_env = env_of(svc["worker"])
-        redis = connect(Settings(redis_url=valkey.url))
-        try:
-            deadline = time.monotonic() + 60
-            expected = len(procs.procs)
-            while True:
-                procs.check_alive()
-                gateways = await redis.hgetall(keys.gateways())
-                endpoints = [k async for k in redis.scan_iter(match=keys.metrics_endpoint("*"))]
-                if len(gateways) == len(gateway_urls) and len(endpoints) == expected:
-                    break
-                assert time.monotonic() < deadline, "services did not come up; see logs"
-                await asyncio.sleep(0.1)
-            registered = [json.loads(await redis.get(k)) for k in endpoints]
-        finally:
-            await redis.aclose()
+        seen = await wait_registered(procs, svc, valkey.url)
+        gateways, registered = seen["gateways"], seen["endpoints"]
         assert {r["role"] for r in registered} == {"gateway", "worker", "presence"}
         # each gateway advertises the public URL compose gives it (RESUME goes there)
         advertised = sorted(json.loads(v)["url"] for v in gateways.values())
@@ -248,6 +281,58 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         assert top.returncode == 0, top.stderr
         assert "gw-0" in top.stdout and "gw-1" in top.stdout
         assert "WORKERS (2)" in top.stdout and "unreachable" not in top.stdout
+    finally:
+        codes = procs.stop()
+    assert codes == dict.fromkeys(procs.procs, 0), {n: procs.log(n) for n in procs.procs}
+
+
+async def test_in_network_load_tester_resumes_though_the_public_url_is_unreachable(
+    valkey: ValkeyServer, tmp_path: Path
+):
+    """compose advertises ws://localhost:876x (the host's ports) as each gateway's PUBLIC_URL;
+    inside the network that is the client's own container, where nothing listens. Here each
+    gateway advertises a closed port of this machine likewise; the loadtest profile's
+    reconnect storm (every client drops and comes back, 90 % with RESUME) must still resume
+    every session it meant to, at the address it connected to, and never see
+    INVALID_SESSION. Storage is SQLite: this is about gateways and URLs, not Cassandra."""
+    svc = services()
+    env_of = ComposeEnv(valkey.url, f"sqlite:///{tmp_path}/compose.db")
+    await run_init(svc, env_of)
+    unreachable = {name: f"ws://127.0.0.1:{free_port()}" for name in ("gateway-0", "gateway-1")}
+
+    procs = Processes(tmp_path)
+    try:
+        gateway_urls = start_services(procs, svc, env_of, unreachable)
+        seen = await wait_registered(procs, svc, valkey.url)
+        advertised = sorted(json.loads(v)["url"] for v in seen["gateways"].values())
+        assert advertised == sorted(unreachable.values())  # READY's resume_gateway_url
+
+        # the loadtest profile's command with the storm scenario: everyone drops at 1 s and is
+        # back within 3 s (study-group: reconnect.delay_s = [0.2, 3.0])
+        argv = chatscale_commands(svc["loadtest"])[0]
+        argv = [gateway_urls[urlparse(x).hostname] if x.startswith("ws://") else x for x in argv]
+        argv[argv.index("steady")] = "reconnect-storm"
+        argv[argv.index("--duration") + 1] = "4"
+        argv += ["--fault-at", "1", "--processes", "1"]
+        home = tmp_path / "home"
+        home.mkdir()
+        loadtest = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "chatscale", *argv],
+            env=env_of(svc["loadtest"]),
+            cwd=home,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert loadtest.returncode == 0, loadtest.stdout[-3000:] + loadtest.stderr[-3000:]
+        (report_file,) = home.glob("reports/*/report.json")
+        conn = json.loads(report_file.read_text())["connections"]
+        outcome = {k: conn[k] for k in ("drops", "resumed", "new_sessions", "invalid_session")}
+        outcome["attempts_failed"] = conn["attempts_failed"]
+        assert conn["drops"] == conn["clients"] == 16, outcome  # the whole group dropped
+        assert conn["resumed"] > 0 and conn["resumed"] + conn["new_sessions"] == 16, outcome
+        assert conn["invalid_session"] == 0 and conn["attempts_failed"] == {}, outcome
     finally:
         codes = procs.stop()
     assert codes == dict.fromkeys(procs.procs, 0), {n: procs.log(n) for n in procs.procs}
