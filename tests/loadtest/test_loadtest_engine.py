@@ -168,6 +168,28 @@ async def test_a_reconnect_storm_resumes_without_loss(consuming: Stack, tmp_path
     assert r["messages"]["stored"]["stored_twice"] == 0
 
 
+async def test_the_history_read_back_counts_a_message_stored_twice(settings, store):
+    """Stored messages carry no nonce: the read-back finds a send stored under a second id by
+    the key its content starts with, in real history storage."""
+    from loadtest.engine import check_stored
+    from storage import StoredMessage
+
+    def row(mid: int, content: str) -> StoredMessage:
+        d = {"id": str(mid), "channel_id": "5", "content": content}
+        return StoredMessage(5, mid, 1, json.dumps(d))
+
+    await store.insert_many([row(100, "1.0.a x"), row(101, "1.1.b y"), row(102, "1.0.a x")])
+    sends = [
+        ["1.0.a", 5, 1, 0.0, 0, 100],
+        ["1.1.b", 5, 1, 0.0, 1, 101],
+        ["1.2.c", 5, 1, 0.0, 2, 99],
+    ]
+    got = await check_stored(settings, [{"sends": sends, "failed": []}])
+    assert got["acknowledged"] == 3 and got["missing_from_history"] == 1  # id 99
+    assert got["stored_twice"] == 1
+    assert got["stored_twice_examples"] == [{"key": "1.0.a", "stored_as": [[5, 100], [5, 102]]}]
+
+
 async def test_connect_storm_counts_connections_and_ready_latency(consuming: Stack):
     r = await _run(consuming, _config("connect-storm", "study-group", duration=1.0))
     c = r["connections"]
