@@ -19,7 +19,7 @@ import pytest
 
 from loadtest import report
 from loadtest.engine import Given, LoadTestError, RunConfig, _fault, run, verdict
-from loadtest.generator import ClientPlan, Part, drive
+from loadtest.generator import ClientPlan, Generator, Part, drive
 from tests.conftest import Stack
 
 ONE_TALKER = """
@@ -317,3 +317,31 @@ async def test_a_cancelled_driver_closes_every_connection(stack: Stack):
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await _until(lambda: not gw.clients, "the gateway to see both connections closed", 10)
+
+
+async def test_a_send_whose_ack_was_lost_is_resent_and_stored_once(stack: Stack):
+    """The ACK of a queued message is lost with the session: the new session sends it again
+    unchanged, the gateway answers with the first id, and history holds it once."""
+    gw, general = stack.gateways[0], stack.channels["general"]
+    plan = ClientPlan(0, stack.users["alice"], stack.token("alice"), "desktop", gw.url)
+    gen = Generator(Part(index=0, clients=[plan], urls=[gw.url], channels=[general]))
+    client = gen.clients[0]
+    try:
+        client.start()
+        await _until(lambda: client.state == "ready", "alice's READY")
+        client.conn.transport.pause_reading()  # the ACK will not be read: it is lost
+        client.queue(general, "hello", time.time())
+        stream = gw.keys.ingest(general % stack.settings.ingest_shards)
+        async with asyncio.timeout(20):  # the gateway queued it (and answered into the void)
+            while not await gw.redis.xread({stream: "0-0"}, count=1, block=500):
+                pass
+        [(key, *_)] = client.inflight.values()
+        client.drop(False, 0.0)  # a new session, not a RESUME (which would replay the ACK)
+        await _until(lambda: gen.sends, "the MESSAGE_ACK of the resent message")
+    finally:
+        gen.close_all()
+    assert gen.counters["resent_after_new_session"] == 1 and gen.counters["new_sessions"] == 1
+    await stack.drain()
+    stored = await stack.store.page(general, before=None, limit=100)
+    assert [json.loads(m.payload)["content"] for m in stored] == [f"{key} hello"]
+    assert gen.sends[0][0] == key and gen.sends[0][5] == stored[0].message_id
