@@ -39,7 +39,7 @@ class Op(IntEnum):
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
-MAX_NONCE_CHARS = 25  # as Discord; a nonce is echoed to every recipient of the message
+MAX_NONCE_CHARS = 25  # as Discord; a nonce is echoed to its sender (ACK, ERROR, REJECTED)
 
 
 def _snowflake(value: Any) -> Any:
@@ -153,7 +153,7 @@ class IngestMessage(BaseModel):
     author_id: int
     gateway_id: str
     session_id: str
-    nonce: str | int | None = None
+    nonce: str | int | None = None  # for the sender's MESSAGE_REJECTED only; not in payload
     payload: str  # the MESSAGE_CREATE ``d`` as JSON text, fixed at the gateway
     trace: list[tuple[str, int]] | None = None  # (hop, wall-clock ns) when tracing is on
 
@@ -186,8 +186,12 @@ def message_payload(
     author: Author,
     content: str,
     timestamp_ms: int,
-    nonce: str | int | None,
 ) -> str:
+    """The MESSAGE_CREATE ``d`` that is stored (hot cache, history) and fanned out.
+
+    No ``nonce``: it is the sender's correlation token and goes back to the sender alone, in
+    MESSAGE_ACK. In the payload it would be kept in history and copied to every recipient.
+    """
     return dumps(
         {
             "id": str(message_id),
@@ -196,6 +200,5 @@ def message_payload(
             "author": author.model_dump(),
             "content": content,
             "timestamp": timestamp_ms,
-            "nonce": nonce,
         }
     )

@@ -589,8 +589,7 @@ class Gateway:
             author=Author(id=str(session.user_id), username=session.username),
             content=request.content,
             timestamp_ms=snowflake.timestamp_ms(message_id),
-            nonce=request.nonce,
-        )
+        )  # no nonce: only the sender's MESSAGE_ACK carries it (stored and fanned out as is)
         trace.stamp(tr, "gateway_publish")
         envelope = IngestMessage(
             id=message_id,

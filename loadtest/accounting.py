@@ -29,6 +29,10 @@ unexpected or unknown:
 - *in flight*: a message sent after `grace_deadline` (end of run minus grace) is not judged
   lost; its audience and receipts are counted separately. Duplicates, leaks, unknowns and
   reorders are judged for every message, since their evidence is a receipt, not an absence.
+
+`StoredCheck` judges what was read back from history the same way: every acknowledged message
+stored under its id, and no message stored twice. A load-test message is recognised by its key,
+the first word of its content (`content_key`): stored messages carry no nonce.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from operator import itemgetter
 from typing import Any, NamedTuple
+
+import orjson
 
 MessageKey = tuple[int, int] | str
 """(channel_id, message_id) once the server has assigned an id, or a client nonce string."""
@@ -303,3 +309,60 @@ class DeliveryLedger:
             receipts=len(self._receipts),
             examples=examples,
         )
+
+
+def content_key(content: Any) -> str | None:
+    """The key a load-test message carries as the first word of its content (the generator
+    also uses it as the nonce), or None for anything else."""
+    if not isinstance(content, str) or not content:
+        return None
+    return content.split(" ", 1)[0]
+
+
+class StoredCheck:
+    """Acknowledged messages against the messages read back from history.
+
+    `acked` is ``{(channel_id, message_id): key}`` from the MESSAGE_ACKs; `also` are keys sent
+    but never acknowledged (they must not be stored twice either). Feed every stored message
+    of those channels to `see`, then `report`:
+
+    - *missing*: an acknowledged (channel, id) that history does not hold — an ACK promises
+      durability;
+    - *stored twice*: a key found under more than one id — one send became two messages (a
+      resend the gateway did not recognise as a retry).
+    """
+
+    def __init__(self, acked: dict[tuple[int, int], str], also: Iterable[str] = ()) -> None:
+        self.acked = acked
+        self.keys = set(acked.values()) | set(also)
+        self.found: set[tuple[int, int]] = set()
+        self.ids: dict[str, set[tuple[int, int]]] = {}
+
+    def see(self, channel_id: int, message_id: int, payload: str | bytes) -> None:
+        where = (channel_id, message_id)
+        if where in self.acked:
+            self.found.add(where)
+        try:
+            d = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        key = content_key(d.get("content")) if isinstance(d, dict) else None
+        if key in self.keys:
+            self.ids.setdefault(key, set()).add(where)
+
+    def report(self, *, max_examples: int = 5) -> dict[str, Any]:
+        missing = sorted(w for w in self.acked if w not in self.found)
+        twice = sorted((k, sorted(w)) for k, w in self.ids.items() if len(w) > 1)
+        return {
+            "acknowledged": len(self.acked),
+            "missing_from_history": len(missing),
+            "missing_examples": [
+                {"channel_id": ch, "id": mid, "key": self.acked[(ch, mid)]}
+                for ch, mid in missing[:max_examples]
+            ],
+            "stored_twice": len(twice),
+            "stored_twice_examples": [
+                {"key": key, "stored_as": [list(w) for w in where]}
+                for key, where in twice[:max_examples]
+            ],
+        }

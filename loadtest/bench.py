@@ -183,8 +183,10 @@ async def chat(
         while True:
             msg = await client.next_event("MESSAGE_CREATE", timeout=3600)
             now = time.time()
-            sent_at = int(msg["d"]["content"].split(" ", 1)[0]) / 1e9
-            ledger.record_receipt(idx, msg["d"]["nonce"], now)
+            # "<intended ns> <key>": MESSAGE_CREATE carries no nonce, the content says which
+            stamp, key = msg["d"]["content"].split(" ", 1)
+            sent_at = int(stamp) / 1e9
+            ledger.record_receipt(idx, key, now)
             latency.record(now - sent_at)
             received += 1
             if expected and received >= expected:
@@ -207,7 +209,7 @@ async def chat(
             await send_patiently(
                 client,
                 channel,
-                f"{int(intended * 1e9)} bench",
+                f"{int(intended * 1e9)} {nonce}",
                 nonce=nonce,
                 deadline=time.monotonic() + 60,
                 on_wait=on_wait,

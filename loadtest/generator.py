@@ -8,19 +8,22 @@ receive path saves: no task wake-up, no queue and no ``asyncio.timeout`` per rec
 ``data_received`` parses the frames and handles them in place. A ``MESSAGE_CREATE`` is not
 JSON-decoded at all: the gateway builds it around a payload of fixed key order
 (``chatscale.wire.dispatch_frame``/``message_payload``), so ``s``, ``id``, ``channel_id`` and
-the nonce are sliced out of the bytes (any other layout falls back to ``orjson``). Measured on
-the project's machine: ~7.5 µs of CPU per received frame, against ~13 µs for the ``websockets``
-asyncio client with ``orjson`` (``docs/benchmarks.md``).
+the message's key (below) are sliced out of the bytes (any other layout falls back to
+``orjson``). Measured on the project's machine: ~7.5 µs of CPU per received frame, against
+~13 µs for the ``websockets`` asyncio client with ``orjson`` (``docs/benchmarks.md``).
 
-What the generator knows about a message travels in its nonce, ``"<sender>.<n>.<intended µs>"``
-(the time in base 36, so the nonce fits the protocol's 25 characters):
-the receiver gets the sender, the sender's order number and the *intended* send time (the
-schedule's, not the moment the frame went out), so latency is measured from when a user would
-have pressed Enter — a generator that falls behind shows up as latency instead of hiding it
-(no coordinated omission). A client has at most ``window`` messages awaiting MESSAGE_ACK
-(default 1: stop-and-wait, like a careful client, so a retried message never overtakes a later
-one); a sender that cannot keep its schedule shows up as *send lag* (actual minus intended send
-time), and its messages' latency includes that wait.
+What the generator knows about a message travels in its *key*, ``"<sender>.<n>.<intended µs>"``
+(the time in base 36, so the key fits the protocol's 25-character nonce), which is both the
+message's nonce and the first word of its content: MESSAGE_CREATE and history carry no nonce
+(``docs/protocol.md``), so receivers and the stored-message check read the key from the
+content, and the sender matches MESSAGE_ACKs by nonce. The receiver gets the sender, the
+sender's order number and the *intended* send time (the schedule's, not the moment the frame
+went out), so latency is measured from when a user would have pressed Enter — a generator
+that falls behind shows up as latency instead of hiding it (no coordinated omission). A client
+has at most ``window`` messages awaiting MESSAGE_ACK (default 1: stop-and-wait, like a careful
+client, so a retried message never overtakes a later one); a sender that cannot keep its
+schedule shows up as *send lag* (actual minus intended send time), and its messages' latency
+includes that wait.
 
 Who should receive a message is decided afterwards by the parent (``loadtest.engine``): every
 client whose first READY arrived before the message's intended send time. A receiver drops
@@ -28,10 +31,12 @@ client whose first READY arrived before the message's intended send time. A rece
 side, so a message racing a connect is neither expected nor a leak.
 
 A client that loses its session (INVALID_SESSION after a dropped connection, a killed gateway)
-identifies again and reloads each channel's history newer than the last message it saw, as a
-real client does; messages found that way are *recovered* (counted, and their age recorded
-separately from live latency). Live messages that arrive while history loads are held back and
-recorded after it, so order is judged as the user would see it.
+identifies again, sends its unacknowledged messages again unchanged (same nonce and content:
+the gateway answers a retry within ``nonce_ttl_s`` with the first attempt's id, so a message
+that was queued is not stored twice), and reloads each channel's history newer than the last
+message it saw, as a real client does; messages found that way are *recovered* (counted, and
+their age recorded separately from live latency). Live messages that arrive while history
+loads are held back and recorded after it, so order is judged as the user would see it.
 
 Test-only fault injection (``inject``) drops, duplicates or reorders receipts on purpose so the
 tests can check that the accounting catches each kind.
@@ -58,13 +63,14 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from chatscale import snowflake
+from loadtest.accounting import content_key
 from loadtest.latency import LatencyRecorder, TimeSeries
 
 MC = b'{"op":0,"t":"MESSAGE_CREATE","s":'
 DISPATCH = b'{"op":0,"t":"'
 TERMINAL = {4004}
-Item = tuple[str, int, str, float, int]  # nonce, channel id, content, intended time, order
-RECHECK_S = 0.5  # a new session looks for its unacknowledged sends in history this often
+Item = tuple[str, int, str, float, int]  # key (nonce), channel id, content, intended time, order
+CONTENT = b'"content":"'
 SETTLING = frozenset({"connecting", "identifying", "resuming", "backoff"})
 VISIBLE = {"online": "online", "idle": "idle", "dnd": "dnd", "invisible": "offline"}
 
@@ -194,11 +200,8 @@ class SimClient:
         self.sent_n = 0
         self.last_id: dict[int, int] = {}
         self.backfill: dict[int, list[tuple[int, bytes, float, float]]] | None = None
-        self.history_nonces: dict[str, int] = {}  # nonce -> id, from history after a new session
         self.shown: set[int] | None = None  # message ids shown from history after a new session
         self.history: dict[str, tuple[int, int, list[dict[str, Any]]]] = {}
-        self.rechecks: set[str] = set()  # history requests looking for unacknowledged sends
-        self.recheck_timer: asyncio.TimerHandle | None = None
         self.attempt_started = 0.0
         self.first_attempt = 0.0
         self.attempts = 0
@@ -336,7 +339,7 @@ class SimClient:
 
     def close(self) -> None:
         self.closing = True
-        for timer in [self.timeout_timer, self.recheck_timer, *self.ack_timers.values()]:
+        for timer in [self.timeout_timer, *self.ack_timers.values()]:
             if timer is not None:
                 timer.cancel()
         if self.conn is not None and self.conn.transport is not None:
@@ -436,8 +439,7 @@ class SimClient:
             gen.reconnect_latency.record(now - (self.reconnect_started or self.resuming_since))
             self.reconnect_started = None
             self._start_backfill(now)
-            # In-flight messages lost their ACKs with the old session; whether each was stored
-            # is decided once history is loaded (_settle_inflight), as a careful client does.
+            self._resend_inflight()
         self.pump()
 
     def on_resumed(self) -> None:
@@ -468,8 +470,8 @@ class SimClient:
     def queue(self, channel_id: int, content: str, intended: float) -> None:
         n = self.sent_n
         self.sent_n += 1
-        nonce = f"{self.cid}.{n}.{_base36(round(intended * 1_000_000))}"
-        self.outbox.append((nonce, channel_id, content, intended, n))
+        key = f"{self.cid}.{n}.{_base36(round(intended * 1_000_000))}"
+        self.outbox.append((key, channel_id, f"{key} {content}", intended, n))
         self.gen.counters["scheduled"] += 1
         self.pump()
 
@@ -532,10 +534,6 @@ class SimClient:
         nonce = d.get("nonce")
         code = d.get("code", "?")
         self.gen.send_errors[str(code)] += 1
-        if isinstance(nonce, str) and nonce in self.rechecks:
-            self.rechecks.discard(nonce)
-            self._recheck_later(float(d.get("retry_after") or 1.0))
-            return
         if isinstance(nonce, str) and nonce in self.history:
             ch, pages, got = self.history.pop(nonce)
             self.gen.loop.call_later(
@@ -599,23 +597,12 @@ class SimClient:
         self._send({"op": 21, "d": d})
 
     def on_history(self, d: dict[str, Any]) -> None:
-        if d.get("nonce") in self.rechecks:
-            self.rechecks.discard(d["nonce"])
-            for m in d["messages"]:
-                if isinstance(m.get("nonce"), str):
-                    self.history_nonces[m["nonce"]] = int(m["id"])
-            if not self.rechecks:
-                self._settle_inflight()
-            return
         entry = self.history.pop(str(d.get("nonce")), None)
         if entry is None or self.backfill is None:
             return
         ch, pages, got = entry
         floor = self.last_id.get(ch, 0)
         page = d["messages"]  # newest first
-        for m in page:
-            if isinstance(m.get("nonce"), str):
-                self.history_nonces[m["nonce"]] = int(m["id"])
         newer = [m for m in page if int(m["id"]) > floor]
         got += newer
         if len(page) == 100 and len(newer) == len(page) and pages < 20:
@@ -633,11 +620,11 @@ class SimClient:
             mid = int(m["id"])
             seen.add(mid)
             top = max(top, mid)
-            nonce = m.get("nonce")
-            intended = _intended(nonce.encode()) if isinstance(nonce, str) else None
-            if intended is None or intended < self.ready_at:
+            key = content_key(m.get("content"))
+            intended = _intended(key.encode()) if key is not None else None
+            if key is None or intended is None or intended < self.ready_at:
                 continue
-            gen.record(self, nonce.encode(), now, intended, live=False)
+            gen.record(self, key.encode(), now, intended, live=False)
         for mid, nonce_b, received, intended in self.backfill.pop(ch):
             if mid in seen:
                 gen.counters["history_overlap"] += 1
@@ -651,55 +638,16 @@ class SimClient:
         self.shown = (self.shown or set()) | seen
         if not self.backfill:
             self.backfill = None
-            self._settle_inflight()
 
-    def _settle_inflight(self) -> None:
-        """After a new session's history is loaded: a message that was awaiting its ACK and is
-        in history was stored (count it acknowledged). One that is not may still be queued
-        for a worker (a busy machine: the ingest stream lags) — the protocol dedupes nonces
-        within one session only, so sending it again now would store it twice. A careful
-        client looks again (``RECHECK_S``) and sends it again with its nonce only once
-        ``ack_timeout`` has passed since it was sent: a duplicate then needs a pipeline
-        stalled for longer than that."""
-        if self.state != "ready" or self.backfill is not None:
-            return  # the next READY loads history again and comes back here
-        now = time.time()
-        waiting: set[int] = set()
-        for nonce, item in list(self.inflight.items()):
-            stored = self.history_nonces.get(nonce)
-            if stored is not None:
-                del self.inflight[nonce]
-                self._disarm(nonce)
-                self.gen.sends.append((nonce, item[1], self.cid, item[3], item[4], stored))
-                self.gen.ack_latency.record(now - self.sent_at.pop(nonce, now))
-                self.gen.counters["confirmed_from_history"] += 1
-            elif now - self.sent_at.get(nonce, 0.0) >= self.gen.part.ack_timeout:
-                self.gen.counters["resent_after_new_session"] += 1
-                self._transmit(item)
-            else:
-                waiting.add(item[1])
-        self.history_nonces.clear()
-        if waiting:
-            self.gen.counters["inflight_rechecks"] += 1
-            self._recheck_later(RECHECK_S, waiting)
-        self.pump()
-
-    def _recheck_later(self, delay: float, channels: set[int] | None = None) -> None:
-        if channels is None:
-            channels = {item[1] for item in self.inflight.values()}
-        if self.recheck_timer is not None:
-            self.recheck_timer.cancel()
-        self.recheck_timer = self.gen.loop.call_later(delay, self._recheck, channels)
-
-    def _recheck(self, channels: set[int]) -> None:
-        self.recheck_timer = None
-        if self.state != "ready" or self.closing:
-            return  # a new session's backfill settles the in-flight messages instead
-        for ch in channels:
-            self.gen.counters["history_requests"] += 1
-            nonce = f"r.{self.cid}.{self.gen.counters['history_requests']}"
-            self.rechecks.add(nonce)
-            self._send({"op": 21, "d": {"channel_id": str(ch), "limit": 100, "nonce": nonce}})
+    def _resend_inflight(self) -> None:
+        """A new session: the messages awaiting their ACK lost it with the old session. Each
+        is sent again unchanged — same nonce, same content — at once: if its first attempt was
+        queued, the gateway answers with that attempt's id (within ``nonce_ttl_s``, on any
+        session or gateway) and the worker stores and delivers it once; if not, this is the
+        message. No need to look for it in history (messages there carry no nonce anyway)."""
+        for item in list(self.inflight.values()):  # in send order
+            self.gen.counters["resent_after_new_session"] += 1
+            self._transmit(item)
 
 
 def _base36(n: int) -> str:
@@ -787,14 +735,18 @@ class Generator:
             p = q + 16
             q = data.index(b'"', p)
             ch = int(data[p:q])
-            i = data.rfind(b'"nonce":"', q)
-            if i < 0:
+            # The key is the content's first word. A quote cannot end it early unescaped, and
+            # anything escaped (a backslash) goes to the careful path below.
+            i = data.index(CONTENT, q) + 11
+            end = data.index(b'"', i)
+            space = data.find(b" ", i, end)
+            nonce = data[i : end if space < 0 else space]
+            if b"\\" in nonce:
                 raise ValueError
-            nonce = data[i + 9 : data.index(b'"', i + 9)]
         except ValueError:  # not the layout we know: decode it properly
             d = orjson.loads(data)["d"]
-            mid, ch, raw = int(d["id"]), int(d["channel_id"]), d.get("nonce")
-            if not isinstance(raw, str):
+            mid, ch, raw = int(d["id"]), int(d["channel_id"]), content_key(d.get("content"))
+            if raw is None:
                 self.counters["foreign_messages"] += 1
                 return
             nonce = raw.encode()

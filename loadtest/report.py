@@ -115,8 +115,7 @@ def text(report: dict[str, Any]) -> str:
         f" p99 {_n(m['ack_latency_ms']['p99_ms'], 2)} ms; {m['in_flight_per_client']} in flight per client",
         f"send errors                {_codes(m['send_errors'])}; not acknowledged {m['not_acknowledged']:,};"
         f" unsent {m['unsent_at_end']:,}; retries {m['retries']:,}; ack timeouts {m['ack_timeouts']:,};"
-        f" after a new session: {m['confirmed_from_history']:,} found in history,"
-        f" {m['resent_after_new_session']:,} sent again",
+        f" sent again unchanged after a new session {m['resent_after_new_session']:,}",
     ]
     p = report["presence"]
     if p["status_changes_sent"] or p["updates_received"]:

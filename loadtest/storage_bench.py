@@ -50,7 +50,6 @@ async def run(settings: Settings, *, messages: int, reads: int, say=print) -> di
                 author=author,
                 content=f"benchmark message number {i} " + "x" * 60,
                 timestamp_ms=snowflake.timestamp_ms(mid),
-                nonce=None,
             )
             rows.append(StoredMessage(channel, mid, 1, payload))
         started = time.perf_counter()

@@ -78,3 +78,33 @@ async def test_a_refused_send_does_not_reserve_its_nonce(stack: Stack):
     stored = await stack.store.page(general, before=None, limit=100)
     assert sorted(orjson.loads(m.payload)["content"] for m in stored) == ["allowed", "limited"]
     assert retried["id"] in {str(m.message_id) for m in stored}
+
+
+async def test_the_nonce_goes_back_to_its_sender_only_and_is_not_stored(stack: Stack):
+    """A nonce is the sender's correlation token: its MESSAGE_ACK carries it, but the stored
+    message (hot cache, history) and every MESSAGE_CREATE and HISTORY answer do not — else it
+    is kept forever and copied to every recipient (issue 10, item 6)."""
+    general = stack.channels["general"]
+    nonce = "only-for-bob-7"
+    bob = await stack.client("bob", gateway=1)
+    dave = await stack.client("dave", gateway=0)
+    ack = await bob.send_message(general, "hello", nonce=nonce)
+    assert ack["nonce"] == nonce
+    await stack.drain()
+
+    hot = await stack.gateways[0].redis.zrange(stack.gateways[0].keys.hot(general), 0, -1)
+    assert len(hot) == 1 and nonce.encode() not in hot[0]
+    [stored] = await stack.store.page(general, before=None, limit=100)
+    assert str(stored.message_id) == ack["id"]
+    assert "nonce" not in orjson.loads(stored.payload) and nonce not in stored.payload
+
+    creates = [f for c in (bob, dave) for f in await settled(c) if f.get("t") == "MESSAGE_CREATE"]
+    assert [f["d"]["id"] for f in creates] == [ack["id"], ack["id"]]  # the sender's echo too
+    assert all("nonce" not in f["d"] and nonce not in orjson.dumps(f).decode() for f in creates)
+
+    from_hot = await dave.history(general)
+    await stack.gateways[0].redis.delete(stack.gateways[0].keys.hot(general))
+    from_store = await dave.history(general)  # the hot cache is gone: read from history storage
+    for page in (from_hot, from_store):
+        assert [m["id"] for m in page] == [ack["id"]]
+        assert "nonce" not in page[0] and page[0]["content"] == "hello"

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loadtest.accounting import DeliveryLedger
+from loadtest.accounting import DeliveryLedger, StoredCheck, content_key
 from loadtest.latency import LatencyRecorder, TimeSeries
 
 MEMBERS = frozenset({"alice", "bob", "carol"})
@@ -243,6 +243,58 @@ def test_any_split_merges_to_the_same_report(order, goes_left):
         (left if goes_left[position] else right).record_receipt("bob", f"n{i}", position)
     left.merge(right)
     assert left.report(grace_deadline=20) == whole.report(grace_deadline=20)
+
+
+# --- stored messages ------------------------------------------------------------------------
+
+
+def stored(message_id: int, content: object, channel_id: int = CHANNEL) -> str:
+    return json.dumps({"id": str(message_id), "channel_id": str(channel_id), "content": content})
+
+
+def test_the_key_is_the_first_word_of_the_content():
+    assert content_key("3.17.k2f0a hello there") == "3.17.k2f0a"
+    assert content_key("3.17.k2f0a") == "3.17.k2f0a"
+    assert content_key("") is None and content_key(None) is None and content_key(7) is None
+
+
+def test_every_acknowledged_message_stored_once_is_clean():
+    check = StoredCheck({(CHANNEL, 100): "a.0.x", (CHANNEL, 101): "a.1.x"})
+    for mid, key in ((100, "a.0.x"), (101, "a.1.x"), (99, "someone else")):
+        check.see(CHANNEL, mid, stored(mid, f"{key} hi"))
+    report = check.report()
+    assert (report["acknowledged"], report["missing_from_history"], report["stored_twice"]) == (
+        2,
+        0,
+        0,
+    )
+
+
+def test_a_key_stored_under_two_ids_is_stored_twice():
+    """Stored messages carry no nonce: a send that became two messages is found by the key in
+    its content, the acknowledged id and a second one."""
+    check = StoredCheck({(CHANNEL, 100): "a.0.x", (CHANNEL, 101): "a.1.x"}, also=["a.2.x"])
+    rows = [(100, "a.0.x hi"), (101, "a.1.x yo"), (105, "a.0.x hi"), (106, "a.2.x"), (107, "a.2.x")]
+    for mid, content in rows:
+        check.see(CHANNEL, mid, stored(mid, content))
+    check.see(CHANNEL, 108, "not json")  # ignored, not a crash
+    report = check.report()
+    assert report["missing_from_history"] == 0
+    assert report["stored_twice"] == 2  # the acknowledged a.0 and the never-acknowledged a.2
+    assert report["stored_twice_examples"] == [
+        {"key": "a.0.x", "stored_as": [[CHANNEL, 100], [CHANNEL, 105]]},
+        {"key": "a.2.x", "stored_as": [[CHANNEL, 106], [CHANNEL, 107]]},
+    ]
+
+
+def test_an_acknowledged_message_not_in_history_is_missing():
+    check = StoredCheck({(CHANNEL, 100): "a.0.x", (CHANNEL, 101): "a.1.x"})
+    check.see(CHANNEL, 100, stored(100, "a.0.x hi"))
+    check.see(CHANNEL, 102, stored(102, "a.1.x hi"))  # its content, but not the acked id
+    report = check.report()
+    assert report["missing_from_history"] == 1
+    assert report["missing_examples"] == [{"channel_id": CHANNEL, "id": 101, "key": "a.1.x"}]
+    assert report["stored_twice"] == 0
 
 
 # --- latency ----------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import pytest
 
 from loadtest import report
 from loadtest.engine import Given, LoadTestError, RunConfig, _fault, run, verdict
-from loadtest.generator import ClientPlan, Part, drive
+from loadtest.generator import ClientPlan, Generator, Part, drive
 from tests.conftest import Stack
 
 ONE_TALKER = """
@@ -168,6 +168,28 @@ async def test_a_reconnect_storm_resumes_without_loss(consuming: Stack, tmp_path
     assert r["messages"]["stored"]["stored_twice"] == 0
 
 
+async def test_the_history_read_back_counts_a_message_stored_twice(settings, store):
+    """Stored messages carry no nonce: the read-back finds a send stored under a second id by
+    the key its content starts with, in real history storage."""
+    from loadtest.engine import check_stored
+    from storage import StoredMessage
+
+    def row(mid: int, content: str) -> StoredMessage:
+        d = {"id": str(mid), "channel_id": "5", "content": content}
+        return StoredMessage(5, mid, 1, json.dumps(d))
+
+    await store.insert_many([row(100, "1.0.a x"), row(101, "1.1.b y"), row(102, "1.0.a x")])
+    sends = [
+        ["1.0.a", 5, 1, 0.0, 0, 100],
+        ["1.1.b", 5, 1, 0.0, 1, 101],
+        ["1.2.c", 5, 1, 0.0, 2, 99],
+    ]
+    got = await check_stored(settings, [{"sends": sends, "failed": []}])
+    assert got["acknowledged"] == 3 and got["missing_from_history"] == 1  # id 99
+    assert got["stored_twice"] == 1
+    assert got["stored_twice_examples"] == [{"key": "1.0.a", "stored_as": [[5, 100], [5, 102]]}]
+
+
 async def test_connect_storm_counts_connections_and_ready_latency(consuming: Stack):
     r = await _run(consuming, _config("connect-storm", "study-group", duration=1.0))
     c = r["connections"]
@@ -295,3 +317,31 @@ async def test_a_cancelled_driver_closes_every_connection(stack: Stack):
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await _until(lambda: not gw.clients, "the gateway to see both connections closed", 10)
+
+
+async def test_a_send_whose_ack_was_lost_is_resent_and_stored_once(stack: Stack):
+    """The ACK of a queued message is lost with the session: the new session sends it again
+    unchanged, the gateway answers with the first id, and history holds it once."""
+    gw, general = stack.gateways[0], stack.channels["general"]
+    plan = ClientPlan(0, stack.users["alice"], stack.token("alice"), "desktop", gw.url)
+    gen = Generator(Part(index=0, clients=[plan], urls=[gw.url], channels=[general]))
+    client = gen.clients[0]
+    try:
+        client.start()
+        await _until(lambda: client.state == "ready", "alice's READY")
+        client.conn.transport.pause_reading()  # the ACK will not be read: it is lost
+        client.queue(general, "hello", time.time())
+        stream = gw.keys.ingest(general % stack.settings.ingest_shards)
+        async with asyncio.timeout(20):  # the gateway queued it (and answered into the void)
+            while not await gw.redis.xread({stream: "0-0"}, count=1, block=500):
+                pass
+        [(key, *_)] = client.inflight.values()
+        client.drop(False, 0.0)  # a new session, not a RESUME (which would replay the ACK)
+        await _until(lambda: gen.sends, "the MESSAGE_ACK of the resent message")
+    finally:
+        gen.close_all()
+    assert gen.counters["resent_after_new_session"] == 1 and gen.counters["new_sessions"] == 1
+    await stack.drain()
+    stored = await stack.store.page(general, before=None, limit=100)
+    assert [json.loads(m.payload)["content"] for m in stored] == [f"{key} hello"]
+    assert gen.sends[0][0] == key and gen.sends[0][5] == stored[0].message_id

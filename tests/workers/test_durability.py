@@ -97,7 +97,6 @@ async def test_a_cut_aof_never_keeps_the_fanout_marker_without_its_deliveries(tm
             author=Author(id=str(alice.id), username="alice"),
             content="durable?",
             timestamp_ms=0,
-            nonce="n1",
         )
         entry = IngestMessage(
             id=message_id,

@@ -39,7 +39,6 @@ async def test_forged_payloads_are_dead_lettered_not_delivered(stack: Stack):
                 author=Author(id=str(alice), username="alice"),
                 content="forged",
                 timestamp_ms=0,
-                nonce=None,
             )
         )
         return orjson.dumps({**d, **override}).decode()
