@@ -186,8 +186,9 @@ class GatewayControl:
         await self._sub_redis.aclose()
 
     async def run(self) -> None:
-        """Apply announced changes one at a time, in the order they arrive."""
-        while True:
+        """Apply announced changes one at a time, in the order they arrive, until the gateway
+        stops."""
+        while not self.gw.stopping:
             try:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0
