@@ -181,8 +181,10 @@ class GatewayControl:
         self.seen_version = await self._version()
 
     async def close(self) -> None:
-        with contextlib.suppress(*TRANSIENT):
+        try:
             await self._pubsub.aclose()
+        except TRANSIENT as exc:
+            log.warning("closing the metadata subscription failed (%r)", exc)
         await self._sub_redis.aclose()
 
     async def run(self) -> None:

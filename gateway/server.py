@@ -291,21 +291,22 @@ class Gateway:
         await cancel_and_wait(self._tasks, self.settings.close_timeout_s, f"gateway {self.id}")
         try:
             async with asyncio.timeout(redis_bound):
-                with contextlib.suppress(*TRANSIENT):
-                    for session in self.sessions.values():
-                        self.presence.offline(session)
-                    await self.presence.flush([], self.clock())
-                    await self.fanout.drop_all_routes()
-                    await self.redis.delete(
-                        self.keys.gateway_alive(self.id), self.keys.deliver(self.id)
-                    )
-                    await self.redis.hdel(self.keys.gateways(), self.id)
-        except TimeoutError:
+                for session in self.sessions.values():
+                    self.presence.offline(session)
+                await self.presence.flush([], self.clock())
+                await self.fanout.drop_all_routes()
+                await self.redis.delete(
+                    self.keys.gateway_alive(self.id), self.keys.deliver(self.id)
+                )
+                await self.redis.hdel(self.keys.gateways(), self.id)
+        except TRANSIENT as exc:  # TRANSIENT includes OSError, so the timeout above too
             log.error(
-                "gateway %s: unregistering took over %.0f s; its routes and liveness key "
-                "expire on their own",
+                "gateway %s: could not unregister within %.0f s (%r); its liveness key expires "
+                "in %d s and workers skip it from then on",
                 self.id,
                 redis_bound,
+                exc,
+                ALIVE_TTL_S,
             )
         for what, closing in (
             ("the control subscription", self.control.close),
@@ -315,8 +316,8 @@ class Gateway:
             try:
                 async with asyncio.timeout(redis_bound):
                     await closing()
-            except TimeoutError:
-                log.error("gateway %s: closing %s took over %.0f s", self.id, what, redis_bound)
+            except TRANSIENT as exc:
+                log.error("gateway %s: closing %s failed (%r)", self.id, what, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
