@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     close_timeout_s: float = Field(
         default=5.0,
         description="How long a closing connection may take to finish the close handshake before "
-        "the gateway aborts its TCP connection. Bounds what one silent client can hold.",
+        "the gateway aborts its TCP connection. Bounds what one silent client can hold; also how "
+        "long a stopping gateway waits for its background tasks before it logs and abandons them.",
     )
     identify_timeout_s: float = Field(
         default=20.0,

@@ -181,13 +181,16 @@ class GatewayControl:
         self.seen_version = await self._version()
 
     async def close(self) -> None:
-        with contextlib.suppress(*TRANSIENT):
+        try:
             await self._pubsub.aclose()
+        except TRANSIENT as exc:
+            log.warning("closing the metadata subscription failed (%r)", exc)
         await self._sub_redis.aclose()
 
     async def run(self) -> None:
-        """Apply announced changes one at a time, in the order they arrive."""
-        while True:
+        """Apply announced changes one at a time, in the order they arrive, until the gateway
+        stops."""
+        while not self.gw.stopping:
             try:
                 message = await self._pubsub.get_message(
                     ignore_subscribe_messages=True, timeout=1.0

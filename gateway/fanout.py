@@ -71,11 +71,11 @@ class LocalFanout:
             await pipe.execute()
 
     async def run(self, redis: aioredis.Redis) -> None:
-        """Read this gateway's delivery stream forever (new entries only: a fresh gateway has
-        no sessions that could be owed older ones)."""
+        """Read this gateway's delivery stream until the gateway stops (new entries only: a
+        fresh gateway has no sessions that could be owed older ones)."""
         stream = self.gateway.keys.deliver(self.gateway.id)
         last = b"$"
-        while True:
+        while not self.gateway.stopping:
             try:
                 reply = await redis.xread({stream: last}, count=512, block=1000)
             except TRANSIENT as exc:

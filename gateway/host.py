@@ -50,6 +50,7 @@ class GatewayHost(Protocol):
     presence: Any  # gateway.presence.PresenceReporter
     clock: Callable[[], float]
     wall_clock: Callable[[], float]
+    stopping: bool  # set when stop() begins: background loops end at their next turn
 
     def send(self, client: Client, text: str) -> None:
         """Queue one frame to one client without waiting (bounded by its buffer)."""

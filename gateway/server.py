@@ -86,6 +86,7 @@ log = logging.getLogger("chatscale.gateway")
 ALIVE_TTL_S = 10  # the liveness key's expiry; renewed every ALIVE_EVERY_S by its own task
 ALIVE_EVERY_S = 1.0
 FD_RESERVE = 128  # open files kept back from clients: Redis pools, storage, metrics, logs
+RECANCEL_EVERY_S = 0.1  # stop(): how often a background task that has not ended is cancelled again
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -100,6 +101,48 @@ def raise_open_file_limit() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps at OPEN_MAX
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+async def cancel_and_wait(tasks: set[asyncio.Task[Any]], timeout_s: float, owner: str) -> None:
+    """Cancel ``tasks`` and wait (at most ``timeout_s``) until they end, cancelling again every
+    ``RECANCEL_EVERY_S``: a task may lose one cancellation (see ``Gateway.stop``), and a task
+    in a Redis call ends at the next cancellation. Logs a lost cancellation as a warning and
+    every task still running at the deadline as an error, with where it is suspended."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    pending = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            break
+        for task in pending:
+            task.cancel()
+        rounds += 1
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_EVERY_S, remaining))
+    if rounds > 1 and not pending:
+        log.warning("%s: a background task ignored a cancellation; cancelled it again", owner)
+    for task in pending:
+        log.error(
+            "%s: abandoning background task %s after %.1f s; it is suspended at %s",
+            owner,
+            task.get_coro(),
+            timeout_s,
+            suspended_at(task),
+        )
+
+
+def suspended_at(task: asyncio.Task[Any]) -> str:
+    """The last frames of a task's await chain, as file:line function."""
+    coro: Any = task.get_coro()
+    frames = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
+            frames.append(f"{path}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return " -> ".join(frames[-4:]) or "?"
 
 
 class GatewayConnection(ServerConnection):
@@ -165,6 +208,7 @@ class Gateway:
         self._ids: snowflake.SnowflakeGenerator | None = None
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False  # set by stop(): background loops end at their next turn
         self.port = 0
         self.url = ""
 
@@ -212,7 +256,15 @@ class Gateway:
         log.info("gateway %s listening on %s", self.id, self.url)
 
     async def stop(self) -> None:
-        """Close clients with GATEWAY_SHUTDOWN (resumable), drop routes, stop background tasks."""
+        """Close clients with GATEWAY_SHUTDOWN (resumable), drop routes, stop background tasks.
+
+        Every step is bounded and whatever a step gives up on is logged, never waited for
+        silently. Background tasks are cancelled again until they end: on Python 3.11 a
+        cancellation that lands while redis-py is sending a command is lost (it sends through
+        ``asyncio.wait_for``, which drops a cancellation arriving as the send completes —
+        CPython gh-86296), and the task's loop would then run forever.
+        """
+        self.stopping = True  # the background loops end at their next turn even if not cancelled
         if self._server is not None:
             self._server.close(close_connections=False)
         await asyncio.gather(  # all at once, each bounded: one silent client cannot hold us up
@@ -222,21 +274,50 @@ class Gateway:
             ),
             return_exceptions=True,
         )
+        redis_bound = self.settings.redis_timeout_s * (self.settings.redis_retries + 1) + 1.0
         if self._server is not None:
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(*TRANSIENT):
-            for session in self.sessions.values():
-                self.presence.offline(session)
-            await self.presence.flush([], self.clock())
-            await self.fanout.drop_all_routes()
-            await self.redis.delete(self.keys.gateway_alive(self.id), self.keys.deliver(self.id))
-            await self.redis.hdel(self.keys.gateways(), self.id)
-        await self.control.close()
-        await self.redis.aclose()
-        await self._reader_redis.aclose()
+            handlers = self.settings.close_timeout_s + redis_bound  # a handler ends its call
+            try:
+                async with asyncio.timeout(handlers):
+                    await self._server.wait_closed()
+            except TimeoutError:
+                log.error(
+                    "gateway %s: %d connection handlers still running after %.0f s; not "
+                    "waiting for them",
+                    self.id,
+                    len(self._server.handler_tasks),
+                    handlers,
+                )
+        await cancel_and_wait(self._tasks, self.settings.close_timeout_s, f"gateway {self.id}")
+        try:
+            async with asyncio.timeout(redis_bound):
+                for session in self.sessions.values():
+                    self.presence.offline(session)
+                await self.presence.flush([], self.clock())
+                await self.fanout.drop_all_routes()
+                await self.redis.delete(
+                    self.keys.gateway_alive(self.id), self.keys.deliver(self.id)
+                )
+                await self.redis.hdel(self.keys.gateways(), self.id)
+        except TRANSIENT as exc:  # TRANSIENT includes OSError, so the timeout above too
+            log.error(
+                "gateway %s: could not unregister within %.0f s (%r); its liveness key expires "
+                "in %d s and workers skip it from then on",
+                self.id,
+                redis_bound,
+                exc,
+                ALIVE_TTL_S,
+            )
+        for what, closing in (
+            ("the control subscription", self.control.close),
+            ("the Redis client", self.redis.aclose),
+            ("the delivery reader", self._reader_redis.aclose),
+        ):
+            try:
+                async with asyncio.timeout(redis_bound):
+                    await closing()
+            except TRANSIENT as exc:
+                log.error("gateway %s: closing %s failed (%r)", self.id, what, exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -254,13 +335,13 @@ class Gateway:
 
     async def _liveness(self) -> None:
         """Its own task: nothing housekeeping does (store reloads, many clients) can starve it."""
-        while True:
+        while not self.stopping:
             with contextlib.suppress(*TRANSIENT):
                 await self._refresh_alive()
             await asyncio.sleep(ALIVE_EVERY_S)
 
     async def _housekeeping(self) -> None:
-        while True:
+        while not self.stopping:
             await asyncio.sleep(1.0)
             with contextlib.suppress(*TRANSIENT, StorageUnavailable):
                 await self.control.check()  # fenced? missed a change? (re-creates liveness)
