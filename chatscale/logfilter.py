@@ -52,6 +52,8 @@ class RepeatFilter(logging.Filter):
 
 
 def install(limit: int, window_s: float) -> None:
-    """Put one filter on every handler of the root logger (call after ``basicConfig``)."""
+    """Put one filter on every handler of the root logger (call after ``basicConfig``); a handler
+    that already has one keeps it, so calling this twice does not stack filters."""
     for handler in logging.getLogger().handlers:
-        handler.addFilter(RepeatFilter(limit=limit, window_s=window_s))
+        if not any(isinstance(f, RepeatFilter) for f in handler.filters):
+            handler.addFilter(RepeatFilter(limit=limit, window_s=window_s))

@@ -38,6 +38,9 @@ BENCH_ENV = {
     "CHATSCALE_EVENTS_PER_WINDOW": "1000000",
     "CHATSCALE_USER_MESSAGES_PER_WINDOW": "1000000",
     "CHATSCALE_IDENTIFIES_PER_WINDOW": "1000000",
+    # Every simulated client connects from this one host: the per-address cap is for the
+    # internet (4015), not for a load generator.
+    "CHATSCALE_MAX_CONNECTIONS_PER_IP": "0",
 }
 
 

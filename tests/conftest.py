@@ -7,6 +7,7 @@ and history is a real SQLite file. Tests isolate themselves by key prefix, not b
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -29,6 +30,18 @@ from guilds.controlplane import ControlPlane
 from presence.service import PresenceService
 from storage import Store, open_store
 from workers.worker import Worker
+
+
+@pytest.fixture(autouse=True)
+def _root_log_filters_restored() -> Iterator[None]:
+    """``chatscale.cli.main`` (called in-process by CLI tests) installs its repeated-line filter
+    on the root logger's handlers, which include pytest's own capture handlers: take it off
+    again, or it would swallow repeated lines in every later test."""
+    root = logging.getLogger()
+    before = {h: list(h.filters) for h in root.handlers}
+    yield
+    for handler in root.handlers:
+        handler.filters[:] = before.get(handler, [])
 
 
 class FakeClock:

@@ -148,7 +148,6 @@ def synthetic(scenario: str, seed: int = 7) -> dict[str, Any]:
             "ack_timeouts": 0,
             "retries": 0,
             "resent_after_new_session": 0,
-            "confirmed_from_history": 0,
             "ack_latency_ms": _ms(_recorder(rng, posts, 0.001, 0.01)),
             "in_flight_per_client": 1,
             "send_lag_ms": _ms(_recorder(rng, posts, 0.0, 0.002)),
@@ -158,6 +157,7 @@ def synthetic(scenario: str, seed: int = 7) -> dict[str, Any]:
                 "stored_twice": 0,
                 "read_back_s": 0.1,
                 "missing_examples": [],
+                "stored_twice_examples": [],
             },
         },
         "deliveries": {
