@@ -602,6 +602,17 @@ class Gateway:
 
     # ---- requests ---------------------------------------------------------------------------------
 
+    def _unavailable(self, client: Client, request: SendMessage) -> None:
+        """Redis did not answer while queueing: the send may or may not have been queued, and a
+        retry with the same nonce and content is safe (it gets the first attempt's id)."""
+        self.send_error(
+            client,
+            "UNAVAILABLE",
+            "could not queue the message; retry with the same nonce",
+            nonce=request.nonce,
+            retry_after=1.0,
+        )
+
     async def _publish(self, client: Client, request: SendMessage) -> None:
         session = client.session
         assert session is not None and self._ids is not None
@@ -638,13 +649,7 @@ class Gateway:
                     nonce_key, message_id, nx=True, get=True, ex=self.settings.nonce_ttl_s
                 )
             except TRANSIENT:
-                self.send_error(
-                    client,
-                    "UNAVAILABLE",
-                    "could not queue the message; retry with the same nonce",
-                    nonce=request.nonce,
-                    retry_after=1.0,
-                )
+                self._unavailable(client, request)
                 return
             if claimed is not None:
                 message_id, retry = int(claimed), True
@@ -687,13 +692,7 @@ class Gateway:
         try:
             await self.redis.xadd(self.keys.ingest(shard), encode_entry(envelope))
         except TRANSIENT:
-            self.send_error(
-                client,
-                "UNAVAILABLE",
-                "could not queue the message; retry with the same nonce",
-                nonce=request.nonce,
-                retry_after=1.0,
-            )
+            self._unavailable(client, request)
             return
         metrics.stage("gateway_publish", started)
         ack = dumps(

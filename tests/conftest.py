@@ -24,7 +24,7 @@ from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from chatscale.wire import Op
-from gateway.server import Gateway
+from gateway.server import Gateway, suspended_at
 from guilds import community
 from guilds.controlplane import ControlPlane
 from presence.service import PresenceService
@@ -140,18 +140,6 @@ class Stack:
         await self.worker.drain()
 
 
-def _awaiting(task: asyncio.Task) -> str:
-    """Where a task is suspended: the last frames of its await chain, as file:line."""
-    coro, frames = task.get_coro(), []
-    while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is not None:
-            path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
-            frames.append(f"{path}:{frame.f_lineno} {frame.f_code.co_name}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return " -> ".join(frames[-4:]) or "?"
-
-
 @pytest.fixture
 async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
     clock = FakeClock()
@@ -182,7 +170,7 @@ async def stack(settings: Settings, store: Store) -> AsyncIterator[Stack]:
         stopping = asyncio.create_task(gw.stop())
         done, _ = await asyncio.wait({stopping}, timeout=30)
         if not done:
-            where = _awaiting(stopping)
+            where = suspended_at(stopping)
             stopping.cancel()
             await asyncio.gather(stopping, return_exceptions=True)
             stuck.append(
