@@ -22,6 +22,12 @@ from loadtest.engine import Given, LoadTestError, RunConfig, _fault, run, verdic
 from loadtest.generator import ClientPlan, Generator, Part, drive
 from tests.conftest import Stack
 
+#: The internal deadlines of ``_config`` plus the stack's teardown bounds; the suite's default
+#: (120 s) is shorter than their sum, and a run that used them all on a loaded machine was cut
+#: off by the generic timeout instead of failing with its reason.
+TIMEOUT_S = 200
+pytestmark = pytest.mark.timeout(TIMEOUT_S)
+
 ONE_TALKER = """
 name = "lt-one-talker"
 seed = 5
@@ -79,7 +85,8 @@ def _config(scenario: str, community: str, **kw) -> RunConfig:
         community,
         processes=0,
         **{
-            # their sum stays under the 120 s test timeout, so a slow run fails with its reason
+            # their sum (~100 s at most) plus the stack's bounded teardown (2 x 30 s) stays under
+            # this module's test timeout (TIMEOUT_S), so a slow run fails with its reason
             "drain_s": 25.0,
             "progress_every": 10.0,
             "quiet_s": 1.0,
@@ -95,7 +102,9 @@ def _config(scenario: str, community: str, **kw) -> RunConfig:
 
 async def _run(stack: Stack, cfg: RunConfig) -> dict:
     topo = Given(stack.settings, [gw.url for gw in stack.gateways])
-    return await run(cfg, topology=topo, say=lambda *_: None)
+    # The engine's progress lines go to the captured output: a run that fails or times out
+    # shows how far it got and which phase it was waiting in.
+    return await run(cfg, topology=topo, say=lambda *a: print(*a, flush=True))
 
 
 async def test_steady_chat_is_delivered_to_everyone_exactly_once(consuming: Stack, tmp_path: Path):
