@@ -30,12 +30,20 @@ from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, TopologyError
 from guilds import commands as admin
 from guilds.controlplane import ControlError
+from storage.exceptions import UnknownBackend
 
 __all__ = ["WORKDIR", "build_parser", "main"]
 
 
 #: What ``main`` reports in one line instead of a traceback.
-EXPECTED_ERRORS = (UsageError, TopologyError, admin.Unresolved, admin.Refused, ControlError)
+EXPECTED_ERRORS = (
+    UsageError,
+    TopologyError,
+    UnknownBackend,  # a storage URL of no known kind
+    admin.Unresolved,
+    admin.Refused,
+    ControlError,
+)
 
 
 def _logging(verbose: bool) -> None:

@@ -12,10 +12,10 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.server import Gateway, raise_open_file_limit
     from storage import open_store
 
-    soft, hard = raise_open_file_limit()  # 1024 by default: ~1,000 idle sockets would lock us out
-    logging.getLogger("chatscale.gateway").info("open-file limit %s (hard %s)", soft, hard)
     settings = commandline.service_settings()
     commandline.check_secret(settings, args.insecure_dev)
+    soft, hard = raise_open_file_limit()  # 1024 by default: ~1,000 idle sockets would lock us out
+    logging.getLogger("chatscale.gateway").info("open-file limit %s (hard %s)", soft, hard)
     if args.port is not None:
         settings = settings.model_copy(
             update={"gateway_port": args.port, "gateway_host": args.host}

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from chatscale import discovery
-from chatscale.commandline import DefaultsHelp
+from chatscale.commandline import DefaultsHelp, UsageError
 from chatscale.discovery import WORKDIR, settings_for_tools
 from loadtest import scenarios
 
@@ -193,9 +193,9 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
     cfg.out = args.out or engine.default_out(cfg)
     try:
         result = await engine.run(cfg)
-    except (engine.LoadTestError, ValueError) as exc:  # expected failures: one line, no traceback
-        print(f"loadtest: {exc}", file=sys.stderr)
-        return 2
+    # expected failures (an unknown community file included): one line, no traceback
+    except (engine.LoadTestError, ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
     json_path, html_path = report.write(result, cfg.out)
     print()
     print(report.text(result))
@@ -267,12 +267,10 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     state = WORKDIR / discovery.STATE_FILE
     if not (state.exists() or args.gateway) or settings.redis_url is None:
-        print(
+        raise UsageError(
             "no running topology: start `chatscale run` in this directory first, or set "
-            "REDIS_URL and CHATSCALE_STORAGE_URL and pass --gateway ws://host:port",
-            file=sys.stderr,
+            "REDIS_URL and CHATSCALE_STORAGE_URL and pass --gateway ws://host:port"
         )
-        return 2
     run_state = json.loads(state.read_text()) if state.exists() else None
     urls = args.gateway or run_state["gateways"]
     if args.gateway:  # other gateways than run.json's: sample only what Redis registered

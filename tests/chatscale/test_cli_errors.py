@@ -151,3 +151,20 @@ def test_chatscale_run_on_a_taken_port_says_which(clean_env: Path):
     assert len(err) == 1, err
     assert err[0].startswith(f"error: gateway-0 exited early: port {port} is in use"), err
     assert "stopped: every process exited." in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["gateway"], ("no Redis", "chatscale run")),
+        (["bench", "chat"], ("no running topology", "--gateway")),
+        (["migrate", "--storage-url", "bogus://x"], ("unknown storage URL", "sqlite:///")),
+        (["loadtest", "steady", "--community", "nope"], ("no community 'nope'", "study-group")),
+    ],
+    ids=["gateway", "bench-chat", "migrate-bogus-url", "loadtest-unknown-community"],
+)
+def test_a_newcomers_mistake_is_one_line_not_a_traceback(
+    clean_env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: tuple[str, ...]
+):
+    assert cli.main(argv) == 2, argv
+    one_line_error(capsys, *words)
