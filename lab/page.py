@@ -1,0 +1,1 @@
+def experiment_page(result, exp): return '<html></html>'
