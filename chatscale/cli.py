@@ -2,7 +2,7 @@
 
 Each package contributes its commands (``gateway/commands.py``, ``workers/commands.py``,
 ``presence/commands.py``, ``storage/commands.py``, ``guilds/commands.py``, ``ops/commands.py``,
-``loadtest/command.py``; what they share is ``chatscale.commandline``); this module only wires
+``loadtest/command.py``, ``lab/commands.py``; what they share is ``chatscale.commandline``); this module only wires
 them together and turns expected failures into one line.
 
 Services read their configuration from the environment (``chatscale.config``); flags only
@@ -66,6 +66,7 @@ def _logging(verbose: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Every package contributes its own commands; this only wires them together."""
     from gateway import commands as gateway_commands
+    from lab import commands as lab_commands
     from loadtest import command as loadtest_command
     from loadtest import communities
     from ops import commands as ops_commands
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_commands(sub, community_readers=[lambda path: communities.load(path).community])
     loadtest_command.add_bench_command(sub)  # bench chat|idle|storage|presence
     loadtest_command.add_command(sub)  # loadtest SCENARIO
+    lab_commands.add_commands(sub)  # lab list|run|report
     for command in sub.choices.values():  # --help shows the defaults of every command
         if command.formatter_class in (
             argparse.HelpFormatter,

@@ -22,10 +22,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from lab.harness import Trial
+from typing import Any, Literal
 
 SIZES = ("tiny", "quick", "full")
 #: The hops of the architecture picture an experiment can highlight (``page.py`` draws them).
@@ -82,7 +79,7 @@ class Experiment:
     metrics: tuple[Metric, ...]
     sizes: dict[str, dict[str, Any]]
     quick_seconds: int  # what `lab run NAME --quick` takes here, measured
-    measure: Callable[[Trial], Awaitable[Measurement]]
+    measure: Callable[[Any], Awaitable[Measurement]]  # takes a lab.harness.Trial
     conclude: Callable[[Outcome], str]
     knob: str = ""  # how a user turns the knob outside the lab (the setting, the flag)
     series_unit: dict[str, str] = field(default_factory=dict)  # chart title -> y unit
@@ -186,7 +183,7 @@ class Outcome:
         return "tie"
 
     def compare(self, key: str, a: str, b: str) -> str:
-        """"p99 delivery latency: 12 ms with push vs 1,020 ms with polling (85× less)"."""
+        """ "p99 delivery latency: 12 ms with push vs 1,020 ms with polling (85× less)"."""
         m = self.experiment.metric(key)
         va, vb = self.median(a, key), self.median(b, key)
         text = f"{m.label}: {fmt(va, m.unit)} with {a} vs {fmt(vb, m.unit)} with {b}"
@@ -203,7 +200,7 @@ class Outcome:
 
 
 def factor(a: float | None, b: float | None) -> str:
-    """"3.2×" for a/b, or "n/a"."""
+    """ "3.2×" for a/b, or "n/a"."""
     if a is None or b is None or b == 0:
         return "n/a"
     return f"{a / b:.3g}×"

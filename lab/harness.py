@@ -107,9 +107,7 @@ def lab_community(
     return community.Community(
         name=name,
         guilds=[
-            community.GuildSpec(
-                name=name, owner=names[0], channels=list(channels), members=names
-            )
+            community.GuildSpec(name=name, owner=names[0], channels=list(channels), members=names)
         ],
     )
 
@@ -190,8 +188,7 @@ class Cpu:
     def stop(self) -> dict[str, float]:
         now = self._read(self.topo.processes())
         return {
-            name: round(now.get(name, before) - before, 4)
-            for name, before in self._before.items()
+            name: round(now.get(name, before) - before, 4) for name, before in self._before.items()
         }
 
     def total(self) -> float:

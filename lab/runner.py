@@ -17,6 +17,7 @@ from typing import Any
 
 from lab.experiment import Arm, ArmUnavailable, Experiment, Outcome, fmt
 from lab.harness import Trial
+from lab.tables import table, wrap
 
 Say = Callable[[str], None]
 
@@ -142,44 +143,3 @@ def to_result(
         "command": f"chatscale lab run {exp.name}" + (" --quick" if size == "quick" else ""),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-
-
-def table(result: dict[str, Any]) -> str:
-    """Metric rows, one column per arm (median, and the range when there are several runs),
-    and the ratio of every other arm to the first."""
-    arms = result["arms"]
-    base = arms[0]["name"]
-    head = ["metric", *[a["name"] for a in arms], *[f"{a['name']}/{base}" for a in arms[1:]]]
-    rows = [head]
-    for m in result["metric_defs"]:
-        row = [f"{m['label']} ({m['unit']})" if m["unit"] != "count" else m["label"]]
-        for a in arms:
-            if a["unavailable"]:
-                row.append("n/a")
-                continue
-            v, s = a["metrics"][m["key"]], a["spread"][m["key"]]
-            cell = fmt(v)
-            if s and len(a["runs"]) > 1 and s["max"] != s["min"]:
-                cell += f" ({fmt(s['min'])}–{fmt(s['max'])})"
-            row.append(cell)
-        b = arms[0]["metrics"][m["key"]]
-        for a in arms[1:]:
-            v = a["metrics"][m["key"]]
-            row.append(f"{v / b:.3g}×" if v is not None and b else "n/a")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
-    lines.insert(1, "  " + "  ".join("-" * w for w in widths))
-    for a in arms:
-        if a["unavailable"]:
-            lines.append(f"  {a['name']}: not run — {a['unavailable']}")
-    return "\n".join(lines)
-
-
-def wrap(text: str, width: int = 96) -> str:
-    import textwrap
-
-    return "\n".join(
-        textwrap.fill(p, width, initial_indent="  ", subsequent_indent="  ")
-        for p in text.split("\n\n")
-    )

@@ -8,9 +8,19 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("chatscale", "guilds", "gateway", "workers", "presence", "storage", "loadtest", "ops")
+PACKAGES = (
+    "chatscale",
+    "guilds",
+    "gateway",
+    "workers",
+    "presence",
+    "storage",
+    "loadtest",
+    "ops",
+    "lab",
+)
 # The core may import only itself and storage's interfaces; everything above it is a service.
-ABOVE_CORE = ("gateway", "workers", "presence", "loadtest", "guilds", "ops")
+ABOVE_CORE = ("gateway", "workers", "presence", "loadtest", "guilds", "ops", "lab")
 CORE_WIRING = {"chatscale.cli", "chatscale.__main__"}  # the entry point wires commands together
 
 
@@ -120,6 +130,7 @@ def test_the_walk_sees_a_cycle() -> None:
 #: The layers of the README's picture, top to bottom: a module imports only its own package and
 #: packages of lower layers (the CLI entry point, which wires every command, excepted).
 LAYERS = (
+    ("lab",),
     ("loadtest",),
     ("ops",),
     ("gateway", "workers"),
