@@ -231,6 +231,9 @@ def assumptions(costs: Costs, load: Load, machine: Machine) -> list[str]:
         "history storage (SQLite/Cassandra), the hot cache's size and the network are not "
         "in the model",
         "unloaded processes' own cost (polling, ticks) is left out at this scale",
+        "the inbound-message cost is measured one message at a time (a worker batch of one, "
+        "one SQLite transaction each): at thousands per second batching makes a message "
+        "cheaper, so the worker and Valkey counts lean high",
     ]
 
 

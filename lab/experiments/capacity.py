@@ -405,15 +405,22 @@ def conclude(o: Outcome) -> str:
             tiers.append((abs(tr - 1), tier, tr))
     second = ""
     if tiers:
-        tiers.sort(reverse=True)
-        _, worst, tr = tiers[0]
-        second = (
-            " Per tier, predicted/measured: "
-            + ", ".join(
-                f"{t} {x:.2f}" for _, t, x in sorted(tiers, key=lambda e: TIERS.index(e[1]))
-            )
-            + f"; the {worst} is where the model is furthest off."
+        second = " Per tier, predicted/measured: " + ", ".join(
+            f"{t} {x:.2f}" for _, t, x in sorted(tiers, key=lambda e: TIERS.index(e[1]))
         )
+        # a tier spending a sliver of the total is within the CPU clock's resolution: not judged
+        total = o.median("measured", "server_cores") or 0.0
+        judged = [e for e in tiers if (o.median("measured", f"{e[1]}_cores") or 0) >= 0.1 * total]
+        small = [e[1] for e in tiers if e not in judged]
+        if judged:
+            worst = max(judged)[1]
+            second += (
+                f"; of the tiers that carry at least a tenth of the load, the {worst} is where "
+                "the model is furthest off"
+            )
+        if small:
+            second += f" ({', '.join(small)} spent too little here to judge)"
+        second += "."
     third = ""
     costs = costs_of(o)
     if costs is not None:
