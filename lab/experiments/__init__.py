@@ -12,6 +12,9 @@ from lab.experiment import Experiment
 
 MODULES = [
     "slowmode",
+    "presence_coalesce",
+    "typing_throttle",
+    "multi_device",
 ]
 
 
