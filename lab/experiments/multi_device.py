@@ -279,7 +279,7 @@ EXPERIMENT = Experiment(
         "quick": {"background": 50, "hold_s": 2.0},
         "full": {"background": 200, "hold_s": 5.0},
     },
-    quick_seconds=45,
+    quick_seconds=35,
     measure=measure,
     conclude=conclude,
     series_unit={title: STATUS_ENCODING for title in SERIES.values()},

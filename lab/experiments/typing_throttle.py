@@ -117,12 +117,21 @@ def conclude(o: Outcome) -> str:
         )
     else:
         first = "One of the arms produced no numbers, so nothing can be concluded"
-    late = o.verdict("first_indicator_ms", "off", "throttled")
+    # The first indicator waits for the gateway's presence tick in both arms (up to one tick,
+    # 1 s by default): only a difference well beyond that phase is the throttle's doing.
+    late = o.verdict("first_indicator_ms", "off", "throttled", margin=2.0)
     fi = o.compare("first_indicator_ms", "throttled", "off")
     if late == "holds":
-        second = f". The first indicator came later with the throttle ({fi}) — unexpected, as the first event of a window always goes through"
+        second = (
+            f". The first indicator came clearly later with the throttle ({fi}) — unexpected, "
+            "as the first event of a window always goes through"
+        )
     else:
-        second = f". The first indicator was not delayed by it ({fi}): the first event of a window always goes through"
+        second = (
+            f". The first indicator was not held back by it ({fi}): the first event of a "
+            "window always goes through, and what differs is the phase of the gateways' "
+            "presence tick, which both arms wait for"
+        )
     cpu = o.verdict("gateway_cpu_s", "throttled", "off")
     if cpu == "holds":
         third = f"; the gateways saved CPU ({o.compare('gateway_cpu_s', 'throttled', 'off')})."
@@ -175,7 +184,7 @@ EXPERIMENT = Experiment(
         "quick": {"members": 100, "typists": 10, "keystroke_interval_s": 0.3, "duration_s": 8.0},
         "full": {"members": 300, "typists": 20, "keystroke_interval_s": 0.3, "duration_s": 20.0},
     },
-    quick_seconds=40,
+    quick_seconds=30,
     measure=measure,
     conclude=conclude,
 )
