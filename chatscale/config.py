@@ -195,7 +195,9 @@ class Settings(BaseSettings):
         default=60.0, description="A device with no heartbeat for this long is offline."
     )
     presence_tick_ms: int = Field(
-        default=1000, description="Gateways batch presence events and the service flushes per tick."
+        default=1000,
+        description="Gateways send one presence batch per tick and the service flushes per "
+        "tick (one update per guild per tick when coalescing).",
     )
     presence_coalesce: bool = Field(
         default=True,
@@ -207,7 +209,9 @@ class Settings(BaseSettings):
         description="Above this many members a guild gets online members and counts only.",
     )
     typing_window_s: float = Field(
-        default=10.0, description="At most one TYPING_START per user and channel per window."
+        default=10.0,
+        description="At most one TYPING_START per user and channel per window; 0 turns the "
+        "throttle off (every typing event is forwarded).",
     )
 
     # --- communities: rate limits and the control plane ---------------------------------

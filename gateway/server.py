@@ -252,6 +252,7 @@ class Gateway:
         self._spawn(self.control.run())
         self._spawn(self._liveness())
         self._spawn(self._housekeeping())
+        self._spawn(self._presence_ticks())
         gateway_metrics.watch_gateway(self)  # connections and sessions, read at scrape time
         log.info("gateway %s listening on %s", self.id, self.url)
 
@@ -346,6 +347,12 @@ class Gateway:
             with contextlib.suppress(*TRANSIENT, StorageUnavailable):
                 await self.control.check()  # fenced? missed a change? (re-creates liveness)
             await self.tick()
+
+    async def _presence_ticks(self) -> None:
+        """One presence batch every ``presence_tick_ms`` (its own task: a shorter tick makes
+        presence fresher without running the rest of housekeeping more often)."""
+        while not self.stopping:
+            await asyncio.sleep(self.settings.presence_tick_ms / 1000)
             with contextlib.suppress(*TRANSIENT):
                 await self.flush_presence()
 

@@ -14,6 +14,9 @@ MODULES = [
     "slowmode",
     "thundering_herd",
     "capacity",
+    "presence_coalesce",
+    "typing_throttle",
+    "multi_device",
 ]
 
 
