@@ -13,6 +13,7 @@ from lab.experiment import Experiment
 MODULES = [
     "slowmode",
     "polling",
+    "bans",
 ]
 
 

@@ -315,8 +315,8 @@ EXPERIMENT = Experiment(
             "readers": 3,
             "rate": 10.0,
             "poll_s": 0.5,
-            "warmup_s": 0.6,
-            "window_s": 1.0,
+            "warmup_s": 0.4,
+            "window_s": 0.8,
             "gateways": 1,
         },
         "quick": {
