@@ -20,9 +20,7 @@ TTL = 30.0
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"permission_mode": "cached", "permission_cache_ttl_s": TTL}
-    )
+    return settings.model_copy(update={"permission_mode": "cached", "permission_cache_ttl_s": TTL})
 
 
 def test_the_default_is_strong():
