@@ -266,7 +266,7 @@ EXPERIMENT = Experiment(
             "gateways": 2,
         },
     },
-    quick_seconds=30,
+    quick_seconds=32,
     measure=measure,
     conclude=conclude,
 )
