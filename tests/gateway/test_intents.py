@@ -6,6 +6,8 @@ round trip (``settled``) proves a client has received everything its gateway sen
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from chatscale.client import ChatClient
@@ -66,5 +68,5 @@ async def test_intents_that_are_not_a_bitfield_close_with_4006(stack: Stack, bad
     client = await ChatClient.open(stack.gateways[0].url, heartbeat=False)
     stack.clients.append(client)
     await client.send_op(Op.IDENTIFY, {"token": stack.token("bob"), "intents": bad})
-    await client.closed.wait()
+    await asyncio.wait_for(client.closed.wait(), 10)
     assert client.close_code == Close.INVALID_PAYLOAD
