@@ -15,6 +15,7 @@ from lab import runner
 from lab.experiments import by_name
 
 
+@pytest.mark.slow  # 12-14 s each here: two topology starts (~3.6 s) and stops (~1 s) per run
 @pytest.mark.parametrize("name", ["polling", "bans"])
 async def test_tiny_run_has_numbers_for_every_arm(name: str, tmp_path: Path):
     exp = by_name(name)
