@@ -61,10 +61,20 @@ class ChatClient:
 
     @classmethod
     async def identify(
-        cls, url: str, token: str, *, device: str = "desktop", **kw: Any
+        cls,
+        url: str,
+        token: str,
+        *,
+        device: str = "desktop",
+        intents: int | None = None,
+        **kw: Any,
     ) -> ChatClient:
+        """``intents``: the event groups to receive (``wire.Intent`` bits); None = all."""
         client = await cls.open(url, **kw)
-        await client.send_op(Op.IDENTIFY, {"token": token, "device": device})
+        d: dict[str, Any] = {"token": token, "device": device}
+        if intents is not None:
+            d["intents"] = intents
+        await client.send_op(Op.IDENTIFY, d)
         ready = await client.next_event("READY")
         client.ready = ready["d"]
         client.session_id = ready["d"]["session_id"]

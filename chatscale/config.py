@@ -255,6 +255,22 @@ class Settings(BaseSettings):
         "default, under 32 characters). Only for throwaway local experiments.",
     )
 
+    # --- permissions: strong or eventual (the `bans` lab experiment) ----------------------
+    permission_mode: Literal["strong", "cached"] = Field(
+        default="strong",
+        description="strong: a ban or permission change is in force when the control-plane "
+        "call returns (every gateway confirmed, no worker accepts against it). cached: the call "
+        "returns once the store is written; gateways and workers keep their permission views "
+        "up to PERMISSION_CACHE_TTL_S before reloading, so a banned member keeps reading and "
+        "posting until then. Give every process and the control plane the same mode.",
+    )
+    permission_cache_ttl_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="With PERMISSION_MODE=cached: how old a gateway's or worker's permission "
+        "view may get before it is reloaded (the window a ban is not yet in force).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

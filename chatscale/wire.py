@@ -14,7 +14,7 @@ original.
 from __future__ import annotations
 
 import re
-from enum import IntEnum
+from enum import IntEnum, IntFlag
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -77,9 +77,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+class Intent(IntFlag):
+    """Which event groups a session subscribes to (IDENTIFY ``intents``), numbered as Discord's
+    gateway intents. A session without an intent gets none of its dispatches; replies to its own
+    requests (MESSAGE_ACK, MESSAGE_REJECTED, HISTORY, ERROR) and changes to what it may see
+    (GUILD_*, CHANNEL_*) always arrive."""
+
+    GUILD_PRESENCES = 1 << 8  # PRESENCE_UPDATE
+    GUILD_MESSAGES = 1 << 9  # MESSAGE_CREATE
+    GUILD_MESSAGE_TYPING = 1 << 11  # TYPING_START
+
+
+#: IDENTIFY without ``intents``: every event, as before intents existed.
+ALL_INTENTS = int(Intent.GUILD_PRESENCES | Intent.GUILD_MESSAGES | Intent.GUILD_MESSAGE_TYPING)
+#: The intent a fanned-out dispatch needs; a dispatch type not listed here needs none.
+INTENT_OF: dict[str, int] = {
+    "PRESENCE_UPDATE": Intent.GUILD_PRESENCES,
+    "MESSAGE_CREATE": Intent.GUILD_MESSAGES,
+    "TYPING_START": Intent.GUILD_MESSAGE_TYPING,
+}
+
+
 class Identify(_Strict):
     token: str = Field(max_length=512)
     device: Device = "desktop"  # optional: a client that omits it is a desktop (documented)
+    # optional bitfield of ``Intent``; omitted = every event. Unknown bits are accepted and
+    # ignored (Discord has more intents than this gateway sends events for).
+    intents: int | None = Field(default=None, ge=0, lt=1 << 31)
 
 
 class Resume(_Strict):

@@ -16,6 +16,9 @@ permission bits there (``Session.channels`` / ``Session.perms``). Deliveries are
   CHANNEL_UPDATE / CHANNEL_DELETE, GUILD_MEMBER_ADD / GUILD_MEMBER_REMOVE to the others), and
   only then confirms (RPUSH to the change's ack list). The control plane returns once every
   live gateway confirmed, so "the ban returned" implies "no gateway delivers to them".
+- **Cached mode** (``CHATSCALE_PERMISSION_MODE=cached``, the eventual arm of the ``bans``
+  lab experiment): the control plane announces nothing, and ``check`` reloads views only every
+  ``PERMISSION_CACHE_TTL_S``, so sessions keep what they may see and send until then.
 - **Housekeeping** (``check``, every second; the liveness key is renewed by its own task, which
   only extends an existing key): a version that moved without an event (a missed pub/sub
   message, ``chatscale seed``) resyncs every session; a liveness key that vanished means the
@@ -162,6 +165,7 @@ class GatewayControl:
             gateway.redis, gateway.keys, gateway.settings, clock=gateway.wall_clock
         )
         self.seen_version = 0
+        self._refreshed_at = gateway.clock()  # last periodic reload (PERMISSION_MODE=cached)
         self.applied = 0  # changes applied and confirmed (a metric)
         self.slowmode: dict[int, int] = {}  # channel id -> seconds, from the latest snapshot
         self._snapshots: dict[int, tuple[int, GuildSnapshot]] = {}  # guild -> (version, snap)
@@ -316,6 +320,13 @@ class GatewayControl:
         if not await self.gw.redis.exists(self.gw.keys.gateway_alive(self.gw.id)):
             await self.drop_sessions("this gateway missed deliveries; IDENTIFY again")
             await self.gw._refresh_alive(create=True)  # only now: renewals never re-create it
+        if self.gw.settings.permission_mode == "cached":
+            # The eventual arm: views are reloaded every PERMISSION_CACHE_TTL_S, not when a
+            # change happens (the control plane does not announce changes in this mode).
+            now = self.gw.clock()
+            if now - self._refreshed_at < self.gw.settings.permission_cache_ttl_s:
+                return
+            self._refreshed_at = now
         if await self._version() > self.seen_version:
             await self.resync_all()
 

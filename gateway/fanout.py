@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from chatscale import trace
 from chatscale.redisconn import TRANSIENT
-from chatscale.wire import Delivery
+from chatscale.wire import INTENT_OF, Delivery
 from gateway import metrics
 from gateway.host import Client, GatewayHost
 from gateway.session import Session
@@ -101,6 +101,9 @@ class LocalFanout:
                 # (one still identifying is in ``by_guild`` for routing, but READY must be its
                 # first dispatch; it carries the guild's presences as of then).
                 targets = [s for s in members if s.seq]
+            need = INTENT_OF.get(delivery.t, 0)
+            if need:  # IDENTIFY's intents: a session without this event group does not get it
+                targets = [s for s in targets if s.intents & need]
         if not targets:
             return 0
         suffix = ""

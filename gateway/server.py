@@ -48,6 +48,7 @@ from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
     IngestMessage,
+    Intent,
     PresenceUpdate,
     RequestHistory,
     SendMessage,
@@ -524,6 +525,7 @@ class Gateway:
             username=user.username,
             replay_bytes=self.settings.replay_buffer_bytes,
             operator=request.operator,
+            intents=request.intents,
         )
         # No channels yet, so nothing is delivered to it: control.settle() installs them once
         # no permission change can have raced the load (gateway/control.py).
@@ -534,14 +536,16 @@ class Gateway:
             "resume_gateway_url": self.url,
             "gateway_id": self.id,
         }
-        ready["presences"] = {
-            str(g): p
-            for g, p in (
-                await self.presence.ready_presences(
-                    self.store, guilds, self.settings.large_guild_threshold
-                )
-            ).items()
-        }
+        ready["presences"] = {}
+        if request.intents & Intent.GUILD_PRESENCES:  # without the intent, none (as Discord)
+            ready["presences"] = {
+                str(g): p
+                for g, p in (
+                    await self.presence.ready_presences(
+                        self.store, guilds, self.settings.large_guild_threshold
+                    )
+                ).items()
+            }
         if client.conn.state is not State.AUTHENTICATING:
             return  # closed while we loaded; nothing registered yet
         self.sessions[session.session_id] = session

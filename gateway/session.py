@@ -33,6 +33,7 @@ from pydantic import BaseModel, ValidationError
 from chatscale import tokens
 from chatscale.closecodes import Close
 from chatscale.wire import (
+    ALL_INTENTS,
     FRAME_KEYS,
     HEARTBEAT_D,
     Identify,
@@ -79,6 +80,7 @@ class Authenticate:
     user_id: int
     device: str
     operator: bool = False  # the token's operator claim (may trace messages)
+    intents: int = ALL_INTENTS  # IDENTIFY's intents (wire.Intent); omitted = every event
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +159,7 @@ class Session:
     perms: dict[int, int] = field(default_factory=dict)
     username: str = ""
     operator: bool = False  # from the IDENTIFY token: may trace its messages (chatscale trace)
+    intents: int = ALL_INTENTS  # event groups it subscribed to (wire.Intent; fanout.py filters)
     # Bytes of payload the replay buffer may hold (with ``replay_size`` entries, whichever is
     # reached first): the bound on what one session costs its gateway, whatever it receives.
     replay_bytes: int = 512 * 1024
@@ -351,7 +354,12 @@ class Connection:
                 return self._close(Close.AUTHENTICATION_FAILED, f"token {exc.reason}")
             self.state = State.AUTHENTICATING
             if isinstance(request, Identify):
-                return [Authenticate(user_id, request.device, tokens.is_operator(request.token))]
+                intents = ALL_INTENTS if request.intents is None else request.intents
+                return [
+                    Authenticate(
+                        user_id, request.device, tokens.is_operator(request.token), intents
+                    )
+                ]
             return [ResumeRequest(user_id, request.session_id, request.seq)]
         if isinstance(request, SendMessage):
             return [PublishMessage(request)]

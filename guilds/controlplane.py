@@ -24,6 +24,11 @@ in this order:
 So when a call returns, its ``Receipt`` says: the change is stored, no worker will accept
 against it, and every gateway either confirmed (``confirmed``) or was cut off (``fenced``).
 
+With ``CHATSCALE_PERMISSION_MODE=cached`` (the eventual arm of the ``bans`` lab experiment;
+the default is ``strong``) a call stops after step 2 and announces nothing: gateways and
+workers keep their permission views for up to ``PERMISSION_CACHE_TTL_S`` and reload them
+then, so a ban is in force only that much later. Its ``Receipt`` lists no gateways.
+
 What this does not make strongly consistent (docs/permissions.md has the full list): messages
 accepted *before* step 2 are still delivered to the members who may see them (after the call
 returns, if the worker was slow), and the caller is trusted — a moderator UI would check
@@ -301,6 +306,10 @@ class ControlPlane:
     ) -> Receipt:
         """Steps 2 and 3 of the module docstring, after the caller wrote the store."""
         version = int(await self.redis.incr(self.keys.metadata_version()))
+        if self.settings.permission_mode == "cached":
+            # The eventual arm: stored and versioned, nobody told or waited for. Gateways and
+            # workers pick it up when their views expire (PERMISSION_CACHE_TTL_S).
+            return Receipt(what, version, created=created)
         change_id = secrets.token_hex(8)
         reply = self.keys.control_acks(change_id)
         change = Change(change_id, version, kind, guild_id, user_id, channel_id, reply)

@@ -7,6 +7,9 @@ message before it is durable; it is still acked only once stored).
 The hot-cache write is where a message is *accepted*: it runs only if the metadata version the
 batch was authorized under is still current (``lua/hot_add.lua``), so a ban or permission
 change that committed meanwhile makes the worker authorize the batch again.
+With ``CHATSCALE_PERMISSION_MODE=cached`` (the eventual arm of the ``bans`` lab experiment)
+the authorizer's cache lives ``PERMISSION_CACHE_TTL_S`` whatever changes, so a banned member's
+messages are accepted until it expires.
 
 When history storage is down (a paused or dead Cassandra) the batch is still written to the hot
 cache and fanned out — live chat keeps working on Redis alone — but not acked: it raises
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -102,10 +106,24 @@ class Authorizer:
     control-plane change committed while the batch was checked sends it back here.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, store: Store) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        store: Store,
+        *,
+        cache_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._store = store
+        # None: strong (the cache follows the metadata version). A number: cached mode — the
+        # cache is kept that long whatever changed, and batches are accepted under the
+        # current version (so the hot-cache check never sends them back).
+        self._ttl = cache_ttl_s
+        self._clock = clock
+        self._loaded_at = clock()
         self.version: bytes | None = None
         self._guilds: dict[int, GuildSnapshot | None] = {}
         self._members: dict[tuple[int, int], frozenset[int] | None] = {}
@@ -113,6 +131,15 @@ class Authorizer:
 
     async def refresh(self) -> None:
         version = await self._redis.get(self._keys.metadata_version())
+        if self._ttl is not None:  # cached mode: expire by age only
+            self.version = version
+            if self._clock() - self._loaded_at < self._ttl:
+                return
+            self._loaded_at = self._clock()
+            self._guilds.clear()
+            self._members.clear()
+            self._usernames.clear()
+            return
         if version != self.version:
             self.version = version
             self._guilds.clear()
@@ -189,7 +216,14 @@ class Pipeline:
         self.keys = keys
         self.store = store
         self.hot = HotCache(redis, keys, size=settings.hot_size)
-        self.auth = Authorizer(redis, keys, store)
+        self.auth = Authorizer(
+            redis,
+            keys,
+            store,
+            cache_ttl_s=settings.permission_cache_ttl_s
+            if settings.permission_mode == "cached"
+            else None,
+        )
         self.consumer = consumer
         self.fenced = fenced
         self.stats = Stats()

@@ -17,6 +17,8 @@ MODULES = [
     "presence_coalesce",
     "typing_throttle",
     "multi_device",
+    "polling",
+    "bans",
 ]
 
 
