@@ -12,6 +12,7 @@ from lab.experiment import Experiment
 
 MODULES = [
     "slowmode",
+    "log_split",
 ]
 
 
