@@ -13,6 +13,8 @@ from lab.experiment import Experiment
 MODULES = [
     "slowmode",
     "log_split",
+    "ordering",
+    "history_mode",
 ]
 
 
