@@ -271,6 +271,29 @@ class Settings(BaseSettings):
         "view may get before it is reloaded (the window a ban is not yet in force).",
     )
 
+    # --- processing: where the work of a message happens (the lab's knobs) ---------------
+    processing: Literal["log", "inline"] = Field(
+        default="log",
+        description="log: the gateway XADDs a SEND_MESSAGE to the ingest stream and acks; "
+        "workers authorize, store and fan out (connections and processing scale apart). "
+        "inline: the gateway itself authorizes, writes the hot cache and history and fans out "
+        "before MESSAGE_ACK (no log, workers idle): the design the guide warns against.",
+    )
+    ordering: Literal["shard", "parallel"] = Field(
+        default="shard",
+        description="How workers consume the ingest shards (`chatscale worker --ordering` "
+        "overrides it). shard: one worker per shard at a time (a lease), per-channel order; "
+        "parallel: every worker reads every shard, more throughput, a channel's messages may "
+        "be delivered out of order.",
+    )
+    history_delay_ms: int = Field(
+        default=0,
+        ge=0,
+        description="Fault injection (the lab's slow store): every history write of a message "
+        "batch waits this long before it is sent to storage, as a remote store that answers "
+        "slowly. 0 (the default) = off.",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

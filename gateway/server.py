@@ -4,6 +4,8 @@ This module only moves frames. Protocol rules live in ``gateway.session`` (pure)
 delivery means for local sessions lives in ``gateway.fanout``. The gateway never waits on a
 worker: a SEND_MESSAGE is acknowledged (``MESSAGE_ACK``) as soon as its stream entry exists,
 with an id fixed here so a client retry with the same nonce cannot make a second message.
+With ``processing=inline`` (the lab's other arm, ``gateway/inline.py``) the gateway instead
+authorizes, stores and fans out the message itself before the ack, and writes no stream entry.
 
 Writes to clients never await one client: every frame goes through ``websockets.broadcast``,
 which appends to the connection's transport buffer synchronously. A client whose buffer grows
@@ -62,6 +64,7 @@ from gateway import metrics as gateway_metrics
 from gateway.control import GatewayControl
 from gateway.fanout import LocalFanout
 from gateway.host import Client
+from gateway.inline import InlineProcessor
 from gateway.presence import PresenceReporter
 from gateway.session import (
     Action,
@@ -195,6 +198,11 @@ class Gateway:
             replay_size=settings.replay_buffer,
         )
         self.fanout = LocalFanout(self)
+        self.inline = (  # processing=inline: the lab's gateway that does the work itself
+            InlineProcessor(settings, redis=self.redis, keys=self.keys, store=store)
+            if settings.processing == "inline"
+            else None
+        )
         self.control = GatewayControl(self)  # permissions of sessions, rate limits
         self.presence = PresenceReporter(
             self.redis,
@@ -699,17 +707,40 @@ class Gateway:
             payload=payload,
             trace=tr,
         )
-        shard = request.channel_id % self.settings.ingest_shards
-        try:
-            await self.redis.xadd(self.keys.ingest(shard), encode_entry(envelope))
-        except TRANSIENT:
-            self._unavailable(client, request)
-            return
+        if self.inline is not None:
+            if not await self._process_inline(client, request, envelope):
+                return
+        else:
+            shard = request.channel_id % self.settings.ingest_shards
+            try:
+                await self.redis.xadd(self.keys.ingest(shard), encode_entry(envelope))
+            except TRANSIENT:
+                self._unavailable(client, request)
+                return
         metrics.stage("gateway_publish", started)
         ack = dumps(
             {"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce}
         )
         self.send(client, session.dispatch("MESSAGE_ACK", ack))
+
+    async def _process_inline(
+        self, client: Client, request: SendMessage, envelope: IngestMessage
+    ) -> bool:
+        """processing=inline: authorize, accept, store and fan out before the ack
+        (``gateway/inline.py``); False when the client was answered with an ERROR instead."""
+        assert self.inline is not None
+        self.inline.gateway_id = self.id
+        try:
+            code = await self.inline.process(envelope)
+        except (*TRANSIENT, StorageUnavailable):
+            self._unavailable(client, request)
+            return False
+        if code is not None:
+            self.send_error(
+                client, code, "the message was refused when it was processed", nonce=request.nonce
+            )
+            return False
+        return True
 
     async def _history(self, client: Client, request: RequestHistory) -> None:
         session = client.session

@@ -12,7 +12,7 @@ in this order:
    public.
 2. **INCR the metadata version** (Redis). Workers read it before authorizing a batch and
    compare it again *atomically* with their hot-cache write, which is where a message is
-   accepted (``workers/lua/hot_add.lua``): a batch authorized under an older version is
+   accepted (``storage/lua/hot_add.lua``): a batch authorized under an older version is
    re-authorized. From this step on, no worker accepts a message the new rules forbid.
 3. **Announce and wait**: publish a ``Change`` on the metadata pub/sub channel and wait until
    every live gateway (registered in ``keys.gateways()`` with its liveness key set) has

@@ -18,7 +18,7 @@ def _member(message_id: int, payload: str) -> bytes:
     return f"{message_id:020d}|{payload}".encode()
 
 
-member_bytes = _member  # for scripts that write the hot cache themselves (workers/lua/hot_add.lua)
+member_bytes = _member  # for scripts that write the hot cache themselves (storage/lua/hot_add.lua)
 
 
 def _split(member: bytes) -> tuple[int, str]:

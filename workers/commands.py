@@ -15,19 +15,20 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     from workers.worker import Worker
 
     settings = commandline.service_settings()
+    ordering = args.ordering or settings.ordering  # the flag, else CHATSCALE_ORDERING
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     worker = Worker(
         settings,
         store=store,
         consumer=args.consumer,
-        ordering=args.ordering,
+        ordering=ordering,
         stop_after=args.stop_after,
     )
     worker.install_signal_handlers()
     try:
         commandline.serve_metrics(settings, role="worker", name=worker.consumer)
         print(
-            f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({args.ordering})",
+            f"worker {worker.consumer} consuming {settings.ingest_shards} shards ({ordering})",
             flush=True,
         )
         await worker.run(burst=args.burst)
@@ -60,8 +61,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     w.add_argument(
         "--ordering",
         choices=["shard", "parallel"],
-        default="shard",
-        help="shard: per-channel order via shard leases; parallel: every worker reads every shard",
+        default=None,
+        help="shard: per-channel order via shard leases; parallel: every worker reads every "
+        "shard (default: CHATSCALE_ORDERING, shard)",
     )
     w.add_argument("--burst", action="store_true", help="process what is queued, then exit")
     w.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection for tests

@@ -8,7 +8,7 @@ keeps per-channel order (a channel always hashes to the same shard) at the cost 
 order guarantee within a channel — the classic trade-off, measurable with the load tests.
 
 A lease is ``SET lease:{shard} <consumer> NX PX ttl``, renewed by its owner. Fan-out is fenced
-by it (``lua/fanout.lua`` refuses to write if the lease is not ours), so a worker that was
+by it (``storage/lua/fanout.lua`` refuses to write if the lease is not ours), so a worker that was
 paused past its lease cannot deliver after another took over. A worker takes at most its fair
 share, ``ceil(shards / live workers)``, and gives up the excess, so shards spread out as
 workers join. ``evict(consumer)`` frees a dead worker's leases at once (the supervisor calls it

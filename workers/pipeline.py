@@ -5,7 +5,7 @@ validate -> authorize -> hot cache -> fan-out -> history -> ack (``"defer"``: re
 message before it is durable; it is still acked only once stored).
 
 The hot-cache write is where a message is *accepted*: it runs only if the metadata version the
-batch was authorized under is still current (``lua/hot_add.lua``), so a ban or permission
+batch was authorized under is still current (``storage/lua/hot_add.lua``), so a ban or permission
 change that committed meanwhile makes the worker authorize the batch again.
 With ``CHATSCALE_PERMISSION_MODE=cached`` (the eventual arm of the ``bans`` lab experiment)
 the authorizer's cache lives ``PERMISSION_CACHE_TTL_S`` whatever changes, so a banned member's
@@ -33,11 +33,11 @@ real user's name, text that user's session never sent; dead-lettering keeps the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 
 import orjson
 import redis.asyncio as aioredis
@@ -50,14 +50,12 @@ from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
 from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
 from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes
+from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
 from workers import metrics as worker_metrics
 
 log = logging.getLogger("chatscale.worker")
 
-FANOUT = resources.files("workers").joinpath("lua/fanout.lua").read_text()
-HOT_ADD = resources.files("workers").joinpath("lua/hot_add.lua").read_text()
 MAX_REAUTHORIZE = 10  # version moves while one batch is checked, before it is retried later
-FANOUT_MARKER_TTL_S = 24 * 3600
 
 
 class LeaseLost(Exception):
@@ -102,7 +100,7 @@ class Authorizer:
 
     Guild snapshots and member roles are cached and the cache is dropped whenever the metadata
     version moves. ``version`` is the one the current batch is authorized under: the pipeline
-    hands it to the hot-cache write (``lua/hot_add.lua``), which refuses if it moved, so a
+    hands it to the hot-cache write (``storage/lua/hot_add.lua``), which refuses if it moved, so a
     control-plane change committed while the batch was checked sends it back here.
     """
 
@@ -391,6 +389,8 @@ class Pipeline:
     async def _history(self, accepted: list[IngestMessage]) -> None:
         if not accepted:
             return
+        if self.settings.history_delay_ms:  # fault injection: a slow store (off by default)
+            await asyncio.sleep(self.settings.history_delay_ms / 1000)
         await self.store.insert_many(
             [StoredMessage(m.channel_id, m.id, m.author_id, m.payload) for m in accepted]
         )

@@ -19,6 +19,9 @@ MODULES = [
     "multi_device",
     "polling",
     "bans",
+    "log_split",
+    "ordering",
+    "history_mode",
 ]
 
 

@@ -5,7 +5,7 @@ in the last second of writes, possibly mid-command. Here the worker processes on
 server is stopped, and its AOF is cut at every command boundary (and inside every command) of
 what the worker wrote; each cut is restarted and checked:
 
-- the fan-out marker and the delivery entries written by ``workers/lua/fanout.lua`` survive
+- the fan-out marker and the delivery entries written by ``storage/lua/fanout.lua`` survive
   together or not at all: the script's writes reach the AOF as one MULTI/EXEC, and a tail cut
   inside it is dropped as a whole on load (``aof-load-truncated``);
 - after the restart the worker finishes what was lost, delivering the message exactly once
