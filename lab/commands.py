@@ -65,6 +65,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rep.add_argument("dir", type=Path, metavar="DIR", help="a results folder")
     rep.set_defaults(fn=cmd_report)
 
+    from lab import capacity_command
+
+    capacity_command.add_commands(sub)  # chatscale capacity
+
 
 async def cmd_list(args: argparse.Namespace) -> int:
     from lab.experiments import all_experiments

@@ -17,7 +17,6 @@ from lab.capacity import (
     Costs,
     Load,
     Machine,
-    add_commands,
     costs_from_result,
     plan,
     plan_json,
@@ -25,6 +24,7 @@ from lab.capacity import (
     tier_cores,
     unit_cost,
 )
+from lab.capacity_command import add_commands
 from lab.experiment import Outcome
 from lab.experiments import by_name
 from lab.experiments.capacity import EXPERIMENT, conclude
