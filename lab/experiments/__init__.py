@@ -12,6 +12,8 @@ from lab.experiment import Experiment
 
 MODULES = [
     "slowmode",
+    "serialize",
+    "backpressure",
 ]
 
 
