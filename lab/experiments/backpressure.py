@@ -230,7 +230,7 @@ EXPERIMENT = Experiment(
             "sample_s": 0.1,
         },
     },
-    quick_seconds=40,
+    quick_seconds=25,
     measure=measure,
     conclude=conclude,
 )
