@@ -118,7 +118,8 @@ class Member:
         return False
 
     async def close(self) -> None:
-        self.ws.transport.resume_reading() if self.ws.transport else None
+        if self.ws.transport is not None:
+            self.ws.transport.resume_reading()
         try:
             async with asyncio.timeout(2):
                 await self.ws.close()

@@ -210,7 +210,7 @@ EXPERIMENT = Experiment(
     sizes={
         "tiny": {
             "fast": 5,
-            "messages": 150,
+            "messages": 100,
             "content_chars": 15000,
             "window": 8,
             "sample_s": 0.05,
