@@ -254,6 +254,22 @@ class Settings(BaseSettings):
         description="Let a gateway start with a weak token secret (empty, the old public "
         "default, under 32 characters). Only for throwaway local experiments.",
     )
+    fanout_serialize: Literal["once", "per_recipient"] = Field(
+        default="once",
+        description="How a gateway builds each recipient's dispatch frame. once (today): the "
+        "payload JSON from the delivery stream is spliced as is into every session's envelope "
+        "(only the sequence number differs); per_recipient: the payload is parsed once and the "
+        "whole frame re-encoded for every recipient session (the naive design; same bytes on "
+        "the wire, more gateway CPU per delivery). A lab arm (chatscale lab run serialize).",
+    )
+    slow_client: Literal["close", "unbounded"] = Field(
+        default="close",
+        description="What a gateway does with a client whose send buffer passes "
+        "client_buffer_bytes. close (today): close it with 4010 SLOW_CONSUMER (resumable), so "
+        "memory per client stays bounded; unbounded: keep queueing frames for it without limit "
+        "(gateway memory grows with every frame the client does not read). A lab arm "
+        "(chatscale lab run backpressure); never for production.",
+    )
 
     # --- permissions: strong or eventual (the `bans` lab experiment) ----------------------
     permission_mode: Literal["strong", "cached"] = Field(

@@ -3,7 +3,8 @@
 Workers write one entry per gateway that holds members of a guild (not one per user); here the
 entry's payload, serialized once by the gateway that accepted the message, is wrapped in each
 session's dispatch envelope (only the sequence number differs) and queued on each socket
-without awaiting any of them. Detached sessions (dropped, not yet expired) still get the
+without awaiting any of them (``fanout_serialize=per_recipient``, a lab arm, re-encodes each
+recipient's whole frame instead: the naive design the lab compares against). Detached sessions (dropped, not yet expired) still get the
 dispatch into their replay buffer, which is what makes RESUME gap-free.
 
 The routing table is a Redis set per guild of gateway ids. This gateway adds itself when its
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 
 from chatscale import trace
 from chatscale.redisconn import TRANSIENT
-from chatscale.wire import INTENT_OF, Delivery
+from chatscale.wire import INTENT_OF, Delivery, Op, dumps
 from gateway import metrics
 from gateway.host import Client, GatewayHost
 from gateway.session import Session
@@ -30,8 +31,10 @@ log = logging.getLogger("chatscale.gateway.fanout")
 
 
 class LocalFanout:
-    def __init__(self, gateway: GatewayHost) -> None:
+    def __init__(self, gateway: GatewayHost, *, serialize: str = "once") -> None:
         self.gateway = gateway
+        # ``fanout_serialize``: "per_recipient" re-encodes every recipient's whole frame (a lab arm)
+        self.per_recipient = serialize == "per_recipient"
         self.attached: dict[Session, Client] = {}
         self.by_guild: dict[int, set[Session]] = {}
         self.delivered = 0  # frames queued to sockets or replay buffers (a metric)
@@ -112,6 +115,9 @@ class LocalFanout:
             trace.stamp(tr, "gateway_deliver")
             suffix = orjson.dumps(tr).decode()
         send = self.gateway.send
+        if self.per_recipient:
+            self._deliver_per_recipient(delivery, targets, suffix)
+            return len(targets)
         for session in targets:
             text = session.dispatch(delivery.t, delivery.payload, suffix)
             client = self.attached.get(session)
@@ -120,3 +126,23 @@ class LocalFanout:
         self.delivered += len(targets)
         metrics.delivered(delivery, len(targets))
         return len(targets)
+
+    def _deliver_per_recipient(
+        self, delivery: Delivery, targets: list[Session], suffix: str
+    ) -> None:
+        """The naive design (``fanout_serialize=per_recipient``): the payload is parsed once and
+        each recipient's whole dispatch frame is encoded from objects, with the project's own
+        encoder. The bytes on the wire are the same as ``deliver``'s; only the work differs."""
+        d_obj = orjson.loads(delivery.payload)
+        tr_obj = orjson.loads(suffix) if suffix else None
+        send = self.gateway.send
+        for session in targets:
+            seq = session.number(delivery.t, delivery.payload, suffix)
+            frame = {"op": int(Op.DISPATCH), "t": delivery.t, "s": seq, "d": d_obj}
+            if tr_obj is not None:
+                frame["trace"] = tr_obj
+            client = self.attached.get(session)
+            if client is not None:
+                send(client, dumps(frame))
+        self.delivered += len(targets)
+        metrics.delivered(delivery, len(targets))

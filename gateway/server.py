@@ -11,7 +11,8 @@ Writes to clients never await one client: every frame goes through ``websockets.
 which appends to the connection's transport buffer synchronously. A client whose buffer grows
 past ``client_buffer_bytes`` is closed with 4010 (SLOW_CONSUMER) instead of slowing the rest —
 the trade-off the websockets docs describe for broadcast: memory is bounded per client and a
-slow reader loses its connection, not the others' latency. permessage-deflate is off by default
+slow reader loses its connection, not the others' latency. (``slow_client=unbounded``, a lab
+arm, turns the close off: the buffer then grows with every frame the client does not read.) permessage-deflate is off by default
 (``compression``): it costs 3-4x the CPU per frame and ~3x the memory per idle connection.
 
 No background step ever awaits one client. Closing a connection (heartbeat or IDENTIFY timeout,
@@ -182,6 +183,8 @@ class Gateway:
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        # the lab's arm: never close a slow consumer (its buffer grows without bound)
+        self.slow_unbounded = settings.slow_client == "unbounded"
         self.id = gateway_id or f"gw-{secrets.token_hex(4)}"
         self.keys = Keys(settings.key_prefix)
         self.store = store
@@ -197,7 +200,7 @@ class Gateway:
             event_window_s=settings.event_window_s,
             replay_size=settings.replay_buffer,
         )
-        self.fanout = LocalFanout(self)
+        self.fanout = LocalFanout(self, serialize=settings.fanout_serialize)
         self.inline = (  # processing=inline: the lab's gateway that does the work itself
             InlineProcessor(settings, redis=self.redis, keys=self.keys, store=store)
             if settings.processing == "inline"
@@ -416,8 +419,9 @@ class Gateway:
 
     def _after_input(self, ws: GatewayConnection) -> None:
         """After every read: whatever the library queued on its own (pongs) is bounded too."""
-        if ws.transport is None or ws.transport.get_write_buffer_size() <= (
-            self.settings.client_buffer_bytes
+        if self.slow_unbounded or (
+            ws.transport is None
+            or ws.transport.get_write_buffer_size() <= self.settings.client_buffer_bytes
         ):
             return
         client = ws.client
@@ -499,7 +503,7 @@ class Gateway:
         if ws.protocol.state is not WsState.OPEN:
             return
         buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
-        if buffered > self.settings.client_buffer_bytes:
+        if buffered > self.settings.client_buffer_bytes and not self.slow_unbounded:
             self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
             return
         broadcast([ws], text)

@@ -181,8 +181,14 @@ class Session:
         and answers to requests (HISTORY: up to a full page per request — a client that lost
         the answer asks again). Only dispatches of events are kept, bounded in entries and bytes.
         """
+        return dispatch_frame(
+            t, self.number(t, d_json, trace_json, replay=replay), d_json, trace_json
+        )
+
+    def number(self, t: str, d_json: str, trace_json: str = "", *, replay: bool = True) -> int:
+        """``dispatch`` without building the frame: the next sequence number, the dispatch
+        remembered for RESUME (as ``dispatch``); the caller encodes the frame itself."""
         self.seq += 1
-        text = dispatch_frame(t, self.seq, d_json, trace_json)
         if replay:
             self._replay.append((self.seq, t, d_json, trace_json))
             self._replay_held += len(d_json) + len(trace_json)
@@ -192,7 +198,7 @@ class Session:
                 s, _, d, tr = self._replay.popleft()
                 self._replay_held -= len(d) + len(tr)
                 self._evicted_seq = s
-        return text
+        return self.seq
 
     @property
     def replay_held(self) -> int:

@@ -22,6 +22,8 @@ MODULES = [
     "log_split",
     "ordering",
     "history_mode",
+    "serialize",
+    "backpressure",
 ]
 
 
