@@ -45,6 +45,18 @@ ERRORS = Counter(
     "ERROR replies sent to clients (the connection stays open), by code.",
     ["code"],
 )
+PAGE_READS = Counter(
+    "chatscale_gateway_page_reads_total",
+    "Reads made to answer REQUEST_HISTORY, by source (hot: the Redis hot cache; history: "
+    "history storage). A page the hot cache fills is one hot read; one it cannot (or, with "
+    "hot_size=0, every page) also reads history.",
+    ["source"],
+)
+PAGE_ROWS = Counter(
+    "chatscale_gateway_page_rows_total",
+    "Messages those reads returned, by source.",
+    ["source"],
+)
 _CLOSE_NAMES = {int(c): c.name for c in Close} | {
     1000: "NORMAL",
     1001: "GOING_AWAY",
@@ -62,6 +74,12 @@ def delivered(delivery: Any, recipients: int) -> None:
         end = payload.find('"', 7)
         if payload.startswith('{"id":"') and end > 7:
             AGE.labels("delivered").observe(age_s(int(payload[7:end]), time.time() * 1000))
+
+
+def page_read(source: str, rows: int) -> None:
+    """One read made for a history page (``storage.paging.read_page``'s hook)."""
+    PAGE_READS.labels(source).inc()
+    PAGE_ROWS.labels(source).inc(rows)
 
 
 def frame_in() -> None:
