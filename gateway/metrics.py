@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 
 from chatscale.closecodes import Close
-from chatscale.metrics import AGE, Watched, age_s
+from chatscale.metrics import AGE, STAGE, Watched, age_s
 
 
 class Counted(Protocol):
@@ -76,10 +76,12 @@ def delivered(delivery: Any, recipients: int) -> None:
             AGE.labels("delivered").observe(age_s(int(payload[7:end]), time.time() * 1000))
 
 
-def page_read(source: str, rows: int) -> None:
-    """One read made for a history page (``storage.paging.read_page``'s hook)."""
+def page_read(source: str, rows: int, seconds: float) -> None:
+    """One read made for a history page (``storage.paging.read_page``'s hook); its time goes to
+    ``chatscale_stage_seconds{stage="page_hot"|"page_history"}``."""
     PAGE_READS.labels(source).inc()
     PAGE_ROWS.labels(source).inc(rows)
+    STAGE.labels(f"page_{source}").observe(seconds)
 
 
 def frame_in() -> None:

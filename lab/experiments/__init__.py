@@ -12,6 +12,9 @@ from lab.experiment import Experiment
 
 MODULES = [
     "slowmode",
+    "inbox_fanout",
+    "hot_cache",
+    "shard_by_user",
 ]
 
 

@@ -33,7 +33,8 @@ async def test_read_page_reports_its_reads(stack: Stack):
     await hot.add_many([(channel, m.message_id, m.payload) for m in rows[-10:]])
     reads: list[tuple[str, int]] = []
 
-    def seen(source: str, n: int) -> None:
+    def seen(source: str, n: int, seconds: float) -> None:
+        assert 0 <= seconds < 10
         reads.append((source, n))
 
     page = await read_page(hot, stack.store, channel, before=None, limit=10, on_read=seen)
