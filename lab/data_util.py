@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatscale.config import Settings
-from chatscale.keys import Keys
+from chatscale.keys import INGEST_GROUP, Keys
 from guilds import community
 
 #: What a lab topology needs to serve /metrics (each process on a free loopback port,
@@ -112,3 +112,26 @@ def sample(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def workers_done(redis: aioredis.Redis, settings: Settings, timeout: float = 60.0) -> None:
+    """Wait until the workers have read and acked every ingest entry (a worker acks only after
+    storing and fanning out, so every write of every message sent so far is done). Polls the
+    consumer group: the workers announce nothing when they finish."""
+    keys = Keys(settings.key_prefix)
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = 0
+        for stream in keys.ingest_all(settings.ingest_shards):
+            if not await redis.exists(stream):
+                continue
+            for group in await redis.xinfo_groups(stream):
+                name = group["name"]
+                if (name.decode() if isinstance(name, bytes) else name) == INGEST_GROUP:
+                    lag = group.get("lag")
+                    busy += int(group.get("pending", 0)) + (int(lag) if lag is not None else 1)
+        if not busy:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the workers did not finish within {timeout:g}s ({busy} left)")
+        await asyncio.sleep(0.02)
