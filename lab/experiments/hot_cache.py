@@ -206,7 +206,7 @@ EXPERIMENT = Experiment(
         "quick": {"messages": 1000, "readers": 8, "opens": 150},
         "full": {"messages": 10000, "readers": 16, "opens": 300},
     },
-    quick_seconds=20,
+    quick_seconds=13,
     measure=measure,
     conclude=conclude,
 )

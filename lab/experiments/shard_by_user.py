@@ -262,7 +262,7 @@ EXPERIMENT = Experiment(
         "quick": {"messages": 200_000, "authors": 5000, "days": 30, "shards": 8, "loads": 2000},
         "full": {"messages": 1_000_000, "authors": 20_000, "days": 60, "shards": 16, "loads": 5000},
     },
-    quick_seconds=11,
+    quick_seconds=9,
     measure=measure,
     conclude=conclude,
 )
