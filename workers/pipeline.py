@@ -20,6 +20,10 @@ per-message marker set in the same Lua script that writes the delivery entries. 
 failures (Redis or the store unreachable) propagate to the worker, which retries the batch;
 entries that can never succeed (undecodable) go to the dead-letter stream at once.
 
+Two knobs change stages for the trade-off lab, never by default: ``hot_size=0`` (no hot cache:
+the acceptance script only compares the metadata version) and ``fanout_mode=inbox`` (the fan-out
+also appends a pointer to every member's inbox stream, the naive per-user design; ``_inbox``).
+
 The payload bytes are delivered as the gateway built them, so the worker checks that they say
 what it authorized: the payload's ``id``, ``channel_id``, ``guild_id`` and ``author`` (id and
 stored username) must be the envelope's. A gateway builds both from one session and never
