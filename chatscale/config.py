@@ -173,7 +173,11 @@ class Settings(BaseSettings):
         description="Deliveries after which an entry that keeps failing is dead-lettered.",
     )
     hot_size: int = Field(
-        default=50, description="Messages per channel kept in the Redis hot cache."
+        default=50,
+        ge=0,
+        description="Messages per channel kept in the Redis hot cache. 0 turns the hot cache "
+        "off: workers write none and every page (opening a channel included) is read from "
+        "history storage.",
     )
     delivery_maxlen: int = Field(
         default=100_000, description="Approximate cap of each gateway's delivery stream."
@@ -308,6 +312,23 @@ class Settings(BaseSettings):
         description="Fault injection (the lab's slow store): every history write of a message "
         "batch waits this long before it is sent to storage, as a remote store that answers "
         "slowly. 0 (the default) = off.",
+    )
+
+    # --- trade-off lab knobs (each keeps today's behaviour by default) -------------------
+    fanout_mode: Literal["gateway", "inbox"] = Field(
+        default="gateway",
+        description="gateway: the worker writes one delivery entry per gateway holding members "
+        "of the guild (offline members cost nothing; they read history when they open the "
+        "channel). inbox: it also appends a pointer (channel id, message id) to a per-user "
+        "inbox stream of EVERY member, online or not — the naive per-user fan-out on write, "
+        "kept only to measure its cost (`chatscale lab run inbox-fanout`); nothing reads the "
+        "inboxes, online members are still delivered through their gateways.",
+    )
+    inbox_maxlen: int = Field(
+        default=1000,
+        ge=1,
+        description="Approximate cap (MAXLEN ~) of each per-user inbox stream when "
+        "fanout_mode=inbox: the newest entries are kept.",
     )
 
     @cached_property

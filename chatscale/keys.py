@@ -48,6 +48,15 @@ class Keys:
         """Sorted set (all scores 0, members ``<20-digit id>|<payload>``): last N messages."""
         return f"{self.prefix}:hot:{{c{channel_id}}}"
 
+    def inbox(self, user_id: int) -> str:
+        """One user's inbox stream (only with ``fanout_mode=inbox``): a pointer to every message
+        of their guilds, online or not, capped at ``inbox_maxlen``. Tagged by user."""
+        return f"{self.prefix}:inbox:{{u{user_id}}}"
+
+    def inboxed(self, message_id: int) -> str:
+        """Marker of a message whose inbox entries were written (a redelivery skips them)."""
+        return f"{self.prefix}:inboxed:{message_id}"
+
     def fanned_out(self, message_id: int) -> str:
         """Marker set in the same MULTI as the fan-out, so a redelivery never fans out twice."""
         return f"{self.prefix}:fanned:{message_id}"

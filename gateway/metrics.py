@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 
 from chatscale.closecodes import Close
-from chatscale.metrics import AGE, Watched, age_s
+from chatscale.metrics import AGE, STAGE, Watched, age_s
 
 
 class Counted(Protocol):
@@ -45,6 +45,18 @@ ERRORS = Counter(
     "ERROR replies sent to clients (the connection stays open), by code.",
     ["code"],
 )
+PAGE_READS = Counter(
+    "chatscale_gateway_page_reads_total",
+    "Reads made to answer REQUEST_HISTORY, by source (hot: the Redis hot cache; history: "
+    "history storage). A page the hot cache fills is one hot read; one it cannot (or, with "
+    "hot_size=0, every page) also reads history.",
+    ["source"],
+)
+PAGE_ROWS = Counter(
+    "chatscale_gateway_page_rows_total",
+    "Messages those reads returned, by source.",
+    ["source"],
+)
 _CLOSE_NAMES = {int(c): c.name for c in Close} | {
     1000: "NORMAL",
     1001: "GOING_AWAY",
@@ -62,6 +74,14 @@ def delivered(delivery: Any, recipients: int) -> None:
         end = payload.find('"', 7)
         if payload.startswith('{"id":"') and end > 7:
             AGE.labels("delivered").observe(age_s(int(payload[7:end]), time.time() * 1000))
+
+
+def page_read(source: str, rows: int, seconds: float) -> None:
+    """One read made for a history page (``storage.paging.read_page``'s hook); its time goes to
+    ``chatscale_stage_seconds{stage="page_hot"|"page_history"}``."""
+    PAGE_READS.labels(source).inc()
+    PAGE_ROWS.labels(source).inc(rows)
+    STAGE.labels(f"page_{source}").observe(seconds)
 
 
 def frame_in() -> None:

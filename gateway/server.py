@@ -760,7 +760,12 @@ class Gateway:
             return
         try:
             page = await read_page(
-                self.hot, self.store, request.channel_id, before=request.before, limit=request.limit
+                self.hot,
+                self.store,
+                request.channel_id,
+                before=request.before,
+                limit=request.limit,
+                on_read=gateway_metrics.page_read,
             )
         except (*TRANSIENT, StorageUnavailable):
             self.send_error(

@@ -70,11 +70,11 @@ class Embedded:
     ) -> None:
         extra = {**BENCH_ENV, **{k: v for k, v in os.environ.items() if k in BENCH_ENV}}
         extra.update(env or {})
-        settings = Settings(
+        given = {k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()}
+        settings = Settings(  # metrics off unless the caller's env turns them on (-1: free ports)
             storage_url=storage_url,
             redis_url=None,
-            metrics_port=0,
-            **{k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()},  # type: ignore[arg-type]
+            **{"metrics_port": 0, **given},  # type: ignore[arg-type]
         )
         self.topo = LoadTopology(
             settings,

@@ -51,6 +51,11 @@ class _WorkerCollector(Watched):
             value=sum(w.stats.gateway_writes for w in workers),
         )
         yield CounterMetricFamily(
+            "chatscale_worker_inbox_writes",
+            "Per-user inbox entries written (fanout_mode=inbox only: one per member per message).",
+            value=sum(w.stats.inbox_writes for w in workers),
+        )
+        yield CounterMetricFamily(
             "chatscale_worker_fanout_skipped",
             "Redelivered messages whose fan-out had already happened (the marker was set).",
             value=sum(w.stats.fanout_skipped for w in workers),

@@ -23,6 +23,10 @@ per-message marker set in the same Lua script that writes the delivery entries. 
 failures (Redis or the store unreachable) propagate to the worker, which retries the batch;
 entries that can never succeed (undecodable) go to the dead-letter stream at once.
 
+Two knobs change stages for the trade-off lab, never by default: ``hot_size=0`` (no hot cache:
+the acceptance script only compares the metadata version) and ``fanout_mode=inbox`` (the fan-out
+also appends a pointer to every member's inbox stream, the naive per-user design; ``_inbox``).
+
 The payload bytes are delivered as the gateway built them, so the worker checks that they say
 what it authorized: the payload's ``id``, ``channel_id``, ``guild_id`` and ``author`` (id and
 stored username) must be the envelope's. A gateway builds both from one session and never
@@ -56,6 +60,7 @@ from workers import metrics as worker_metrics
 log = logging.getLogger("chatscale.worker")
 
 MAX_REAUTHORIZE = 10  # version moves while one batch is checked, before it is retried later
+INBOX_PIPELINE = 5000  # inbox XADDs sent per round trip (fanout_mode=inbox)
 
 
 class LeaseLost(Exception):
@@ -83,6 +88,7 @@ class Stats:
     dead_lettered: int = 0
     fanout_skipped: int = 0  # redeliveries whose fan-out had already happened
     gateway_writes: int = 0
+    inbox_writes: int = 0  # per-user inbox entries (fanout_mode=inbox only)
     reauthorized: int = 0  # batches checked again because permissions changed meanwhile
 
 
@@ -229,6 +235,8 @@ class Pipeline:
         self._hot_add = redis.register_script(HOT_ADD)
         self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
         self.breaker_s = 1.0
+        self._inbox_members: dict[int, list[int]] = {}  # guild -> members (fanout_mode=inbox)
+        self._inbox_version: bytes | None = None
 
     async def process(self, batch: Batch, *, ack: bool = True) -> None:
         """Run every stage for the batch and ack it. Raises on transient failure (retry it).
@@ -373,12 +381,17 @@ class Pipeline:
 
     @metrics.timed("hot_write")
     async def _hot(self, accepted: list[IngestMessage], version: bytes | None) -> bool:
-        """The acceptance point: write the hot cache if ``version`` is still current."""
+        """The acceptance point: write the hot cache if ``version`` is still current.
+
+        With ``hot_size=0`` (no hot cache) the script only compares the version: acceptance
+        stays atomic with the metadata version, and nothing is cached."""
         if not accepted:
             return True
-        keys = [self.keys.metadata_version()] + [self.keys.hot(m.channel_id) for m in accepted]
+        keys = [self.keys.metadata_version()]
         args: list[bytes | int] = [version or b"", self.hot.size]
-        args += [member_bytes(m.id, m.payload) for m in accepted]
+        if self.hot.size > 0:
+            keys += [self.keys.hot(m.channel_id) for m in accepted]
+            args += [member_bytes(m.id, m.payload) for m in accepted]
         if not await self._hot_add(keys=keys, args=args):
             return False
         for m in accepted:
@@ -458,3 +471,45 @@ class Pipeline:
             if written == 0:
                 self.stats.fanout_skipped += 1
             self.stats.gateway_writes += max(0, int(written))
+        if self.settings.fanout_mode == "inbox":
+            await self._inbox(accepted)
+
+    async def _inbox(self, accepted: list[IngestMessage]) -> None:
+        """``fanout_mode=inbox``: the naive fan-out on write, kept to measure what it costs.
+
+        Besides the gateway delivery above (online members still get the message in real
+        time), append a pointer ``{c: channel id, m: message id}`` to the inbox stream of every
+        member of the guild except the author, online or not, capped at ``inbox_maxlen``.
+        Nothing reads the inboxes. A per-message marker (set before the writes) keeps a
+        redelivery from writing them twice; a worker that dies between the marker and the
+        writes leaves those inboxes short — this arm is for measuring, not for serving.
+        """
+        if not accepted:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in accepted:
+                pipe.set(self.keys.inboxed(m.id), b"1", nx=True, ex=FANOUT_MARKER_TTL_S)
+            fresh = [m for m, new in zip(accepted, await pipe.execute(), strict=True) if new]
+        if self.auth.version != self._inbox_version:  # members change with the version
+            self._inbox_version = self.auth.version
+            self._inbox_members.clear()
+        maxlen = self.settings.inbox_maxlen
+        queued = 0
+        pipe = self.redis.pipeline(transaction=False)
+        try:
+            for m in fresh:
+                if m.guild_id not in self._inbox_members:
+                    self._inbox_members[m.guild_id] = await self.store.guild_members(m.guild_id)
+                entry = {b"c": str(m.channel_id).encode(), b"m": str(m.id).encode()}
+                for user_id in self._inbox_members[m.guild_id]:
+                    if user_id == m.author_id:
+                        continue
+                    pipe.xadd(self.keys.inbox(user_id), entry, maxlen=maxlen, approximate=True)
+                    queued += 1
+                    if len(pipe) >= INBOX_PIPELINE:
+                        await pipe.execute()
+            if len(pipe):
+                await pipe.execute()
+        finally:
+            await pipe.reset()
+        self.stats.inbox_writes += queued

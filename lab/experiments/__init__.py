@@ -24,6 +24,9 @@ MODULES = [
     "history_mode",
     "serialize",
     "backpressure",
+    "inbox_fanout",
+    "hot_cache",
+    "shard_by_user",
 ]
 
 

@@ -4,7 +4,8 @@
 -- that once the control plane has bumped the version no message authorized under the old
 -- rules is accepted: the worker re-authorizes the batch instead (chatscale/controlplane.py).
 -- KEYS[1]    metadata version counter
--- KEYS[2..]  hot-cache sorted set of each message's channel (one per message; may repeat)
+-- KEYS[2..]  hot-cache sorted set of each message's channel (one per message; may repeat;
+--            none when the hot cache is off, hot_size=0: then only the version is compared)
 -- ARGV[1]    version the batch was authorized under ('' when the counter did not exist)
 -- ARGV[2]    hot cache size N: each set keeps its newest N members
 -- ARGV[3..]  hot-cache member of each message, in the order of KEYS[2..]
