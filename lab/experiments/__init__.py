@@ -11,22 +11,22 @@ import importlib
 from lab.experiment import Experiment
 
 MODULES = [
+    "polling",
+    "log_split",
+    "serialize",
+    "inbox_fanout",
+    "backpressure",
+    "ordering",
+    "history_mode",
+    "hot_cache",
+    "shard_by_user",
+    "bans",
     "slowmode",
-    "thundering_herd",
-    "capacity",
     "presence_coalesce",
     "typing_throttle",
     "multi_device",
-    "polling",
-    "bans",
-    "log_split",
-    "ordering",
-    "history_mode",
-    "serialize",
-    "backpressure",
-    "inbox_fanout",
-    "hot_cache",
-    "shard_by_user",
+    "thundering_herd",
+    "capacity",
 ]
 
 
