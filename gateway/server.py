@@ -44,6 +44,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
 from chatscale import metrics, snowflake, trace
+from chatscale.cancel import cancel_and_wait
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -91,7 +92,6 @@ log = logging.getLogger("chatscale.gateway")
 ALIVE_TTL_S = 10  # the liveness key's expiry; renewed every ALIVE_EVERY_S by its own task
 ALIVE_EVERY_S = 1.0
 FD_RESERVE = 128  # open files kept back from clients: Redis pools, storage, metrics, logs
-RECANCEL_EVERY_S = 0.1  # stop(): how often a background task that has not ended is cancelled again
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -106,48 +106,6 @@ def raise_open_file_limit() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):  # e.g. macOS caps at OPEN_MAX
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-async def cancel_and_wait(tasks: set[asyncio.Task[Any]], timeout_s: float, owner: str) -> None:
-    """Cancel ``tasks`` and wait (at most ``timeout_s``) until they end, cancelling again every
-    ``RECANCEL_EVERY_S``: a task may lose one cancellation (see ``Gateway.stop``), and a task
-    in a Redis call ends at the next cancellation. Logs a lost cancellation as a warning and
-    every task still running at the deadline as an error, with where it is suspended."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    pending = {t for t in tasks if not t.done()}
-    rounds = 0
-    while pending:
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            break
-        for task in pending:
-            task.cancel()
-        rounds += 1
-        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_EVERY_S, remaining))
-    if rounds > 1 and not pending:
-        log.warning("%s: a background task ignored a cancellation; cancelled it again", owner)
-    for task in pending:
-        log.error(
-            "%s: abandoning background task %s after %.1f s; it is suspended at %s",
-            owner,
-            task.get_coro(),
-            timeout_s,
-            suspended_at(task),
-        )
-
-
-def suspended_at(task: asyncio.Task[Any]) -> str:
-    """The last frames of a task's await chain, as file:line function."""
-    coro: Any = task.get_coro()
-    frames = []
-    while coro is not None:
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is not None:
-            path = "/".join(frame.f_code.co_filename.rsplit("/", 2)[-2:])
-            frames.append(f"{path}:{frame.f_lineno} {frame.f_code.co_name}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return " -> ".join(frames[-4:]) or "?"
 
 
 class GatewayConnection(ServerConnection):

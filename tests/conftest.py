@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 
 from chatscale import tokens
+from chatscale.cancel import suspended_at
 from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from chatscale.wire import Op
-from gateway.server import Gateway, suspended_at
+from gateway.server import Gateway
 from guilds import community
 from guilds.controlplane import ControlPlane
 from presence.service import PresenceService
