@@ -226,14 +226,21 @@ class Actions:
             channel = next(
                 c for g in a.ready["guilds"] for c in g["channels"] if c["name"] == "general"
             )
-            ack = await send_patiently(
-                a,
-                channel["id"],
-                "traced from the dashboard",
-                nonce=f"dash-trace-{time.time_ns()}",
-                deadline=time.monotonic() + timeout + 10,
-                trace=True,
-            )
+            try:
+                ack = await send_patiently(
+                    a,
+                    channel["id"],
+                    "traced from the dashboard",
+                    nonce=f"tr{time.time_ns()}",  # nonces are at most 25 characters
+                    deadline=time.monotonic() + timeout + 10,
+                    trace=True,
+                )
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task and task.cancelling():
+                    raise
+                # the client cancels its waiter when the socket closes under a send
+                raise ToolError(f"the connection to {urls[0]} closed before the ACK") from None
             until = time.monotonic() + timeout
             got = await b.next_event("MESSAGE_CREATE", timeout=timeout)
             while got["d"]["id"] != ack["id"]:
@@ -255,6 +262,7 @@ class Actions:
             "from": f"alice via {urls[0]}",
             "to": f"bob via {urls[-1]}",
             "hops": rows,
+            "shard": int(channel["id"]) % s.ingest_shards,  # whose worker's lease it crossed
             "total_ms": (hops[-1][1] - start) / 1e6,
             "missing": [h for h in HOPS if h not in {r["hop"] for r in rows}],
         }

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -33,6 +34,11 @@ STATIC = {
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
 MAX_BODY = 64 * 1024
+log = logging.getLogger("dashboard")
+FAVICON = (
+    b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
+    b'<rect width="16" height="16" rx="3" fill="#5fb3f9"/></svg>'
+)
 
 
 class HttpError(Exception):
@@ -129,6 +135,8 @@ class Dashboard:
             await self._one(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
+        except Exception:
+            log.exception("dashboard request failed")
         finally:
             self._handlers.discard(task)
             writer.close()
@@ -163,6 +171,7 @@ class Dashboard:
         except (LookupError, ValueError) as exc:
             status, payload, ctype = 409, _json({"error": str(exc)}), "application/json"
         except Exception as exc:  # noqa: BLE001 - an action failed: the page shows why
+            log.warning("%s %s failed: %s", method, path, exc)
             status = 500
             payload, ctype = _json({"error": f"{type(exc).__name__}: {exc}"}), "application/json"
         await self._send(writer, status, payload, ctype)
@@ -216,6 +225,8 @@ class Dashboard:
                     raise HttpError(404, "no such file")
                 data = resources.files("dashboard").joinpath("static", name).read_bytes()
                 return 200, data, STATIC[name]
+            if path == "/favicon.ico":
+                return 200, FAVICON, "image/svg+xml"
             if path == "/api/state":
                 return 200, _json(self.latest or {}), "application/json"
             if path == "/api/knobs":

@@ -92,9 +92,9 @@ function layout(s) {
     const y = 30 + i * (wh + 14);
     const p = workerProcs.find((pp) => pp.name === w.id);
     const alive = !p || p.alive;
-    pos["worker:" + w.id] = [585, y, 175, wh];
+    pos["worker:" + w.id] = [580, y, 195, wh];
     const short = w.id.replace(/-\d+$/, "");
-    svg += box(w.id, 585, y, 175, wh, short + (p && p.restarts ? ` (restarted ×${p.restarts})` : "") + (alive ? "" : " (down)"), [
+    svg += box(w.id, 580, y, 195, wh, short + (p && p.restarts ? ` (restarted ×${p.restarts})` : "") + (alive ? "" : " (down)"), [
       ["shards", (w.shards || []).join(",") || "-"],
       ["msg/s", num(w.messages_s), `worker-rate-${short}`],
       ["hot / history p99", `${ms(w.hot_p99_ms)} / ${ms(w.history_p99_ms)}`],
@@ -105,7 +105,7 @@ function layout(s) {
   // valkey and history
   const vk = procs.find((p) => p.role === "valkey") || {};
   const ages = f.message_age_p99_ms || {};
-  pos.valkey = [800, 40, 190, 100];
+  pos.valkey = [805, 40, 190, 100];
   svg += box("valkey", ...pos.valkey, "Valkey" + (vk.paused_s ? ` (paused ${vk.paused_s}s)` : ""), [
     ["streams, hot cache, routes", ""],
     ["age p99 worker read", ms(ages.worker_read)],
@@ -114,7 +114,7 @@ function layout(s) {
   ], vk.paused_s ? "paused" : vk.alive === false ? "down" : "");
   const storeKind = (s.storage_url || "").split(":")[0];
   const paused = procs.find((p) => p.role === "store");
-  pos.history = [800, 170, 190, 70];
+  pos.history = [805, 170, 190, 70];
   svg += box("history", ...pos.history, "history (" + storeKind + ")", [
     ["backlog", num(f.workers.reduce((a, w) => a + (w.backlog || 0), 0), 0)],
     ["stored (chat)", chat ? num(chat.stored, 0) : "-"],
@@ -162,7 +162,9 @@ function hopBox(hop, trace, pos) {
     const g = ((state && state.figures && state.figures.gateways) || []).find((gg) => gg.url === url);
     return g ? "gw:" + g.id : null;
   };
-  const firstWorker = Object.keys(pos).find((k) => k.startsWith("worker:"));
+  // the worker holding the lease of the message's shard, as its health key says
+  const owner = ((state && state.figures && state.figures.workers) || []).find((w) => (w.shards || []).includes(trace.shard));
+  const firstWorker = owner ? "worker:" + owner.id : Object.keys(pos).find((k) => k.startsWith("worker:"));
   return {
     gateway_receive: gwOf(trace.from), gateway_publish: gwOf(trace.from),
     worker_read: firstWorker, worker_checks: firstWorker, fanout: firstWorker,
@@ -175,13 +177,16 @@ function badges(s, pos) {
   const trace = (s.traces || [])[0];
   if (!trace) return "";
   let out = "";
-  const count = {};
+  const where = trace.hops.map((h) => hopBox(h.hop, trace, pos));
+  const total = {}, seen = {};
+  where.forEach((k) => { if (k) total[k] = (total[k] || 0) + 1; });
   trace.hops.forEach((h, i) => {
-    const k = hopBox(h.hop, trace, pos);
+    const k = where[i];
     if (!k || !pos[k]) return;
     const p = pos[k];
-    const n = (count[k] = (count[k] || 0) + 1) - 1;
-    out += `<g class="badge" data-hop="${esc(h.hop)}"><title>${esc(h.hop)} +${h.delta_ms.toFixed(2)} ms</title><circle cx="${p[0] + p[2] - 12 - n * 20}" cy="${p[1] - 2}" r="9"></circle><text x="${p[0] + p[2] - 12 - n * 20}" y="${p[1] + 2}">${i + 1}</text></g>`;
+    const n = (seen[k] = (seen[k] || 0) + 1) - 1;
+    const x = p[0] + p[2] - 12 - (total[k] - 1 - n) * 20;
+    out += `<g class="badge" data-hop="${esc(h.hop)}"><title>${esc(h.hop)} +${h.delta_ms.toFixed(2)} ms</title><circle cx="${x}" cy="${p[1] - 2}" r="9"></circle><text x="${x}" y="${p[1] + 2}">${i + 1}</text></g>`;
   });
   return out;
 }
