@@ -47,6 +47,8 @@ COPY presence/ presence/
 COPY storage/ storage/
 COPY loadtest/ loadtest/
 COPY ops/ ops/
+COPY lab/ lab/
+COPY dashboard/ dashboard/
 COPY seeds/ seeds/
 RUN python -m compileall -q chatscale gateway workers presence storage loadtest
 USER 10001:10001

@@ -7,9 +7,48 @@ page draws: rates over the interval between the snapshots, p99s in milliseconds.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ops.top import Samples, Snapshot, buckets, merge, quantile, rate, total, window
+
+#: The samples the page shows; ``parse`` skips every other line of a /metrics page.
+SHOWN = frozenset(
+    {
+        "chatscale_gateway_connections",
+        "chatscale_gateway_sessions",
+        "chatscale_gateway_frames_in_total",
+        "chatscale_gateway_frames_out_total",
+        "chatscale_gateway_deliveries_total",
+        "chatscale_stage_seconds_bucket",
+        "chatscale_message_age_seconds_bucket",
+        "chatscale_worker_history_backlog",
+    }
+)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse(text: str) -> Samples:
+    """The shown samples of a Prometheus text page, as ``ops.top.parse`` returns them — several
+    times cheaper than the full parser, which matters once a second while a page is open."""
+    samples: Samples = {}
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        brace = line.find("{")
+        space = line.find(" ")
+        name = line[: brace if 0 <= brace < space else space]
+        if name not in SHOWN:
+            continue
+        labels: dict[str, str] = {}
+        if 0 <= brace < space:
+            end = line.rfind("}")
+            labels = {k: v.replace('\\"', '"') for k, v in _LABEL.findall(line[brace + 1 : end])}
+            value = line[end + 1 :].split()[0]
+        else:
+            value = line[space + 1 :].split()[0]
+        samples.setdefault(name, []).append((labels, float(value)))
+    return samples
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from chatscale.config import Settings
+from chatscale.redisconn import connect
 from dashboard import results
-from dashboard.figures import figures
+from dashboard.figures import figures, parse
 from ops import top
 
 STATIC = {
@@ -105,6 +106,13 @@ class Dashboard:
         }
 
     async def _collect(self) -> None:
+        redis = connect(self.settings_of())  # one connection, kept: a new one a second costs
+        try:
+            await self._collect_with(redis)
+        finally:
+            await redis.aclose()
+
+    async def _collect_with(self, redis: Any) -> None:
         prev: top.Snapshot | None = None
         while True:
             if not self.subscribers:
@@ -113,7 +121,9 @@ class Dashboard:
                 await self._wake.wait()
             started = time.monotonic()
             try:
-                cur = await top.collect(self.settings_of(), timeout=0.8)
+                cur = await top.collect(
+                    self.settings_of(), timeout=0.8, redis=redis, parse_text=parse
+                )
                 self.latest = await self.state(cur, prev)
                 prev = cur
             except Exception as exc:  # noqa: BLE001 - Valkey paused or restarting: say so

@@ -322,16 +322,27 @@ def _closes(cur: Samples | None, prev: Samples | None) -> str:
 # ---- collecting (I/O) -----------------------------------------------------------------------
 
 
-def _scrape(url: str, timeout: float) -> Samples:
+def _scrape(
+    url: str, timeout: float, parse_text: Callable[[str], Samples] | None = None
+) -> Samples:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own URLs
-        return parse(response.read().decode())
+        return (parse_text or parse)(response.read().decode())
 
 
 async def _scan(redis: Any, pattern: str) -> list[bytes]:
     return [key async for key in redis.scan_iter(match=pattern, count=500)]
 
 
-async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
+async def collect(
+    settings: Settings,
+    *,
+    timeout: float = 1.0,
+    redis: Any = None,
+    parse_text: Callable[[str], Samples] | None = None,
+) -> Snapshot:
+    """One snapshot. A caller that collects every second (the dashboard) passes its own
+    ``redis`` connection (kept open) and may pass a ``parse_text`` that keeps only the samples
+    it shows."""
     keys = Keys(settings.key_prefix)
     snap = Snapshot(
         at=time.monotonic(),
@@ -339,7 +350,9 @@ async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
         redis_url=str(settings.redis_url),
         prefix=settings.key_prefix,
     )
-    redis = connect(settings)
+    own = redis is None
+    if own:
+        redis = connect(settings)
     try:
         for gw_id, raw in (await redis.hgetall(keys.gateways())).items():
             info = json.loads(raw)
@@ -364,12 +377,13 @@ async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
             if raw:
                 endpoints.append(json.loads(raw))
     finally:
-        await redis.aclose()
+        if own:
+            await redis.aclose()
 
     async def one(ep: dict[str, Any]) -> Scrape:
         scrape = Scrape(ep["role"], ep["name"], ep["url"])
         try:
-            scrape.samples = await asyncio.to_thread(_scrape, ep["url"], timeout)
+            scrape.samples = await asyncio.to_thread(_scrape, ep["url"], timeout, parse_text)
         except Exception as exc:  # noqa: BLE001 - shown as unreachable, never fatal
             scrape.error = str(exc) or type(exc).__name__
         return scrape
