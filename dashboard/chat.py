@@ -60,6 +60,7 @@ class BuiltInChat:
         self._users: dict[str, int] = {}
         self._clients: dict[str, ChatClient] = {}
         self._seen: dict[str, set[str]] = {u: set() for u in USERS}
+        self._recovered: dict[str, set[str]] = {u: set() for u in USERS}
         self._tasks: list[asyncio.Task[None]] = []
         self._seq = itertools.count(1)
         self._run_id = f"{int(time.time()) % 100000:05d}"
@@ -189,6 +190,12 @@ class BuiltInChat:
                 continue
             key = content_key(msg["d"].get("content"))
             if key and key.startswith("d"):
+                if key in self._recovered[name]:
+                    # found in history at the reconnect, then delivered live too (it was in
+                    # flight): a client dedupes this by id, it is not a duplicate delivery
+                    self._recovered[name].discard(key)
+                    self.counters["recovered_then_live"] += 1
+                    continue
                 self._seen[name].add(key)
                 self.ledger.record_receipt(name, key, time.time())
 
@@ -199,6 +206,7 @@ class BuiltInChat:
                 key = content_key(m.get("content"))
                 if key and key.startswith(f"d{self._run_id}") and key not in self._seen[name]:
                     self._seen[name].add(key)
+                    self._recovered[name].add(key)
                     self.ledger.record_receipt(name, key, time.time())
                     self.counters["recovered"] += 1
 

@@ -94,9 +94,11 @@ class Dashboard:
 
     # ---- the live figures ------------------------------------------------------------------
 
-    async def state(self, cur: top.Snapshot, prev: top.Snapshot | None) -> dict[str, Any]:
+    def state(self, figs: dict[str, Any] | None, error: str = "") -> dict[str, Any]:
+        """Everything the page draws; ``figs`` None keeps the last figures (Valkey paused)."""
         return {
-            "figures": figures(cur, prev),
+            "figures": figs if figs is not None else (self.latest or {}).get("figures"),
+            "error": error,
             "processes": self.actions.processes(),
             "storage_url": self.settings_of().storage_url,
             "chat": self.chat.summary() if self.chat is not None else None,
@@ -104,6 +106,17 @@ class Dashboard:
             "traces": list(self.actions.traces),
             "sent_at": time.time(),
         }
+
+    async def now(self) -> dict[str, Any]:
+        """The state for ``GET /api/state``: the live one while a page listens, else a fresh
+        snapshot (no rates: they need two)."""
+        if self.subscribers and self.latest is not None:
+            return self.latest
+        try:
+            cur = await top.collect(self.settings_of(), timeout=0.8, parse_text=parse)
+        except Exception as exc:  # noqa: BLE001 - shown, never fatal
+            return self.state(None, str(exc) or type(exc).__name__)
+        return self.state(figures(cur, None))
 
     async def _collect(self) -> None:
         redis = connect(self.settings_of())  # one connection, kept: a new one a second costs
@@ -121,14 +134,19 @@ class Dashboard:
                 await self._wake.wait()
             started = time.monotonic()
             try:
-                cur = await top.collect(
-                    self.settings_of(), timeout=0.8, redis=redis, parse_text=parse
+                # bounded: while Valkey is paused the page still gets the ledger every second
+                cur = await asyncio.wait_for(
+                    top.collect(self.settings_of(), timeout=0.8, redis=redis, parse_text=parse),
+                    max(1.0, 2 * self.interval_s),
                 )
-                self.latest = await self.state(cur, prev)
+                self.latest = self.state(figures(cur, prev))
                 prev = cur
+            except TimeoutError:
+                self.latest = self.state(None, "collecting: Valkey does not answer (paused?)")
+                prev = None
             except Exception as exc:  # noqa: BLE001 - Valkey paused or restarting: say so
-                self.latest = {**(self.latest or {}), "error": str(exc) or type(exc).__name__,
-                               "sent_at": time.time(), "processes": self.actions.processes()}  # fmt: skip
+                self.latest = self.state(None, f"collecting: {exc or type(exc).__name__}")
+                prev = None
             data = b"data: " + json.dumps(self.latest, default=str).encode() + b"\n\n"
             for queue in list(self.subscribers):
                 if queue.qsize() < 5:  # a stalled page skips frames, never grows memory
@@ -238,7 +256,7 @@ class Dashboard:
             if path == "/favicon.ico":
                 return 200, FAVICON, "image/svg+xml"
             if path == "/api/state":
-                return 200, _json(self.latest or {}), "application/json"
+                return 200, _json(await self.now()), "application/json"
             if path == "/api/knobs":
                 return 200, _json(await self.actions.knobs()), "application/json"
             if path == "/api/results":

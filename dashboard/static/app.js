@@ -220,6 +220,7 @@ function renderLedger(c) {
     ["refused: slowmode", c.refused_slowmode, "", "sends the gateway refused (slowmode)"],
     ["refused: other", c.refused_other, "", "rate limits and other refusals"],
     ["UNAVAILABLE retries", c.unavailable_retries, "", "resent with the same nonce"],
+    ["unacknowledged", c.unacknowledged, "", "the socket closed under the send: maybe queued (then it is stored and delivered), never judged lost"],
     ["reconnects / recovered", `${c.reconnects} / ${c.recovered}`, "", "a dead gateway: IDENTIFY elsewhere, reload history"],
   ];
   body.innerHTML = rows.map(([k, v, cls, about]) => `<tr class="${cls}" id="ledger-${k.split(/[ :/]/)[0]}"><td>${esc(k)}</td><td>${esc(v)}</td><td class="hint">${esc(about)}</td></tr>`).join("");
@@ -241,7 +242,7 @@ function fillSelect(sel, items) {
 
 function render(s) {
   state = s;
-  const f = s.figures || { gateways: [], workers: [] };
+  const f = s.figures || { gateways: [], workers: [], queues: [] };
   const sum = (xs, k) => xs.reduce((a, x) => a + (x[k] || 0), 0);
   $("#sum-messages").textContent = num(sum(f.workers, "messages_s"));
   $("#sum-deliveries").textContent = num(sum(f.gateways, "deliveries_s"));
@@ -258,18 +259,28 @@ function render(s) {
   fillSelect("#gateway-index", procs.filter((p) => p.role === "gateway" && p.alive).map((p) => ({ value: p.index, label: `gw-${p.index}` })));
   $("#pause-store").disabled = !(s.storage_url || "").startsWith("cassandra");
   $("#pause-store").title = $("#pause-store").disabled ? "history is SQLite, a file in the worker processes: nothing separate to pause" : "";
-  if (s.error) say(`collecting: ${s.error}`, false);
+  if (s.error) say(s.error, false);
 }
 
 // ---- live updates (server-sent events) -------------------------------------------------------
+
+let lastFrame = 0;
+function behind() {
+  if (!lastFrame) return;
+  const late = Math.max(0, Date.now() / 1000 - lastFrame);
+  $("#live-dot").className = late < 3 ? "on" : "";
+  $("#live-text").textContent = late < 3 ? `live, ${late.toFixed(1)} s behind` : `no frame for ${late.toFixed(0)} s`;
+}
+setInterval(behind, 1000);
 
 function connect() {
   const es = new EventSource("/events");
   es.onmessage = (e) => {
     const s = JSON.parse(e.data);
-    $("#live-dot").className = "on";
-    $("#live-text").textContent = `live, ${Math.max(0, Date.now() / 1000 - s.sent_at).toFixed(1)} s behind`;
+    lastFrame = s.sent_at;
+    behind();
     render(s);
+    if (!s.error && $("#status").textContent.startsWith("collecting")) say("", true);
   };
   es.onerror = () => { $("#live-dot").className = ""; $("#live-text").textContent = "reconnecting…"; };
 }
