@@ -42,10 +42,10 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="folder of `chatscale loadtest` reports the dashboard lists",
     )
     run.add_argument(
-        "--no-dashboard-chat",
-        dest="dashboard_chat",
-        action="store_false",
-        help="do not start the dashboard's small built-in chat (start it from the page)",
+        "--dashboard-chat",
+        action="store_true",
+        help="start the dashboard's small built-in chat at once (otherwise from the page: it "
+        "adds traffic, which a benchmark against this run would measure)",
     )
 
 

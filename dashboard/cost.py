@@ -8,7 +8,7 @@ and samples the CPU seconds of every process of the topology (the ``chatscale ru
 which serves the dashboard, and everything it started) over each round. The difference between
 the two kinds of round is the dashboard's cost, in % of one core; the ``run`` process's own
 share is printed too. Start the run with the benchmark limits raised (README, "Measured
-figures") and ``--no-dashboard-chat`` to measure the page alone.
+figures"), without ``--dashboard-chat``, to measure the page alone.
 """
 
 from __future__ import annotations

@@ -69,8 +69,11 @@ def test_dashboard_in_a_browser(dashboard_run, browser) -> None:
     assert all(p["restarts"] == 0 for p in run.state()["processes"])
     assert not run.state()["faults"]
 
-    # -- with the token typed in
+    # -- with the token typed in, start the built-in chat
     d.find_element(By.ID, "token").send_keys(run.token)
+    assert text(d, "#chat-toggle") == "start chat"
+    d.find_element(By.ID, "chat-toggle").click()
+    until("the chat running", lambda: run.state()["chat"]["running"])
 
     # -- live non-zero rates while the chat runs
     until("deliveries/s > 0", lambda: float(text(d, "#sum-deliveries").replace(",", "")) > 0)
