@@ -29,7 +29,8 @@ from loadtest.topology import Embedded, resume_after, storage_pid
 from ops import supervisor
 from storage import open_store
 
-#: Settings a running process re-reads: none. Slowmode is per-channel metadata, not a setting.
+#: Settings never shown (the page shows that they are set). No setting is re-read by a running
+#: process; slowmode, the one knob the page changes, is per-channel metadata.
 SECRET = {"token_secret"}
 
 

@@ -30,6 +30,18 @@ from chatscale.discovery import STATE_FILE, WORKDIR, gateways, settings_for_tool
 from loadtest.bench import _connect_members
 
 
+def _role(proc: psutil.Process, root: psutil.Process) -> str:
+    if proc.pid == root.pid:
+        return "run (dashboard)"
+    with contextlib.suppress(psutil.Error):
+        cmd = proc.cmdline()
+        if len(cmd) > 3 and cmd[1:3] == ["-m", "chatscale"]:
+            return cmd[3]
+        if cmd and "valkey" in cmd[0]:
+            return "valkey"
+    return "other"
+
+
 def _cpu(procs: list[psutil.Process]) -> dict[int, float]:
     out = {}
     for p in procs:
@@ -97,6 +109,8 @@ async def measure(url: str, connections: int, seconds: float, rounds: int) -> di
     clients, _ = await _connect_members(settings, urls, connections)
     page = Page(url)
     closed, opened, run_share = [], [], []
+    by_role_open: dict[str, list[float]] = {}
+    by_role_closed: dict[str, list[float]] = {}
     try:
         for r in range(rounds):
             for is_open in (False, True):
@@ -110,6 +124,11 @@ async def measure(url: str, connections: int, seconds: float, rounds: int) -> di
                 used = sum(after[p] - before[p] for p in after if p in before)
                 pct = 100 * used / dt
                 (opened if is_open else closed).append(pct)
+                roles = by_role_open if is_open else by_role_closed
+                for proc in procs:
+                    if proc.pid in before and proc.pid in after:
+                        share = 100 * (after[proc.pid] - before[proc.pid]) / dt
+                        roles.setdefault(_role(proc, root), []).append(share)
                 if is_open:
                     run_share.append(100 * (after[root.pid] - before[root.pid]) / dt)
                     await asyncio.to_thread(page.close)
@@ -131,6 +150,15 @@ async def measure(url: str, connections: int, seconds: float, rounds: int) -> di
         "open_pct": [round(x, 2) for x in opened],
         "run_process_open_pct": [round(x, 2) for x in run_share],
         "dashboard_cost_pct": round(statistics.median(opened) - statistics.median(closed), 2),
+        # per kind of process: its CPU per round, page open minus closed (means over the rounds)
+        "cost_by_process_pct": {
+            role: round(
+                sum(by_role_open.get(role, [0])) / rounds
+                - sum(by_role_closed.get(role, [0])) / rounds,
+                2,
+            )
+            for role in sorted(set(by_role_open) | set(by_role_closed))
+        },
     }
 
 
