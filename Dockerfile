@@ -48,8 +48,9 @@ COPY storage/ storage/
 COPY loadtest/ loadtest/
 COPY ops/ ops/
 COPY lab/ lab/
+COPY dashboard/ dashboard/
 COPY seeds/ seeds/
-RUN python -m compileall -q chatscale gateway workers presence storage loadtest
+RUN python -m compileall -q chatscale guilds gateway workers presence storage loadtest ops lab dashboard
 USER 10001:10001
 # 8765: a gateway's WebSocket port. /metrics (CHATSCALE_METRICS_PORT) is not exposed and binds
 # 127.0.0.1 unless CHATSCALE_METRICS_HOST says otherwise: it has no authentication, so only a

@@ -65,6 +65,7 @@ def _logging(verbose: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every package contributes its own commands; this only wires them together."""
+    from dashboard import commands as dashboard_commands
     from gateway import commands as gateway_commands
     from lab import commands as lab_commands
     from loadtest import command as loadtest_command
@@ -81,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
-    ops_commands.add_commands(sub)  # run, token, trace, top
+    # run (with the dashboard, a layer above ops), token, trace, top
+    ops_commands.add_commands(sub, run_extras=[dashboard_commands.RUN_EXTRA])
     gateway_commands.add_commands(sub)  # gateway
     worker_commands.add_commands(sub)  # worker, evict
     presence_commands.add_commands(sub)  # presence

@@ -9,12 +9,20 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from chatscale import commandline, discovery, tokens
 from chatscale.commandline import DefaultsHelp, UsageError
 from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, settings_for_tools
+
+#: (add its options to ``run``'s parser, start it: (topology, args) -> how to stop it, or None)
+RunExtra = tuple[
+    Callable[[argparse.ArgumentParser], None],
+    Callable[[Any, argparse.Namespace], Awaitable[Callable[[], Awaitable[None]] | None]],
+]
 
 
 def _run_settings(args: argparse.Namespace) -> Settings:
@@ -43,15 +51,23 @@ async def cmd_run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    stoppers = []
     try:
         await supervisor.start(topo)
         if args.demo:
             await supervisor.demo(topo)
+        for _add, start_extra in getattr(args, "run_extras", ()):  # the dashboard, wired by cli
+            stopper = await start_extra(topo, args)
+            if stopper is not None:
+                stoppers.append(stopper)
         print(supervisor.how_to_connect(topo), flush=True)
         if args.duration is not None:
             loop.call_later(args.duration, stop.set)
         await supervisor.supervise(topo, stop)
     finally:
+        for stopper in stoppers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(stopper(), 10)
         # Stop first, talk after: if stdout is a closed pipe, printing must not skip the stop.
         with contextlib.suppress(OSError):
             print("stopping...", flush=True)
@@ -167,8 +183,10 @@ async def cmd_top(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register this package's commands on ``chatscale``'s subparsers."""
+def add_commands(sub: argparse._SubParsersAction, *, run_extras: Sequence[RunExtra] = ()) -> None:  # type: ignore[type-arg]
+    """Register this package's commands on ``chatscale``'s subparsers. ``run_extras``: what
+    ``run`` also starts once the topology is up (the dashboard, from a layer above this one):
+    each adds its options to ``run`` and returns, from starting, how to stop it."""
     r = sub.add_parser(
         "run", help="start Valkey, gateways and workers on this machine; demo; serve until Ctrl-C"
     )
@@ -187,7 +205,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--no-demo", dest="demo", action="store_false", help="skip the scripted conversation"
     )
     r.add_argument("--duration", type=float, help="stop by itself after this many seconds")
-    r.set_defaults(fn=cmd_run)
+    for add_arguments, _start in run_extras:
+        add_arguments(r)
+    r.set_defaults(fn=cmd_run, run_extras=tuple(run_extras))
 
     t = sub.add_parser("token", help="mint a token for a seeded user")
     t.add_argument("user", help="username, e.g. alice")

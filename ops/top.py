@@ -322,16 +322,28 @@ def _closes(cur: Samples | None, prev: Samples | None) -> str:
 # ---- collecting (I/O) -----------------------------------------------------------------------
 
 
-def _scrape(url: str, timeout: float) -> Samples:
+def _scrape(
+    url: str, timeout: float, parse_text: Callable[[str], Samples] | None = None
+) -> Samples:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own URLs
-        return parse(response.read().decode())
+        return (parse_text or parse)(response.read().decode())
 
 
 async def _scan(redis: Any, pattern: str) -> list[bytes]:
-    return [key async for key in redis.scan_iter(match=pattern, count=500)]
+    # a large COUNT: one round trip per few thousand keys (1,000 clients leave ~10k keys)
+    return [key async for key in redis.scan_iter(match=pattern, count=5000)]
 
 
-async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
+async def collect(
+    settings: Settings,
+    *,
+    timeout: float = 1.0,
+    redis: Any = None,
+    parse_text: Callable[[str], Samples] | None = None,
+) -> Snapshot:
+    """One snapshot. A caller that collects every second (the dashboard) passes its own
+    ``redis`` connection (kept open) and may pass a ``parse_text`` that keeps only the samples
+    it shows."""
     keys = Keys(settings.key_prefix)
     snap = Snapshot(
         at=time.monotonic(),
@@ -339,37 +351,59 @@ async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
         redis_url=str(settings.redis_url),
         prefix=settings.key_prefix,
     )
-    redis = connect(settings)
+    own = redis is None
+    if own:
+        redis = connect(settings)
     try:
-        for gw_id, raw in (await redis.hgetall(keys.gateways())).items():
-            info = json.loads(raw)
-            info["alive"] = bool(await redis.exists(keys.gateway_alive(gw_id.decode())))
-            snap.gateways[gw_id.decode()] = info
-        head, tail = keys.worker_health("\0").split("\0")
-        for key in await _scan(redis, keys.worker_health("*")):
-            raw = await redis.get(key)
-            if raw:
-                snap.workers[key.decode()[len(head) : -len(tail)]] = json.loads(raw)
-        raw = await redis.get(keys.presence_stats())
-        snap.presence = json.loads(raw) if raw else None
-        snap.online_users = int(await redis.hlen(keys.presence_users()))
+        # Two round trips of pipelined reads (plus the SCANs), not one per key: the dashboard
+        # does this every second.
         streams = [(s, INGEST_GROUP) for s in keys.ingest_all(settings.ingest_shards)]
         streams.append((keys.presence_in(), PRESENCE_GROUP))
-        for stream, group in streams:
-            snap.queues.append((stream, group, await _queue(redis, stream, group)))
-        snap.dead_letters = int(await redis.xlen(keys.dead_letter()))
-        endpoints = []
-        for key in await _scan(redis, keys.metrics_endpoint("*")):
-            raw = await redis.get(key)
-            if raw:
-                endpoints.append(json.loads(raw))
+        pipe = redis.pipeline(transaction=False)
+        pipe.hgetall(keys.gateways())
+        pipe.get(keys.presence_stats())
+        pipe.hlen(keys.presence_users())
+        pipe.xlen(keys.dead_letter())
+        for stream, _group in streams:
+            pipe.xinfo_groups(stream)
+            pipe.xlen(stream)
+        first = await pipe.execute(raise_on_error=False)
+        registered, stats, online, dead = first[:4]
+        for i, (stream, group) in enumerate(streams):
+            groups, length = first[4 + 2 * i], first[5 + 2 * i]
+            snap.queues.append((stream, group, _queue_of(groups, length, group)))
+        snap.presence = json.loads(stats) if isinstance(stats, bytes | str) and stats else None
+        snap.online_users = int(online) if isinstance(online, int) else 0
+        snap.dead_letters = int(dead) if isinstance(dead, int) else 0
+        health_keys = await _scan(redis, keys.worker_health("*"))
+        endpoint_keys = await _scan(redis, keys.metrics_endpoint("*"))
+        gateway_ids = [g.decode() for g in registered] if isinstance(registered, dict) else []
+        pipe = redis.pipeline(transaction=False)
+        for gw_id in gateway_ids:
+            pipe.exists(keys.gateway_alive(gw_id))
+        for key in [*health_keys, *endpoint_keys]:
+            pipe.get(key)
+        second = await pipe.execute(raise_on_error=False)
+        for gw_id, alive in zip(gateway_ids, second, strict=False):
+            info = json.loads(registered[gw_id.encode()])
+            info["alive"] = alive is True or (isinstance(alive, int) and alive > 0)
+            snap.gateways[gw_id] = info
+        values = second[len(gateway_ids) :]
+        head, tail = keys.worker_health("\0").split("\0")
+        for key, raw in zip(health_keys, values[: len(health_keys)], strict=True):
+            if isinstance(raw, bytes) and raw:
+                snap.workers[key.decode()[len(head) : -len(tail)]] = json.loads(raw)
+        endpoints = [
+            json.loads(raw) for raw in values[len(health_keys) :] if isinstance(raw, bytes) and raw
+        ]
     finally:
-        await redis.aclose()
+        if own:
+            await redis.aclose()
 
     async def one(ep: dict[str, Any]) -> Scrape:
         scrape = Scrape(ep["role"], ep["name"], ep["url"])
         try:
-            scrape.samples = await asyncio.to_thread(_scrape, ep["url"], timeout)
+            scrape.samples = await asyncio.to_thread(_scrape, ep["url"], timeout, parse_text)
         except Exception as exc:  # noqa: BLE001 - shown as unreachable, never fatal
             scrape.error = str(exc) or type(exc).__name__
         return scrape
@@ -379,14 +413,11 @@ async def collect(settings: Settings, *, timeout: float = 1.0) -> Snapshot:
     return snap
 
 
-async def _queue(redis: Any, stream: str, group: str) -> dict[str, int]:
-    from redis.exceptions import ResponseError
-
-    try:
-        groups = await redis.xinfo_groups(stream)
-    except ResponseError:
+def _queue_of(groups: Any, length: Any, group: str) -> dict[str, int]:
+    """Length, lag and pending of ``group`` from XINFO GROUPS and XLEN answers (an error
+    answer, as for a stream that does not exist yet, reads as an empty queue)."""
+    if isinstance(groups, Exception) or not isinstance(length, int):
         return {"length": 0, "lag": 0, "pending": 0}
-    length = int(await redis.xlen(stream))
     for g in groups:
         name = g.get("name")
         if (name.decode() if isinstance(name, bytes) else name) == group:

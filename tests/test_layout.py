@@ -18,9 +18,10 @@ PACKAGES = (
     "loadtest",
     "ops",
     "lab",
+    "dashboard",
 )
 # The core may import only itself and storage's interfaces; everything above it is a service.
-ABOVE_CORE = ("gateway", "workers", "presence", "loadtest", "guilds", "ops", "lab")
+ABOVE_CORE = ("gateway", "workers", "presence", "loadtest", "guilds", "ops", "lab", "dashboard")
 CORE_WIRING = {"chatscale.cli", "chatscale.__main__"}  # the entry point wires commands together
 
 
@@ -130,6 +131,7 @@ def test_the_walk_sees_a_cycle() -> None:
 #: The layers of the README's picture, top to bottom: a module imports only its own package and
 #: packages of lower layers (the CLI entry point, which wires every command, excepted).
 LAYERS = (
+    ("dashboard",),
     ("lab",),
     ("loadtest",),
     ("ops",),

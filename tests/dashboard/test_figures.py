@@ -1,0 +1,52 @@
+"""The dashboard's pure parts: its quick /metrics parser agrees with ``ops.top``'s full one on
+every sample it keeps, and a result's page is served only for a listed name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from dashboard import results
+from dashboard.figures import SHOWN, parse
+from ops import top
+
+
+def _page() -> str:
+    reg = CollectorRegistry()
+    Gauge("chatscale_gateway_connections", "c", registry=reg).set(1000)
+    frames = Counter("chatscale_gateway_frames_in", "f", registry=reg)
+    frames.inc(42)
+    deliveries = Counter("chatscale_gateway_deliveries", "d", ["type"], registry=reg)
+    deliveries.labels(type="MESSAGE_CREATE").inc(7)
+    deliveries.labels(type='odd "quoted" {type}').inc(1)
+    stage = Histogram("chatscale_stage_seconds", "s", ["stage"], registry=reg)
+    for v in (0.001, 0.004, 0.2):
+        stage.labels(stage="hot_write").observe(v)
+    Gauge("chatscale_not_shown", "x", registry=reg).set(3)
+    return generate_latest(reg).decode()
+
+
+def test_quick_parser_agrees_with_the_full_one() -> None:
+    text = _page()
+    full, quick = top.parse(text), parse(text)
+    assert set(quick) == {n for n in full if n in SHOWN}
+    for name, samples in quick.items():
+        assert samples == full[name], name
+    assert top.total(quick, "chatscale_gateway_deliveries_total", type="MESSAGE_CREATE") == 7
+    hist = top.buckets(quick, "chatscale_stage_seconds", stage="hot_write")
+    assert hist[float("inf")] == 3
+
+
+def test_result_pages_are_served_only_for_listed_names(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "result.json").write_text(json.dumps({"title": "A", "conclusion": "c"}))
+    (tmp_path / "a" / "index.html").write_text("<p>a</p>")
+    (tmp_path / "b").mkdir()  # a page without its result: not listed, not served
+    (tmp_path / "b" / "index.html").write_text("<p>b</p>")
+    assert [r["name"] for r in results.listing("lab", tmp_path)] == ["a"]
+    assert results.page("lab", tmp_path, "a") == tmp_path / "a" / "index.html"
+    for name in ("b", "..", "../a", ".", "", "a/../a"):
+        assert results.page("lab", tmp_path, name) is None, name
+    assert results.page("nope", tmp_path, "a") is None
