@@ -63,6 +63,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         formatter_class=DefaultsHelp,
     )
     rep.add_argument("dir", type=Path, metavar="DIR", help="a results folder")
+    rep.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print every result as Markdown tables (medians, ratios, conclusion)",
+    )
     rep.set_defaults(fn=cmd_report)
 
     from lab import capacity_command
@@ -160,7 +165,18 @@ async def cmd_report(args: argparse.Namespace) -> int:
             f"no */result.json in {args.dir}; run `chatscale lab run ... --out {args.dir}` first"
         )
     (args.dir / "index.html").write_text(text)
-    print(f"{args.dir / 'index.html'}: {n} experiment(s)")
+    if args.markdown:
+        from lab.experiments import MODULES
+        from lab.tables import markdown
+
+        order = [m.replace("_", "-") for m in MODULES]
+        found = [json.loads(p.read_text()) for p in args.dir.glob("*/result.json")]
+        found.sort(key=lambda r: order.index(r["experiment"]) if r["experiment"] in order else 99)
+        print(markdown(found))
+    print(
+        f"{args.dir / 'index.html'}: {n} experiment(s)",
+        file=sys.stderr if args.markdown else sys.stdout,
+    )
     return 0
 
 

@@ -42,10 +42,10 @@ _BOXES = [
     ("log", "ingest stream", 290, 60),
     ("worker", "worker", 430, 60),
     ("hot", "hot cache (Redis)", 570, 10),
-    ("history", "history (SQLite | Cassandra)", 570, 60),
+    ("history", "history store", 570, 60),
     ("fanout", "delivery streams", 290, 130),
     ("presence", "presence service", 150, 190),
-    ("control", "control plane (bans, roles)", 430, 190),
+    ("control", "control plane", 430, 190),
 ]
 _ARROWS = [
     ("client", "gateway"),

@@ -53,3 +53,36 @@ def wrap(text: str, width: int = 96) -> str:
         textwrap.fill(p, width, initial_indent="  ", subsequent_indent="  ")
         for p in text.split("\n\n")
     )
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """Every result as a Markdown section: its table (medians, ratio to the first arm), the
+    conclusion and the command — what ``lab report DIR --markdown`` prints for the docs."""
+    out = []
+    for r in results:
+        arms = r["arms"]
+        base = arms[0]["name"]
+        others = arms[1:]
+        out.append(f"### `{r['experiment']}` — {r['title']}\n")
+        out.append(
+            f"Claim {', '.join(map(str, r['claim_ids']))}: {r['claim']} "
+            f"(`{r['command']}`, size {r['size']}, {r['repeat']} round(s) per arm)\n"
+        )
+        head = ["metric", *[a["name"] for a in arms], *[f"{a['name']}/{base}" for a in others]]
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|---|" + "---:|" * (len(head) - 1))
+        for m in r["metric_defs"]:
+            label = m["label"] + (f" ({m['unit']})" if m["unit"] and m["unit"] != "count" else "")
+            cells = [
+                "not run" if a["unavailable"] else fmt(a["metrics"].get(m["key"])) for a in arms
+            ]
+            b = arms[0]["metrics"].get(m["key"])
+            for a in others:
+                v = a["metrics"].get(m["key"])
+                cells.append(f"{v / b:.3g}×" if v is not None and b else "n/a")
+            out.append("| " + " | ".join([label.replace("|", "\\|"), *cells]) + " |")
+        for a in arms:
+            if a["unavailable"]:
+                out.append(f"\n`{a['name']}` not run: {a['unavailable']}")
+        out.append(f"\n{r['conclusion']}\n")
+    return "\n".join(out)

@@ -165,3 +165,13 @@ async def test_the_conclusion_follows_the_numbers_when_the_outcome_inverts(
     assert [a["name"] for a in stored["arms"]] == ["off", "on"]
     assert (tmp_path / "n" / "slowmode" / "index.html").exists()
     assert not (tmp_path / "n" / "slowmode" / "work").exists()  # scratch topology removed
+
+
+def test_markdown_report_has_every_arm_and_the_conclusion() -> None:
+    from lab.tables import markdown
+
+    r = _result([_arm("a", [1.0, 3.0]), _arm("b", [10.0]), _arm("c", [], "missing knob")])
+    text = markdown([r])
+    assert "| metric | a | b | c | b/a | c/a |" in text
+    assert "| x (ms) | 2 | 10.0 | not run | 5× | n/a |" in text
+    assert "`c` not run: missing knob" in text and "A was 5× lower." in text
