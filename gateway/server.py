@@ -29,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
+import itertools
 import logging
 import os
 import resource
@@ -172,6 +174,11 @@ class Gateway:
             heartbeat_every_s=settings.presence_timeout_s / 3,
         )
         self.clients: set[Client] = set()
+        # (when tick() must next look at a client, n, client): a min-heap, so a tick costs the
+        # clients that are due, not all of them. Heartbeats do not touch it: an entry popped
+        # early is pushed back with the client's new deadline.
+        self._due: list[tuple[float, int, Client]] = []
+        self._due_n = itertools.count()
         self.per_address: dict[str, int] = {}  # open connections by remote address
         self.max_connections = settings.max_connections  # lowered to the fd limit in start()
         self.sessions: dict[str, Session] = {}
@@ -334,7 +341,10 @@ class Gateway:
         """Heartbeat and IDENTIFY timeouts, expiry of detached sessions (tests call it with a
         fake clock). Closing never awaits the client: ``close_client`` runs in the background."""
         now = self.clock()
-        for client in list(self.clients):
+        while self._due and self._due[0][0] <= now:
+            _, _, client = heapq.heappop(self._due)
+            if client not in self.clients:
+                continue  # gone: its entry ends here
             for action in client.conn.tick():
                 assert isinstance(action, CloseConnection)
                 self.close_client(client, action.code, action.reason)
@@ -343,12 +353,21 @@ class Gateway:
                 and now - client.opened_at > self.settings.identify_timeout_s
             ):
                 self.close_client(client, Close.IDENTIFY_TIMEOUT, "IDENTIFY within the deadline")
+            self._watch(client, now)
         for session in list(self.sessions.values()):
             if (
                 session.detached_at is not None
                 and now - session.detached_at > self.settings.resume_timeout_s
             ):
                 await self._forget(session)
+
+    def _watch(self, client: Client, now: float) -> None:
+        """Queue the client's next look: at its heartbeat deadline once READY; before that
+        (IDENTIFY pending, or a failed RESUME) at the next tick, as a scan of all would."""
+        due = client.conn.heartbeat_deadline()
+        if client.conn.state is not State.READY or due <= now:  # (closing: until it is gone)
+            due = min(due, now + 1.0) if due > now else now + 1.0
+        heapq.heappush(self._due, (due, next(self._due_n), client))
 
     # ---- closing ------------------------------------------------------------------------------
 
@@ -416,6 +435,7 @@ class Gateway:
         if isinstance(ws, GatewayConnection):
             ws.client = client
         self.clients.add(client)
+        self._watch(client, client.opened_at)
         self.per_address[address] = self.per_address.get(address, 0) + 1
         try:
             await self._apply(client, conn.hello())

@@ -285,6 +285,10 @@ class Connection:
             return self._close(Close.ALREADY_AUTHENTICATED, "already identified")
         return self._handle(op, message["d"])
 
+    def heartbeat_deadline(self) -> float:
+        """``tick`` closes this connection only after this time (unless a heartbeat comes)."""
+        return self._last_heartbeat + self._limits.heartbeat_timeout_s
+
     def tick(self) -> list[Action]:
         """Call periodically: closes a connection whose heartbeats stopped."""
         if self.state is State.CLOSED:

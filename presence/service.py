@@ -8,10 +8,14 @@ the ``Coalescer`` (at most one update per guild per tick; large guilds get onlin
 counts only) and writes each update once to every gateway that holds members of the guild.
 Typing goes through ``TypingThrottle`` and is never persisted.
 
-State (sessions and pending coalescer windows) is saved to Redis after every step and restored
-on start, so the service can be restarted mid-run; entries are acked only after the state that
-includes them is saved (at-least-once; replaying a batch is harmless: the events are idempotent
-state assignments). A service killed between reading a batch and acking it finds that batch
+State (sessions and pending coalescer windows) is saved to Redis and restored on start, so the
+service can be restarted mid-run: after every step that changed something others can see (or a
+pending coalescer window), and otherwise at most every ``save_every`` seconds — an idle
+topology's steps only refresh heartbeat times, and rewriting the whole snapshot every tick for
+that was most of an idle topology's CPU. Entries are acked only after the state that includes
+them is saved (at-least-once; replaying a batch is harmless: the events are idempotent state
+assignments), so the entries of steps that did not save stay pending until the next save and
+are read again after a restart, which also refreshes the heartbeats they carry. A service killed between reading a batch and acking it finds that batch
 pending on restart: its first steps re-read its own pending entries (XREADGROUP id 0), after
 taking over those another consumer name left idle (XAUTOCLAIM), before reading new ones.
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,6 +56,9 @@ from storage import Store
 
 log = logging.getLogger("chatscale.presence")
 
+#: Longest time between two saves when nothing visible changed (heartbeat times only).
+SAVE_EVERY_S = 5.0
+
 
 class PresenceService:
     def __init__(
@@ -60,12 +68,15 @@ class PresenceService:
         store: Store,
         clock: Callable[[], float] = time.time,
         consumer: str = "presence-1",
+        save_every: float | None = None,
     ) -> None:
         """
         settings: timeout, tick, coalescing switch and large-guild threshold come from here.
         store: metadata (which guilds a user is in, member counts).
         clock: wall-clock seconds (the saved state holds timestamps, so not a monotonic clock).
         consumer: name in the PRESENCE_GROUP consumer group.
+        save_every: seconds between two saves when nothing visible changed (default: a quarter
+            of the presence timeout, at most 5 s; 0 saves after every step).
         """
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
@@ -82,6 +93,12 @@ class PresenceService:
         self._meta_version: bytes | None = None
         self._reclaiming = True  # re-read our own pending entries before new ones
         self._stopping = asyncio.Event()
+        if save_every is None:
+            save_every = min(SAVE_EVERY_S, settings.presence_timeout_s / 4)
+        self.save_every = save_every
+        self._saved_at = -math.inf  # clock() of the last save
+        self._saved_coalescer = b""  # the coalescer's part of the last save
+        self._unacked: list[bytes] = []  # applied, not yet in a saved snapshot
         presence_metrics.watch_presence(self)  # amplification counters, read at scrape time
 
     def _new_coalescer(self, saved: dict[str, Any] | None = None) -> Coalescer:
@@ -137,6 +154,10 @@ class PresenceService:
                 log.warning("presence step failed (%s); retrying", exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), 1.0)
+        if self._unacked:  # a clean stop leaves nothing to re-read
+            with contextlib.suppress(*TRANSIENT):
+                await self._save([])
+                await self._ack()
 
     # ---- one tick -------------------------------------------------------------------------
 
@@ -149,6 +170,7 @@ class PresenceService:
         """
         stream = self.keys.presence_in()
         entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        reread = self._reclaiming
         if self._reclaiming:
             reply = await self.redis.xreadgroup(
                 PRESENCE_GROUP, self.consumer, {stream: "0"}, count=256
@@ -186,12 +208,27 @@ class PresenceService:
         await self._load_counts(self.coalescer.pending_guilds())
         updates += self.coalescer.flush(now)
         await self._publish(updates, typing, now)
-        await self._save(changes)
-        if entries:
-            await self.redis.xack(stream, PRESENCE_GROUP, *[eid for eid, _ in entries])
-            await self._trim(entries[-1][0])
+        self._unacked += [eid for eid, _ in entries]
+        coalescer = orjson.dumps(self.coalescer.to_dict())
+        if (
+            changes
+            or coalescer != self._saved_coalescer
+            or reread  # re-read pending entries must be acked, or the re-reading never ends
+            or (self._unacked and now - self._saved_at >= self.save_every)
+        ):
+            await self._save(changes)
+            self._saved_at, self._saved_coalescer = now, coalescer
+            await self._ack()
         self.typing.expire(now)
         return len(entries)
+
+    async def _ack(self) -> None:
+        """Ack every entry the last save included, then trim the input stream."""
+        if not self._unacked:
+            return
+        unacked, self._unacked = self._unacked, []
+        await self.redis.xack(self.keys.presence_in(), PRESENCE_GROUP, *unacked)
+        await self._trim(unacked[-1])
 
     async def _trim(self, last_acked: bytes) -> None:
         """Drop entries every consumer has acked: keep from the oldest pending one, or from the

@@ -42,10 +42,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from pydantic import ValidationError
+from redis.exceptions import NoScriptError
 
 from chatscale import metrics, trace
 from chatscale.config import Settings
@@ -132,6 +134,14 @@ class Authorizer:
         self._guilds: dict[int, GuildSnapshot | None] = {}
         self._members: dict[tuple[int, int], frozenset[int] | None] = {}
         self._usernames: dict[int, str | None] = {}
+
+    @property
+    def may_skip_refresh(self) -> bool:
+        """Strong mode with a version known: a batch may be authorized under it without reading
+        the version first, because the hot-cache write accepts it only if that version is still
+        current (and sends it back here otherwise). Refusals are not checked by that write, so
+        a batch with any refusal is authorized again after ``refresh``."""
+        return self._ttl is None and self.version is not None
 
     async def refresh(self) -> None:
         version = await self._redis.get(self._keys.metadata_version())
@@ -232,6 +242,7 @@ class Pipeline:
         self.fenced = fenced
         self.stats = Stats()
         self._fanout = redis.register_script(FANOUT)
+        self._fanout_loaded = False  # SCRIPT LOAD once, then EVALSHA in the fan-out pipeline
         self._hot_add = redis.register_script(HOT_ADD)
         self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
         self.breaker_s = 1.0
@@ -359,8 +370,10 @@ class Pipeline:
         are authorized ones whose payload disagrees with the envelope (``Authorizer.forged``);
         entries that fail authorization are only rejected (their payload reaches nobody).
         """
+        fresh = not self.auth.may_skip_refresh  # one GET fewer per batch when nothing moved
         for _ in range(MAX_REAUTHORIZE):
-            await self.auth.refresh()
+            if fresh:
+                await self.auth.refresh()
             accepted: list[IngestMessage] = []
             rejected: list[tuple[IngestMessage, str]] = []
             forged: list[tuple[IngestMessage, str]] = []
@@ -372,11 +385,16 @@ class Pipeline:
                     forged.append((m, reason))
                 else:
                     accepted.append(m)
+            if not fresh and (rejected or forged):
+                fresh = True  # a refusal stands only under the version read now
+                continue
             for m in accepted:
                 trace.stamp(m.trace, "worker_checks")
             if await self._hot(accepted, self.auth.version):
                 return accepted, rejected, forged
-            self.stats.reauthorized += 1
+            if fresh:
+                self.stats.reauthorized += 1
+            fresh = True
         raise MetadataChurn("metadata version kept moving while the batch was authorized")
 
     @metrics.timed("hot_write")
@@ -444,7 +462,9 @@ class Pipeline:
                     "1" if self.fenced else "0",
                     self.consumer,
                 ]
-                await self._fanout(keys=keys, args=args, client=pipe)
+                # EVALSHA straight into the pipeline: a registered script in a pipeline costs a
+                # SCRIPT EXISTS round trip per batch (``_execute_fanout`` loads it when missing).
+                pipe.evalsha(self._fanout.sha, len(keys), *keys, *args)
             for m, code in rejected:
                 reply = Delivery(
                     t="MESSAGE_REJECTED",
@@ -464,7 +484,7 @@ class Pipeline:
                     maxlen=maxlen,
                     approximate=True,
                 )
-            results = await pipe.execute()
+            results = await self._execute_fanout(pipe)
         for written in results[: len(accepted)]:
             if written == -1:
                 raise LeaseLost(batch.stream)
@@ -473,6 +493,21 @@ class Pipeline:
             self.stats.gateway_writes += max(0, int(written))
         if self.settings.fanout_mode == "inbox":
             await self._inbox(accepted)
+
+    async def _execute_fanout(self, pipe: Any) -> list[Any]:
+        """Run the fan-out pipeline; if Valkey lost the script (a restart flushes the script
+        cache) load it and run the pipeline again — every command in it is idempotent (the
+        fan-out marker), and with the script missing no fan-out in it ran."""
+        if not self._fanout_loaded:
+            await self.redis.script_load(FANOUT)
+            self._fanout_loaded = True
+        commands = list(pipe.command_stack)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            await self.redis.script_load(FANOUT)
+            pipe.command_stack = commands
+            return await pipe.execute()
 
     async def _inbox(self, accepted: list[IngestMessage]) -> None:
         """``fanout_mode=inbox``: the naive fan-out on write, kept to measure what it costs.
