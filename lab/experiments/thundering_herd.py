@@ -45,8 +45,8 @@ from loadtest import engine
 
 MITIGATIONS_MISSING = (
     "the herd mitigations are not built: admission control that paces IDENTIFYs with a "
-    "retry-after, lazy guild loading in READY and a degrade mode belong to the separate "
-    "herd-mitigations issue (DESIGN.md, 'Herd mitigations'); the 'capped' arm is the only "
+    "retry-after, lazy guild loading in READY and a degrade mode belong to the "
+    "connect-storm issue (issue 14), not built yet; the 'capped' arm is the only "
     "admission the gateway has today"
 )
 
