@@ -97,7 +97,12 @@ async def cmd_capacity(args: argparse.Namespace) -> int:
     if args.source is not None:
         try:
             costs = costs_from_result(args.source)
-        except (OSError, ValueError, KeyError) as exc:
+        except OSError as exc:
+            raise UsageError(
+                f"cannot read {args.source} ({exc.strerror or exc}); give the result.json of a "
+                "`chatscale lab run capacity`"
+            ) from None
+        except (ValueError, KeyError) as exc:
             raise UsageError(str(exc)) from None
     else:
         from lab.experiments.capacity import measure_costs
