@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -45,33 +44,9 @@ class CountingClient(ChatClient):
 
 
 async def connect(
-    settings: Settings,
-    urls: list[str],
-    user_ids: list[int],
-    *,
-    intents: int | None = None,
-    concurrency: int = 32,
-    timeout: float = 60.0,
+    settings: Settings, urls: list[str], user_ids: list[int], *, intents: int | None = None
 ) -> list[CountingClient]:
-    """IDENTIFY every user (round-robin over the gateways) with ``intents``; READY for all
-    within ``timeout`` or none are left open."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int, uid: int) -> CountingClient:
-        async with gate:
-            client = await CountingClient.identify(
-                urls[i % len(urls)], harness.token(settings, uid), intents=intents
-            )
-            assert isinstance(client, CountingClient)
-            return client
-
-    tasks = [asyncio.create_task(one(i, u)) for i, u in enumerate(user_ids)]
-    try:
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        done = await asyncio.gather(*tasks, return_exceptions=True)
-        await harness.close_all([c for c in done if isinstance(c, ChatClient)])
-        raise
+    """``harness.connect`` with counting clients that IDENTIFY with ``intents``."""
+    return await harness.connect(
+        settings, urls, user_ids, client_cls=CountingClient, intents=intents
+    )

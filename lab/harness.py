@@ -29,7 +29,7 @@ from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect as redis_connect
-from chatscale.trace import identify
+from chatscale.trace import identify as identify_tool
 from guilds import community
 from lab.experiment import Arm, Experiment
 from loadtest.topology import Embedded
@@ -136,13 +136,20 @@ async def connect(
     *,
     concurrency: int = 32,
     timeout: float = 60.0,
-) -> list[ChatClient]:
-    """Identify every user (round-robin over the gateways); READY for all within ``timeout``."""
+    client_cls: type[ChatClient] | None = None,
+    **identify: Any,
+) -> list[Any]:
+    """Identify every user (round-robin over the gateways); READY for all within ``timeout``,
+    or none is left open. ``client_cls`` (a ``ChatClient`` subclass, e.g. one that counts
+    bytes) and ``identify`` (``device=``, ``intents=``) change how each one connects."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int, uid: int) -> ChatClient:
         async with gate:
-            return await identify(urls[i % len(urls)], token(settings, uid))
+            url, tok = urls[i % len(urls)], token(settings, uid)
+            if client_cls is None and not identify:
+                return await identify_tool(url, tok)  # names a close before READY
+            return await (client_cls or ChatClient).identify(url, tok, **identify)
 
     tasks = [asyncio.create_task(one(i, u)) for i, u in enumerate(user_ids)]
     try:

@@ -95,35 +95,10 @@ class CountingClient(ChatClient):
 
 
 async def connect_counting(
-    settings: Settings,
-    urls: list[str],
-    user_ids: list[int],
-    *,
-    device: str = "desktop",
-    concurrency: int = 32,
-    timeout: float = 60.0,
+    settings: Settings, urls: list[str], user_ids: list[int], *, device: str = "desktop"
 ) -> list[CountingClient]:
     """``harness.connect`` with ``CountingClient``s identifying as ``device``."""
-    gate = asyncio.Semaphore(concurrency)
-
-    async def one(i: int, uid: int) -> CountingClient:
-        async with gate:
-            client = await CountingClient.identify(
-                urls[i % len(urls)], harness.token(settings, uid), device=device
-            )
-            assert isinstance(client, CountingClient)
-            return client
-
-    tasks = [asyncio.create_task(one(i, u)) for i, u in enumerate(user_ids)]
-    try:
-        async with asyncio.timeout(timeout):
-            return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        done = await asyncio.gather(*tasks, return_exceptions=True)
-        await harness.close_all([c for c in done if isinstance(c, ChatClient)])
-        raise
+    return await harness.connect(settings, urls, user_ids, client_cls=CountingClient, device=device)
 
 
 async def cut(client: ChatClient) -> None:
