@@ -261,14 +261,18 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         from loadtest import compare
 
         subscribers = int(args.members)
-        result = await compare.compare(
-            subscribers=subscribers,
-            messages=args.burst or max(1, 200_000 // subscribers),
-            window=args.window,
-            repeat=args.repeat,
-            per_frame=args.per_frame,
-            say=lambda text: print(text, file=sys.stderr),
-        )
+        try:
+            result = await compare.compare(
+                subscribers=subscribers,
+                messages=args.burst or max(1, 200_000 // subscribers),
+                window=args.window,
+                repeat=args.repeat,
+                per_frame=args.per_frame,
+                say=lambda text: print(text, file=sys.stderr),
+            )
+        except ValueError as exc:
+            print(f"bench compare: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps(result, indent=2) if args.json else compare.render(result))
         return 0
     if args.mode == "storage":

@@ -307,6 +307,8 @@ async def compare(
             for key in ("server_us_per_delivery", "gateway_us_per_delivery", "deliveries_per_s")
         }
     floor = summary["floor"]["server_us_per_delivery"]["median"]
+    if floor <= 0:  # CPU time moves in clock ticks (10 ms): a burst too small to read
+        raise ValueError("the floor's CPU read 0 s: use a larger --burst or --members")
     ratios = {
         s: {
             "server": summary[s]["server_us_per_delivery"]["median"] / floor,
