@@ -331,6 +331,16 @@ class Settings(BaseSettings):
         "fanout_mode=inbox: the newest entries are kept.",
     )
 
+    client_writes: Literal["coalesced", "per_frame"] = Field(
+        default="coalesced",
+        description="How a gateway writes frames to a client's socket. coalesced: frames queued "
+        "for one client during one event-loop turn (a delivery-stream read of many entries, "
+        "acks and deliveries together) go out in one write, so a burst costs one send() per "
+        "connection, not one per frame; same bytes, same order, same client_buffer_bytes limit "
+        "(queued-but-unwritten bytes count). per_frame: one write per frame as each is queued "
+        "(the behaviour before issue 13; kept to measure the difference).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

@@ -7,8 +7,10 @@ with an id fixed here so a client retry with the same nonce cannot make a second
 With ``processing=inline`` (the lab's other arm, ``gateway/inline.py``) the gateway instead
 authorizes, stores and fans out the message itself before the ack, and writes no stream entry.
 
-Writes to clients never await one client: every frame goes through ``websockets.broadcast``,
-which appends to the connection's transport buffer synchronously. A client whose buffer grows
+Writes to clients never await one client: every frame is serialized into the connection's
+websockets protocol synchronously and, at the end of the loop turn, everything queued for one
+client goes to its transport buffer in one write (``client_writes=per_frame``: one
+``websockets.broadcast`` write per frame). A client whose buffer grows
 past ``client_buffer_bytes`` is closed with 4010 (SLOW_CONSUMER) instead of slowing the rest —
 the trade-off the websockets docs describe for broadcast: memory is bounded per client and a
 slow reader loses its connection, not the others' latency. (``slow_client=unbounded``, a lab
@@ -145,6 +147,11 @@ class Gateway:
         self.settings = settings
         # the lab's arm: never close a slow consumer (its buffer grows without bound)
         self.slow_unbounded = settings.slow_client == "unbounded"
+        # client_writes=coalesced: frames queued this loop turn, written by _flush (one write
+        # per client); client -> bytes buffered for it (transport's at its first frame + ours)
+        self.coalesce = settings.client_writes == "coalesced"
+        self._pending: dict[Client, int] = {}
+        self._flush_handle: asyncio.Handle | None = None
         self.id = gateway_id or f"gw-{secrets.token_hex(4)}"
         self.keys = Keys(settings.key_prefix)
         self.store = store
@@ -476,16 +483,58 @@ class Gateway:
                 self._client_event(client, action)
 
     def send(self, client: Client, text: str) -> None:
-        """Queue a frame without awaiting; close the client if it is not reading."""
+        """Queue a frame without awaiting; close the client if it is not reading.
+
+        With ``client_writes=coalesced`` the frame is serialized into the connection's protocol
+        now (its place in the client's order is fixed here) and written at the end of this loop
+        turn, together with every other frame queued for the client meanwhile: one ``send()``
+        per client per turn. Bytes queued and not yet written count against
+        ``client_buffer_bytes`` like the transport's own buffer. Anything the library writes on
+        its own meanwhile (a pong, a close frame) drains the same queue first, in order."""
         ws = client.ws
         if ws.protocol.state is not WsState.OPEN:
             return
-        buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
-        if buffered > self.settings.client_buffer_bytes and not self.slow_unbounded:
+        if not self.coalesce:
+            buffered = ws.transport.get_write_buffer_size() if ws.transport else 0
+            if buffered > self.settings.client_buffer_bytes and not self.slow_unbounded:
+                self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
+                return
+            broadcast([ws], text)
+            gateway_metrics.frame_out()
+            return
+        if ws.send_in_progress is not None:  # a fragmented message (never ours): as broadcast
+            return
+        pending = self._pending.get(client)
+        if pending is None:
+            pending = ws.transport.get_write_buffer_size() if ws.transport else 0
+        if pending > self.settings.client_buffer_bytes and not self.slow_unbounded:
             self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
             return
-        broadcast([ws], text)
+        data = text.encode()
+        ws.protocol.send_text(data)
+        self._pending[client] = pending + len(data)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         gateway_metrics.frame_out()
+
+    def _flush(self) -> None:
+        """Write what ``send`` queued this turn: one write per client (``client_writes``)."""
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        for client in pending:
+            ws = client.ws
+            transport = ws.transport
+            data = ws.protocol.data_to_send()
+            if not data or transport is None:
+                continue
+            try:
+                if all(data):
+                    transport.write(data[0] if len(data) == 1 else b"".join(data))
+                else:  # an end-of-stream marker among them: the library's own path
+                    ws.protocol.writes[:0] = data
+                    ws.send_data()
+            except Exception as exc:  # as broadcast: one failed connection never stops the rest
+                log.debug("write to a client failed: %s", exc)
 
     def send_error(self, client: Client, code: str, message: str, **extra: Any) -> None:
         gateway_metrics.error_reply(code)

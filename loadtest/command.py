@@ -257,6 +257,24 @@ async def cmd_bench(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    if args.mode == "compare":
+        from loadtest import compare
+
+        subscribers = int(args.members)
+        try:
+            result = await compare.compare(
+                subscribers=subscribers,
+                messages=args.burst or max(1, 200_000 // subscribers),
+                window=args.window,
+                repeat=args.repeat,
+                per_frame=args.per_frame,
+                say=lambda text: print(text, file=sys.stderr),
+            )
+        except ValueError as exc:
+            print(f"bench compare: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(result, indent=2) if args.json else compare.render(result))
+        return 0
     if args.mode == "storage":
         from loadtest import storage_bench
 
@@ -304,10 +322,12 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     b.add_argument(
         "mode",
-        choices=["chat", "idle", "storage", "presence"],
+        choices=["chat", "idle", "storage", "presence", "compare"],
         help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
-        "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced "
-        "(storage and presence need no running topology)",
+        "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced; "
+        "compare: server CPU per delivery of chatscale's fan-out against a bare websockets "
+        "broadcast() server, same load generator, alternating fresh runs "
+        "(storage, presence and compare need no running topology)",
     )
     b.add_argument(
         "--members",
@@ -345,10 +365,23 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         action="append",
         help="gateway URL to connect to (repeat; default: the gateways in .chatscale/run.json)",
     )
+    b.add_argument(
+        "--burst",
+        type=int,
+        help="compare mode: messages per run (default: 200,000 deliveries / members)",
+    )
+    b.add_argument("--window", type=int, default=16, help="compare mode: sends awaiting an ack")
+    b.add_argument("--repeat", type=int, default=3, help="compare mode: alternating rounds")
+    b.add_argument(
+        "--per-frame",
+        action="store_true",
+        help="compare mode: also run chatscale with CHATSCALE_CLIENT_WRITES=per_frame",
+    )
+    b.add_argument("--json", action="store_true", help="compare mode: print the result as JSON")
     b.set_defaults(fn=cmd_bench)
 
 
 BENCH_DEFAULTS: dict[str, dict[str, float]] = {
-    "members": {"chat": 20, "idle": 20, "presence": 5000},
+    "members": {"chat": 20, "idle": 20, "presence": 5000, "compare": 1000},
     "duration": {"chat": 10.0, "presence": 60.0},
 }

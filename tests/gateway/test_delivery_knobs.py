@@ -128,6 +128,7 @@ def test_defaults_are_todays_behaviour():
     fields = Settings.model_fields
     assert fields["fanout_serialize"].default == "once"
     assert fields["slow_client"].default == "close"
+    assert fields["client_writes"].default == "coalesced"  # same bytes and order (issue 13)
     assert LocalFanout(RecordingGateway()).per_recipient is False  # type: ignore[arg-type]
 
 
@@ -211,3 +212,45 @@ async def test_a_reader_that_stopped_is_closed_or_kept_as_the_knob_says(stack: S
     for _ in range(sent):
         assert (await slow.next_event("MESSAGE_CREATE", timeout=10))["d"]["content"] == big
     assert slow.close_code is None
+
+
+@pytest.mark.parametrize(
+    "settings", [{"client_writes": "coalesced"}, {"client_writes": "per_frame"}], indirect=True
+)
+async def test_frames_of_one_loop_turn_go_out_in_one_write_or_one_each(stack: Stack):
+    """``client_writes``: coalesced writes nothing while a burst is queued and the burst in
+    order afterwards (in one write or a few); per_frame writes each frame as it is queued."""
+    gw = stack.gateways[0]
+    bob = await stack.client("bob", gateway=0)
+    server_side = next(c for c in gw.clients if c.session and c.session.username == "bob")
+    transport = server_side.ws.transport
+    writes = 0
+    real_write = transport.write
+
+    def counting(data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        real_write(data)
+
+    transport.write = counting
+    try:
+        general = stack.channels["general"]
+        guild = server_side.session.channels[general]
+        burst = 20
+        for i in range(burst):  # one loop turn: no await between the deliveries
+            payload = orjson.dumps({"id": str(1000 + i), "channel_id": str(general)}).decode()
+            gw.fanout.deliver(
+                Delivery(t="MESSAGE_CREATE", guild_id=guild, channel_id=general, payload=payload)
+            )
+        during = writes
+        got = [(await bob.next_event("MESSAGE_CREATE", timeout=5)) for _ in range(burst)]
+    finally:
+        transport.write = real_write
+    assert [e["d"]["id"] for e in got] == [str(1000 + i) for i in range(burst)]
+    seqs = [e["s"] for e in got]
+    assert seqs == list(range(seqs[0], seqs[0] + burst))
+    if gw.settings.client_writes == "coalesced":
+        assert during == 0
+        assert 1 <= writes <= 3, writes
+    else:
+        assert during == burst

@@ -1,0 +1,352 @@
+"""``chatscale bench compare``: chatscale's fan-out beside the bare-websockets floor.
+
+One load generator for both systems, in this process: ``subscribers`` light receivers (the
+websockets sans-I/O protocol inside an ``asyncio.Protocol``; a frame is only searched for the
+bench's marker, never parsed) and one sender that sends ``messages`` SEND_MESSAGE frames with
+``window`` awaiting their ack (a burst: as fast as the server acknowledges). Each message goes
+to every receiver and back to the sender. The systems, each started fresh per run:
+
+- ``chatscale``: the embedded topology (1 gateway, 1 worker, presence, Valkey, SQLite), every
+  receiver a member of one guild on the one gateway;
+- ``chatscale-per-frame``: the same with ``CHATSCALE_CLIENT_WRITES=per_frame`` (one write per
+  frame, the gateway before issue 13), with ``--per-frame``;
+- ``floor``: ``loadtest.floor``, ``websockets.broadcast()`` of one frame built once.
+
+Measured per run: server CPU seconds from ``/proc`` (every chatscale process, and the gateway
+alone; the floor process) over the burst, divided by the deliveries received, and deliveries per
+second. Runs alternate between systems, ``repeat`` rounds; the summary is the median and the
+values of every run, and the ratio of medians chatscale / floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from chatscale import tokens
+from chatscale.keys import Keys
+from chatscale.redisconn import connect as redis_connect
+from chatscale.wire import Op
+from guilds import community
+from loadtest.topology import Embedded
+from storage import open_store
+
+MARK = b'"content":"B'  # every bench message's content starts with "B"
+SYSTEMS = ("chatscale", "chatscale-per-frame", "floor")
+
+
+class Receiver(asyncio.Protocol):
+    """One connection: identifies, then counts the bench messages it receives."""
+
+    def __init__(self, url: str, token: str, on_message: Any) -> None:
+        self.proto = ClientProtocol(parse_uri(url), max_size=None)
+        self.token = token
+        self.on_message = on_message
+        self.transport: asyncio.Transport | None = None
+        self.ready = asyncio.get_running_loop().create_future()
+        self.acks = 0
+        self.on_ack: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.proto.send_request(self.proto.connect())
+        self.flush()
+
+    def flush(self) -> None:
+        for data in self.proto.data_to_send():
+            if data:
+                self.transport.write(data)  # type: ignore[union-attr]
+            else:
+                self.transport.close()  # type: ignore[union-attr]
+
+    def send(self, obj: Any) -> None:
+        self.proto.send_text(orjson.dumps(obj))
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.proto.receive_data(data)
+        for event in self.proto.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                raw = event.data
+                if MARK in raw:
+                    self.on_message()
+                elif b'"MESSAGE_ACK"' in raw:
+                    self.on_ack()
+                elif not self.ready.done():
+                    if b'"op":10' in raw:
+                        self.send({"op": int(Op.IDENTIFY), "d": {"token": self.token}})
+                    elif b'"READY"' in raw:
+                        self.ready.set_result(None)
+            elif isinstance(event, Response) and self.proto.handshake_exc is not None:
+                if not self.ready.done():
+                    self.ready.set_exception(self.proto.handshake_exc)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError("closed before READY"))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+async def _open(url: str, token: str, on_message: Any) -> Receiver:
+    loop = asyncio.get_running_loop()
+    uri = parse_uri(url)
+    _, rcv = await loop.create_connection(
+        lambda: Receiver(url, token, on_message), uri.host, uri.port
+    )
+    await asyncio.wait_for(rcv.ready, 30)
+    return rcv
+
+
+async def _receivers(urls_tokens: list[tuple[str, str]], on_message: Any) -> list[Receiver]:
+    gate = asyncio.Semaphore(64)
+
+    async def one(url: str, token: str) -> Receiver:
+        async with gate:
+            return await _open(url, token, on_message)
+
+    return list(await asyncio.gather(*(one(u, t) for u, t in urls_tokens)))
+
+
+async def _burst(
+    url_tokens: list[tuple[str, str]],
+    channel_id: int,
+    *,
+    messages: int,
+    window: int,
+    content_chars: int,
+    procs: dict[str, psutil.Process],
+) -> dict[str, float]:
+    """Connect, send the burst, wait for every delivery; CPU of ``procs`` over the burst."""
+    received = 0
+    total = len(url_tokens) * messages
+    all_in = asyncio.Event()
+
+    def on_message() -> None:
+        nonlocal received
+        received += 1
+        if received >= total:
+            all_in.set()
+
+    conns = await _receivers(url_tokens, on_message)
+    sender = conns[0]  # receives its own copies like every other member
+    acked = 0
+    sent = 0
+    nonces = itertools.count()
+    body = "B" + "x" * max(0, content_chars - 1)
+
+    def send_one() -> None:
+        nonlocal sent
+        sent += 1
+        d = {"channel_id": str(channel_id), "content": body, "nonce": f"b{next(nonces)}"}
+        sender.send({"op": int(Op.SEND_MESSAGE), "d": d})
+
+    def on_ack() -> None:
+        nonlocal acked
+        acked += 1
+        if sent < messages:
+            send_one()
+
+    sender.on_ack = on_ack
+    try:
+        before = _cpu(procs)
+        t0 = time.monotonic()
+        for _ in range(min(window, messages)):
+            send_one()
+        await asyncio.wait_for(all_in.wait(), 120)
+        elapsed = time.monotonic() - t0
+        after = _cpu(procs)
+    finally:
+        for c in conns:
+            c.close()
+    spent = {name: after[name] - before[name] for name in before}
+    return {
+        "deliveries": float(received),
+        "seconds": elapsed,
+        "deliveries_per_s": received / elapsed,
+        **{f"cpu_s:{name}": v for name, v in spent.items()},
+    }
+
+
+def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
+    out = {}
+    for name, p in procs.items():
+        t = p.cpu_times()
+        out[name] = t.user + t.system
+    return out
+
+
+def _spec(members: int) -> community.Community:
+    names = [f"bench-{i:05d}" for i in range(members)]
+    return community.Community(
+        name="compare",
+        guilds=[
+            community.GuildSpec(name="compare", owner=names[0], channels=["bench"], members=names)
+        ],
+    )
+
+
+async def run_chatscale(workdir: Path, subscribers: int, *, per_frame: bool, **load: Any) -> dict:
+    env = {"CHATSCALE_HEARTBEAT_INTERVAL_MS": "60000"}
+    if per_frame:
+        env["CHATSCALE_CLIENT_WRITES"] = "per_frame"
+    topo = Embedded(
+        workdir, storage_url=f"sqlite:///{workdir}/history.db", gateways=1, workers=1, env=env
+    )
+    await asyncio.wait_for(topo.start(say=lambda _t: None), 60)
+    try:
+        settings = topo.settings
+        spec = _spec(subscribers)
+        store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+        redis = redis_connect(settings)
+        try:
+            await community.apply(spec, store, redis, Keys(settings.key_prefix))
+        finally:
+            await store.close()
+            await redis.aclose()
+        users, _, channels, _ = spec.plan()
+        now = time.time()
+        url = topo.urls[0]
+        pairs = [
+            (url, tokens.mint(u.id, secret=settings.token_secret, ttl_s=3600, now=now))
+            for u in users
+        ]
+        out = await _burst(pairs, channels[0].id, procs=topo.processes(), **load)
+    finally:
+        await topo.stop()
+    out["server_cpu_s"] = sum(v for k, v in out.items() if k.startswith("cpu_s:"))
+    out["gateway_cpu_s"] = sum(v for k, v in out.items() if k.startswith("cpu_s:gateway"))
+    return out
+
+
+async def run_floor(workdir: Path, subscribers: int, **load: Any) -> dict:
+    port_file = workdir / "floor.port"
+    port_file.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.floor", str(port_file)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    try:
+        for _ in range(200):
+            if port_file.exists() and port_file.read_text():
+                break
+            if proc.poll() is not None:
+                raise RuntimeError("the floor server exited")
+            await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError("the floor server did not listen within 10 s")
+        url = f"ws://127.0.0.1:{port_file.read_text()}/"
+        pairs = [(url, "-")] * subscribers
+        out = await _burst(pairs, 1, procs={"floor": psutil.Process(proc.pid)}, **load)
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        if proc.poll() is None:
+            proc.kill()
+    out["server_cpu_s"] = out["gateway_cpu_s"] = out["cpu_s:floor"]
+    return out
+
+
+async def compare(
+    *,
+    subscribers: int,
+    messages: int,
+    window: int = 16,
+    content_chars: int = 100,
+    repeat: int = 3,
+    per_frame: bool = False,
+    say: Any = print,
+) -> dict:
+    """Alternate the systems ``repeat`` times; per system the per-run figures and medians."""
+    systems = [s for s in SYSTEMS if per_frame or s != "chatscale-per-frame"]
+    load = {"messages": messages, "window": window, "content_chars": content_chars}
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
+    with tempfile.TemporaryDirectory(prefix="chatscale-compare-") as tmp:
+        for r in range(repeat):
+            for i, system in enumerate(systems):
+                workdir = Path(tmp) / f"{system}-{r}-{i}"
+                workdir.mkdir()
+                if system == "floor":
+                    out = await run_floor(workdir, subscribers, **load)
+                else:
+                    per = system == "chatscale-per-frame"
+                    out = await run_chatscale(workdir, subscribers, per_frame=per, **load)
+                d = out["deliveries"]
+                out["server_us_per_delivery"] = out["server_cpu_s"] / d * 1e6
+                out["gateway_us_per_delivery"] = out["gateway_cpu_s"] / d * 1e6
+                runs[system].append(out)
+                say(
+                    f"  round {r + 1} {system}: {out['server_us_per_delivery']:.2f} µs server "
+                    f"CPU per delivery ({out['gateway_us_per_delivery']:.2f} gateway/floor "
+                    f"process), {out['deliveries_per_s']:,.0f} deliveries/s"
+                )
+    summary: dict[str, dict[str, Any]] = {}
+    for system, rs in runs.items():
+        summary[system] = {
+            key: {"median": statistics.median(r[key] for r in rs), "runs": [r[key] for r in rs]}
+            for key in ("server_us_per_delivery", "gateway_us_per_delivery", "deliveries_per_s")
+        }
+    floor = summary["floor"]["server_us_per_delivery"]["median"]
+    if floor <= 0:  # CPU time moves in clock ticks (10 ms): a burst too small to read
+        raise ValueError("the floor's CPU read 0 s: use a larger --burst or --members")
+    ratios = {
+        s: {
+            "server": summary[s]["server_us_per_delivery"]["median"] / floor,
+            "gateway": summary[s]["gateway_us_per_delivery"]["median"] / floor,
+        }
+        for s in summary
+        if s != "floor"
+    }
+    return {
+        "subscribers": subscribers,
+        "messages": messages,
+        "window": window,
+        "content_chars": content_chars,
+        "repeat": repeat,
+        "summary": summary,
+        "ratio_to_floor": ratios,
+    }
+
+
+def render(result: dict) -> str:
+    def fmt(m: dict, digits: int) -> str:
+        runs = ", ".join(f"{v:,.{digits}f}" for v in m["runs"])
+        return f"{m['median']:,.{digits}f} ({runs})"
+
+    lines = [
+        f"bench compare: {result['subscribers']:,} subscribers, {result['messages']} messages of "
+        f"{result['content_chars']} characters, {result['window']} awaiting their ack; median "
+        f"of {result['repeat']} alternating runs (every run's value in brackets)",
+    ]
+    for system, s in result["summary"].items():
+        lines.append(
+            f"  {system:<20} server CPU per delivery {fmt(s['server_us_per_delivery'], 2)} µs; "
+            f"gateway {fmt(s['gateway_us_per_delivery'], 2)} µs; "
+            f"deliveries/s {fmt(s['deliveries_per_s'], 0)}"
+        )
+    for system, r in result["ratio_to_floor"].items():
+        lines.append(
+            f"  {system} / floor: {r['server']:.2f}x server CPU per delivery "
+            f"(gateway alone {r['gateway']:.2f}x)"
+        )
+    return "\n".join(lines)
