@@ -332,7 +332,7 @@ class Settings(BaseSettings):
     )
 
     client_writes: Literal["coalesced", "per_frame"] = Field(
-        default="coalesced",
+        default="per_frame",
         description="How a gateway writes frames to a client's socket. coalesced: frames queued "
         "for one client during one event-loop turn (a delivery-stream read of many entries, "
         "acks and deliveries together) go out in one write, so a burst costs one send() per "

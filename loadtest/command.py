@@ -267,7 +267,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
                 messages=args.burst or max(1, 200_000 // subscribers),
                 window=args.window,
                 repeat=args.repeat,
-                per_frame=args.per_frame,
+                coalesced=args.coalesced,
                 say=lambda text: print(text, file=sys.stderr),
             )
         except ValueError as exc:
@@ -373,9 +373,9 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument("--window", type=int, default=16, help="compare mode: sends awaiting an ack")
     b.add_argument("--repeat", type=int, default=3, help="compare mode: alternating rounds")
     b.add_argument(
-        "--per-frame",
+        "--coalesced",
         action="store_true",
-        help="compare mode: also run chatscale with CHATSCALE_CLIENT_WRITES=per_frame",
+        help="compare mode: also run chatscale with CHATSCALE_CLIENT_WRITES=coalesced",
     )
     b.add_argument("--json", action="store_true", help="compare mode: print the result as JSON")
     b.set_defaults(fn=cmd_bench)

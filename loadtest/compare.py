@@ -8,8 +8,8 @@ to every receiver and back to the sender. The systems, each started fresh per ru
 
 - ``chatscale``: the embedded topology (1 gateway, 1 worker, presence, Valkey, SQLite), every
   receiver a member of one guild on the one gateway;
-- ``chatscale-per-frame``: the same with ``CHATSCALE_CLIENT_WRITES=per_frame`` (one write per
-  frame, the gateway before issue 13), with ``--per-frame``;
+- ``chatscale-coalesced``: the same with ``CHATSCALE_CLIENT_WRITES=coalesced`` (one write per
+  client per event-loop turn instead of one per frame), with ``--coalesced``;
 - ``floor``: ``loadtest.floor``, ``websockets.broadcast()`` of one frame built once.
 
 Measured per run: server CPU seconds from ``/proc`` (every chatscale process, and the gateway
@@ -48,7 +48,7 @@ from loadtest.topology import Embedded
 from storage import open_store
 
 MARK = b'"content":"B'  # every bench message's content starts with "B"
-SYSTEMS = ("chatscale", "chatscale-per-frame", "floor")
+SYSTEMS = ("chatscale", "chatscale-coalesced", "floor")
 
 
 class Receiver(asyncio.Protocol):
@@ -205,10 +205,10 @@ def _spec(members: int) -> community.Community:
     )
 
 
-async def run_chatscale(workdir: Path, subscribers: int, *, per_frame: bool, **load: Any) -> dict:
+async def run_chatscale(workdir: Path, subscribers: int, *, coalesced: bool, **load: Any) -> dict:
     env = {"CHATSCALE_HEARTBEAT_INTERVAL_MS": "60000"}
-    if per_frame:
-        env["CHATSCALE_CLIENT_WRITES"] = "per_frame"
+    if coalesced:
+        env["CHATSCALE_CLIENT_WRITES"] = "coalesced"
     topo = Embedded(
         workdir, storage_url=f"sqlite:///{workdir}/history.db", gateways=1, workers=1, env=env
     )
@@ -274,11 +274,11 @@ async def compare(
     window: int = 16,
     content_chars: int = 100,
     repeat: int = 3,
-    per_frame: bool = False,
+    coalesced: bool = False,
     say: Any = print,
 ) -> dict:
     """Alternate the systems ``repeat`` times; per system the per-run figures and medians."""
-    systems = [s for s in SYSTEMS if per_frame or s != "chatscale-per-frame"]
+    systems = [s for s in SYSTEMS if coalesced or s != "chatscale-coalesced"]
     load = {"messages": messages, "window": window, "content_chars": content_chars}
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="chatscale-compare-") as tmp:
@@ -289,8 +289,8 @@ async def compare(
                 if system == "floor":
                     out = await run_floor(workdir, subscribers, **load)
                 else:
-                    per = system == "chatscale-per-frame"
-                    out = await run_chatscale(workdir, subscribers, per_frame=per, **load)
+                    co = system == "chatscale-coalesced"
+                    out = await run_chatscale(workdir, subscribers, coalesced=co, **load)
                 d = out["deliveries"]
                 out["server_us_per_delivery"] = out["server_cpu_s"] / d * 1e6
                 out["gateway_us_per_delivery"] = out["gateway_cpu_s"] / d * 1e6
