@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 8780
+METRICS_EVERY_S = 5.0  # dashboard.server's default, without importing the server here
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
@@ -40,6 +41,14 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         "--loadtest-results",
         default="reports",
         help="folder of `chatscale loadtest` reports the dashboard lists",
+    )
+    run.add_argument(
+        "--dashboard-metrics-interval",
+        type=float,
+        default=METRICS_EVERY_S,
+        metavar="S",
+        help="seconds between scrapes of every process's /metrics while a page is open "
+        f"(default {METRICS_EVERY_S:g}; Valkey's figures are read every second)",
     )
     run.add_argument(
         "--dashboard-chat",
@@ -81,6 +90,7 @@ async def start(
         admin_token=token,
         lab_dir=_absolute(args.lab_results),
         loadtest_dir=_absolute(args.loadtest_results),
+        metrics_every_s=args.dashboard_metrics_interval,
     )
     port = DEFAULT_PORT if args.dashboard_port is None else args.dashboard_port
     try:

@@ -248,6 +248,10 @@ function render(s) {
   $("#sum-deliveries").textContent = num(sum(f.gateways, "deliveries_s"));
   $("#sum-connections").textContent = num(sum(f.gateways, "connections"), 0);
   $("#sum-age").textContent = ms((f.message_age_p99_ms || {}).delivered);
+  if (f.metrics_at) {
+    const ago = Math.max(0, (s.sent_at || Date.now() / 1000) - f.metrics_at);
+    $("#fig-ages").textContent = `queues, workers' messages/s, presence and dead letters read from Valkey every second (over the last ${num(f.interval_s, 1)} s); connections, frames, deliveries and p99s from each process's /metrics, scraped ${num(ago, 0)} s ago, over ${num(f.metrics_interval_s, 1)} s`;
+  }
   layout(s);
   renderLedger(s.chat);
   renderFaults(s.faults || []);
