@@ -331,6 +331,14 @@ class Settings(BaseSettings):
         "fanout_mode=inbox: the newest entries are kept.",
     )
 
+    # --- the dashboard -----------------------------------------------------------------------
+    dashboard_admin_token: str = Field(
+        default="",
+        description="The admin token the dashboard's actions (faults, knobs, traces, the chat) "
+        "require in X-Admin-Token; empty: a random one per start, printed in the banner (`chatscale "
+        "run`) or the log (`chatscale dashboard`, the compose service). At least 16 characters.",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

@@ -109,6 +109,7 @@ class Dashboard:
             "storage_url": self.settings_of().storage_url,
             "chat": self.chat.summary() if self.chat is not None else None,
             "faults": list(self.actions.faults),
+            "unavailable": self.actions.unavailable(),
             "traces": list(self.actions.traces),
             "sent_at": time.time(),
         }
@@ -122,6 +123,7 @@ class Dashboard:
             cur = await top.collect(self.settings_of(), timeout=0.8, parse_text=parse, names=SHOWN)
         except Exception as exc:  # noqa: BLE001 - shown, never fatal
             return self.state(None, str(exc) or type(exc).__name__)
+        self.actions.observe(cur)
         return self.state(figures(cur, None))
 
     async def _collect(self) -> None:
@@ -155,6 +157,7 @@ class Dashboard:
                     ),
                     max(1.0, 2 * self.interval_s),
                 )
+                self.actions.observe(cur)
                 if due:
                     scraped_prev, scraped = scraped, cur
                 assert scraped is not None

@@ -263,6 +263,12 @@ function render(s) {
   fillSelect("#gateway-index", procs.filter((p) => p.role === "gateway" && p.alive).map((p) => ({ value: p.index, label: `gw-${p.index}` })));
   $("#pause-store").disabled = !(s.storage_url || "").startsWith("cassandra");
   $("#pause-store").title = $("#pause-store").disabled ? "history is SQLite, a file in the worker processes: nothing separate to pause" : "";
+  // faults this dashboard cannot inject (chatscale dashboard supervises no process): say why
+  const un = s.unavailable || {};
+  document.querySelectorAll("button[data-fault]").forEach((b) => {
+    if (un[b.dataset.fault]) { b.disabled = true; b.title = un[b.dataset.fault]; b.classList.add("unavailable"); }
+  });
+  $("#fault-unavailable").textContent = Object.entries(un).map(([k, v]) => `${k} unavailable: ${v}`).join(" · ");
   if (s.error) say(s.error, false);
 }
 
