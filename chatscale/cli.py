@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     # run (with the dashboard, a layer above ops), token, trace, top
     ops_commands.add_commands(sub, run_extras=[dashboard_commands.RUN_EXTRA])
+    dashboard_commands.add_commands(sub)  # dashboard (against compose or another run)
     gateway_commands.add_commands(sub)  # gateway
     worker_commands.add_commands(sub)  # worker, evict
     presence_commands.add_commands(sub)  # presence

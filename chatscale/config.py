@@ -337,8 +337,17 @@ class Settings(BaseSettings):
         "for one client during one event-loop turn (a delivery-stream read of many entries, "
         "acks and deliveries together) go out in one write, so a burst costs one send() per "
         "connection, not one per frame; same bytes, same order, same client_buffer_bytes limit "
-        "(queued-but-unwritten bytes count). per_frame: one write per frame as each is queued "
-        "(the behaviour before issue 13; kept to measure the difference).",
+        "(queued-but-unwritten bytes count). per_frame (the default): one write per frame as "
+        "each is queued; coalescing bought no CPU beyond run-to-run noise here "
+        "(docs/benchmarks.md), so it is not the default.",
+    )
+
+    # --- the dashboard -----------------------------------------------------------------------
+    dashboard_admin_token: str = Field(
+        default="",
+        description="The admin token the dashboard's actions (faults, knobs, traces, the chat) "
+        "require in X-Admin-Token; empty: a random one per start, printed in the banner (`chatscale "
+        "run`) or the log (`chatscale dashboard`, the compose service). At least 16 characters.",
     )
 
     @cached_property

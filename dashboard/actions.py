@@ -31,7 +31,7 @@ from storage import open_store
 
 #: Settings never shown (the page shows that they are set). No setting is re-read by a running
 #: process; slowmode, the one knob the page changes, is per-channel metadata.
-SECRET = {"token_secret"}
+SECRET = {"token_secret", "dashboard_admin_token"}
 
 
 class RunningTopology(Embedded):
@@ -59,6 +59,13 @@ class Actions:
         return self.topo.settings
 
     # ---- topology facts --------------------------------------------------------------------
+
+    def unavailable(self) -> dict[str, str]:
+        """Faults this dashboard cannot inject, with why (none: it supervises the topology)."""
+        return {}
+
+    def observe(self, snap: Any) -> None:
+        """Each collected snapshot (``chatscale dashboard`` reads its processes from them)."""
 
     def live_gateways(self) -> list[str]:
         out = []

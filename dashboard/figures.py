@@ -59,12 +59,25 @@ def _r(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def figures(cur: Snapshot, prev: Snapshot | None) -> dict[str, Any]:
+def figures(
+    cur: Snapshot,
+    prev: Snapshot | None,
+    scraped: Snapshot | None = None,
+    scraped_prev: Snapshot | None = None,
+) -> dict[str, Any]:
+    """``cur``/``prev``: the Redis figures (queues, workers, presence, gateways registered) and
+    their rates. ``scraped``/``scraped_prev``: the snapshots whose /metrics scrapes give the
+    per-process figures (connections, frames, deliveries, p99s, message ages) — by default
+    ``cur``/``prev``; the dashboard scrapes less often than it reads Redis, so it passes its
+    last two scrapes, and their rates and p99s are over the interval between those."""
     dt = cur.at - prev.at if prev else 0.0
+    if scraped is None:
+        scraped, scraped_prev = cur, prev
+    sdt = scraped.at - scraped_prev.at if scraped_prev else 0.0
 
     def scrape_of(name: str) -> tuple[Samples | None, Samples | None]:
-        s = cur.scrapes.get(name)
-        p = prev.scrapes.get(name) if prev else None
+        s = scraped.scrapes.get(name)
+        p = scraped_prev.scrapes.get(name) if scraped_prev else None
         return (s.samples if s and not s.error else None), (
             p.samples if p and not p.error else None
         )
@@ -77,7 +90,7 @@ def figures(cur: Snapshot, prev: Snapshot | None) -> dict[str, Any]:
 
     def per_s(name: str, metric: str, **match: str) -> float | None:
         s, p = scrape_of(name)
-        return _r(rate(total(s, metric, **match), total(p, metric, **match), dt))
+        return _r(rate(total(s, metric, **match), total(p, metric, **match), sdt))
 
     gateways = []
     for gw_id, info in sorted(cur.gateways.items()):
@@ -120,7 +133,7 @@ def figures(cur: Snapshot, prev: Snapshot | None) -> dict[str, Any]:
     presence = None
     if cur.presence is not None:
         st, before = cur.presence, (prev.presence if prev and prev.presence else {})
-        name = next((n for n, sc in cur.scrapes.items() if sc.role == "presence"), "")
+        name = next((n for n, sc in scraped.scrapes.items() if sc.role == "presence"), "")
         presence = {
             "online_users": cur.online_users,
             "changes_s": _r(rate(st.get("changes_in"), before.get("changes_in"), dt)),
@@ -135,16 +148,16 @@ def figures(cur: Snapshot, prev: Snapshot | None) -> dict[str, Any]:
     for hop in ("worker_read", "worker_done", "delivered"):
         cur_h = merge(
             buckets(s.samples, "chatscale_message_age_seconds", hop=hop)
-            for s in cur.scrapes.values()
+            for s in scraped.scrapes.values()
             if not s.error
         )
         prev_h = (
             merge(
                 buckets(s.samples, "chatscale_message_age_seconds", hop=hop)
-                for s in prev.scrapes.values()
+                for s in scraped_prev.scrapes.values()
                 if not s.error
             )
-            if prev
+            if scraped_prev
             else None
         )
         ages[hop] = _ms(quantile(0.99, window(cur_h, prev_h)))
@@ -157,5 +170,8 @@ def figures(cur: Snapshot, prev: Snapshot | None) -> dict[str, Any]:
         "dead_letters": cur.dead_letters,
         "presence": presence,
         "message_age_p99_ms": ages,
-        "unreachable": sorted(n for n, s in cur.scrapes.items() if s.error),
+        "unreachable": sorted(n for n, s in scraped.scrapes.items() if s.error),
+        # when the per-process figures were scraped, and the window of their rates and p99s
+        "metrics_at": scraped.wall,
+        "metrics_interval_s": round(sdt, 3),
     }

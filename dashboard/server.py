@@ -1,8 +1,8 @@
 """The dashboard's HTTP server: the standard library's asyncio streams, one port, loopback.
 
 Routes: ``GET /`` and ``/static/*`` (the page, every asset served from this package: no CDN),
-``GET /events`` (server-sent events: the topology's figures once a second while a page is
-open), ``GET /api/state|knobs|results``, ``GET /results/{lab|loadtest}/NAME/`` (a result's
+``GET /events`` (server-sent events once a second while a page is open: the Redis figures
+read every second, the per-process /metrics figures scraped every ``METRICS_EVERY_S``), ``GET /api/state|knobs|results``, ``GET /results/{lab|loadtest}/NAME/`` (a result's
 page), and the actions ``POST /api/trace|fault|knob|chat``, which need the run's admin token in
 ``X-Admin-Token`` (403 otherwise). Figures are collected only while at least one page listens,
 so a closed dashboard costs nothing.
@@ -24,7 +24,7 @@ from typing import Any
 from chatscale.config import Settings
 from chatscale.redisconn import connect
 from dashboard import results
-from dashboard.figures import figures, parse
+from dashboard.figures import SHOWN, figures, parse
 from ops import top
 
 STATIC = {
@@ -35,6 +35,10 @@ STATIC = {
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
 MAX_BODY = 64 * 1024
+#: How often the per-process /metrics pages are scraped while a page is open; Redis (queues,
+#: workers, presence) is read every ``interval_s``. Scraping and rendering every process's
+#: histograms once a second was most of the page's cost (README, "Dashboard").
+METRICS_EVERY_S = 5.0
 log = logging.getLogger("dashboard")
 FAVICON = (
     b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16">'
@@ -59,6 +63,7 @@ class Dashboard:
         lab_dir: Path,
         loadtest_dir: Path,
         interval_s: float = 1.0,
+        metrics_every_s: float = METRICS_EVERY_S,
     ) -> None:
         self.settings_of = settings_of
         self.actions = actions
@@ -66,6 +71,7 @@ class Dashboard:
         self.admin_token = admin_token
         self.folders = {"lab": lab_dir, "loadtest": loadtest_dir}
         self.interval_s = interval_s
+        self.metrics_every_s = max(interval_s, metrics_every_s)
         self.subscribers: set[asyncio.Queue[bytes]] = set()
         self.latest: dict[str, Any] | None = None
         self._wake = asyncio.Event()
@@ -103,6 +109,7 @@ class Dashboard:
             "storage_url": self.settings_of().storage_url,
             "chat": self.chat.summary() if self.chat is not None else None,
             "faults": list(self.actions.faults),
+            "unavailable": self.actions.unavailable(),
             "traces": list(self.actions.traces),
             "sent_at": time.time(),
         }
@@ -113,9 +120,10 @@ class Dashboard:
         if self.subscribers and self.latest is not None:
             return self.latest
         try:
-            cur = await top.collect(self.settings_of(), timeout=0.8, parse_text=parse)
+            cur = await top.collect(self.settings_of(), timeout=0.8, parse_text=parse, names=SHOWN)
         except Exception as exc:  # noqa: BLE001 - shown, never fatal
             return self.state(None, str(exc) or type(exc).__name__)
+        self.actions.observe(cur)
         return self.state(figures(cur, None))
 
     async def _collect(self) -> None:
@@ -127,26 +135,40 @@ class Dashboard:
 
     async def _collect_with(self, redis: Any) -> None:
         prev: top.Snapshot | None = None
+        scraped: top.Snapshot | None = None  # the last snapshot with /metrics scrapes
+        scraped_prev: top.Snapshot | None = None
         while True:
             if not self.subscribers:
-                prev = None  # rates over a gap are meaningless: start over
+                prev = scraped = scraped_prev = None  # rates over a gap mean nothing: restart
                 self._wake.clear()
                 await self._wake.wait()
             started = time.monotonic()
+            due = scraped is None or started - scraped.at >= self.metrics_every_s - 0.05
             try:
                 # bounded: while Valkey is paused the page still gets the ledger every second
                 cur = await asyncio.wait_for(
-                    top.collect(self.settings_of(), timeout=0.8, redis=redis, parse_text=parse),
+                    top.collect(
+                        self.settings_of(),
+                        timeout=0.8,
+                        redis=redis,
+                        parse_text=parse,
+                        scrape=due,
+                        names=SHOWN,
+                    ),
                     max(1.0, 2 * self.interval_s),
                 )
-                self.latest = self.state(figures(cur, prev))
+                self.actions.observe(cur)
+                if due:
+                    scraped_prev, scraped = scraped, cur
+                assert scraped is not None
+                self.latest = self.state(figures(cur, prev, scraped, scraped_prev))
                 prev = cur
             except TimeoutError:
                 self.latest = self.state(None, "collecting: Valkey does not answer (paused?)")
-                prev = None
+                prev = scraped = scraped_prev = None
             except Exception as exc:  # noqa: BLE001 - Valkey paused or restarting: say so
                 self.latest = self.state(None, f"collecting: {exc or type(exc).__name__}")
-                prev = None
+                prev = scraped = scraped_prev = None
             data = b"data: " + json.dumps(self.latest, default=str).encode() + b"\n\n"
             for queue in list(self.subscribers):
                 if queue.qsize() < 5:  # a stalled page skips frames, never grows memory

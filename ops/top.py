@@ -24,6 +24,7 @@ import json
 import math
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -340,10 +341,14 @@ async def collect(
     timeout: float = 1.0,
     redis: Any = None,
     parse_text: Callable[[str], Samples] | None = None,
+    scrape: bool = True,
+    names: Iterable[str] = (),
 ) -> Snapshot:
     """One snapshot. A caller that collects every second (the dashboard) passes its own
     ``redis`` connection (kept open) and may pass a ``parse_text`` that keeps only the samples
-    it shows."""
+    it shows. ``scrape`` False reads Redis only (no /metrics: ``scrapes`` stays empty);
+    ``names`` asks each /metrics page for those samples only (prometheus_client's ``name[]``
+    filter: the process renders only the families asked for)."""
     keys = Keys(settings.key_prefix)
     snap = Snapshot(
         at=time.monotonic(),
@@ -376,7 +381,7 @@ async def collect(
         snap.online_users = int(online) if isinstance(online, int) else 0
         snap.dead_letters = int(dead) if isinstance(dead, int) else 0
         health_keys = await _scan(redis, keys.worker_health("*"))
-        endpoint_keys = await _scan(redis, keys.metrics_endpoint("*"))
+        endpoint_keys = await _scan(redis, keys.metrics_endpoint("*")) if scrape else []
         gateway_ids = [g.decode() for g in registered] if isinstance(registered, dict) else []
         pipe = redis.pipeline(transaction=False)
         for gw_id in gateway_ids:
@@ -400,16 +405,19 @@ async def collect(
         if own:
             await redis.aclose()
 
-    async def one(ep: dict[str, Any]) -> Scrape:
-        scrape = Scrape(ep["role"], ep["name"], ep["url"])
-        try:
-            scrape.samples = await asyncio.to_thread(_scrape, ep["url"], timeout, parse_text)
-        except Exception as exc:  # noqa: BLE001 - shown as unreachable, never fatal
-            scrape.error = str(exc) or type(exc).__name__
-        return scrape
+    query = ("?" + urllib.parse.urlencode([("name[]", n) for n in sorted(names)])) if names else ""
 
-    for scrape in await asyncio.gather(*(one(ep) for ep in endpoints)):
-        snap.scrapes[scrape.name] = scrape
+    async def one(ep: dict[str, Any]) -> Scrape:
+        got = Scrape(ep["role"], ep["name"], ep["url"])
+        try:
+            url = ep["url"] + query
+            got.samples = await asyncio.to_thread(_scrape, url, timeout, parse_text)
+        except Exception as exc:  # noqa: BLE001 - shown as unreachable, never fatal
+            got.error = str(exc) or type(exc).__name__
+        return got
+
+    for got in await asyncio.gather(*(one(ep) for ep in endpoints)):
+        snap.scrapes[got.name] = got
     return snap
 
 

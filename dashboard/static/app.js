@@ -248,6 +248,10 @@ function render(s) {
   $("#sum-deliveries").textContent = num(sum(f.gateways, "deliveries_s"));
   $("#sum-connections").textContent = num(sum(f.gateways, "connections"), 0);
   $("#sum-age").textContent = ms((f.message_age_p99_ms || {}).delivered);
+  if (f.metrics_at) {
+    const ago = Math.max(0, (s.sent_at || Date.now() / 1000) - f.metrics_at);
+    $("#fig-ages").textContent = `queues, workers' messages/s, presence and dead letters read from Valkey every second (over the last ${num(f.interval_s, 1)} s); connections, frames, deliveries and p99s from each process's /metrics, scraped ${num(ago, 0)} s ago, over ${num(f.metrics_interval_s, 1)} s`;
+  }
   layout(s);
   renderLedger(s.chat);
   renderFaults(s.faults || []);
@@ -259,6 +263,12 @@ function render(s) {
   fillSelect("#gateway-index", procs.filter((p) => p.role === "gateway" && p.alive).map((p) => ({ value: p.index, label: `gw-${p.index}` })));
   $("#pause-store").disabled = !(s.storage_url || "").startsWith("cassandra");
   $("#pause-store").title = $("#pause-store").disabled ? "history is SQLite, a file in the worker processes: nothing separate to pause" : "";
+  // faults this dashboard cannot inject (chatscale dashboard supervises no process): say why
+  const un = s.unavailable || {};
+  document.querySelectorAll("button[data-fault]").forEach((b) => {
+    if (un[b.dataset.fault]) { b.disabled = true; b.title = un[b.dataset.fault]; b.classList.add("unavailable"); }
+  });
+  $("#fault-unavailable").textContent = Object.entries(un).map(([k, v]) => `${k} unavailable: ${v}`).join(" · ");
   if (s.error) say(s.error, false);
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from dashboard import results
-from dashboard.figures import SHOWN, parse
+from dashboard.figures import SHOWN, figures, parse
 from ops import top
 
 
@@ -50,3 +50,29 @@ def test_result_pages_are_served_only_for_listed_names(tmp_path: Path) -> None:
     for name in ("b", "..", "../a", ".", "", "a/../a"):
         assert results.page("lab", tmp_path, name) is None, name
     assert results.page("nope", tmp_path, "a") is None
+
+
+def test_scraped_figures_use_the_scrapes_interval_and_redis_figures_their_own() -> None:
+    """The dashboard reads Valkey every second and scrapes /metrics every few seconds: rates
+    from the scrapes are over the interval between the two scrapes, the workers' over the
+    interval between the two Redis reads."""
+
+    def snap(at: float, frames: int, processed: int, scraped: bool) -> top.Snapshot:
+        s = top.Snapshot(at=at, wall=1000 + at)
+        s.gateways = {"gw-0": {"url": "ws://x", "alive": True}}
+        s.workers = {"w-0": {"processed": processed, "shards": [0]}}
+        if scraped:
+            text = f"chatscale_gateway_frames_in_total {frames}\nchatscale_gateway_connections 7\n"
+            s.scrapes = {"gw-0": top.Scrape("gateway", "gw-0", "u", parse(text))}
+        return s
+
+    scraped_prev, scraped = snap(0, 100, 0, True), snap(5, 600, 50, True)
+    prev, cur = snap(6, 0, 60, False), snap(7, 0, 70, False)
+    f = figures(cur, prev, scraped, scraped_prev)
+    assert f["gateways"][0]["frames_in_s"] == 100.0  # 500 frames over the 5 s between scrapes
+    assert f["gateways"][0]["connections"] == 7
+    assert f["workers"][0]["messages_s"] == 10.0  # 10 messages over the 1 s between reads
+    assert f["interval_s"] == 1.0 and f["metrics_interval_s"] == 5.0
+    assert f["metrics_at"] == 1005
+    # without separate scrapes (chatscale top's way) both come from cur/prev
+    assert figures(scraped, scraped_prev)["gateways"][0]["frames_in_s"] == 100.0

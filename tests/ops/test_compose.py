@@ -204,7 +204,7 @@ def test_every_command_is_a_real_chatscale_subcommand():
                 pytest.fail(f"{name}: `chatscale {' '.join(argv)}` is not a valid command")
             assert args.command != "run", f"{name}: containers run one service each, not `run`"
             seen.add(args.command)
-    assert {"migrate", "seed", "gateway", "worker", "presence"} <= seen
+    assert {"migrate", "seed", "gateway", "worker", "presence", "dashboard"} <= seen
     assert {"bench"} & seen or {"loadtest"} & seen
 
 
@@ -295,6 +295,29 @@ def test_loadtest_profile_targets_the_gateways_inside_the_network():
         assert parsed.port == int(env["CHATSCALE_GATEWAY_PORT"]), url
     for target in urls:
         assert urlparse(target).hostname in depends_on(loadtest)
+
+
+def test_dashboard_service_on_host_loopback_against_the_gateways_inside_the_network():
+    """`chatscale dashboard` in a container: bound on every interface of the container (for
+    Docker's port proxy), published on the host's 127.0.0.1 only, the gateways by their
+    in-network names, started after them; its admin token from the environment or its log."""
+    svc = services()
+    dash = svc["dashboard"]
+    assert is_ours(dash) and not dash.get("profiles")
+    args = build_parser().parse_args(chatscale_commands(dash)[0])
+    assert args.command == "dashboard" and args.host == "0.0.0.0"
+    assert published_ports(dash) == [("127.0.0.1", args.port, args.port)]
+    assert urlparse(args.public_url).hostname == "localhost"
+    assert urlparse(args.public_url).port == args.port
+    gateways = {n for n, s in svc.items() if role(s) == "gateway"}
+    assert {urlparse(u).hostname for u in args.gateway} == gateways
+    for url in args.gateway:
+        parsed = urlparse(url)
+        assert parsed.port == int(environment(svc[parsed.hostname])["CHATSCALE_GATEWAY_PORT"])
+        assert depends_on(dash)[parsed.hostname] == "service_healthy"
+    assert depends_on(dash)["init"] == "service_completed_successfully"
+    assert "CHATSCALE_DASHBOARD_ADMIN_TOKEN" in environment(dash)
+    assert "CHATSCALE_DASHBOARD_ADMIN_TOKEN" not in required_variables()  # else: in its log
 
 
 def test_datastores_valkey_with_aof_and_cassandra_with_health_check_and_modest_heap():

@@ -281,6 +281,29 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         assert top.returncode == 0, top.stderr
         assert "gw-0" in top.stdout and "gw-1" in top.stdout
         assert "WORKERS (2)" in top.stdout and "unreachable" not in top.stdout
+
+        # the dashboard service's command and environment: the gateways by their in-network
+        # names, a free port on loopback for the container's 8780
+        dash = svc["dashboard"]
+        argv = [
+            gateway_urls[urlparse(x).hostname] if x.startswith("ws://") else x
+            for x in chatscale_commands(dash)[0]
+        ]
+        port = free_port()
+        argv[argv.index("--port") + 1] = str(port)
+        argv[argv.index("--host") + 1] = "127.0.0.1"
+        token = "compose-dashboard-token-0123456789"
+        procs.start("dashboard", argv, env_of(dash, CHATSCALE_DASHBOARD_ADMIN_TOKEN=token))
+        base = f"http://127.0.0.1:{port}"
+        state = await asyncio.to_thread(_dashboard_state, base, procs)
+        figs = state["figures"]
+        assert {g["id"]: g["alive"] for g in figs["gateways"]} == {"gw-0": True, "gw-1": True}
+        assert len(figs["workers"]) == 2 and state["storage_url"].startswith(
+            ("cassandra", "sqlite")
+        )
+        assert "kill-worker" in state["unavailable"]
+        trace = await asyncio.to_thread(_post, base + "/api/trace", token)
+        assert not trace["missing"], trace
     finally:
         codes = procs.stop()
     assert codes == dict.fromkeys(procs.procs, 0), {n: procs.log(n) for n in procs.procs}
@@ -336,6 +359,27 @@ async def test_in_network_load_tester_resumes_though_the_public_url_is_unreachab
     finally:
         codes = procs.stop()
     assert codes == dict.fromkeys(procs.procs, 0), {n: procs.log(n) for n in procs.procs}
+
+
+def _dashboard_state(base: str, procs: Processes) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        procs.check_alive()
+        try:
+            with urllib.request.urlopen(base + "/api/state", timeout=5) as response:
+                state = json.loads(response.read())
+            if len(state["figures"]["workers"]) == 2:
+                return state
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the dashboard did not serve the topology in 30 s"
+        time.sleep(0.2)
+
+
+def _post(url: str, token: str) -> dict:
+    req = urllib.request.Request(url, b"{}", {"X-Admin-Token": token}, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def _scrape(url: str) -> dict:
