@@ -42,8 +42,15 @@ async def measure(trial: harness.Trial) -> Measurement:
         tick_s = topo.settings.presence_tick_ms / 1000
         seeded = await harness.seed(topo.settings, harness.lab_community(members))
         users = seeded.user_ids
-        clients = await connect_counting(topo.settings, topo.urls, users)
-        observer, sentinel = clients[0], clients[1]
+        # The observer is READY before anyone else comes online, and keeps every update from
+        # then on: a member coming online while the observer is still identifying can fall
+        # between its READY snapshot and its first update (the gateway sends guild presence only
+        # to READY sessions), which would make "every member online" wait forever.
+        [observer] = await connect_counting(topo.settings, topo.urls, users[:1])
+        early: list[tuple[str, dict[str, Any], float]] = []
+        observer.on_dispatch = lambda t, d, at: early.append((t, d, at))
+        clients = [observer, *await connect_counting(topo.settings, topo.urls, users[1:])]
+        sentinel = clients[1]
         restless = clients[-restless_n:]
         uid = {c: u for c, u in zip(clients, users, strict=True)}
         shown: dict[int, str] = {}  # the observer's view: user -> status
@@ -69,9 +76,11 @@ async def measure(trial: harness.Trial) -> Measurement:
 
         for c in clients:
             c.on_dispatch = functools.partial(watch_end, c)
-        observer.on_dispatch = lambda t, d, at: (observe(t, d, at), watch_end(observer, t, d, at))
         for pres in next(iter(observer.ready["presences"].values()), {}).get("presences", []):
             shown[int(pres["user_id"])] = pres["status"]
+        observer.on_dispatch = lambda t, d, at: (observe(t, d, at), watch_end(observer, t, d, at))
+        for t, d, at in early:  # what arrived while the others were connecting, in order
+            observer.on_dispatch(t, d, at)
         await observer.until(
             lambda: all(shown.get(u) == "online" for u in users),
             30,

@@ -117,11 +117,13 @@ def test_chatscale_dashboard_serves_an_external_topology(external) -> None:
     assert b"topology" in get(base + "/")
 
     # the topology view: the run's two gateways (alive), its workers, its queues, live frames
-    deadline = time.monotonic() + 15
-    while True:  # workers announce themselves in Valkey within a few seconds of starting
+    deadline = time.monotonic() + 30
+    want = ["gateway", "presence", "valkey", "worker"]
+    while True:  # workers and metrics endpoints announce themselves in Valkey after they start
         state = first_event(base)
         figs = state["figures"]
-        if len(figs["workers"]) == 2 or time.monotonic() > deadline:
+        seen = sorted({p["role"] for p in state["processes"]})
+        if (len(figs["workers"]) == 2 and seen == want) or time.monotonic() > deadline:
             break
     assert [g["alive"] for g in figs["gateways"]] == [True, True]
     assert all(g["connections"] is not None for g in figs["gateways"])  # /metrics scraped
