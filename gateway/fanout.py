@@ -29,6 +29,8 @@ from gateway.session import Session
 
 log = logging.getLogger("chatscale.gateway.fanout")
 
+EARLY_LIMIT = 1024  # guild-wide deliveries held per identifying session (oldest dropped beyond)
+
 
 class LocalFanout:
     def __init__(self, gateway: GatewayHost, *, serialize: str = "once") -> None:
@@ -37,6 +39,10 @@ class LocalFanout:
         self.per_recipient = serialize == "per_recipient"
         self.attached: dict[Session, Client] = {}
         self.by_guild: dict[int, set[Session]] = {}
+        # Guild-wide deliveries (presence) that reached a session between its attach and its
+        # READY, released in order right after READY: READY's presences are read after the
+        # attach, so snapshot + these miss nothing (a member coming online meanwhile included).
+        self.early: dict[Session, list[Delivery]] = {}
         self.delivered = 0  # frames queued to sockets or replay buffers (a metric)
 
     async def attach(self, session: Session, client: Client) -> None:
@@ -45,13 +51,34 @@ class LocalFanout:
         for guild_id in session.guilds:
             self.by_guild.setdefault(guild_id, set()).add(session)
         self.attached[session] = client
+        if not session.seq:  # identifying: hold guild-wide deliveries until READY (release)
+            self.early[session] = []
         if new_guilds:
             async with self.gateway.redis.pipeline(transaction=False) as pipe:
                 for guild_id in new_guilds:
                     pipe.sadd(keys.route(guild_id), self.gateway.id)
                 await pipe.execute()
 
+    def release(self, session: Session) -> int:
+        """After READY: dispatch what ``deliver`` held for this session, in order."""
+        held = self.early.pop(session, None)
+        if not held or not session.seq:
+            return 0
+        client = self.attached.get(session)
+        sent = 0
+        for delivery in held:
+            need = INTENT_OF.get(delivery.t, 0)
+            if need and not session.intents & need:
+                continue
+            text = session.dispatch(delivery.t, delivery.payload, "")
+            if client is not None:
+                self.gateway.send(client, text)
+            sent += 1
+        self.delivered += sent
+        return sent
+
     async def detach(self, session: Session) -> None:
+        self.early.pop(session, None)
         self.attached.pop(session, None)
         gone = []
         for guild_id in session.guilds:
@@ -104,6 +131,12 @@ class LocalFanout:
                 # (one still identifying is in ``by_guild`` for routing, but READY must be its
                 # first dispatch; it carries the guild's presences as of then).
                 targets = [s for s in members if s.seq]
+                for s in members:
+                    held = self.early.get(s) if not s.seq else None
+                    if held is not None:
+                        if len(held) >= EARLY_LIMIT:  # bounded: IDENTIFY itself is bounded
+                            del held[0]
+                        held.append(delivery)
             need = INTENT_OF.get(delivery.t, 0)
             if need:  # IDENTIFY's intents: a session without this event group does not get it
                 targets = [s for s in targets if s.intents & need]

@@ -576,21 +576,24 @@ class Gateway:
             "gateway_id": self.id,
         }
         ready["presences"] = {}
-        if request.intents & Intent.GUILD_PRESENCES:  # without the intent, none (as Discord)
-            ready["presences"] = {
-                str(g): p
-                for g, p in (
-                    await self.presence.ready_presences(
-                        self.store, guilds, self.settings.large_guild_threshold
-                    )
-                ).items()
-            }
         if client.conn.state is not State.AUTHENTICATING:
             return  # closed while we loaded; nothing registered yet
         self.sessions[session.session_id] = session
         self.presence.online(session)
         try:
             await self.fanout.attach(session, client)
+            # Presences are read after the attach: an update published from the attach on is
+            # held for this session and released after READY (fanout.release), so the snapshot
+            # and the held updates together miss no one who came online meanwhile.
+            if request.intents & Intent.GUILD_PRESENCES:  # without the intent, none (as Discord)
+                ready["presences"] = {
+                    str(g): p
+                    for g, p in (
+                        await self.presence.ready_presences(
+                            self.store, guilds, self.settings.large_guild_threshold
+                        )
+                    ).items()
+                }
             views = await self.control.settle(session, views, version)
         except (StorageUnavailable, *TRANSIENT):
             self.close_client(client, Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
@@ -605,6 +608,7 @@ class Gateway:
             g: p for g, p in ready["presences"].items() if int(g) in session.guilds
         }
         await self._apply(client, client.conn.identified(session, ready))
+        self.fanout.release(session)
 
     async def _resume(self, client: Client, request: ResumeRequest) -> None:
         session = self.sessions.get(request.session_id)

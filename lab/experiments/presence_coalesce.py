@@ -42,10 +42,9 @@ async def measure(trial: harness.Trial) -> Measurement:
         tick_s = topo.settings.presence_tick_ms / 1000
         seeded = await harness.seed(topo.settings, harness.lab_community(members))
         users = seeded.user_ids
-        # The observer is READY before anyone else comes online, and keeps every update from
-        # then on: a member coming online while the observer is still identifying can fall
-        # between its READY snapshot and its first update (the gateway sends guild presence only
-        # to READY sessions), which would make "every member online" wait forever.
+        # The observer is READY before anyone else comes online and keeps every update from
+        # then on, so its view is READY's snapshot plus updates in order (the gateway holds
+        # updates for a session between its attach and READY: fanout.release).
         [observer] = await connect_counting(topo.settings, topo.urls, users[:1])
         early: list[tuple[str, dict[str, Any], float]] = []
         observer.on_dispatch = lambda t, d, at: early.append((t, d, at))
