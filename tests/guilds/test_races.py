@@ -156,7 +156,8 @@ async def test_an_apply_that_loaded_before_a_resync_does_not_undo_it(
 async def test_a_presence_update_during_identify_does_not_come_before_ready(stack: Stack):
     """Between the routing of a new session (``fanout.attach``) and READY the gateway awaits
     the settle check; a guild-wide delivery arriving then must not be the session's first
-    dispatch (READY is s=1, and the gateway tells identifying sessions by seq 0)."""
+    dispatch (READY is s=1, and the gateway tells identifying sessions by seq 0), nor be lost:
+    it is held and dispatched right after READY (``fanout.release``)."""
     [guild_row] = await stack.store.find_guilds("interview-prep")
     gw = stack.gateways[1]
     settle = gw.control.settle
@@ -171,6 +172,6 @@ async def test_a_presence_update_during_identify_does_not_come_before_ready(stac
 
     gw.control.settle = presence_then_settle  # type: ignore[method-assign]
     bob = await stack.client("bob", gateway=1)
-    assert delivered == [0]
-    assert bob.ready["session_id"] and bob.seq == 1
-    assert [f.get("t") for f in await settled(bob)] == []
+    assert delivered == [0]  # not sent while bob was identifying
+    assert bob.ready["session_id"]  # READY came first (s=1: ChatClient.identify waits for it)
+    assert [(f.get("t"), f.get("s")) for f in await settled(bob)] == [("PRESENCE_UPDATE", 2)]
