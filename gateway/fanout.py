@@ -131,9 +131,8 @@ class LocalFanout:
                 # (one still identifying is in ``by_guild`` for routing, but READY must be its
                 # first dispatch; it carries the guild's presences as of then).
                 targets = [s for s in members if s.seq]
-                for s in members:
-                    held = self.early.get(s) if not s.seq else None
-                    if held is not None:
+                for s, held in self.early.items():  # the few sessions still identifying
+                    if not s.seq and delivery.guild_id in s.guilds:
                         if len(held) >= EARLY_LIMIT:  # bounded: IDENTIFY itself is bounded
                             del held[0]
                         held.append(delivery)

@@ -31,7 +31,7 @@ import tomllib
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -40,6 +40,9 @@ from chatscale import snowflake
 from chatscale.keys import Keys
 from guilds.permissions import DEFAULT_EVERYONE, parse_permissions
 from storage import Channel, ChannelOverwrite, Guild, GuildRole, Store, User
+
+if TYPE_CHECKING:
+    from chatscale.config import Settings
 
 ROLE_NODE, USER_NODE, GUILD_NODE, CHANNEL_NODE = 1020, 1021, 1022, 1023
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -241,3 +244,18 @@ async def apply(
         "roles": len(roles),
         "overwrites": len(overwrites),
     }
+
+
+async def apply_to(community: Community, settings: Settings) -> dict[str, int]:
+    """``apply`` against the store and Redis a topology's ``settings`` name (opened and closed
+    here): how the benchmarks and the lab seed the topology they started."""
+    from chatscale.redisconn import connect
+    from storage import open_store
+
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings)
+    try:
+        return await apply(community, store, redis, Keys(settings.key_prefix))
+    finally:
+        await store.close()
+        await redis.aclose()

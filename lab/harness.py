@@ -27,13 +27,11 @@ import redis.asyncio as aioredis
 from chatscale import tokens
 from chatscale.client import ChatClient
 from chatscale.config import Settings
-from chatscale.keys import Keys
 from chatscale.redisconn import connect as redis_connect
 from chatscale.trace import identify as identify_tool
 from guilds import community
 from lab.experiment import Arm, Experiment
 from loadtest.topology import Embedded
-from storage import open_store
 
 #: What every lab topology gets besides the arm's settings (``Embedded`` adds the load tester's
 #: raised rate limits): sessions that outlive a slow lab step.
@@ -114,13 +112,7 @@ def lab_community(
 
 async def seed(settings: Settings, spec: community.Community) -> Seeded:
     """Load ``spec`` into this topology's store and Redis (as ``chatscale seed`` does)."""
-    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
-    redis = redis_connect(settings)
-    try:
-        await community.apply(spec, store, redis, Keys(settings.key_prefix))
-    finally:
-        await store.close()
-        await redis.aclose()
+    await community.apply_to(spec, settings)
     users, guilds, channels, _ = spec.plan()
     return Seeded(guilds[0].id, [u.id for u in users], [c.id for c in channels])
 

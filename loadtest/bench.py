@@ -35,7 +35,6 @@ from chatscale.trace import identify, send_patiently
 from guilds import community
 from loadtest.accounting import DeliveryLedger
 from loadtest.latency import LatencyRecorder
-from storage import open_store
 
 
 def bench_community(members: int) -> community.Community:
@@ -128,13 +127,7 @@ async def _connect_members(
     settings: Settings, urls: list[str], members: int
 ) -> tuple[list[ChatClient], int]:
     spec = bench_community(members)
-    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
-    redis = connect(settings)
-    try:
-        await community.apply(spec, store, redis, Keys(settings.key_prefix))
-    finally:
-        await store.close()
-        await redis.aclose()
+    await community.apply_to(spec, settings)
     users, _, channels, _ = spec.plan()
     now = time.time()
     clients = []

@@ -40,12 +40,9 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from chatscale import tokens
-from chatscale.keys import Keys
-from chatscale.redisconn import connect as redis_connect
 from chatscale.wire import Op
 from guilds import community
 from loadtest.topology import Embedded
-from storage import open_store
 
 MARK = b'"content":"B'  # every bench message's content starts with "B"
 SYSTEMS = ("chatscale", "chatscale-coalesced", "floor")
@@ -216,13 +213,7 @@ async def run_chatscale(workdir: Path, subscribers: int, *, coalesced: bool, **l
     try:
         settings = topo.settings
         spec = _spec(subscribers)
-        store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
-        redis = redis_connect(settings)
-        try:
-            await community.apply(spec, store, redis, Keys(settings.key_prefix))
-        finally:
-            await store.close()
-            await redis.aclose()
+        await community.apply_to(spec, settings)
         users, _, channels, _ = spec.plan()
         now = time.time()
         url = topo.urls[0]
