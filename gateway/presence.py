@@ -53,6 +53,7 @@ class PresenceReporter:
         self._events.append(event_to_dict(Offline(session.session_id)))
 
     def status(self, session: Session, status: str) -> None:
+        session.status = status  # heartbeats carry it, so a revived session keeps it
         self._events.append(event_to_dict(SetStatus(session.session_id, status)))
 
     def voice(self, session: Session, guild_id: int, channel_id: int | None) -> None:
@@ -67,7 +68,10 @@ class PresenceReporter:
         """Send this tick's batch (if any); returns whether an entry was written."""
         if now - self._last_heartbeats >= self._heartbeat_every and sessions:
             self._last_heartbeats = now
-            self._events += [event_to_dict(Heartbeat(s.session_id)) for s in sessions]
+            self._events += [
+                event_to_dict(Heartbeat(s.session_id, s.user_id, s.device, s.status))
+                for s in sessions
+            ]
         if not self._events and not self._typing:
             return False
         batch = {"gw": self._gateway_id, "events": self._events, "typing": self._typing}

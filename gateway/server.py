@@ -38,7 +38,7 @@ import os
 import resource
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -332,11 +332,14 @@ class Gateway:
                 await self.control.check()  # fenced? missed a change? (re-creates liveness)
             await self.tick()
 
+    #: The presence tick's timer (a test steps it instead of waiting for wall time).
+    presence_sleep: Callable[[float], Awaitable[None]] = staticmethod(asyncio.sleep)
+
     async def _presence_ticks(self) -> None:
         """One presence batch every ``presence_tick_ms`` (its own task: a shorter tick makes
         presence fresher without running the rest of housekeeping more often)."""
         while not self.stopping:
-            await asyncio.sleep(self.settings.presence_tick_ms / 1000)
+            await self.presence_sleep(self.settings.presence_tick_ms / 1000)
             with contextlib.suppress(*TRANSIENT):
                 await self.flush_presence()
 

@@ -160,6 +160,7 @@ class Session:
     username: str = ""
     operator: bool = False  # from the IDENTIFY token: may trace its messages (chatscale trace)
     intents: int = ALL_INTENTS  # event groups it subscribed to (wire.Intent; fanout.py filters)
+    status: str = "online"  # the presence status it last set (heartbeats carry it)
     # Bytes of payload the replay buffer may hold (with ``replay_size`` entries, whichever is
     # reached first): the bound on what one session costs its gateway, whatever it receives.
     replay_bytes: int = 512 * 1024

@@ -69,8 +69,15 @@ class Online:
 
 @dataclass(frozen=True)
 class Heartbeat:
+    """A live session's periodic proof of life. A gateway also sends who the session is, so a
+    session this service expired while its gateway still held it (a timeout shorter than a
+    stall) comes back on the next heartbeat instead of staying offline for good."""
+
     type: ClassVar[str] = "heartbeat"
     session_id: str
+    user_id: int | None = None
+    device: str = "desktop"
+    status: str = "online"
 
 
 @dataclass(frozen=True)
@@ -199,8 +206,9 @@ class PresenceState:
         return self.apply_batch([Online(session_id, user_id, device, status)], now)
 
     def heartbeat(self, session_id: str, now: float) -> bool:
-        """Refresh a session. False means presence does not know it (expired, or state lost):
-        the gateway should send ``Online`` again; a heartbeat alone never makes anyone visible."""
+        """Refresh a session. False means presence does not know it (expired, or state lost); a
+        bare heartbeat never makes anyone visible — only a ``Heartbeat`` event that says whose
+        session it is revives it (``apply_batch``)."""
         return self._touch(session_id, now) is not None
 
     def set_status(self, session_id: str, status: str, now: float) -> Changes:
@@ -317,7 +325,11 @@ class PresenceState:
                 session.device, session.status = event.device, event.status
                 session.last_seen = max(session.last_seen, now)
         elif isinstance(event, Heartbeat):
-            self._touch(event.session_id, now)
+            if self._touch(event.session_id, now) is None and event.user_id is not None:
+                self._remember(event.user_id, before)  # expired but alive: revive it
+                self._add(
+                    _Session(event.session_id, event.user_id, event.device, event.status, now)
+                )
         elif isinstance(event, SetStatus):
             if session := self._touch(event.session_id, now):
                 self._remember(session.user_id, before)

@@ -1,10 +1,10 @@
 """The presence knobs the lab turns: typing window 0, raw broadcast, the gateways' tick.
 
-Real gateways, a real Valkey, an injected presence clock (the gateway tick test waits on the
-stream with a bound instead of sleeping)."""
+Real gateways, a real Valkey, an injected presence clock and a stepped gateway presence timer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -73,29 +73,50 @@ async def test_raw_broadcast_sends_a_change_inside_the_window_at_once(stack: Sta
         await presence.close()
 
 
+class SteppedTimer:
+    """Stands in for the gateway's presence timer: records each interval asked for and returns
+    only when the test steps it, so 'one batch per tick' is checked without wall time."""
+
+    def __init__(self) -> None:
+        self.intervals: list[float] = []
+        self._steps = asyncio.Semaphore(0)
+
+    async def sleep(self, seconds: float) -> None:
+        self.intervals.append(seconds)
+        await self._steps.acquire()
+
+    def step(self) -> None:
+        self._steps.release()
+
+
 async def test_gateway_sends_its_presence_batch_every_presence_tick(stack: Stack):
-    """With ``CHATSCALE_PRESENCE_TICK_MS=50`` each new session reaches the presence stream
-    within a fraction of a second, three times in a row (a fixed 1 s turn could not)."""
+    """With ``CHATSCALE_PRESENCE_TICK_MS=50`` the gateway's presence timer runs every 50 ms and
+    each tick writes the sessions that identified since the last one to the presence stream,
+    three times in a row (stepped timer: no wall-clock bound that a loaded machine could miss)."""
     fast = Gateway(
         stack.settings.model_copy(update={"presence_tick_ms": 50}),
         store=stack.store,
         gateway_id="gw-fast",
     )
+    timer = SteppedTimer()
+    fast.presence_sleep = timer.sleep  # type: ignore[method-assign]
     await fast.start()
     redis = connect(stack.settings)
     stream = Keys(stack.settings.key_prefix).presence_in()
     clients: list[ChatClient] = []
     try:
-        last = "$"
+        newest = await redis.xrevrange(stream, count=1)
+        last = newest[0][0] if newest else "0-0"  # not "$": a tick may write before we read
         for name in ("alice", "bob", "carol"):
             client = await ChatClient.identify(fast.url, stack.token(name), heartbeat=False)
             clients.append(client)
-            ready_at = time.monotonic()
-            found = False
+            timer.step()  # one tick
+            found, deadline = False, time.monotonic() + 30
             while not found:
-                remaining = 0.5 - (time.monotonic() - ready_at)
-                assert remaining > 0, f"{name}'s session not reported within 0.5 s"
-                reply = await redis.xread({stream: last}, block=max(1, int(remaining * 1000)))
+                assert time.monotonic() < deadline, (
+                    f"{name} not in the presence stream 30 s after a tick"
+                )
+                reply = await redis.xread({stream: last}, block=1000)
                 for _, entries in reply or []:
                     for entry_id, fields in entries:
                         last = entry_id
@@ -107,8 +128,10 @@ async def test_gateway_sends_its_presence_batch_every_presence_tick(stack: Stack
                                 for e in batch["events"]
                             )
                         )
+        assert set(timer.intervals) == {0.05}
     finally:
         for c in clients:
             await c.close()
+        timer.step()
         await fast.stop()
         await redis.aclose()

@@ -128,6 +128,24 @@ def test_heartbeats_and_repeats_emit_nothing() -> None:
     assert state.heartbeat("nope", 5.0) is False
 
 
+def test_a_live_session_expired_by_a_short_timeout_is_revived_by_its_next_heartbeat() -> None:
+    """The gateway still holds the session but stalled past the timeout: the device went
+    offline, and the gateway's next heartbeat (which says whose session it is) brings it back
+    with the status it had — not offline for good."""
+    state = PresenceState(timeout=T)
+    state.online("d", U, "desktop", "online", 0.0)
+    state.apply_batch([SetStatus("d", "dnd")], 1.0)
+    gone = status_changes(state.expire(T + 2.0))
+    assert [(c.user_id, c.new_visible) for c in gone] == [(U, "offline")]
+    assert state.apply_batch([Heartbeat("d")], T + 3.0) == []  # bare: says nothing of who
+    back = status_changes(state.apply_batch([Heartbeat("d", U, "mobile", "dnd")], T + 4.0))
+    assert [(c.new_visible, c.client_status) for c in back] == [("dnd", {"mobile": "dnd"})]
+    assert state.apply_batch([Heartbeat("d", U, "mobile", "dnd")], T + 5.0) == []  # known now
+    assert event_from_dict(event_to_dict(Heartbeat("d", U, "web", "idle"))) == Heartbeat(
+        "d", U, "web", "idle"
+    )
+
+
 def test_flap_within_one_batch_is_netted() -> None:
     state = PresenceState(timeout=T)
     state.online("d", U, "desktop", "online", 0.0)
