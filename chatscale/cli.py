@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Callable
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -104,11 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``CHATSCALE_EVENT_LOOP`` names (uvloop or the standard library's)."""
+    if Settings().event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose)
     try:
-        return asyncio.run(args.fn(args))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(args.fn(args))
     except KeyboardInterrupt:
         return 130
     except EXPECTED_ERRORS as exc:

@@ -350,6 +350,14 @@ class Settings(BaseSettings):
         "run`) or the log (`chatscale dashboard`, the compose service). At least 16 characters.",
     )
 
+    # --- the process ---------------------------------------------------------------------------
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="asyncio",
+        description="The event loop every chatscale process runs on. uvloop (libuv, in C) makes "
+        "each socket write and timer cheaper; asyncio is the standard library's pure-Python "
+        "loop, easier to step through in a debugger (docs/benchmarks.md has both, measured).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

@@ -37,9 +37,11 @@ import psutil
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from chatscale import tokens
+from chatscale.discovery import TopologyError
 from chatscale.wire import Op
 from guilds import community
 from loadtest.topology import Embedded
@@ -73,8 +75,17 @@ class Receiver(asyncio.Protocol):
                 self.transport.close()  # type: ignore[union-attr]
 
     def send(self, obj: Any) -> None:
+        if self.proto.state is not State.OPEN:
+            raise TopologyError(
+                f"the server closed the sender's connection mid-burst ({self.closed_by()}); "
+                "the machine may be too busy for this burst: retry, or use a smaller --members"
+            )
         self.proto.send_text(orjson.dumps(obj))
         self.flush()
+
+    def closed_by(self) -> str:
+        close = self.proto.close_rcvd
+        return f"close {close.code} {close.reason!r}" if close else "connection lost"
 
     def data_received(self, data: bytes) -> None:
         self.proto.receive_data(data)
@@ -169,7 +180,14 @@ async def _burst(
         t0 = time.monotonic()
         for _ in range(min(window, messages)):
             send_one()
-        await asyncio.wait_for(all_in.wait(), 120)
+        try:
+            await asyncio.wait_for(all_in.wait(), 120)
+        except TimeoutError:
+            shut = [c.closed_by() for c in conns if c.proto.state is not State.OPEN]
+            raise TopologyError(
+                f"{received} of {total} deliveries in 120 s; {len(shut)} receivers closed"
+                + (f" (first: {shut[0]})" if shut else "")
+            ) from None
         elapsed = time.monotonic() - t0
         after = _cpu(procs)
     finally:
