@@ -77,6 +77,10 @@ async def cmd_features(args: argparse.Namespace) -> int:
     from workers import features
 
     settings = settings_for_tools()
+    if not settings.redis_url:
+        raise commandline.UsageError(
+            "no Redis: set REDIS_URL or run this where `chatscale run` runs"
+        )
     redis = connect(settings)
     try:
         started = time.perf_counter()
