@@ -28,6 +28,7 @@ class Close(IntEnum):
     IDENTIFY_TIMEOUT = 4013
     GATEWAY_FULL = 4014
     TOO_MANY_CONNECTIONS = 4015
+    ACCOUNT_QUARANTINED = 4016
     MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself when max_size is exceeded
     INVALID_DATA = 1007  # sent by the websockets library itself: a text frame not UTF-8
 
@@ -95,6 +96,11 @@ CATALOGUE: dict[Close, CloseInfo] = {
             Close.TOO_MANY_CONNECTIONS,
             True,
             "Too many connections from your address. Close some, back off, then reconnect.",
+        ),
+        CloseInfo(
+            Close.ACCOUNT_QUARANTINED,
+            False,
+            "The account was quarantined (the spam-bot detector or an admin). Do not reconnect.",
         ),
         CloseInfo(
             Close.MESSAGE_TOO_BIG,

@@ -358,6 +358,75 @@ class Settings(BaseSettings):
         "loop, easier to step through in a debugger (docs/benchmarks.md has both, measured).",
     )
 
+    # --- trust & safety (docs/safety.md; each keeps today's behaviour by default) -------------
+    moderation_mode: Literal["off", "shadow", "enforce"] = Field(
+        default="off",
+        description="The worker's moderation stage, before the hot write. off (the default): "
+        "not run, no cost. shadow: every message is scored and the verdict counted and logged, "
+        "never acted on (measure a classifier on live traffic without risk). enforce: block "
+        "(the author gets MESSAGE_REJECTED AUTOMOD_BLOCKED, nobody else sees it), alert "
+        "(delivered, plus AUTOMOD_ALERT to the guild's alert channel), timeout (blocked and the "
+        "author timed out through the control plane). Enforce adds the classifier's time to "
+        "every message's latency; shadow adds it too (it runs inline) but never changes a result.",
+    )
+    moderation_classifier: Literal["rules", "model", "rules+model"] = Field(
+        default="rules",
+        description="What the moderation stage runs: rules (the guild's AutoMod rules: keywords, "
+        "regexes, mention, repeat and invite/link spam; microseconds per message), model (the "
+        "trained text classifier, trained at the worker's start from generated chat; tens of "
+        "microseconds per message batched, a second of training at start), or both (the "
+        "strictest verdict wins).",
+    )
+    moderation_budget_ms: float = Field(
+        default=50.0,
+        gt=0,
+        description="Time budget of one batch's scoring. Past it the classifier's verdicts are "
+        "dropped and MODERATION_FAIL decides: a small budget bounds the latency moderation can "
+        "add, at the price of more fail-open/closed decisions under load.",
+    )
+    moderation_fail: Literal["open", "closed"] = Field(
+        default="open",
+        description="When the classifier times out or fails: open delivers the batch unscored "
+        "(chat stays up, spam gets through while it is down); closed blocks it with "
+        "MESSAGE_REJECTED AUTOMOD_UNAVAILABLE (nothing unscored gets through, chat stops).",
+    )
+    moderation_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="Fault injection for the lab: every scoring call first sleeps this long (a "
+        "slow classifier, a remote model server). 0 = off.",
+    )
+    moderation_down: bool = Field(
+        default=False,
+        description="Fault injection for the lab: every scoring call raises (the classifier is "
+        "down), so MODERATION_FAIL decides every batch.",
+    )
+    spam_detect: bool = Field(
+        default=False,
+        description="The worker keeps per-account streaming features in Redis for every message "
+        "(one pipeline per batch) and scores accounts younger than SPAM_WINDOW_S; above "
+        "SPAM_THRESHOLD it quarantines them through the control plane. Off: no feature writes.",
+    )
+    spam_window_s: int = Field(
+        default=300,
+        ge=10,
+        description="Accounts younger than this (from their snowflake) are scored; features are "
+        "kept twice as long. Longer catches slower bots, and scores more accounts.",
+    )
+    spam_threshold: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="Score (0..1) at which the detector acts. Lower acts sooner on bots and "
+        "risks new, eager real users (the spam-raid report counts both).",
+    )
+    spam_action: Literal["quarantine", "ban", "log"] = Field(
+        default="quarantine",
+        description="What the detector does above the threshold: quarantine (the account is "
+        "banned from its guilds and its sessions end, one strong control-plane call), ban (only "
+        "from the guild it spammed), log (count only, for a dry run).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

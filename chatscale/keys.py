@@ -132,3 +132,30 @@ class Keys:
         raw = f"{type(nonce).__name__}:{nonce}\n{content}".encode()
         digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
         return f"{self.prefix}:nonce:{{u{user_id}}}:{channel_id}:{digest}"
+
+    # Trust & safety (docs/safety.md). Account features are tagged by user, like rate limits.
+
+    def automod_rules(self, guild_id: int) -> str:
+        """JSON of a guild's AutoMod rules (``guilds.automod.Rules``); absent: no rules."""
+        return f"{self.prefix}:automod:{guild_id}"
+
+    def timeouts(self, guild_id: int) -> str:
+        """Hash user_id -> ms until which the member may not send in the guild (a timeout)."""
+        return f"{self.prefix}:timeouts:{guild_id}"
+
+    def quarantined(self) -> str:
+        """Set of quarantined account ids: refused at IDENTIFY and by the worker."""
+        return f"{self.prefix}:quarantined"
+
+    def features(self, user_id: int) -> str:
+        """Hash of an account's streaming counters (messages, duplicates, mentions, joins)."""
+        return f"{self.prefix}:feat:{{u{user_id}}}"
+
+    def feature_window(self, user_id: int, what: str) -> str:
+        """Sorted set of one sliding window of an account: ``msgs`` (message id by ms),
+        ``chans`` (channel by last ms), ``digests`` (content digest by last ms), ``joins``."""
+        return f"{self.prefix}:feat:{{u{user_id}}}:{what}"
+
+    def spam_actions(self) -> str:
+        """Stream of the spam detector's actions (user, score, features, ms): the raid report."""
+        return f"{self.prefix}:spam:actions"

@@ -229,6 +229,12 @@ class GatewayControl:
     # ---- applying changes -------------------------------------------------------------------
 
     async def apply(self, change: Change) -> None:
+        if change.kind in ("quarantine", "unquarantine"):  # account-wide (docs/safety.md)
+            if change.kind == "quarantine":
+                await self.quarantine(change.user_id)
+            self.seen_version = max(self.seen_version, change.version)
+            self.applied += 1
+            return
         guild_id = change.guild_id
         for _ in range(LOAD_TRIES):
             # Loaded after the change was stored, so fresh for it; reloaded if a resync applied
@@ -378,6 +384,15 @@ class GatewayControl:
         for client in list(self.gw.clients):
             self.gw.close_client(client, Close.UNKNOWN_ERROR, reason)  # bounded, in the background
 
+    async def quarantine(self, user_id: int) -> None:
+        """End every local session of a quarantined account (close 4016, not resumable):
+        forgotten (no RESUME, no delivery) and closing before this gateway confirms."""
+        for session in [s for s in self.gw.sessions.values() if s.user_id == user_id]:
+            client = self.gw.fanout.attached.get(session)
+            await self.gw._forget(session)
+            if client is not None:
+                self.gw.close_client(client, Close.ACCOUNT_QUARANTINED, "account quarantined")
+
     # ---- IDENTIFY ---------------------------------------------------------------------------
 
     async def admit_identify(self, client: Client, user_id: int) -> bool:
@@ -388,6 +403,15 @@ class GatewayControl:
             self.gw.close_client(client, Close.UNKNOWN_ERROR, "rate limiter unavailable")
             return False
         if verdict.allowed:
+            try:
+                quarantined = await self.gw.redis.sismember(
+                    self.gw.keys.quarantined(), str(user_id)
+                )
+            except TRANSIENT:
+                quarantined = False  # fail open: the workers still refuse its messages (bans)
+            if quarantined:
+                self.gw.close_client(client, Close.ACCOUNT_QUARANTINED, "account quarantined")
+                return False
             return True
         self.gw.send_error(
             client, "RATE_LIMITED", verdict.message(), retry_after=verdict.retry_after

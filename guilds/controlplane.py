@@ -50,6 +50,7 @@ from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.wire import dumps
+from guilds.automod import Rules
 from guilds.permissions import DEFAULT_EVERYONE, Permission
 from storage import Ban, Channel, ChannelOverwrite, Guild, GuildRole, Store
 
@@ -213,6 +214,7 @@ class ControlPlane:
         if await self.store.is_banned(guild_id, user_id):
             raise ControlError(f"user {user_id} is banned from guild {guild_id}; unban first")
         await self.store.add_member(guild_id, user_id)
+        await self._record_join(guild_id, user_id)
         return await self._commit("member_add", guild_id, "member added", user_id=user_id)
 
     async def kick(self, guild_id: int, user_id: int) -> Receipt:
@@ -255,6 +257,68 @@ class ControlPlane:
         return await self._commit(
             "member_roles", guild_id, f"role {role.name!r} removed", user_id=user_id
         )
+
+    # ---- trust & safety (docs/safety.md) -------------------------------------------------------
+
+    async def set_automod(self, guild_id: int, rules: Rules) -> Receipt:
+        """Replace the guild's AutoMod rules; workers score against them once this returns
+        (their moderation stage reads the rules with every batch)."""
+        await self._guild(guild_id)
+        await self.redis.set(self.keys.automod_rules(guild_id), rules.to_json())
+        return await self._commit("automod", guild_id, "automod rules set")
+
+    async def timeout_member(
+        self, guild_id: int, user_id: int, seconds: int, *, now_ms: int | None = None
+    ) -> Receipt:
+        """The member may not send in the guild for ``seconds`` (Discord's timeout): every
+        worker refuses their messages (MEMBER_TIMED_OUT) from the moment this returns; they
+        keep reading. A timeout is replaced, never extended; 0 lifts it."""
+        guild = await self._guild(guild_id)
+        if user_id == guild.owner_id:
+            raise ControlError("the owner cannot be timed out")
+        if not 0 <= seconds <= 28 * 24 * 3600:
+            raise ControlError("a timeout is 0 s .. 28 days")
+        key = self.keys.timeouts(guild_id)
+        if seconds == 0:
+            await self.redis.hdel(key, str(user_id))
+        else:
+            now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+            await self.redis.hset(key, str(user_id), now_ms + seconds * 1000)
+        return await self._commit(
+            "member_roles", guild_id, f"member timed out for {seconds}s", user_id=user_id
+        )
+
+    async def quarantine(self, user_id: int, reason: str = "") -> Receipt:
+        """Take an account out (the spam-bot detector's action): it is banned from every guild
+        it belongs to (so no worker accepts its messages), marked quarantined (so no gateway
+        lets it IDENTIFY again), and every gateway ends its sessions (close 4016) before
+        confirming. When this returns the account has no session anywhere."""
+        if await self.store.get_user(user_id) is None:
+            raise ControlError(f"no user {user_id}")
+        await self.redis.sadd(self.keys.quarantined(), str(user_id))
+        for guild in await self.store.user_guilds(user_id):
+            if guild.owner_id == user_id:
+                continue  # an owner keeps its guild; its sessions still end
+            await self.store.put_ban(Ban(guild.id, user_id, reason or "quarantined"))
+            await self.store.remove_member(guild.id, user_id)
+        return await self._commit("quarantine", 0, "account quarantined", user_id=user_id)
+
+    async def _record_join(self, guild_id: int, user_id: int) -> None:
+        """A feature of the spam-bot detector (joins per minute, workers/features.py): kept for
+        young accounts only, so an old account's join costs no write."""
+        now_ms = int(time.time() * 1000)
+        if now_ms - snowflake.timestamp_ms(user_id) > self.settings.spam_window_s * 1000:
+            return
+        key = self.keys.feature_window(user_id, "joins")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {str(guild_id): now_ms})
+            pipe.expire(key, 2 * self.settings.spam_window_s)
+            await pipe.execute()
+
+    async def release(self, user_id: int) -> Receipt:
+        """Lift a quarantine: the account may IDENTIFY again (its bans stay; unban per guild)."""
+        await self.redis.srem(self.keys.quarantined(), str(user_id))
+        return await self._commit("unquarantine", 0, "quarantine lifted", user_id=user_id)
 
     # ---- channel overwrites ---------------------------------------------------------------------
 

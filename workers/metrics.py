@@ -78,3 +78,38 @@ REGISTRY.register(_WORKERS)
 
 def watch_worker(worker: Watchable) -> None:
     _WORKERS.objects.add(worker)
+
+
+# ---- the moderation stage and the spam-bot detector (docs/safety.md) ---------------------------
+
+MODERATION_VERDICTS = Counter(
+    "chatscale_moderation_verdicts",
+    "Moderation verdicts by mode (shadow: counted, never acted on; enforce) and action.",
+    ["mode", "action"],
+)
+MODERATION_FAILURES = Counter(
+    "chatscale_moderation_failures",
+    "Batches the classifier failed (error) or overran its budget (timeout), by fail mode.",
+    ["kind", "fail"],
+)
+MODERATION_SECONDS = Counter(
+    "chatscale_moderation_seconds",
+    "Wall time spent in the moderation stage (rules read, scoring); divided by "
+    "chatscale_moderation_messages it is the cost per message.",
+)
+MODERATION_MESSAGES = Counter(
+    "chatscale_moderation_messages", "Messages the moderation stage scored (or tried to)."
+)
+
+
+def moderation_verdict(mode: str, action: str) -> None:
+    MODERATION_VERDICTS.labels(mode, action).inc()
+
+
+def moderation_failed(kind: str, fail: str) -> None:
+    MODERATION_FAILURES.labels(kind, fail).inc()
+
+
+def moderation_cost(seconds: float, messages: int) -> None:
+    MODERATION_SECONDS.inc(seconds)
+    MODERATION_MESSAGES.inc(messages)

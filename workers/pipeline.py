@@ -134,6 +134,7 @@ class Authorizer:
         self._guilds: dict[int, GuildSnapshot | None] = {}
         self._members: dict[tuple[int, int], frozenset[int] | None] = {}
         self._usernames: dict[int, str | None] = {}
+        self._timeouts: dict[int, dict[bytes, bytes]] = {}  # guild -> user -> ms (timeouts)
 
     @property
     def may_skip_refresh(self) -> bool:
@@ -153,12 +154,14 @@ class Authorizer:
             self._guilds.clear()
             self._members.clear()
             self._usernames.clear()
+            self._timeouts.clear()
             return
         if version != self.version:
             self.version = version
             self._guilds.clear()
             self._members.clear()
             self._usernames.clear()
+            self._timeouts.clear()
 
     async def forged(self, message: IngestMessage) -> str | None:
         """Why the payload disagrees with the envelope that was authorized, or None if it agrees.
@@ -199,9 +202,16 @@ class Authorizer:
             return "UNKNOWN_CHANNEL"
         if (guild_id, user_id) not in self._members:
             self._members[guild_id, user_id] = await load_member(self._store, guild_id, user_id)
-        return authorize_send(
+        code = authorize_send(
             snapshot, user_id, self._members[guild_id, user_id], message.channel_id
         )
+        if code is None:  # a timeout (ControlPlane.timeout_member) is read once per version
+            if guild_id not in self._timeouts:
+                self._timeouts[guild_id] = await self._redis.hgetall(self._keys.timeouts(guild_id))
+            until = self._timeouts[guild_id].get(str(user_id).encode())
+            if until is not None and int(until) > time.time() * 1000:
+                return "MEMBER_TIMED_OUT"
+        return code
 
 
 @dataclass
@@ -248,6 +258,9 @@ class Pipeline:
         self.breaker_s = 1.0
         self._inbox_members: dict[int, list[int]] = {}  # guild -> members (fanout_mode=inbox)
         self._inbox_version: bytes | None = None
+        # Trust & safety (workers/moderation.py): set by the worker when MODERATION_MODE is not
+        # off; None keeps the pipeline exactly as without it.
+        self.moderation: Any = None
 
     async def process(self, batch: Batch, *, ack: bool = True) -> None:
         """Run every stage for the batch and ack it. Raises on transient failure (retry it).
@@ -261,7 +274,12 @@ class Pipeline:
         for m in messages:
             trace.stamp(m.trace, "worker_read")
         worker_metrics.entries_read(messages)
+        screened = await self.moderation.screen(messages) if self.moderation else None  # safety
+        if screened is not None:
+            messages = screened.passed
         accepted, rejected, forged = await self._authorize_and_accept(messages)
+        if screened is not None:
+            rejected += screened.blocked
         if forged:
             await self._dead_letter_forged(batch, forged)
         stored = True
@@ -271,6 +289,8 @@ class Pipeline:
         else:
             await self._fan_out(batch, accepted, rejected)
             stored = await self._try_history(accepted)
+        if screened is not None and self.moderation is not None:
+            await self.moderation.after(accepted, screened)
         self.stats.processed += len(accepted)
         self.stats.rejected += len(rejected)
         batch.accepted = accepted

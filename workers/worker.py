@@ -38,7 +38,7 @@ from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import dumps
 from storage import StorageUnavailable, Store
-from workers import metrics
+from workers import metrics, safety
 from workers.leases import ShardLeases
 from workers.pipeline import Batch, HistoryPending, LeaseLost, Pipeline
 
@@ -97,6 +97,7 @@ class Worker:
         self._last_trim = 0.0
         self._last_maintain = 0.0
         metrics.watch_worker(self)  # pipeline counters and backlog, read at scrape time
+        safety.attach(self)  # the moderation stage and spam detector, if configured (no-op off)
 
     @property
     def stats(self):  # noqa: ANN201 - the pipeline's counters
@@ -112,6 +113,7 @@ class Worker:
             loop.add_signal_handler(sig, self.stop)
 
     async def close(self) -> None:
+        await safety.close(self)
         await self.redis.aclose()
 
     # ---- main loop --------------------------------------------------------------------------
