@@ -32,7 +32,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from chatscale.keys import Keys
-from guilds import topk
+from guilds import suggest, topk
+from storage import Store
 
 MAX_QUERY_CHARS = 100
 MAX_LIMIT = 50
@@ -186,21 +187,30 @@ class Directory:
 
     # ---- top-K -------------------------------------------------------------------------------
 
-    async def top_exact(self, k: int, *, at: float | None = None) -> list[tuple[int, int]]:
-        """The ``k`` guilds with the most messages in the window ending this minute."""
+    async def top_exact(
+        self, k: int, *, at: float | None = None, public_only: bool = False
+    ) -> list[tuple[int, int]]:
+        """The ``k`` guilds with the most messages in the window ending this minute
+        (``public_only``: among the guilds listed in the directory)."""
         check_limit(k)
         minute = topk.minute_of(self.wall_clock() if at is None else at)
         sources = [self.keys.activity(m) for m in topk.window(minute, self.window_minutes)]
         scratch = self.keys.activity_scratch(secrets.token_hex(6))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zunionstore(scratch, sources)
-            pipe.zrange(scratch, 0, -1, desc=True, withscores=True)
+            # a margin past K so ties at the boundary sort by id below; public_only reads
+            # further down the ranking to skip private guilds
+            pipe.zrange(
+                scratch, 0, (k * 50 if public_only else k * 4) + 50, desc=True, withscores=True
+            )
             pipe.delete(scratch)
             _, rows, _ = await pipe.execute()
         ranked = sorted(((int(g), int(s)) for g, s in rows), key=lambda r: (-r[1], r[0]))
-        return ranked[:k]
+        return await self._keep(ranked, k, public_only)
 
-    async def top_approx(self, k: int, *, at: float | None = None) -> list[tuple[int, int]]:
+    async def top_approx(
+        self, k: int, *, at: float | None = None, public_only: bool = False
+    ) -> list[tuple[int, int]]:
         """The same from the workers' sketches (estimates; docs/discovery.md has the bound)."""
         check_limit(k)
         minute = topk.minute_of(self.wall_clock() if at is None else at)
@@ -212,7 +222,24 @@ class Directory:
                 if blob:
                     blobs.append(blob)
         merged = topk.merge_serialized(blobs, self.sketch_lg_k)
-        return [(int(g), n) for g, n in topk.sketch_top(merged, k)]
+        ranked = [(int(g), n) for g, n in topk.sketch_top(merged, 1 << self.sketch_lg_k)]
+        return await self._keep(ranked, k, public_only)
+
+    async def _keep(
+        self, ranked: list[tuple[int, int]], k: int, public_only: bool
+    ) -> list[tuple[int, int]]:
+        if not public_only:
+            return ranked[:k]
+        out: list[tuple[int, int]] = []
+        for start in range(0, len(ranked), 200):
+            chunk = ranked[start : start + 200]
+            rows = await self.redis.hmget(self.keys.directory(), [str(g) for g, _ in chunk])
+            for row, raw in zip(chunk, rows, strict=True):
+                if raw and orjson.loads(raw)["public"]:
+                    out.append(row)
+                    if len(out) == k:
+                        return out
+        return out
 
     async def exact_bytes(self, *, at: float | None = None) -> int:
         """Redis's MEMORY USAGE of the window's exact buckets."""
@@ -229,6 +256,45 @@ class Directory:
             return {}
         rows = await self.redis.hmget(self.keys.directory(), ids)
         return {int(g): orjson.loads(r)["name"] for g, r in zip(ids, rows, strict=True) if r}
+
+
+async def suggest_for(
+    store: Store,
+    directory: Directory,
+    user_id: int,
+    *,
+    alpha: float,
+    k: int = 10,
+    max_neighbours: int = 200,
+) -> list[tuple[Entry, float]]:
+    """Public guilds for one user, scored as ``guilds.suggest.Model`` does, on the user's
+    neighbourhood read from the metadata store: their guilds, up to ``max_neighbours`` fellow
+    members (the lowest ids, for determinism), those members' guilds; candidates' sizes are
+    their real member counts and their activity the exact top-K window's counts."""
+    check_limit(k)
+    mine = {g.id for g in await store.user_guilds(user_id)}
+    neighbours: set[int] = set()
+    for guild_id in sorted(mine):
+        room = max_neighbours - len(neighbours)
+        if room <= 0:
+            break
+        neighbours.update(sorted(set(await store.guild_members(guild_id)) - {user_id})[:room])
+    members: dict[int, set[int]] = {user_id: mine}
+    for other in sorted(neighbours):
+        members[other] = {g.id for g in await store.user_guilds(other)}
+    candidates = {g for gs in members.values() for g in gs} | mine
+    sizes = {g: len(await store.guild_members(g)) for g in sorted(candidates)}
+    activity = dict(await directory.top_exact(MAX_LIMIT))
+    model = suggest.Model(members, activity, sizes=sizes)
+    ranked = model.suggest(user_id, alpha=alpha, k=len(candidates) or 1, fill=False)
+    out: list[tuple[Entry, float]] = []
+    for guild_id, score in ranked:
+        entry = await directory.get(guild_id)
+        if entry is not None and entry.public:
+            out.append((entry, score))
+            if len(out) == k:
+                break
+    return out
 
 
 def _member(name: str, guild_id: int) -> str:

@@ -53,10 +53,20 @@ class World:
 class Model:
     """Co-membership counts of one world, ready to rank."""
 
-    def __init__(self, members: Mapping[int, set[int]], activity: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        members: Mapping[int, set[int]],
+        activity: Mapping[int, int],
+        *,
+        sizes: Mapping[int, int] | None = None,
+    ) -> None:
+        """``sizes``: real member counts when ``members`` is only a neighbourhood."""
         self.members = members
         self.activity = activity
         self.size: Counter[int] = Counter(g for gs in members.values() for g in gs)
+        if sizes is not None:
+            for g, n in sizes.items():
+                self.size[g] = n
         self.co: dict[int, Counter[int]] = defaultdict(Counter)
         for gs in members.values():
             ordered = sorted(gs)
@@ -66,7 +76,9 @@ class Model:
                     self.co[b][a] += 1
         self._by_size = [g for g, _ in sorted(self.size.items(), key=lambda kv: (-kv[1], kv[0]))]
 
-    def suggest(self, user: int, *, alpha: float, k: int = K) -> list[tuple[int, float]]:
+    def suggest(
+        self, user: int, *, alpha: float, k: int = K, fill: bool = True
+    ) -> list[tuple[int, float]]:
         mine = self.members.get(user, set())
         scores: dict[int, float] = defaultdict(float)
         for g in mine:
@@ -79,7 +91,7 @@ class Model:
             for c, s in scores.items()
         ]
         ranked.sort(key=lambda r: (-r[1], r[0]))
-        if len(ranked) < k:  # a user with no co-members: fill with the popular ones
+        if fill and len(ranked) < k:  # a user with no co-members: fill with the popular ones
             seen = mine | {c for c, _ in ranked}
             ranked += [(c, 0.0) for c in self.popular(k, exclude=seen)]
         return ranked[:k]
@@ -195,9 +207,7 @@ def generate_world(
             joined.add(base + g)
         members[base * 10 + u] = joined
     size = Counter(g for gs in members.values() for g in gs)
-    activity = {
-        base + g: int(size.get(base + g, 0) * rng.uniform(0.2, 3.0)) for g in range(guilds)
-    }
+    activity = {base + g: int(size.get(base + g, 0) * rng.uniform(0.2, 3.0)) for g in range(guilds)}
     names = {base + g: f"topic{topic_of[g]:02d}-server{g}" for g in range(guilds)}
     return World(members, activity, names)
 

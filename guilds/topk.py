@@ -127,9 +127,7 @@ class Event:
     n: int = 1
 
 
-def zipf_stream(
-    *, guilds: int, messages: int, minutes: int, skew: float, seed: int
-) -> list[Event]:
+def zipf_stream(*, guilds: int, messages: int, minutes: int, skew: float, seed: int) -> list[Event]:
     """A seeded stream: ``messages`` messages over ``minutes`` minutes among ``guilds`` guilds
     whose activity follows a Zipf law of exponent ``skew`` (a few busy servers, a long tail),
     with the ranking reshuffled a little every minute so the window matters."""
