@@ -347,3 +347,22 @@ class ActivityCounter:
     async def close(self) -> None:
         if self._dirty:
             await self._flush()
+
+
+async def exact_in_redis(
+    redis: aioredis.Redis, keys: Keys, events: list[topk.Event], *, k: int, minutes: int
+) -> tuple[list[tuple[int, int]], int, float]:
+    """The exact arm of the top-K comparison on a real Redis: write ``events`` as the workers
+    would (one pipeline per minute), then query. Returns (top-K, MEMORY USAGE of the window's
+    buckets in bytes, the query's milliseconds)."""
+    directory = Directory(redis, keys, window_minutes=minutes)
+    per_minute: dict[int, Counter[int]] = {}
+    for e in events:
+        per_minute.setdefault(e.minute, Counter())[int(e.guild)] += e.n
+    for minute, counts in sorted(per_minute.items()):
+        await directory.record(counts, at=minute * 60)
+    now = max(per_minute) * 60 + 1
+    t0 = time.perf_counter()
+    top = await directory.top_exact(k, at=now)
+    ms = (time.perf_counter() - t0) * 1000
+    return top, await directory.exact_bytes(at=now), ms

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections import Counter
 from typing import Any
 
 from chatscale import discovery
@@ -24,7 +23,7 @@ from chatscale.redisconn import connect
 from guilds import community, suggest, topk
 from guilds.commands import _control, _with_store, resolve_guild, resolve_user
 from guilds.controlplane import ControlPlane, Receipt
-from guilds.directory import Directory, DirectoryError, suggest_for
+from guilds.directory import Directory, DirectoryError, exact_in_redis, suggest_for
 from storage import Store
 
 
@@ -175,44 +174,34 @@ async def _bench_once(
     settings: Settings, events: list[topk.Event], args: argparse.Namespace, *, run: int
 ) -> dict[str, float]:
     redis = connect(settings)
-    directory = Directory(redis, Keys(f"bench{run}"), window_minutes=args.minutes)
     try:
-        per_minute: dict[int, Counter[int]] = {}
-        for e in events:
-            per_minute.setdefault(e.minute, Counter())[int(e.guild)] += e.n
-        for minute, counts in sorted(per_minute.items()):
-            await directory.record(counts, at=minute * 60)
-        now = max(per_minute) * 60 + 1
-        cmp = topk.compare(
-            events, k=args.k, minutes=args.minutes, lg_k=args.lg_k, bytes_per_counter=0
+        exact, exact_bytes, exact_ms = await exact_in_redis(
+            redis, Keys(f"bench{run}"), events, k=args.k, minutes=args.minutes
         )
-        t0 = time.perf_counter()
-        exact = await directory.top_exact(args.k, at=now)
-        exact_ms = (time.perf_counter() - t0) * 1000
-        window = topk.SketchWindow(args.minutes, args.lg_k)
-        for e in events:
-            window.add(e.minute, e.guild, e.n)
-        blobs = [s.serialize() for s in window.buckets.values()]
-        t0 = time.perf_counter()
-        topk.sketch_top(topk.merge_serialized(blobs, args.lg_k), args.k)
-        sketch_ms = (time.perf_counter() - t0) * 1000
-        truth = topk.ExactWindow(args.minutes)
-        for e in events:
-            truth.add(e.minute, e.guild, e.n)
-        if [(str(g), n) for g, n in exact] != truth.top(max(per_minute), args.k):
-            raise UsageError("the Redis exact top-K disagrees with the in-memory count (a bug)")
-        return {
-            "recall": cmp.recall_at_k,
-            "max_abs": cmp.max_abs_error,
-            "max_rel": cmp.max_rel_error,
-            "bound": cmp.error_bound,
-            "exact_bytes": await directory.exact_bytes(at=now),
-            "sketch_bytes": cmp.sketch_bytes,
-            "exact_query_ms": exact_ms,
-            "sketch_query_ms": sketch_ms,
-        }
     finally:
         await redis.aclose()
+    cmp = topk.compare(events, k=args.k, minutes=args.minutes, lg_k=args.lg_k, bytes_per_counter=0)
+    window = topk.SketchWindow(args.minutes, args.lg_k)
+    truth = topk.ExactWindow(args.minutes)
+    for e in events:
+        window.add(e.minute, e.guild, e.n)
+        truth.add(e.minute, e.guild, e.n)
+    blobs = [s.serialize() for s in window.buckets.values()]
+    t0 = time.perf_counter()
+    topk.sketch_top(topk.merge_serialized(blobs, args.lg_k), args.k)
+    sketch_ms = (time.perf_counter() - t0) * 1000
+    if [(str(g), n) for g, n in exact] != truth.top(events[-1].minute, args.k):
+        raise UsageError("the Redis exact top-K disagrees with the in-memory count (a bug)")
+    return {
+        "recall": cmp.recall_at_k,
+        "max_abs": cmp.max_abs_error,
+        "max_rel": cmp.max_rel_error,
+        "bound": cmp.error_bound,
+        "exact_bytes": exact_bytes,
+        "sketch_bytes": cmp.sketch_bytes,
+        "exact_query_ms": exact_ms,
+        "sketch_query_ms": sketch_ms,
+    }
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
