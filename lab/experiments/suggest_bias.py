@@ -89,7 +89,7 @@ EXPERIMENT = Experiment(
         "quick": {"users": 3000, "guilds": 600, "topics": 30},
         "full": {"users": 10000, "guilds": 2000, "topics": 60},
     },
-    quick_seconds=40,
+    quick_seconds=25,
     measure=measure,
     conclude=conclude,
 )

@@ -133,7 +133,7 @@ EXPERIMENT = Experiment(
         "quick": {"guilds": 10_000, "messages": 200_000, "minutes": 10, "skew": 1.1, "k": 10},
         "full": {"guilds": 10_000, "messages": 1_000_000, "minutes": 10, "skew": 1.1, "k": 10},
     },
-    quick_seconds=30,
+    quick_seconds=20,
     measure=measure,
     conclude=conclude,
 )
