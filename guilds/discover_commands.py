@@ -91,9 +91,22 @@ async def _suggest(args: argparse.Namespace) -> int:
         await directory.redis.aclose()
 
 
-async def _publish(a: Any, store: Store, plane: ControlPlane) -> Receipt:
-    guild = await resolve_guild(store, a.guild)
-    return await plane.set_public(guild.id, a.public)
+async def _publish(args: argparse.Namespace) -> int:
+    """Not a permission change: nothing to announce, so no gateway receipt to print."""
+    settings = _live()
+
+    async def go(store: Store) -> int:
+        guild = await resolve_guild(store, args.guild)
+        plane = ControlPlane(settings, store=store)
+        try:
+            await plane.set_public(guild.id, args.public)
+        finally:
+            await plane.close()
+        state = "listed in" if args.public else "taken out of"
+        print(f"guild {guild.name!r} ({guild.id}) {state} the public directory")
+        return 0
+
+    return await _with_store(go, settings)
 
 
 async def _rename(a: Any, store: Store, plane: ControlPlane) -> Receipt:
@@ -241,10 +254,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="bias correction (default: CHATSCALE_DISCOVERY_SUGGEST_ALPHA)",
     )
-    c = cmd("publish", "list a guild in the public directory", _control(_publish))
+    c = cmd("publish", "list a guild in the public directory", _publish)
     c.set_defaults(public=True)
     c.add_argument("guild", help="name or id")
-    c = cmd("unpublish", "take a guild out of the public directory", _control(_publish))
+    c = cmd("unpublish", "take a guild out of the public directory", _publish)
     c.set_defaults(public=False)
     c.add_argument("guild", help="name or id")
     c = cmd("rename", "rename a guild (the search index follows)", _control(_rename))
