@@ -117,15 +117,6 @@ class Directory:
                 pipe.zadd(self.keys.directory_names(), {_member(name, guild_id): 0})
             await pipe.execute()
 
-    async def forget(self, guild_id: int) -> None:
-        raw = await self.redis.hget(self.keys.directory(), str(guild_id))
-        if raw:
-            old = orjson.loads(raw)
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(self.keys.directory_names(), _member(old["name"], guild_id))
-                pipe.hdel(self.keys.directory(), str(guild_id))
-                await pipe.execute()
-
     async def get(self, guild_id: int) -> Entry | None:
         raw = await self.redis.hget(self.keys.directory(), str(guild_id))
         if not raw:

@@ -193,7 +193,7 @@ async def _bench_once(
         )
     finally:
         await redis.aclose()
-    cmp = topk.compare(events, k=args.k, minutes=args.minutes, lg_k=args.lg_k, bytes_per_counter=0)
+    cmp = topk.compare(events, k=args.k, minutes=args.minutes, lg_k=args.lg_k)
     window = topk.SketchWindow(args.minutes, args.lg_k)
     truth = topk.ExactWindow(args.minutes)
     for e in events:

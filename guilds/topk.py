@@ -156,7 +156,6 @@ class Comparison:
     max_rel_error: float  # the same, relative to the exact count
     error_bound: int  # what the library guarantees: epsilon * window total
     exact_counters: int  # (minute, guild) counters the exact arm holds
-    exact_bytes_model: int  # counters x bytes per sorted-set member (measured in Redis)
     sketch_bytes: int  # serialized sketches of the window
 
 
@@ -166,7 +165,6 @@ def compare(
     k: int,
     minutes: int,
     lg_k: int,
-    bytes_per_counter: float,
 ) -> Comparison:
     """Feed one stream to both arms and compare their top-K at the last minute."""
     exact, sketch = ExactWindow(minutes), SketchWindow(minutes, lg_k)
@@ -190,6 +188,5 @@ def compare(
         max_rel_error=max(rel, default=0.0),
         error_bound=int(datasketches.frequent_strings_sketch.get_epsilon_for_lg_size(lg_k) * total),
         exact_counters=exact.counters(),
-        exact_bytes_model=int(exact.counters() * bytes_per_counter),
         sketch_bytes=sketch.serialized_bytes(),
     )

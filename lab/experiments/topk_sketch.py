@@ -61,7 +61,7 @@ async def measure(trial: harness.Trial) -> Measurement:
             notes=[note],
         )
     lg_k = int(trial.arm.params["lg_k"])
-    cmp = topk.compare(events, k=p["k"], minutes=p["minutes"], lg_k=lg_k, bytes_per_counter=0)
+    cmp = topk.compare(events, k=p["k"], minutes=p["minutes"], lg_k=lg_k)
     window = topk.SketchWindow(p["minutes"], lg_k)
     for e in events:
         window.add(e.minute, e.guild, e.n)

@@ -114,7 +114,7 @@ async def test_top_k_matches_an_exact_count_of_a_seeded_stream(settings) -> None
 
 def test_the_sketch_errs_within_its_bound_when_it_is_smaller_than_the_stream() -> None:
     events = topk.zipf_stream(guilds=3000, messages=20_000, minutes=10, skew=1.1, seed=3)
-    cmp = topk.compare(events, k=10, minutes=10, lg_k=6, bytes_per_counter=0)
+    cmp = topk.compare(events, k=10, minutes=10, lg_k=6)
     assert cmp.guilds > 64  # more distinct guilds than counters: estimates, not counts
     assert cmp.max_abs_error <= cmp.error_bound
 
