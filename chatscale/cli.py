@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Every package contributes its own commands; this only wires them together."""
     from dashboard import commands as dashboard_commands
     from gateway import commands as gateway_commands
+    from guilds import discover_commands
     from lab import commands as lab_commands
     from loadtest import command as loadtest_command
     from loadtest import communities
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest_command.add_bench_command(sub)  # bench chat|idle|storage|presence
     loadtest_command.add_command(sub)  # loadtest SCENARIO
     lab_commands.add_commands(sub)  # lab list|run|report
+    discover_commands.add_commands(sub)  # discover list|search|top|suggest|eval|bench|...
     for command in sub.choices.values():  # --help shows the defaults of every command
         if command.formatter_class in (
             argparse.HelpFormatter,

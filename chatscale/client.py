@@ -116,7 +116,7 @@ class ChatClient:
                     if "trace" in msg:
                         msg["trace"].append(["client_receive", received_ns])
                     key = (msg["t"], msg["d"].get("nonce")) if isinstance(msg["d"], dict) else None
-                    if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY"):
+                    if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY", "DISCOVERY"):
                         self._waiters.pop(key).set_result(msg)
                         continue
                 elif msg.get("op") == Op.ERROR and ("ERR", msg["d"].get("nonce")) in self._waiters:
@@ -202,6 +202,13 @@ class ChatClient:
         if before is not None:
             d["before"] = str(before)
         return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]
+
+    async def discover(
+        self, kind: str, *, timeout: float = 10, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """DISCOVER (list, search, top, suggest); returns the DISCOVERY's ``guilds``."""
+        d: dict[str, Any] = {"kind": kind, "nonce": f"d{next(_nonces)}", **fields}
+        return (await self._request(Op.DISCOVER, d, "DISCOVERY", timeout))["d"]["guilds"]
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
         """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""

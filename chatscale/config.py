@@ -427,6 +427,46 @@ class Settings(BaseSettings):
         "from the guild it spammed), log (count only, for a dry run).",
     )
 
+    # --- discovery (docs/discovery.md) ---------------------------------------------------------
+    discovery_window_minutes: int = Field(
+        default=10,
+        ge=1,
+        le=60,
+        description="Top-K active servers counts the last N wall-clock minutes (per-minute "
+        "buckets merged at query time). Longer: steadier ranking, slower to notice a server "
+        "that just got busy, and N keys merged per query.",
+    )
+    discovery_activity: bool = Field(
+        default=True,
+        description="Workers count accepted messages per guild per minute in Redis (one "
+        "ZINCRBY per guild per batch, pipelined) for top-K. false: no counting, no cost, and "
+        "`discover top` shows nothing.",
+    )
+    discovery_sketch_lg_k: int = Field(
+        default=10,
+        ge=3,
+        le=20,
+        description="log2 of the map size of the workers' frequent-items sketch of guild "
+        "activity (datasketches' frequent_strings_sketch): 10 = 1,024 counters. Larger: a "
+        "smaller error bound (3.5 / 2^k of the window's messages, per guild), more memory per "
+        "worker per minute; exact once 2^k * 0.75 exceeds the number of active guilds.",
+    )
+    discovery_sketch_flush_s: float = Field(
+        default=1.0,
+        ge=0.05,
+        le=60,
+        description="How often a worker writes its current minute's serialized sketch to Redis "
+        "(for `discover top --approx`). Shorter: fresher approximate top-K, more writes.",
+    )
+    discovery_suggest_alpha: float = Field(
+        default=0.5,
+        ge=0,
+        le=2,
+        description="Popularity-bias correction of server suggestions: a candidate's score is "
+        "divided by its member count to this power (0: none, raw co-membership, favours the "
+        "biggest servers; higher: favours niche servers, less accurate past a point).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

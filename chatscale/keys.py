@@ -159,3 +159,28 @@ class Keys:
     def spam_actions(self) -> str:
         """Stream of the spam detector's actions (user, score, features, ms): the raid report."""
         return f"{self.prefix}:spam:actions"
+
+    # Discovery (guilds/directory.py): derived indexes the control plane and workers keep.
+
+    def directory(self) -> str:
+        """Hash guild_id -> JSON {name, public}: every guild the directory knows, public or not
+        (the public flag lives here, not in the metadata store; docs/discovery.md)."""
+        return f"{self.prefix}:dir:guilds"
+
+    def directory_names(self) -> str:
+        """Sorted set, all scores 0, members ``<casefolded name>\\x00<guild id>`` of public
+        guilds only: name-prefix autocomplete with ZRANGEBYLEX."""
+        return f"{self.prefix}:dir:names"
+
+    def activity(self, minute: int) -> str:
+        """Sorted set guild_id -> accepted messages in one wall-clock minute (epoch minutes),
+        ZINCRBY'd by workers; expires after the top-K window has passed it."""
+        return f"{self.prefix}:act:{minute}"
+
+    def activity_sketch(self, minute: int, consumer: str) -> str:
+        """One worker's serialized frequent-items sketch of one minute's guild activity."""
+        return f"{self.prefix}:act:sk:{minute}:{consumer}"
+
+    def activity_scratch(self, token: str) -> str:
+        """Temporary ZUNIONSTORE target of one top-K query, deleted in the same MULTI."""
+        return f"{self.prefix}:act:tmp:{token}"

@@ -36,6 +36,7 @@ class Op(IntEnum):
     REQUEST_HISTORY = 21  # client
     TYPING = 22  # client
     ERROR = 23  # server: a request failed, connection stays open
+    DISCOVER = 24  # client: server directory query; answered by a DISCOVERY dispatch
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
@@ -226,3 +227,21 @@ def message_payload(
             "timestamp": timestamp_ms,
         }
     )
+
+
+# ---- discovery (docs/discovery.md) ---------------------------------------------------------
+
+
+class Discover(_Strict):
+    """DISCOVER ``d``: ``kind`` list (public guilds, name order, from ``offset``), search (public
+    guilds whose name starts with ``query``), top (most messages in the last
+    ``discovery_window_minutes``; ``approx`` from the sketches), suggest (guilds for you).
+    The shape is checked here (4006 if wrong); the values by the directory (ERROR
+    ``BAD_DISCOVER_REQUEST``: an empty prefix, a limit out of 1..50)."""
+
+    kind: Literal["list", "search", "top", "suggest"]
+    query: str = Field(default="", max_length=200)
+    limit: int = 10
+    offset: int = 0
+    approx: bool = False
+    nonce: Nonce = None

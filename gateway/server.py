@@ -55,6 +55,7 @@ from chatscale.keys import Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
+    Discover,
     IngestMessage,
     Intent,
     PresenceUpdate,
@@ -66,6 +67,7 @@ from chatscale.wire import (
     encode_entry,
     message_payload,
 )
+from gateway import discover
 from gateway import metrics as gateway_metrics
 from gateway.control import GatewayControl
 from gateway.fanout import LocalFanout
@@ -482,6 +484,8 @@ class Gateway:
                 await self._publish(client, action.request)
             elif isinstance(action, FetchHistory):
                 await self._history(client, action.request)
+            elif isinstance(action, ClientEvent) and isinstance(action.request, Discover):
+                await discover.answer(self, client, action.request)
             elif isinstance(action, ClientEvent):
                 self._client_event(client, action)
 

@@ -36,6 +36,7 @@ from chatscale.wire import (
     ALL_INTENTS,
     FRAME_KEYS,
     HEARTBEAT_D,
+    Discover,
     Identify,
     Op,
     PresenceUpdate,
@@ -126,6 +127,7 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.TYPING: Typing,
     Op.PRESENCE_UPDATE: PresenceUpdate,
     Op.VOICE_STATE_UPDATE: VoiceStateUpdate,
+    Op.DISCOVER: Discover,  # answered by gateway/discover.py
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {

@@ -20,6 +20,7 @@ The format (``seeds/demo.toml`` uses every part; everything but the first four k
     ]
     everyone = ["VIEW_CHANNEL", "SEND_MESSAGES", "READ_MESSAGE_HISTORY"]  # default: Discord's
     roles = [ { name = "mentors", permissions = ["MANAGE_MESSAGES"], members = ["carol"] } ]
+    public = true                                       # in the server directory; default false
 
 Loading is a bulk write, not the control plane's strong path: it bumps the metadata version
 once at the end, and running gateways catch up within a second (``gateway/control.py``).
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from chatscale import snowflake
 from chatscale.keys import Keys
+from guilds.directory import Directory
 from guilds.permissions import DEFAULT_EVERYONE, parse_permissions
 from storage import Channel, ChannelOverwrite, Guild, GuildRole, Store, User
 
@@ -89,6 +91,7 @@ class GuildSpec(_Spec):
     members: list[str] = Field(min_length=1)
     everyone: Perms | None = None  # None: Discord's defaults
     roles: list[RoleSpec] = []
+    public: bool = False  # listed in the server directory (docs/discovery.md)
 
     def channel_specs(self) -> list[ChannelSpec]:
         return [ChannelSpec(name=c) if isinstance(c, str) else c for c in self.channels]
@@ -235,6 +238,9 @@ async def apply(
     for guild_id, user_id, role_id in member_roles:
         await store.add_member_role(guild_id, user_id, role_id)
     if redis is not None:
+        directory = Directory(redis, keys)
+        for guild, spec in zip(guilds, community.guilds, strict=True):
+            await directory.index(guild.id, guild.name, public=spec.public)
         await redis.incr(keys.metadata_version())
     return {
         "users": len(users),

@@ -51,6 +51,7 @@ from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.wire import dumps
 from guilds.automod import Rules
+from guilds.directory import Directory
 from guilds.permissions import DEFAULT_EVERYONE, Permission
 from storage import Ban, Channel, ChannelOverwrite, Guild, GuildRole, Store
 
@@ -113,6 +114,7 @@ class ControlPlane:
         # BLPOP waits up to control_timeout_s: its socket timeout must be longer than that.
         self._waiter = connect(settings, block_ms=int(settings.control_timeout_s * 1000) + 1000)
         self._ids: snowflake.SnowflakeGenerator | None = None
+        self.directory = Directory(self.redis, self.keys)  # discovery's name index
 
     async def close(self) -> None:
         await self.redis.aclose()
@@ -127,6 +129,7 @@ class ControlPlane:
         *,
         channels: Sequence[str] = ("general",),
         everyone: Permission = DEFAULT_EVERYONE,
+        public: bool = False,
     ) -> Receipt:
         """A guild with its @everyone role (id = guild id), the owner as a member, channels."""
         if await self.store.get_user(owner_id) is None:
@@ -139,9 +142,27 @@ class ControlPlane:
             )
         await self.store.put_guild(guild)
         await self.store.add_member(guild.id, owner_id)
+        await self.directory.index(guild.id, name, public=public)  # searchable from now on
         return await self._commit(
             "member_add", guild.id, f"created guild {name!r}", user_id=owner_id, created=guild
         )
+
+    async def rename_guild(self, guild_id: int, name: str) -> Receipt:
+        """A new name, stored, then in the directory's autocomplete index."""
+        guild = await self._guild(guild_id)
+        if not name.strip():
+            raise ControlError("a guild name is not empty")
+        await self.store.put_guild(Guild(guild.id, name, guild.owner_id))
+        await self.directory.index(guild.id, name)
+        return await self._commit("guild", guild_id, f"renamed guild to {name!r}")
+
+    async def set_public(self, guild_id: int, public: bool) -> Receipt:
+        """List the guild in the public directory (and autocomplete), or take it out. Only the
+        directory changes: membership and permissions are untouched, nothing is announced."""
+        guild = await self._guild(guild_id)
+        await self.directory.index(guild.id, guild.name, public=public)
+        version = int(await self.redis.get(self.keys.metadata_version()) or 0)
+        return Receipt(f"guild {guild.name!r} {'public' if public else 'private'}", version)
 
     async def create_channel(
         self,

@@ -54,6 +54,7 @@ from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
 from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
+from guilds.directory import ActivityCounter, Directory
 from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes
 from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
@@ -261,6 +262,20 @@ class Pipeline:
         # Trust & safety (workers/moderation.py): set by the worker when MODERATION_MODE is not
         # off; None keeps the pipeline exactly as without it.
         self.moderation: Any = None
+        self.activity = (  # discovery's top-K counters (guilds/directory.py)
+            ActivityCounter(
+                Directory(
+                    redis,
+                    keys,
+                    window_minutes=settings.discovery_window_minutes,
+                    sketch_lg_k=settings.discovery_sketch_lg_k,
+                ),
+                consumer,
+                flush_s=settings.discovery_sketch_flush_s,
+            )
+            if settings.discovery_activity
+            else None
+        )
 
     async def process(self, batch: Batch, *, ack: bool = True) -> None:
         """Run every stage for the batch and ack it. Raises on transient failure (retry it).
@@ -297,8 +312,17 @@ class Pipeline:
         if not stored:
             raise HistoryPending(batch)
         metrics.messages_at("worker_done", accepted)  # stored and fanned out
+        if self.activity is not None and accepted:
+            await self._count_activity(accepted)
         if ack:
             await self._ack(batch)
+
+    async def _count_activity(self, accepted: list[IngestMessage]) -> None:
+        """Discovery's counters: best effort, never fails the batch (the count is lost)."""
+        try:
+            await self.activity.batch(m.guild_id for m in accepted)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a statistic must not hold up delivery
+            log.debug("activity count skipped: %r", exc)
 
     async def finish(self, batch: Batch) -> None:
         """Write the history of a batch that was already fanned out, then ack it."""

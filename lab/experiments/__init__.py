@@ -27,6 +27,8 @@ MODULES = [
     "multi_device",
     "thundering_herd",
     "capacity",
+    "topk_sketch",
+    "suggest_bias",
 ]
 
 
