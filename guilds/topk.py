@@ -23,10 +23,18 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasketches
+if TYPE_CHECKING:
+    import datasketches
 
-NO_FALSE_NEGATIVES = datasketches.frequent_items_error_type.NO_FALSE_NEGATIVES
+
+def _ds():  # noqa: ANN202 - the module
+    """datasketches, imported on first use: it loads numpy and a C++ library (about half a
+    second), and every chatscale process imports this module through the CLI."""
+    import datasketches
+
+    return datasketches
 
 
 def minute_of(ts_s: float) -> int:
@@ -40,12 +48,12 @@ def window(minute: int, minutes: int) -> range:
 
 
 def new_sketch(lg_k: int) -> datasketches.frequent_strings_sketch:
-    return datasketches.frequent_strings_sketch(lg_k)
+    return _ds().frequent_strings_sketch(lg_k)
 
 
 def sketch_top(sketch: datasketches.frequent_strings_sketch, k: int) -> list[tuple[str, int]]:
     """The ``k`` items with the highest estimates (ties broken by id, for determinism)."""
-    rows = sketch.get_frequent_items(NO_FALSE_NEGATIVES)
+    rows = sketch.get_frequent_items(_ds().frequent_items_error_type.NO_FALSE_NEGATIVES)
     rows = sorted(rows, key=lambda r: (-r[1], r[0]))
     return [(item, int(estimate)) for item, estimate, _lb, _ub in rows[:k]]
 
@@ -113,7 +121,7 @@ class SketchWindow:
 def merge_serialized(blobs: Iterable[bytes], lg_k: int) -> datasketches.frequent_strings_sketch:
     total = new_sketch(lg_k)
     for blob in blobs:
-        total.merge(datasketches.frequent_strings_sketch.deserialize(blob))
+        total.merge(_ds().frequent_strings_sketch.deserialize(blob))
     return total
 
 
@@ -186,7 +194,7 @@ def compare(
         recall_at_k=len({g for g, _ in want} & {g for g, _ in got}) / max(1, len(want)),
         max_abs_error=max(errors, default=0),
         max_rel_error=max(rel, default=0.0),
-        error_bound=int(datasketches.frequent_strings_sketch.get_epsilon_for_lg_size(lg_k) * total),
+        error_bound=int(_ds().frequent_strings_sketch.get_epsilon_for_lg_size(lg_k) * total),
         exact_counters=exact.counters(),
         sketch_bytes=sketch.serialized_bytes(),
     )
