@@ -28,6 +28,7 @@ class Close(IntEnum):
     IDENTIFY_TIMEOUT = 4013
     GATEWAY_FULL = 4014
     TOO_MANY_CONNECTIONS = 4015
+    GATEWAY_BUSY = 4016
     MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself when max_size is exceeded
     INVALID_DATA = 1007  # sent by the websockets library itself: a text frame not UTF-8
 
@@ -95,6 +96,12 @@ CATALOGUE: dict[Close, CloseInfo] = {
             Close.TOO_MANY_CONNECTIONS,
             True,
             "Too many connections from your address. Close some, back off, then reconnect.",
+        ),
+        CloseInfo(
+            Close.GATEWAY_BUSY,
+            True,
+            "The gateway is admitting too many sessions (or timed out on this IDENTIFY). Wait "
+            "retry_after (from the ERROR before the close) with jitter, then IDENTIFY again.",
         ),
         CloseInfo(
             Close.MESSAGE_TOO_BIG,
