@@ -87,11 +87,13 @@ class Admission:
         self.refused += 1
         return Verdict("refuse", self.retry_after())
 
-    def finish(self, started: float) -> object | None:
-        """A running IDENTIFY ended (READY, refusal or failure): record its duration and hand
-        its slot to the oldest waiting ticket, which is returned (None: the slot is free)."""
-        took = max(0.0, self.clock() - started)
-        self.cost_s = 0.8 * self.cost_s + 0.2 * took
+    def finish(self, started: float | None) -> object | None:
+        """A running IDENTIFY ended (READY, refusal or failure): record its duration (unless
+        ``started`` is None: a slot passed on by a ticket that was gone) and hand the slot to
+        the oldest waiting ticket, which is returned (None: the slot is free)."""
+        if started is not None:
+            took = max(0.0, self.clock() - started)
+            self.cost_s = 0.8 * self.cost_s + 0.2 * took
         if self.waiting:
             self.admitted += 1
             return self.waiting.popleft()  # the slot passes on: ``running`` is unchanged

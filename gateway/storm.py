@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import redis
+from websockets.protocol import State as WsState
 
 from chatscale.closecodes import Close
 from gateway import metrics as gateway_metrics
@@ -124,16 +125,23 @@ class StormGuard:
                     self.busy(client, "IDENTIFY queue too slow", self.admission.retry_after())
                     return None
                 # the slot was handed over as the wait ended: it is ours
-        started = time.monotonic()
-        if client.closing:  # gone while queued: pass the slot on at once
-            self.finish(started)
+            except asyncio.CancelledError:  # the handler was cancelled: never leak the slot
+                if not self.admission.withdraw(ticket):
+                    self.finish(None)
+                raise
+        if client.closing or client.ws.protocol.state is not WsState.OPEN:
+            self.finish(None)  # gone while queued (gave up): the slot passes on at once
             return None
-        return started
+        return time.monotonic()
 
-    def finish(self, started: float) -> None:
+    def finish(self, started: float | None) -> None:
+        """Hand the slot to the next queued IDENTIFY still waiting (skipping any gone)."""
         nxt = self.admission.finish(started)
-        if isinstance(nxt, asyncio.Future) and not nxt.done():
-            nxt.set_result(None)
+        while nxt is not None:
+            if isinstance(nxt, asyncio.Future) and not nxt.done():
+                nxt.set_result(None)
+                return
+            nxt = self.admission.finish(None)
 
     def busy(self, client: Client, why: str, retry_after: float) -> None:
         """ERROR GATEWAY_BUSY with ``retry_after``, then close 4016 (docs/protocol.md)."""

@@ -108,3 +108,16 @@ def test_backoff_doubles_caps_and_honours_retry_after():
     # retry_after is a floor: jitter only ever adds to it
     assert backoff.delay(1, 2.0, rand=lambda: 0.0) == 2.0
     assert backoff.delay(1, 2.0, rand=lambda: 1.0) == 3.0
+
+
+def test_a_slot_passed_on_for_a_gone_ticket_records_no_duration():
+    clock = Clock()
+    adm = Admission(1, 2, clock=clock, initial_cost_s=0.5)
+    adm.offer("a")
+    adm.offer("gone")
+    adm.offer("b")
+    clock.now += 3.0
+    assert adm.finish(clock() - 3.0) == "gone"  # "a" took 3 s
+    cost = adm.cost_s
+    assert adm.finish(None) == "b"  # "gone" left without working: no 0 s sample
+    assert adm.cost_s == cost and adm.running == 1
