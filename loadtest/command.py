@@ -162,7 +162,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         type=float,
         default=10.0,
         metavar="S",
-        help="storms (connect-storm, reconnect-storm, celebrity): the verdict is NOT CLEAN when "
+        help="storms (connect-storm, reconnect-storm): the verdict is NOT CLEAN when "
         "READY p99 exceeds this (default 10)",
     )
     lt.add_argument(

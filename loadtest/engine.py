@@ -123,7 +123,7 @@ class RunConfig:
     quiet_s: float = 2.0  # the drain ends once no delivery arrived for this long
     report_s: float = 0.5  # how often generator processes report progress
     command: str = ""
-    # storms (connect-storm, reconnect-storm, celebrity) are NOT CLEAN above this READY p99
+    # storms (connect-storm, reconnect-storm) are NOT CLEAN above this READY p99
     ready_bound_s: float = 10.0
     cpu_hog: bool = False  # a competing process keeps one core busy for the run
 
@@ -1169,7 +1169,7 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
     return {"clean": clean, "notes": notes}
 
 
-STORMS = ("connect-storm", "reconnect-storm", "celebrity")
+STORMS = ("connect-storm", "reconnect-storm")
 
 
 def storm_verdict(report: dict[str, Any]) -> list[str]:

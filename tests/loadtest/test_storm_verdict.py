@@ -43,4 +43,5 @@ def test_failed_attempts_server_closes_and_slow_ready_are_named():
 
 
 def test_other_scenarios_are_not_judged_as_storms():
-    assert storm_verdict(report("steady", attempts_failed={"timeout": 1})) == []
+    for other in ("steady", "celebrity"):
+        assert storm_verdict(report(other, attempts_failed={"timeout": 1})) == []
