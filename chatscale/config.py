@@ -360,17 +360,17 @@ class Settings(BaseSettings):
         "today's gateway, to show the herd (the lab's thundering-herd unmitigated arm).",
     )
     identify_concurrency: int = Field(
-        default=8,
+        default=32,
         ge=1,
         description="IDENTIFYs one gateway works on at once (Discord's max_concurrency). More "
         "in flight cost event-loop time that heartbeats and deliveries of connected sessions "
         "need; fewer make a herd queue longer.",
     )
     identify_queue: int = Field(
-        default=256,
+        default=512,
         ge=0,
-        description="IDENTIFYs waiting for a slot, beyond IDENTIFY_CONCURRENCY; beyond this the "
-        "gateway answers ERROR GATEWAY_BUSY with retry_after and closes 4016 (the client comes "
+        description="IDENTIFYs waiting for a slot, beyond IDENTIFY_CONCURRENCY, as long as the "
+        "predicted wait is within IDENTIFY_BUDGET_S; beyond either the gateway answers ERROR GATEWAY_BUSY with retry_after and closes 4016 (the client comes "
         "back later instead of holding a socket and a timer). Longer: fewer refusals, longer "
         "waits before READY.",
     )

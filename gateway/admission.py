@@ -6,7 +6,8 @@ all at once and the event loop stalls, heartbeats and deliveries of the sessions
 connected are late, and Redis calls time out. Two mechanisms keep the loop responsive:
 
 - **Admission** (``Admission``): at most ``concurrency`` IDENTIFYs are worked on at once
-  (Discord's ``max_concurrency``); up to ``queue`` more wait in FIFO order for a slot. Beyond
+  (Discord's ``max_concurrency``); up to ``queue`` more wait in FIFO order for a slot while the predicted
+  wait is within ``max_wait_s`` (a wait the gateway would give up on is refused at once). Beyond
   that the gateway refuses with ERROR ``GATEWAY_BUSY`` carrying ``retry_after`` and closes with
   4016: the client comes back later instead of holding a socket and a timer in a queue that
   cannot serve it in time. ``retry_after`` is the time the queue ahead needs at the measured
@@ -54,6 +55,7 @@ class Admission:
         initial_cost_s: float = 0.05,
         min_retry_s: float = 1.0,
         max_retry_s: float = 30.0,
+        max_wait_s: float | None = None,
     ) -> None:
         if concurrency < 1 or queue < 0:
             raise ValueError("concurrency must be >= 1 and queue >= 0")
@@ -63,16 +65,20 @@ class Admission:
         self.cost_s = initial_cost_s  # EWMA of one IDENTIFY's duration
         self.min_retry_s = min_retry_s
         self.max_retry_s = max_retry_s
+        self.max_wait_s = max_wait_s  # queue only if the predicted wait is within this
         self.running = 0
         self.waiting: deque[object] = deque()
         self.admitted = 0
         self.queued = 0
         self.refused = 0
 
+    def predicted_wait(self) -> float:
+        """Seconds until the IDENTIFYs ahead of a newcomer would have drained."""
+        return (self.running + len(self.waiting)) / self.concurrency * self.cost_s
+
     def retry_after(self) -> float:
-        """Seconds until the queue ahead of a newcomer would have drained."""
-        ahead = self.running + len(self.waiting)
-        drain = ahead / self.concurrency * self.cost_s
+        """``predicted_wait`` within [``min_retry_s``, ``max_retry_s``]."""
+        drain = self.predicted_wait()
         return round(min(self.max_retry_s, max(self.min_retry_s, drain)), 3)
 
     def offer(self, ticket: object) -> Verdict:
@@ -80,7 +86,9 @@ class Admission:
             self.running += 1
             self.admitted += 1
             return Verdict("run")
-        if len(self.waiting) < self.queue_size:
+        if len(self.waiting) < self.queue_size and (
+            self.max_wait_s is None or self.predicted_wait() <= self.max_wait_s
+        ):
             self.waiting.append(ticket)
             self.queued += 1
             return Verdict("queue")

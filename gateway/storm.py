@@ -51,7 +51,12 @@ class StormGuard:
         s = gw.settings
         self.on = s.storm_mitigations == "on"
         self.budget_s: float | None = s.identify_budget_s if self.on else None
-        self.admission = Admission(s.identify_concurrency, s.identify_queue, clock=time.monotonic)
+        self.admission = Admission(
+            s.identify_concurrency,
+            s.identify_queue,
+            clock=time.monotonic,
+            max_wait_s=s.identify_budget_s,
+        )
         self.degrade = Degrade(
             lag_s=s.degrade_lag_ms / 1000,
             age_s=s.degrade_backlog_ms / 1000,

@@ -121,3 +121,14 @@ def test_a_slot_passed_on_for_a_gone_ticket_records_no_duration():
     cost = adm.cost_s
     assert adm.finish(None) == "b"  # "gone" left without working: no 0 s sample
     assert adm.cost_s == cost and adm.running == 1
+
+
+def test_a_wait_longer_than_the_budget_is_refused_at_once_not_queued():
+    adm = Admission(2, 100, clock=Clock(), initial_cost_s=4.0, max_wait_s=10.0)
+    assert [adm.offer(n).kind for n in "ab"] == ["run", "run"]
+    assert [adm.offer(n).kind for n in "cd"] == ["queue", "queue"]  # waits of 4 s and 6 s
+    assert adm.offer("e").kind == "queue"  # 4 ahead over 2 slots at 4 s: 8 s
+    assert adm.offer("f").kind == "queue"  # 5 ahead: 10 s, just within
+
+    late = adm.offer("g")
+    assert late.kind == "refuse" and late.retry_after == 12.0
