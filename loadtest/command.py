@@ -163,7 +163,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         default=10.0,
         metavar="S",
         help="storms (connect-storm, reconnect-storm): the verdict is NOT CLEAN when "
-        "READY p99 exceeds this (default 10)",
+        "READY p99 exceeds this",
     )
     lt.add_argument(
         "--cpu-hog",
