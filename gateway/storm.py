@@ -40,6 +40,7 @@ from gateway.host import Client
 log = logging.getLogger("chatscale.gateway.storm")
 
 LAG_EVERY_S = 0.1  # the loop-lag probe's period
+LOG_EVERY_S = 5.0  # admission and degrade figures logged at most this often (when they moved)
 STALL_LIMIT_S = 60.0  # a loop silent this long is hung, not slow: the liveness key may expire
 
 
@@ -103,12 +104,32 @@ class StormGuard:
 
     async def _lag_probe(self) -> None:
         loop = asyncio.get_running_loop()
+        said, worst = (0, 0, 0), 0.0
+        next_log = loop.time() + LOG_EVERY_S
         while not self.gw.stopping:
             before = loop.time()
             await asyncio.sleep(LAG_EVERY_S)
             self.beat = time.monotonic()
             self.lag_s = max(0.0, loop.time() - before - LAG_EVERY_S)
+            worst = max(worst, self.lag_s)
             self.degrade.observe_lag(self.lag_s)
+            if loop.time() >= next_log:  # what a herd did, in the log, only when it happened
+                a = self.admission
+                now = (a.admitted, a.queued, a.refused)
+                if now != said or self.degrade.active:
+                    log.info(
+                        "admission: %d admitted, %d queued, %d refused so far; %d running, "
+                        "%d waiting, IDENTIFY ~%.3f s; loop lag max %.3f s; degraded %s, shed %s",
+                        *now,
+                        a.running,
+                        len(a.waiting),
+                        a.cost_s,
+                        worst,
+                        self.degrade.active,
+                        self.degrade.shed,
+                    )
+                said, worst = now, 0.0
+                next_log = loop.time() + LOG_EVERY_S
 
     # ---- admission --------------------------------------------------------------------------
 
