@@ -84,9 +84,9 @@ class StormGuard:
         self._thread.start()
 
     def stop(self) -> None:
+        """Tell the renewal thread to end (never waits: it may be inside a Redis call that only
+        its socket timeout ends; it is a daemon thread and closes its own client)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.gw.settings.redis_timeout_s + 1)
 
     def _renew(self, key: str, ttl_s: int, every_s: float) -> None:
         s = self.gw.settings
