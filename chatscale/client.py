@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from chatscale import backoff
+from chatscale.closecodes import CATALOGUE, Close
 from chatscale.wire import Op, dumps
 
 _nonces = itertools.count(1)
@@ -25,6 +29,15 @@ class GatewayError(Exception):
     def __init__(self, d: dict[str, Any]) -> None:
         super().__init__(f"{d.get('code')}: {d.get('message')}")
         self.d = d
+
+
+class Refused(Exception):
+    """The connection closed before READY; ``retry_after`` from the ERROR before the close."""
+
+    def __init__(self, code: int | None, retry_after: float | None, reason: str = "") -> None:
+        super().__init__(f"closed {code} before READY ({reason or 'no reason'})")
+        self.code = code
+        self.retry_after = retry_after
 
 
 class ChatClient:
@@ -41,6 +54,7 @@ class ChatClient:
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
         self.close_code: int | None = None
+        self.last_error: dict[str, Any] | None = None  # the last ERROR without a request nonce
 
     # ---- connecting -------------------------------------------------------------------------
 
@@ -75,11 +89,66 @@ class ChatClient:
         if intents is not None:
             d["intents"] = intents
         await client.send_op(Op.IDENTIFY, d)
-        ready = await client.next_event("READY")
+        ready = await client._until_ready()
         client.ready = ready["d"]
         client.session_id = ready["d"]["session_id"]
         client.resume_url = ready["d"]["resume_gateway_url"]
         return client
+
+    @classmethod
+    async def identify_with_backoff(
+        cls,
+        url: str,
+        token: str,
+        *,
+        attempts: int = 8,
+        jitter: bool = True,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        **kw: Any,
+    ) -> ChatClient:
+        """IDENTIFY, and on a refusal or failed attempt wait and try again (``chatscale.backoff``:
+        a server's ``retry_after`` is honoured, else jittered exponential backoff); a terminal
+        close (4004) or the last attempt's failure is raised."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await cls.identify(url, token, **kw)
+            except Refused as exc:
+                terminal = exc.code in CATALOGUE and not CATALOGUE[Close(exc.code)].resumable
+                if terminal or attempt == attempts:  # 4004: the token is refused for good
+                    raise
+                wait = backoff.delay(attempt, exc.retry_after, jitter=jitter, rand=rand)
+            except (OSError, TimeoutError, ConnectionClosed):
+                if attempt == attempts:
+                    raise
+                wait = backoff.delay(attempt, jitter=jitter, rand=rand)
+            await sleep(wait)
+        raise AssertionError("unreachable")
+
+    async def _until_ready(self, timeout: float = 10) -> dict[str, Any]:
+        """READY, or ``Refused`` if the connection closes first (e.g. 4017 GATEWAY_BUSY)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                if not self.events.empty():
+                    msg = self.events.get_nowait()
+                    if msg.get("t") == "READY":
+                        return msg
+                    continue
+                if self.closed.is_set():
+                    retry = (self.last_error or {}).get("retry_after")
+                    reason = self.ws.close_reason or ""
+                    raise Refused(self.close_code, float(retry) if retry else None, reason)
+                getter = asyncio.ensure_future(self.events.get())
+                closing = asyncio.ensure_future(self.closed.wait())
+                done, pending = await asyncio.wait(
+                    {getter, closing}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for fut in pending:
+                    fut.cancel()
+                if getter in done:
+                    msg = getter.result()
+                    if msg.get("t") == "READY":
+                        return msg
 
     async def resume(self, token: str) -> ChatClient:
         """Open a new connection and RESUME this session from the last sequence seen."""
@@ -124,6 +193,8 @@ class ChatClient:
                         GatewayError(msg["d"])
                     )
                     continue
+                if msg.get("op") == Op.ERROR and isinstance(msg.get("d"), dict):
+                    self.last_error = msg["d"]
                 await self.events.put(msg)
         except ConnectionClosed:
             pass

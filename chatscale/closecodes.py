@@ -29,6 +29,7 @@ class Close(IntEnum):
     GATEWAY_FULL = 4014
     TOO_MANY_CONNECTIONS = 4015
     ACCOUNT_QUARANTINED = 4016
+    GATEWAY_BUSY = 4017
     MESSAGE_TOO_BIG = 1009  # sent by the websockets library itself when max_size is exceeded
     INVALID_DATA = 1007  # sent by the websockets library itself: a text frame not UTF-8
 
@@ -101,6 +102,10 @@ CATALOGUE: dict[Close, CloseInfo] = {
             Close.ACCOUNT_QUARANTINED,
             False,
             "The account was quarantined (the spam-bot detector or an admin). Do not reconnect.",
+            Close.GATEWAY_BUSY,
+            True,
+            "The gateway is admitting too many sessions (or timed out on this IDENTIFY). Wait "
+            "retry_after (from the ERROR before the close) with jitter, then IDENTIFY again.",
         ),
         CloseInfo(
             Close.MESSAGE_TOO_BIG,

@@ -467,6 +467,71 @@ class Settings(BaseSettings):
         "biggest servers; higher: favours niche servers, less accurate past a point).",
     )
 
+    # --- the thundering herd (issue 14): admission, degrade mode, catching up ------------------
+    storm_mitigations: Literal["on", "off"] = Field(
+        default="on",
+        description="One switch for the herd mitigations of gateways and load-test clients: "
+        "IDENTIFY admission (IDENTIFY_CONCURRENCY, IDENTIFY_QUEUE, 4017 with retry_after), "
+        "transient IDENTIFY timeouts answered 4017 instead of 4000, degrade mode (DEGRADE_*), "
+        "the liveness key renewed off the event loop, and clients honouring retry_after. off: "
+        "today's gateway, to show the herd (the lab's thundering-herd unmitigated arm).",
+    )
+    identify_concurrency: int = Field(
+        default=32,
+        ge=1,
+        description="IDENTIFYs one gateway works on at once (Discord's max_concurrency). More "
+        "in flight cost event-loop time that heartbeats and deliveries of connected sessions "
+        "need; fewer make a herd queue longer.",
+    )
+    identify_queue: int = Field(
+        default=512,
+        ge=0,
+        description="IDENTIFYs waiting for a slot, beyond IDENTIFY_CONCURRENCY, as long as the "
+        "predicted wait is within IDENTIFY_BUDGET_S; beyond either the gateway answers ERROR GATEWAY_BUSY with retry_after and closes 4017 (the client comes "
+        "back later instead of holding a socket and a timer). Longer: fewer refusals, longer "
+        "waits before READY.",
+    )
+    identify_budget_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Time one admitted IDENTIFY may take (metadata, presences, routes) before "
+        "it is answered 4017 with retry_after instead of holding its slot; bounds the work "
+        "per IDENTIFY under load.",
+    )
+    degrade_lag_ms: float = Field(
+        default=250.0,
+        ge=0,
+        description="Event-loop lag (a 100 ms timer's lateness) above which a gateway degrades: "
+        "it sheds PRESENCE_UPDATE and TYPING_START dispatches (counted, never messages) until "
+        "the lag stays under half of it for DEGRADE_HOLD_S. Lower sheds sooner; 0 turns "
+        "the lag trigger off.",
+    )
+    degrade_backlog_ms: float = Field(
+        default=2000.0,
+        ge=0,
+        description="Age of the delivery-stream entry being dispatched (now minus the time in "
+        "its stream id) above which a gateway degrades, as DEGRADE_LAG_MS; 0 turns this "
+        "trigger off. Needs gateway and Valkey clocks in step.",
+    )
+    degrade_hold_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="How long both triggers must stay under half their threshold before a "
+        "degraded gateway sends presence and typing again (hysteresis: no flapping).",
+    )
+    degrade_min_sessions: int = Field(
+        default=200,
+        ge=0,
+        description="A gateway with fewer sessions never degrades: shedding presence for a "
+        "handful of sessions saves nothing (the cost it cuts grows with the sessions).",
+    )
+    reconnect_jitter: bool = Field(
+        default=True,
+        description="Clients (chatscale.client, the load generator) spread their reconnects: "
+        "backoff delays x 0.5-1.5, a server's retry_after x 1-1.5 (chatscale/backoff.py). "
+        "false: exact delays, so clients refused together come back together (the herd).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

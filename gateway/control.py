@@ -400,7 +400,7 @@ class GatewayControl:
         try:
             verdict = await self.limiter.identify(user_id)
         except TRANSIENT:
-            self.gw.close_client(client, Close.UNKNOWN_ERROR, "rate limiter unavailable")
+            self.gw.storm.unavailable(client, "rate limiter unavailable")  # 4017 or 4000
             return False
         if verdict.allowed:
             try:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -44,6 +46,10 @@ class LocalFanout:
         # attach, so snapshot + these miss nothing (a member coming online meanwhile included).
         self.early: dict[Session, list[Delivery]] = {}
         self.delivered = 0  # frames queued to sockets or replay buffers (a metric)
+        # Degrade mode (gateway/storm.py sets these when STORM_MITIGATIONS=on): shed(t, n) says
+        # whether to drop a presence/typing dispatch; observe_age(s) gets each batch's age.
+        self.shed: Callable[[str, int], bool] | None = None
+        self.observe_age: Callable[[float], None] | None = None
 
     async def attach(self, session: Session, client: Client) -> None:
         keys = self.gateway.keys
@@ -113,6 +119,9 @@ class LocalFanout:
                 await asyncio.sleep(0.5)
                 continue
             for _, entries in reply or []:
+                if entries and self.observe_age is not None:  # the batch's oldest entry
+                    ms = int(entries[0][0].split(b"-", 1)[0])
+                    self.observe_age(max(0.0, time.time() - ms / 1000))
                 for entry_id, fields in entries:
                     last = entry_id
                     with contextlib.suppress(ValueError):
@@ -120,6 +129,10 @@ class LocalFanout:
 
     def deliver(self, delivery: Delivery) -> int:
         """Dispatch one delivery to every local session that may see it; returns how many."""
+        if self.shed is not None and self.shed(
+            delivery.t, len(self.by_guild.get(delivery.guild_id, ()))
+        ):
+            return 0  # degrade mode: presence and typing only (gateway/storm.py)
         if delivery.session_id:
             session = self.gateway.sessions.get(delivery.session_id)
             targets: list[Session] = [session] if session is not None else []

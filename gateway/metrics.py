@@ -57,6 +57,18 @@ PAGE_ROWS = Counter(
     "Messages those reads returned, by source.",
     ["source"],
 )
+ADMISSION = Counter(
+    "chatscale_gateway_identify_admission_total",
+    "IDENTIFYs by admission verdict: run (a slot was free), queue (waited for one), refuse "
+    "(ERROR GATEWAY_BUSY with retry_after, close 4017). STORM_MITIGATIONS=on only.",
+    ["verdict"],
+)
+SHED = Counter(
+    "chatscale_gateway_shed_total",
+    "Dispatches a degraded gateway did not send (presence and typing only, never messages), "
+    "by event type, counted once per recipient session.",
+    ["type"],
+)
 _CLOSE_NAMES = {int(c): c.name for c in Close} | {
     1000: "NORMAL",
     1001: "GOING_AWAY",
@@ -82,6 +94,14 @@ def page_read(source: str, rows: int, seconds: float) -> None:
     PAGE_READS.labels(source).inc()
     PAGE_ROWS.labels(source).inc(rows)
     STAGE.labels(f"page_{source}").observe(seconds)
+
+
+def admission(verdict: str) -> None:
+    ADMISSION.labels(verdict).inc()
+
+
+def shed(t: str, recipients: int) -> None:
+    SHED.labels(t).inc(recipients)
 
 
 def frame_in() -> None:
@@ -119,6 +139,22 @@ class _GatewayCollector(Watched):
             "chatscale_gateway_sessions",
             "Identified sessions, attached or detached but still resumable.",
             value=sum(len(g.sessions) for g in gateways),
+        )
+        storms = [g.storm for g in gateways if getattr(g, "storm", None) is not None]
+        yield GaugeMetricFamily(
+            "chatscale_gateway_degraded",
+            "1 while a gateway sheds presence and typing (degrade mode), else 0.",
+            value=sum(1 for s in storms if s.degrade.active),
+        )
+        yield GaugeMetricFamily(
+            "chatscale_gateway_loop_lag_seconds",
+            "How late the gateway's 100 ms event-loop probe last woke (the worst gateway).",
+            value=max((s.lag_s for s in storms), default=0.0),
+        )
+        yield GaugeMetricFamily(
+            "chatscale_gateway_identify_queue",
+            "IDENTIFYs waiting for an admission slot.",
+            value=sum(len(s.admission.waiting) for s in storms),
         )
 
 

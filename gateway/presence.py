@@ -13,6 +13,8 @@ count, as Discord sends large guilds less up front.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +45,7 @@ class PresenceReporter:
         self._typing: list[dict[str, Any]] = []
         self.batches_sent = 0
         self._member_cache: dict[int, tuple[float, list[int]]] = {}
+        self._member_loads: dict[int, asyncio.Future[list[int]]] = {}
 
     def online(self, session: Session) -> None:
         self._events.append(
@@ -90,12 +93,22 @@ class PresenceReporter:
         """Member ids, cached for a few seconds: an IDENTIFY storm into a 50k-member guild would
         otherwise read the whole member list once per connection. Only READY's presence list
         uses it, so a few seconds of staleness cost nothing but a late presence entry."""
-        now = time.monotonic()
         hit = self._member_cache.get(guild_id)
-        if hit is None or now - hit[0] > MEMBER_CACHE_S:
-            hit = (now, await store.guild_members(guild_id))
-            self._member_cache[guild_id] = hit
-        return hit[1]
+        if hit is not None and time.monotonic() - hit[0] <= MEMBER_CACHE_S:
+            return hit[1]
+        # One load per guild at a time: the IDENTIFYs that miss together share it (a herd that
+        # arrives as the cache expires would otherwise read the member list once each).
+        loading = self._member_loads.get(guild_id)
+        if loading is None:
+            loading = asyncio.ensure_future(store.guild_members(guild_id))
+            self._member_loads[guild_id] = loading
+            loading.add_done_callback(functools.partial(self._members_loaded, guild_id))
+        return await asyncio.shield(loading)
+
+    def _members_loaded(self, guild_id: int, loading: asyncio.Future[list[int]]) -> None:
+        self._member_loads.pop(guild_id, None)
+        if not loading.cancelled() and loading.exception() is None:
+            self._member_cache[guild_id] = (time.monotonic(), loading.result())
 
     async def ready_presences(
         self, store: Store, guilds: list[Guild], large_threshold: int

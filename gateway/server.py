@@ -88,6 +88,7 @@ from gateway.session import (
     Session,
     State,
 )
+from gateway.storm import StormGuard
 from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
@@ -182,6 +183,7 @@ class Gateway:
             gateway_id=self.id,
             heartbeat_every_s=settings.presence_timeout_s / 3,
         )
+        self.storm = StormGuard(self)  # IDENTIFY admission, degrade mode, off-loop liveness
         self.clients: set[Client] = set()
         # (when tick() must next look at a client, n, client): a min-heap, so a tick costs the
         # clients that are due, not all of them. Heartbeats do not touch it: an entry popped
@@ -239,6 +241,7 @@ class Gateway:
         self._spawn(self._liveness())
         self._spawn(self._housekeeping())
         self._spawn(self._presence_ticks())
+        self.storm.start(self.keys.gateway_alive(self.id), ALIVE_TTL_S, ALIVE_EVERY_S)
         gateway_metrics.watch_gateway(self)  # connections and sessions, read at scrape time
         log.info("gateway %s listening on %s", self.id, self.url)
 
@@ -252,6 +255,7 @@ class Gateway:
         CPython gh-86296), and the task's loop would then run forever.
         """
         self.stopping = True  # the background loops end at their next turn even if not cancelled
+        self.storm.stop()
         if self._server is not None:
             self._server.close(close_connections=False)
         await asyncio.gather(  # all at once, each bounded: one silent client cannot hold us up
@@ -552,13 +556,32 @@ class Gateway:
     # ---- identify / resume ------------------------------------------------------------------------
 
     async def _identify(self, client: Client, request: Authenticate) -> None:
+        """Admission first (gateway/storm.py: run, queue or 4017 with retry_after)."""
+        if not self.storm.on:
+            await self._identify_admitted(client, request)
+            return
+        started = await self.storm.admit(client)
+        if started is None:
+            return
+        try:
+            async with asyncio.timeout(self.storm.budget_s):  # bounded work per IDENTIFY
+                await self._identify_admitted(client, request)
+        except TimeoutError:
+            self.storm.unavailable(client, "IDENTIFY took longer than its budget")
+            for session, c in list(self.fanout.attached.items()):
+                if c is client and not session.seq:  # registered, never READY: forget it
+                    await self._forget(session)
+        finally:
+            self.storm.finish(started)
+
+    async def _identify_admitted(self, client: Client, request: Authenticate) -> None:
         if not await self.control.admit_identify(client, request.user_id):  # identify rate
             return
         try:
             user = await self.store.get_user(request.user_id)
             views, version = await self.control.load_views(request.user_id) if user else ([], 0)
         except (StorageUnavailable, *TRANSIENT):
-            self.close_client(client, Close.UNKNOWN_ERROR, "metadata store unavailable")
+            self.storm.unavailable(client, "metadata store unavailable")  # 4017 or 4000
             return
         guilds = [v.guild for v in views]
         if user is None:
@@ -603,7 +626,9 @@ class Gateway:
                 }
             views = await self.control.settle(session, views, version)
         except (StorageUnavailable, *TRANSIENT):
-            self.close_client(client, Close.UNKNOWN_ERROR, "routing table or metadata unavailable")
+            self.storm.unavailable(client, "routing table or metadata unavailable")
+            if self.storm.on:  # registered above: never READY, so nobody can resume it
+                await self._forget(session)
             return
         if client.conn.state is not State.AUTHENTICATING:
             # The connection was closed while we loaded (heartbeat timeout, fencing, a client

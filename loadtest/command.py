@@ -158,6 +158,19 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     lt.add_argument("--workers", type=int, default=2, help="embedded topology: workers (default 2)")
     lt.add_argument(
+        "--ready-bound",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="storms (connect-storm, reconnect-storm): the verdict is NOT CLEAN when "
+        "READY p99 exceeds this",
+    )
+    lt.add_argument(
+        "--cpu-hog",
+        action="store_true",
+        help="run a competing process that keeps one core busy for the whole run (default off)",
+    )
+    lt.add_argument(
         "--storage-url",
         default=storage,
         help=f"embedded topology: history/metadata store (default {storage}; kept between "
@@ -188,6 +201,8 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         embedded_gateways=args.gateways,
         embedded_workers=args.workers,
         storage_url=args.storage_url,
+        ready_bound_s=args.ready_bound,
+        cpu_hog=args.cpu_hog,
         command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     cfg.out = args.out or engine.default_out(cfg)

@@ -45,7 +45,7 @@ from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
 from chatscale.redisconn import connect
 from guilds import community
-from loadtest import communities, scenarios
+from loadtest import communities, cpuhog, scenarios
 from loadtest.accounting import DeliveryLedger, StoredCheck
 from loadtest.generator import ClientPlan, Part, child_main, drive
 from loadtest.latency import LatencyRecorder, TimeSeries
@@ -123,6 +123,9 @@ class RunConfig:
     quiet_s: float = 2.0  # the drain ends once no delivery arrived for this long
     report_s: float = 0.5  # how often generator processes report progress
     command: str = ""
+    # storms (connect-storm, reconnect-storm) are NOT CLEAN above this READY p99
+    ready_bound_s: float = 10.0
+    cpu_hog: bool = False  # a competing process keeps one core busy for the run
 
 
 # ---- loading the community ----------------------------------------------------------------------
@@ -448,6 +451,7 @@ def split(
             inject=dict(cfg.inject),
             report_s=cfg.report_s,
             window=cfg.window,
+            jitter=settings.reconnect_jitter,
         )
         for i in range(parts)
     ]
@@ -507,6 +511,9 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
     for note in plan.notes:
         say(f"plan        {note}")
     await topology.start(say=say)
+    hog = cpuhog.start() if cfg.cpu_hog else None
+    if hog is not None:
+        say(f"cpu hog     pid {hog.pid} keeps one core busy until the run ends")
     drivers: list[Any] = []
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     tasks: list[asyncio.Task[Any]] = []
@@ -646,6 +653,7 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
                 task.exception()  # retrieved: a sampler's failure must not warn at exit
         for d in drivers:
             await d.close()
+        cpuhog.stop(hog)
         await topology.stop()
     events = [
         {"t": round(at - t0, 2), "what": text} for at, text in getattr(topology, "timed_events", [])
@@ -947,6 +955,13 @@ def build_report(
             "ready": len(ready_times),
             "attempts_failed": _sum(results, "failures"),
             "refused": _sum(results, "refused"),
+            # refused by admission (4017 GATEWAY_BUSY with retry_after) and retried: not failures
+            "refused_retried": _sum(results, "retried"),
+            "clients_refused": counters.get("clients_refused", 0),  # refused at least once
+            "refused_share": round(
+                counters.get("clients_refused", 0) / max(1, len(plan.online)), 4
+            ),
+            "dropped_by_server": sum(_sum(results, "close_codes").values()),
             "gave_up": counters.get("gave_up", 0),
             "ready_latency_ms": _ms(ready_latency),
             "accepted_per_s": (
@@ -1017,6 +1032,10 @@ def build_report(
             "bytes_received": counters.get("presence_bytes", 0),
             "updates_per_s": round(counters.get("presence_frames", 0) / max(1e-3, deliver_span), 1),
             "propagation_ms": _ms(_merge_latency(results, "presence_latency")),
+            # presence bytes received per client that arrived during the run (the storm's)
+            "bytes_per_arrival": round(
+                counters.get("presence_bytes", 0) / max(1, len(plan.connect_at) or len(plan.online))
+            ),
         },
         "faults": faults,
         "processes": processes,
@@ -1054,6 +1073,8 @@ def build_report(
         "latency_percentiles": latency.percentile_curve(),
         "ready_latency_histogram": ready_latency.buckets(),
     }
+    report["ready_bound_s"] = cfg.ready_bound_s
+    report["cpu_hog"] = cfg.cpu_hog
     report["verdict"] = verdict(report)
     return report
 
@@ -1113,6 +1134,10 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         unmeasured.append(f"none of the {m['scheduled']:,} scheduled messages was acknowledged")
     elif m["acknowledged"] and not d["expected"]:
         unmeasured.append("no delivery was expected: no client was READY to receive")
+    storm_notes = storm_verdict(report)
+    if storm_notes:
+        clean = False
+        notes[:0] = storm_notes
     fault = report["plan"].get("fault")
     if fault and not any(f.get("injected") for f in report["faults"]):
         why = [f["what"] for f in report["faults"] if f.get("injected") is False]
@@ -1142,6 +1167,31 @@ def verdict(report: dict[str, Any]) -> dict[str, Any]:
         clean = False
         notes[:0] = [f"NOT MEASURED: {u}" for u in unmeasured]
     return {"clean": clean, "notes": notes}
+
+
+STORMS = ("connect-storm", "reconnect-storm")
+
+
+def storm_verdict(report: dict[str, Any]) -> list[str]:
+    """A storm is judged by what viewers saw, not only by message loss: failed connection
+    attempts (refusals with retry_after are counted apart, not as failures), sessions the
+    server closed, and READY slower than the stated bound each make it NOT CLEAN."""
+    if report["scenario"] not in STORMS:
+        return []
+    c = report["connections"]
+    out = []
+    failed = sum(c["attempts_failed"].values())
+    if failed:
+        out.append(f"{failed:,} connection attempt(s) failed ({c['attempts_failed']})")
+    if c.get("dropped_by_server"):
+        out.append(f"{c['dropped_by_server']:,} READY session(s) closed ({c['close_codes']})")
+    bound = report.get("ready_bound_s")
+    p99 = c["ready_latency_ms"]["p99_ms"] / 1000
+    if bound and c["ready"] and p99 > bound:
+        out.append(f"READY p99 {p99:.1f} s exceeds the bound of {bound:g} s")
+    if c["ready"] < c["clients"]:
+        out.append(f"{c['clients'] - c['ready']:,} of {c['clients']:,} clients never reached READY")
+    return out
 
 
 def default_out(cfg: RunConfig) -> Path:

@@ -62,13 +62,15 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-from chatscale import snowflake
+from chatscale import backoff, snowflake
 from loadtest.accounting import content_key
 from loadtest.latency import LatencyRecorder, TimeSeries
 
 MC = b'{"op":0,"t":"MESSAGE_CREATE","s":'
 DISPATCH = b'{"op":0,"t":"'
 TERMINAL = {4004}
+BUSY = 4017  # GATEWAY_BUSY: refused by admission, retry after retry_after (not a failure)
+MAX_REFUSALS = 40  # refusals one client honours before they count as failed attempts
 Item = tuple[str, int, str, float, int]  # key (nonce), channel id, content, intended time, order
 CONTENT = b'"content":"'
 SETTLING = frozenset({"connecting", "identifying", "resuming", "backoff"})
@@ -108,6 +110,7 @@ class Part:
     ack_timeout: float = 15.0
     window: int = 1  # messages in flight per client (1: stop-and-wait, order kept on retries)
     max_attempts: int = 8
+    jitter: bool = True  # CHATSCALE_RECONNECT_JITTER: spread reconnect delays (chatscale/backoff)
     bucket_s: float = 1.0
     report_s: float = 0.5  # progress reports to the parent
     inject: dict[str, int] = field(default_factory=dict)  # tests: drop/dup/reorder every Nth
@@ -211,6 +214,8 @@ class SimClient:
         self.want_resume = True
         self.reconnect_delay = 0.0
         self.closing = False
+        self.retry_after: float | None = None  # from the ERROR before a 4017 / 4008 close
+        self.refusals = 0
 
     # ---- connecting ------------------------------------------------------------------------
 
@@ -274,7 +279,8 @@ class SimClient:
             self.gen.settled(self)
             return
         self.state = "backoff"
-        delay = min(5.0, 0.25 * 2 ** (self.attempts - 1)) * random.uniform(0.5, 1.5)
+        delay = backoff.delay(self.attempts, self.retry_after, jitter=self.gen.part.jitter)
+        self.retry_after = None
         self.gen.loop.call_later(delay, self._retry)
 
     def _retry(self) -> None:
@@ -292,6 +298,18 @@ class SimClient:
             return
         if self.state in ("connecting", "identifying", "resuming"):
             label = f"closed {code} {reason[:40]}".strip()
+            if code == BUSY and self.refusals < MAX_REFUSALS:  # admission: come back later
+                self.refusals += 1
+                if self.refusals == 1:
+                    self.gen.counters["clients_refused"] += 1
+                self.gen.retried[label] += 1
+                self.attempts -= 1  # a refusal with retry_after is not a failed attempt
+                self.conn = None
+                self.state = "backoff"
+                delay = backoff.delay(1, self.retry_after or 1.0, jitter=self.gen.part.jitter)
+                self.retry_after = None
+                self.gen.loop.call_later(delay, self._retry)
+                return
             if code in TERMINAL:  # e.g. 4004: the token is refused, retrying cannot help
                 self.conn = None
                 self.state = "gone"
@@ -312,7 +330,7 @@ class SimClient:
                 self.state = "gone"
                 self.gen.counters["terminal_close"] += 1
                 return
-            delay = random.uniform(0.05, 0.5)
+            delay = random.uniform(0.05, 0.5) if self.gen.part.jitter else 0.25
         if not self.want_resume:
             self.want_resume = True
             self._forget_session()
@@ -533,6 +551,11 @@ class SimClient:
     def on_error(self, d: dict[str, Any]) -> None:
         nonce = d.get("nonce")
         code = d.get("code", "?")
+        if nonce is None and self.state in ("identifying", "resuming"):  # before a close
+            if d.get("retry_after") is not None:
+                self.retry_after = float(d["retry_after"])
+            self.gen.counters[f"identify_error {code}"] += 1
+            return
         self.gen.send_errors[str(code)] += 1
         if isinstance(nonce, str) and nonce in self.history:
             ch, pages, got = self.history.pop(nonce)
@@ -681,6 +704,7 @@ class Generator:
         self.close_codes: Counter[str] = Counter()
         self.send_errors: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()  # terminal closes before READY (e.g. 4004)
+        self.retried: Counter[str] = Counter()  # refused by admission (4017), retried later
         self.latency = LatencyRecorder()
         self.window = LatencyRecorder()  # since the last progress report
         self.ready_latency = LatencyRecorder()
@@ -969,6 +993,7 @@ class Generator:
             "counters": dict(self.counters),
             "failures": dict(self.failures),
             "refused": dict(self.refused),
+            "retried": dict(self.retried),
             "close_codes": dict(self.close_codes),
             "send_errors": dict(self.send_errors),
             "injected": dict(self.injected),

@@ -105,6 +105,9 @@ def text(report: dict[str, Any]) -> str:
         f" delivered but never acknowledged: {d.get('delivered_not_acknowledged', 0):,})",
         f"connect failures           {_codes(conn['attempts_failed'])}; gave up {conn['gave_up']:,}",
         f"close codes seen           {_codes(conn['close_codes'])}",
+        f"refused, retried later     {_codes(conn.get('refused_retried', {}))}; clients refused at least"
+        f" once {conn.get('clients_refused', 0):,} ({conn.get('refused_share', 0):.1%}); READY sessions"
+        f" closed by the server {conn.get('dropped_by_server', 0):,}",
         f"reconnects                 {conn['reconnects']:,} (drops {conn['drops']:,}, RESUMED {conn['resumed']:,},"
         f" INVALID_SESSION {conn['invalid_session']:,}, new sessions {conn['new_sessions']:,})",
         f"reconnect ms (attempt →)   RESUMED p50 {_n(conn['resume_latency_ms']['p50_ms'])} max {_n(conn['resume_latency_ms']['max_ms'])};"
@@ -123,7 +126,8 @@ def text(report: dict[str, Any]) -> str:
         lines.append(
             f"presence                   {p['status_changes_sent']:,} changes sent; {p['updates_received']:,} updates"
             f" received ({_n(p['updates_per_s'])}/s, {p['bytes_received'] / 2**20:,.1f} MiB);"
-            f" seen by observers p50 {_n(pl['p50_ms'], 0)} / p99 {_n(pl['p99_ms'], 0)} ms (n={pl['measured']})"
+            f" seen by observers p50 {_n(pl['p50_ms'], 0)} / p99 {_n(pl['p99_ms'], 0)} ms (n={pl['measured']});"
+            f" {_n(p.get('bytes_per_arrival', 0))} bytes per arrival"
         )
     s = report["streams"]
     lines.append(

@@ -1,5 +1,5 @@
 """The thundering-herd experiment: one tiny run on real processes (shape, the connection cap's
-behaviour, the unavailable arm's reason) and the conclusion's branches on made-up numbers."""
+behaviour, the mitigated arm's) and the conclusion's branches on made-up numbers."""
 
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ async def test_tiny_run(tmp_path: Path) -> None:
     assert capped["refused_4014"] > 0
     assert arms["unmitigated"]["metrics"]["refused_4014"] == 0
     assert any(f"CHATSCALE_MAX_CONNECTIONS={cap}" in n for n in arms["capped"]["notes"])
-    assert "not built" in arms["mitigated"]["unavailable"]
+    mitigated = arms["mitigated"]
+    assert mitigated["unavailable"] is None
+    assert mitigated["metrics"]["viewers_ready"] == viewers  # admission refuses, never sheds
+    assert mitigated["metrics"]["closed_4000"] == 0
     assert result["conclusion"]
 
 
@@ -73,8 +76,12 @@ def _outcome(capped_p99: float, capped_burst: float, *, mitigated: bool = True) 
         "viewers_not_ready": 40.0,
         "refused_4014": 300.0,
     }
-    unavailable = {"mitigated": "not built"} if mitigated else {}
-    return Outcome(EXPERIMENT, {"unmitigated": [base], "capped": [cap]}, unavailable)
+    mit = {**base, "ready_p99_s": 1.0, "refused_4017": 250.0, "closed_4000": 0.0}
+    base = {**base, "closed_4000": 120.0}
+    runs = {"unmitigated": [base], "capped": [cap]}
+    if mitigated:
+        runs["mitigated"] = [mit]
+    return Outcome(EXPERIMENT, runs, {})
 
 
 @pytest.mark.parametrize(
@@ -90,7 +97,9 @@ def test_conclusion_branches(p99: float, burst: float, words: list[str]) -> None
     for w in words:
         assert w in text
     assert "left 40 viewers outside" in text and "shedding, not smoothing" in text
-    assert "not built yet" in text
+    assert "250 IDENTIFYs were refused with 4017" in text
+    assert "0 connections closed with 4000 (unmitigated: 120)" in text
+    assert "mitigated arm was not measured" in conclude(_outcome(p99, burst, mitigated=False))
 
 
 def test_conclusion_without_the_baseline() -> None:

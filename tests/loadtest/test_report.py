@@ -73,6 +73,8 @@ def synthetic(scenario: str, seed: int = 7) -> dict[str, Any]:
         "scenario": scenario,
         "description": f"{scenario} (synthetic)",
         "command": f"chatscale loadtest {scenario} --community study-group",
+        "ready_bound_s": 10.0,
+        "cpu_hog": False,
         "started_at": "2026-01-11 20:00:00",
         "machine": {
             "cpus": 2,
@@ -121,6 +123,12 @@ def synthetic(scenario: str, seed: int = 7) -> dict[str, Any]:
             "ready": online,
             "attempts_failed": {},
             "refused": {},
+            "refused_retried": {"closed 4017 too many IDENTIFYs at once": online // 10}
+            if storm
+            else {},
+            "clients_refused": online // 10 if storm else 0,
+            "refused_share": 0.1 if storm else 0.0,
+            "dropped_by_server": 0,
             "gave_up": 0,
             "ready_latency_ms": _ms(ready),
             "accepted_per_s": 4.8 if storm else None,
@@ -187,6 +195,7 @@ def synthetic(scenario: str, seed: int = 7) -> dict[str, Any]:
             "bytes_received": changes * online * 200,
             "updates_per_s": changes * online / 21,
             "propagation_ms": _ms(propagation),
+            "bytes_per_arrival": changes * 200,
         },
         "faults": [],
         "processes": {
