@@ -102,6 +102,8 @@ CATALOGUE: dict[Close, CloseInfo] = {
             Close.ACCOUNT_QUARANTINED,
             False,
             "The account was quarantined (the spam-bot detector or an admin). Do not reconnect.",
+        ),
+        CloseInfo(
             Close.GATEWAY_BUSY,
             True,
             "The gateway is admitting too many sessions (or timed out on this IDENTIFY). Wait "
