@@ -48,6 +48,7 @@ class GatewayHost(Protocol):
     clients: set[Client]
     fanout: Any  # gateway.fanout.LocalFanout (typed loosely: host.py sits below fanout.py)
     presence: Any  # gateway.presence.PresenceReporter
+    voice: Any  # gateway.voice.VoiceSignaling
     clock: Callable[[], float]
     wall_clock: Callable[[], float]
     stopping: bool  # set when stop() begins: background loops end at their next turn

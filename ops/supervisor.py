@@ -124,6 +124,7 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
+    children.append(Child("voice", 0, ["voice", "--id", "relay-0"], log=logs / "voice.log"))
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
