@@ -41,7 +41,7 @@ def test_bursts_keep_the_average_but_clump_the_losses():
         )
         lost = [link.send(i * 20.0, 100) is None for i in range(n)]
         assert 0.04 < sum(lost) / n < 0.06
-        runs = sum(1 for a, b in zip(lost, lost[1:]) if a and not b)
+        runs = sum(1 for a, b in zip(lost, lost[1:], strict=False) if a and not b)
         if burst:
             assert sum(lost) / runs > 2  # mean run length 1 / (1 - 0.6) = 2.5
         else:
