@@ -85,7 +85,7 @@ class ImpairedLink:
                 return None
             at += self.imp.rto_ms  # retransmitted
         if self.tcp:  # in order: nothing overtakes a packet still being retransmitted
-            at = max(at, self._last_arrival)
+            at = max(at, self._last_arrival + 0.001)  # (1 us apart: timers keep the order)
             self._last_arrival = at
         return at
 

@@ -27,6 +27,7 @@ MODULES = [
     "multi_device",
     "thundering_herd",
     "capacity",
+    "voice_transport",
 ]
 
 
