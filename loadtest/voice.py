@@ -80,6 +80,11 @@ class Participant:
     worst: float = 0.0  # worst report this second (a speaker's)
     sent: int = 0
     bytes_sent: int = 0
+    in_flight: int = 0  # packets the simulated link has not delivered yet
+    flushed: asyncio.Event = field(default_factory=asyncio.Event)  # in_flight reached 0
+    markers: set[int] = field(default_factory=set)  # speakers (ssrc) whose end marker arrived
+    heard_all: asyncio.Event = field(default_factory=asyncio.Event)
+    expect_markers: int = 0
 
 
 async def _join(
@@ -143,10 +148,19 @@ async def run_voice(
         stop_ms = t0 + duration_s * 1000
         tasks = [asyncio.create_task(_receive(p, t0)) for p in people]
         tasks += [asyncio.create_task(_report(p, t0, stop_ms, adapt)) for p in people]
+        for p in people:
+            p.expect_markers = speakers - (1 if p.speaker else 0)
+            if not p.expect_markers:
+                p.heard_all.set()
         await asyncio.gather(*(_speak(p, t0, stop_ms) for p in people if p.speaker))
-        await asyncio.sleep(
-            0.5 + impairment.rto_ms / 1000 + impairment.jitter_ms / 1000
-        )  # stragglers
+        # Everything the links still hold is delivered, then an end marker per speaker (not
+        # impaired: it only says "nothing more comes"); every listener waits for them all.
+        try:
+            async with asyncio.timeout(30):
+                for p in people:
+                    await p.heard_all.wait()
+        except TimeoutError:
+            pass  # a marker lost on a loaded machine: the run ends; missing packets count as lost
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -178,14 +192,21 @@ async def _speak(p: Participant, t0: float, stop_ms: float) -> None:
         p.sent += 1
         p.bytes_sent += packet.HEADER + size
         if at is not None:
-            loop.call_at(
-                at / 1000,
-                p.conn.send_media,
-                seq & 0xFFFF,
-                (seq * TS_PER_PACKET) & 0xFFFFFFFF,
-                payload,
-            )
+            p.in_flight += 1
+            p.flushed.clear()
+            ts = (seq * TS_PER_PACKET) & 0xFFFFFFFF
+            loop.call_at(at / 1000, _deliver, p, seq & 0xFFFF, ts, payload)
         seq += 1
+    if p.in_flight:
+        await p.flushed.wait()
+    p.conn.send_media(seq & 0xFFFF, 0, _CAPTURE.pack(-1.0, p.index))  # the end marker
+
+
+def _deliver(p: Participant, seq: int, ts: int, payload: bytes) -> None:
+    p.conn.send_media(seq, ts, payload)
+    p.in_flight -= 1
+    if not p.in_flight:
+        p.flushed.set()
 
 
 async def _receive(p: Participant, t0: float) -> None:
@@ -200,6 +221,11 @@ async def _receive(p: Participant, t0: float) -> None:
         if media is None or len(media.payload) < _CAPTURE.size:
             continue
         capture, _speaker = _CAPTURE.unpack_from(media.payload)
+        if capture < 0:  # a speaker's end marker
+            p.markers.add(media.ssrc)
+            if len(p.markers) >= p.expect_markers:
+                p.heard_all.set()
+            continue
         index = unwrap(p.last_index.get(media.ssrc), media.seq)
         p.last_index[media.ssrc] = max(index, p.last_index.get(media.ssrc, index))
         jb = p.buffers.setdefault(media.ssrc, JitterBuffer())
@@ -222,7 +248,7 @@ async def _report(p: Participant, t0: float, stop_ms: float, adapt: bool) -> Non
             bad = max(0.0, 1 - (jb.played - played0) / expected)
             p.interval[ssrc] = (jb.played, hi)
             p.conn.report(packet.Report(ssrc, int(bad * 1000), 0, int(jb.delay_ms)))
-        if p.speaker and adapt and p.aimd is not None and loop.time() * 1000 < stop_ms:
+        if p.speaker and adapt and p.aimd is not None:
             p.aimd.on_report(loop.time() * 1000 - t0, p.worst)
         p.worst = 0.0
 
