@@ -305,3 +305,63 @@ def summarize(
         / duration_s
         / max(1, sum(p.speaker for p in people)),
     }
+
+
+async def cmd_voice(args: Any) -> int:
+    """``chatscale loadtest voice``: an embedded topology (or ``--gateway`` URLs with a relay
+    running next to them), a guild with a voice channel, the run, its summary as JSON."""
+    import json
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from chatscale.commandline import UsageError
+    from chatscale.discovery import settings_for_tools
+    from loadtest.topology import Embedded
+
+    try:
+        imp = Impairment(
+            loss=args.loss, jitter_ms=args.jitter, burst=args.burst, bandwidth_kbps=args.bandwidth
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.speakers < 1 or args.listeners < 0:
+        raise UsageError("at least one speaker, and no negative listeners")
+    duration = args.duration or 20.0
+    members = args.speakers + args.listeners
+    topo = None
+    if args.gateway:
+        settings = settings_for_tools(need_live=True)
+        urls = list(args.gateway)
+        transport = settings.voice_transport
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="chatscale-voice-"))
+        env = {"CHATSCALE_VOICE_TRANSPORT": args.transport}
+        topo = Embedded(
+            workdir, storage_url=f"sqlite:///{workdir}/h.db", gateways=1, workers=1, env=env
+        )
+        await topo.start(say=lambda text: print(text, file=sys.stderr))
+        settings, urls, transport = topo.settings, topo.urls, args.transport
+    try:
+        seeded = await seed_voice(settings, members)
+        result = await run_voice(
+            settings,
+            urls,
+            seeded,
+            speakers=args.speakers,
+            listeners=args.listeners,
+            impairment=imp,
+            transport=transport,
+            adapt=args.adapt,
+            duration_s=duration,
+            seed=args.seed or 1,
+        )
+    finally:
+        if topo is not None:
+            await topo.stop()
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(text)
+    print(text)
+    return 0
