@@ -78,6 +78,7 @@ class Participant:
     last_index: dict[int, int] = field(default_factory=dict)
     interval: dict[int, tuple[int, int]] = field(default_factory=dict)  # ssrc -> (played, hi)
     worst: float = 0.0  # worst report this second (a speaker's)
+    worst_delay: float | None = None  # highest playout delay reported this second
     sent: int = 0
     bytes_sent: int = 0
     in_flight: int = 0  # packets the simulated link has not delivered yet
@@ -216,6 +217,7 @@ async def _receive(p: Participant, t0: float) -> None:
             r = packet.parse_report(data)
             if r is not None:
                 p.worst = max(p.worst, (r.loss_permille + r.late_permille) / 1000)
+                p.worst_delay = max(p.worst_delay or 0.0, float(r.delay_ms))
             continue
         media = packet.parse_media(data)
         if media is None or len(media.payload) < _CAPTURE.size:
@@ -249,8 +251,8 @@ async def _report(p: Participant, t0: float, stop_ms: float, adapt: bool) -> Non
             p.interval[ssrc] = (jb.played, hi)
             p.conn.report(packet.Report(ssrc, int(bad * 1000), 0, int(jb.delay_ms)))
         if p.speaker and adapt and p.aimd is not None:
-            p.aimd.on_report(loop.time() * 1000 - t0, p.worst)
-        p.worst = 0.0
+            p.aimd.on_report(loop.time() * 1000 - t0, p.worst, p.worst_delay)
+        p.worst, p.worst_delay = 0.0, None
 
 
 def summarize(

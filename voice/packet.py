@@ -13,7 +13,8 @@ endian). The first byte says what it is:
     0x03       ENDED   relay -> client: reason u8 (ENDED_*): the relay session is over.
     0x04       KEEP    client -> relay: keepalive (a listener that never speaks sends it).
     0x05       REPORT  receiver report, client -> relay -> the sender of ``ssrc``: ssrc u32,
-                       loss permille u16, late permille u16, jitter ms u16 (bitrate adaptation).
+                       loss permille u16, late permille u16, playout delay ms u16 (bitrate
+                       adaptation: loss says the path overflows, a growing delay that it queues).
     0x06       SPEAK   relay -> client: speak u8, the sender's right to be forwarded changed.
 
 Everything is big endian. Unknown or short packets are dropped and counted, never answered.
@@ -55,7 +56,7 @@ class Report:
     ssrc: int  # whose stream this report is about
     loss_permille: int
     late_permille: int
-    jitter_ms: int
+    delay_ms: int  # the receiver's playout delay
 
 
 def media(seq: int, timestamp: int, ssrc: int, payload: bytes) -> bytes:
@@ -109,15 +110,15 @@ def report(r: Report) -> bytes:
         r.ssrc,
         min(r.loss_permille, 1000),
         min(r.late_permille, 1000),
-        min(r.jitter_ms, 65535),
+        min(r.delay_ms, 65535),
     )
 
 
 def parse_report(data: bytes) -> Report | None:
     if len(data) != _REPORT.size or data[0] != REPORT:
         return None
-    _, ssrc, loss, late, jitter = _REPORT.unpack(data)
-    return Report(ssrc, loss, late, jitter)
+    _, ssrc, loss, late, delay = _REPORT.unpack(data)
+    return Report(ssrc, loss, late, delay)
 
 
 def seq_behind(newest: int, seq: int) -> int:

@@ -22,9 +22,10 @@ concealed). ``delay`` adapts once a second to the 95th percentile of recent tran
 is played, or *concealed* (its packet was lost or late). Mouth-to-ear latency of a played
 packet is the delay it was played at.
 
-**Bitrate adaptation** (``Aimd``): receivers report their loss+late share each second; the
-sender adds ``increase_kbps`` when it is under ``threshold`` and multiplies by ``decrease``
-when above, between a floor and a ceiling (AIMD, as TCP's congestion control).
+**Bitrate adaptation** (``Aimd``): receivers report their loss+late share and their playout
+delay each second; the sender adds ``increase_kbps`` when the share is under ``threshold`` and
+the delay near its floor, and multiplies by ``decrease`` otherwise, between a floor and a
+ceiling (AIMD, as TCP's congestion control, with a delay signal as WebRTC's).
 """
 
 from __future__ import annotations
@@ -182,13 +183,22 @@ class Aimd:
     floor_kbps: float = 16.0
     ceiling_kbps: float = 128.0
     kbps: float = 64.0
-    increase_kbps: float = 8.0
+    increase_kbps: float = 4.0
     decrease: float = 0.75
     threshold: float = 0.02  # loss+late share above which the sender backs off
+    delay_margin_ms: float = 20.0  # reported buffer delay this far above its floor: backs off
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (t ms, kbps)
+    _delay_floor: float | None = None
 
-    def on_report(self, t_ms: float, bad_share: float) -> float:
-        if bad_share > self.threshold:
+    def on_report(self, t_ms: float, bad_share: float, delay_ms: float | None = None) -> float:
+        """A second's worst receiver report: its loss+late share and, if given, the receiver's
+        playout delay — growing delay means a queue is filling somewhere, so the sender backs
+        off before that queue overflows (a delay signal, as WebRTC's congestion control)."""
+        queueing = False
+        if delay_ms is not None:
+            self._delay_floor = min(delay_ms, self._delay_floor or delay_ms)
+            queueing = delay_ms > self._delay_floor + self.delay_margin_ms
+        if bad_share > self.threshold or queueing:
             self.kbps = max(self.floor_kbps, self.kbps * self.decrease)
         else:
             self.kbps = min(self.ceiling_kbps, self.kbps + self.increase_kbps)

@@ -28,6 +28,7 @@ MODULES = [
     "thundering_herd",
     "capacity",
     "voice_transport",
+    "voice_bitrate",
 ]
 
 

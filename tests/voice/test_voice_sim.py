@@ -77,7 +77,7 @@ def test_the_jitter_buffer_counts_late_and_lost_and_stalls_when_it_grows():
 
 
 def test_aimd_backs_off_multiplicatively_and_probes_additively():
-    a = Aimd(kbps=64, floor_kbps=16, ceiling_kbps=80)
+    a = Aimd(kbps=64, floor_kbps=16, ceiling_kbps=80, increase_kbps=8)
     assert a.on_report(0, 0.10) == 48
     assert a.on_report(1, 0.10) == 36
     assert a.on_report(2, 0.0) == 44
@@ -88,6 +88,10 @@ def test_aimd_backs_off_multiplicatively_and_probes_additively():
         a.on_report(20 + t, 0.5)
     assert a.kbps == 16  # the floor
     assert a.payload_bytes() == 40  # 16 kbit/s x 20 ms
+    b = Aimd(kbps=64, increase_kbps=8, delay_margin_ms=20)
+    assert b.on_report(0, 0.0, delay_ms=40) == 72  # the delay's floor: 40 ms
+    assert b.on_report(1, 0.0, delay_ms=55) == 80  # +15 ms: within the margin
+    assert b.on_report(2, 0.0, delay_ms=70) == 60  # a queue is filling: back off before loss
 
 
 def test_sequence_numbers_unwrap_across_65535():
