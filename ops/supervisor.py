@@ -36,6 +36,7 @@ from storage import open_store
 from workers.leases import evict
 
 STATE_FILE = "run.json"
+REGISTER_WITHIN_S = 60  # how long start() waits for every gateway to register
 
 
 @dataclass
@@ -166,7 +167,9 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     for child in plan(topo):
         topo.children.append(child)
         topo.spawn(child)
-    deadline = time.monotonic() + 20
+    # 60 s: on a loaded 2-core machine six Python processes importing at once (gateways,
+    # workers, presence, the voice relay) took more than 20 s to register.
+    deadline = time.monotonic() + REGISTER_WITHIN_S
     while True:
         registered = await redis.hgetall(Keys(settings.key_prefix).gateways())
         if len(registered) >= topo.gateways:
@@ -179,7 +182,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
                 )
         if time.monotonic() > deadline:
             raise discovery.TopologyError(
-                f"gateways did not register within 20 s; see {topo.workdir / 'logs'}"
+                f"gateways did not register within {REGISTER_WITHIN_S} s; see {topo.workdir / 'logs'}"
             )
         await asyncio.sleep(0.1)
     topo.gateway_urls = [
