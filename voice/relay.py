@@ -37,6 +37,7 @@ from chatscale.keys import Keys
 from chatscale.redisconn import TRANSIENT, connect
 from presence.state import VoiceUpdate, event_to_dict
 from voice import packet
+from voice.metrics import watch_relay
 from voice.router import Peer, RelaySession, Router
 
 log = logging.getLogger("chatscale.voice")
@@ -83,6 +84,7 @@ class Relay:
         self.admitted = 0  # sessions admitted and reported to presence (a metric)
         self.refused = 0  # AUTH packets refused
         self._admissions = asyncio.Condition()
+        watch_relay(self)  # sessions and packet counters, read at scrape time
 
     async def wait_admitted(self, count: int, timeout: float = 10.0) -> None:
         """Until ``admitted`` reaches ``count`` (tests; TimeoutError after ``timeout``)."""
@@ -94,11 +96,18 @@ class Relay:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         host = self.settings.voice_host
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self), local_addr=(host, self.settings.voice_port)
-        )
-        port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._tcp_client, host, port)
+        for attempt in range(20):
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, self.settings.voice_port)
+            )
+            port = self._udp.get_extra_info("sockname")[1]
+            try:  # the TCP arm on the same number: free for UDP need not mean free for TCP
+                self._tcp = await asyncio.start_server(self._tcp_client, host, port)
+                break
+            except OSError:
+                self._udp.close()
+                if self.settings.voice_port or attempt == 19:
+                    raise
         public = self.settings.voice_public_host or host
         self.udp_address = (public, port)
         self.tcp_address = (public, port)
@@ -159,7 +168,7 @@ class Relay:
             if writer is None or writer.transport.is_closing():
                 continue
             if writer.transport.get_write_buffer_size() > TCP_BUFFER_LIMIT:
-                self.router.counters.dropped_too_old += 1  # never wait for a slow receiver
+                self.router.counters.dropped_slow_receiver += 1  # never wait for a receiver
                 continue
             writer.write(packet.frame(data))
 

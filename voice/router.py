@@ -38,6 +38,7 @@ class Counters:
     dropped_not_speaking: int = 0
     dropped_too_old: int = 0
     dropped_unknown: int = 0  # from a peer without a session, or not a packet at all
+    dropped_slow_receiver: int = 0  # copies a TCP receiver with a full buffer missed
     reports: int = 0
 
 

@@ -212,6 +212,7 @@ def _exposed_names(settings: Settings) -> set[str]:
     import gateway.server  # noqa: F401 - registers the stages their decorators name
     import presence.service  # noqa: F401
     import workers.pipeline  # noqa: F401
+    import voice.relay  # noqa: F401 - the relay's collector
 
     queues = metrics.QueueCollector(settings)
     families = [*REGISTRY.collect(), *queues.collect()]
