@@ -54,16 +54,24 @@ def conclude(o: Outcome) -> str:
     rate = o.compare("bitrate_kbps", "aimd", "fixed")
     p99 = o.compare("m2e_p99_ms", "aimd", "fixed")
     if verdict == "holds":
-        return (
-            f"Adapting to the network keeps the audio whole: {concealed}; {p99}. The price is "
-            f"a lower bitrate ({rate}): the speaker sends what the path can carry instead of "
-            "filling the bottleneck's queue and losing what overflows."
+        first = (
+            f"Adapting to the path loses far less audio: {concealed}. The price is a lower "
+            f"bitrate ({rate}): the speaker sends what the path carries instead of overfilling "
+            "the bottleneck's queue and losing what overflows"
         )
-    if verdict == "reversed":
-        return f"Against the guide, adaptation concealed more here ({concealed}; {rate})."
-    if verdict == "tie":
-        return f"Adaptation made no clear difference here ({concealed}; {rate})."
-    return "One of the arms produced no numbers, so nothing can be concluded."
+    elif verdict == "reversed":
+        first = f"Against the guide, adaptation concealed more here ({concealed}; {rate})"
+    elif verdict == "tie":
+        first = f"Adaptation made no clear difference here ({concealed}; {rate})"
+    else:
+        return "One of the arms produced no numbers, so nothing can be concluded."
+    if o.verdict("m2e_p99_ms", "aimd", "fixed") == "holds":
+        return first + f"; the tail latency fell too ({p99})."
+    return (
+        first + f". The tail latency did not improve ({p99}): additive increase keeps probing "
+        "until the queue fills again, and a full queue is what it backs off from, so some "
+        "packets still wait the whole queue and some are still lost at each probe."
+    )
 
 
 EXPERIMENT = Experiment(

@@ -72,9 +72,10 @@ def conclude(o: Outcome) -> str:
     else:
         first = "One of the arms produced no numbers, so nothing can be concluded"
     return (
-        first + f". What UDP pays instead is concealment of the lost packets ({concealed}), a "
-        "short glitch each, which a codec's loss concealment hides; nothing arrives too late "
-        "to be useful."
+        first
+        + f". What UDP pays instead is concealment of the lost packets ({concealed}): a short "
+        "glitch each, which a codec's loss concealment hides. UDP's own late packets are the "
+        "simulated jitter's tail plus this machine's scheduling delays, which both arms share."
     )
 
 
