@@ -43,6 +43,14 @@ from voice.router import Peer, RelaySession, Router
 log = logging.getLogger("chatscale.voice")
 
 ALIVE_TTL_S = 10
+#: HDEL the member's grant only if it still names this join (a newer join keeps its own).
+_DELETE_IF_NONCE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw and cjson.decode(raw)['n'] == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
 CHECK_EVERY_S = 1.0
 TCP_BUFFER_LIMIT = 64 * 1024  # ~3 s of 128 kbit/s audio: beyond it the receiver misses packets
 
@@ -299,3 +307,14 @@ class Relay:
                     self._send_all(self.router.set_speak(s.guild_id, s.user_id, grant.speak))
         for s in self.router.idle(self.clock(), self.settings.voice_idle_timeout_s):
             self._send_all(self.router.end(s.peer, packet.ENDED_IDLE))
+            await self._left(s)
+
+    async def _left(self, s: RelaySession) -> None:
+        """A session this relay ended on its own (idle): its grant goes (only if it is still
+        this join's) and presence is told the member left, so nobody is shown in voice who
+        can no longer send."""
+        key = self.keys.voice_grant(s.guild_id)
+        if await self.redis.eval(_DELETE_IF_NONCE, 1, key, str(s.user_id), s.nonce):
+            event = event_to_dict(VoiceUpdate(s.session_id, s.guild_id, None))
+            batch = {"gw": self.id, "events": [event], "typing": []}
+            await self.redis.xadd(self.keys.presence_in(), {"e": orjson.dumps(batch)})

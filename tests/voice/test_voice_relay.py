@@ -153,3 +153,24 @@ async def test_the_guild_sees_a_member_in_voice_only_once_the_relay_admitted_the
     with pytest.raises(VoiceRefused) as refused:
         await VoiceConnection.open(server["endpoint"], forged, timeout=10)
     assert refused.value.reason == packet.ENDED_BAD_TOKEN
+
+
+async def test_an_idle_relay_session_ends_and_leaves_voice(
+    stack: Stack, plane: ControlPlane, presence: PresenceService, relay
+):
+    """A client that sends nothing for VOICE_IDLE_TIMEOUT_S is ended by the relay, which also
+    removes its grant and tells presence (the relay's clock is injected)."""
+    guild, lounge = await _lounge(stack, plane)
+    bob = await stack.client("bob")
+    vb = await join_voice(stack, bob, guild, lounge, relay)
+    await presence_tick(stack, presence, 1.0)
+    assert presence.state.voice_channel(stack.users["bob"]) == (guild, lounge)
+    now = relay.clock()
+    relay.clock = lambda: now + stack.settings.voice_idle_timeout_s + 1
+    await relay.check()
+    await asyncio.wait_for(vb.ended_event.wait(), 10)
+    assert vb.ended == packet.ENDED_IDLE
+    key = Keys(stack.settings.key_prefix).voice_grant(guild)
+    assert await stack.gateways[0].redis.hget(key, str(stack.users["bob"])) is None
+    await presence_tick(stack, presence, 1.0)
+    assert presence.state.voice_channel(stack.users["bob"]) is None
