@@ -13,6 +13,8 @@ async def cmd_voice(args: argparse.Namespace) -> int:
     settings = commandline.service_settings()
     commandline.check_secret(settings, args.insecure_dev)
     update: dict[str, object] = {}
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise commandline.UsageError(f"--port must be 0-65535, not {args.port}")
     if args.port is not None:
         update["voice_port"] = args.port
     if args.host is not None:
