@@ -313,6 +313,7 @@ async def cmd_voice(args: Any) -> int:
     """``chatscale loadtest voice``: an embedded topology (or ``--gateway`` URLs with a relay
     running next to them), a guild with a voice channel, the run, its summary as JSON."""
     import json
+    import shutil
     import sys
     import tempfile
     from pathlib import Path
@@ -361,6 +362,7 @@ async def cmd_voice(args: Any) -> int:
     finally:
         if topo is not None:
             await topo.stop()
+            shutil.rmtree(workdir, ignore_errors=True)  # a throwaway topology
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
