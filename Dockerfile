@@ -49,8 +49,9 @@ COPY loadtest/ loadtest/
 COPY ops/ ops/
 COPY lab/ lab/
 COPY dashboard/ dashboard/
+COPY voice/ voice/
 COPY seeds/ seeds/
-RUN python -m compileall -q chatscale guilds gateway workers presence storage loadtest ops lab dashboard
+RUN python -m compileall -q chatscale guilds gateway workers presence storage loadtest ops lab dashboard voice
 USER 10001:10001
 # 8765: a gateway's WebSocket port. /metrics (CHATSCALE_METRICS_PORT) is not exposed and binds
 # 127.0.0.1 unless CHATSCALE_METRICS_HOST says otherwise: it has no authentication, so only a

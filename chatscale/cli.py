@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ops import commands as ops_commands
     from presence import commands as presence_commands
     from storage import commands as storage_commands
+    from voice import commands as voice_commands
     from workers import commands as worker_commands
 
     p = argparse.ArgumentParser(
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_commands.add_commands(sub)  # worker, evict
     presence_commands.add_commands(sub)  # presence
     storage_commands.add_commands(sub)  # migrate
+    voice_commands.add_commands(sub)  # voice (the media relay)
     # the control plane (guilds, channels, roles, overwrites, bans), explain-permissions, seed;
     # seed also reads the load tester's behaviour files, which generate a community
     admin.add_commands(sub, community_readers=[lambda path: communities.load(path).community])

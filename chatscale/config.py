@@ -532,6 +532,61 @@ class Settings(BaseSettings):
         "false: exact delays, so clients refused together come back together (the herd).",
     )
 
+    # --- voice (issue 18) ---------------------------------------------------------------------
+    voice_host: str = Field(
+        default="127.0.0.1",
+        description="Address the voice relay binds (UDP and TCP; 0.0.0.0 in containers).",
+    )
+    voice_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="The voice relay's UDP port (its TCP arm listens on the same number); 0 "
+        "picks a free one. The relay registers the address it got in Redis and gateways hand "
+        "it out in VOICE_SERVER_UPDATE.",
+    )
+    voice_public_host: str = Field(
+        default="",
+        description="Host clients are told to reach the relay at (empty: voice_host). Set it "
+        "when the relay binds 0.0.0.0 behind a published port.",
+    )
+    voice_transport: Literal["udp", "tcp"] = Field(
+        default="udp",
+        description="Which arm of the relay VOICE_SERVER_UPDATE points clients at. udp: a lost "
+        "or late packet costs that packet only; tcp: nothing is lost, but one lost segment "
+        "holds every later packet until it is retransmitted (head-of-line blocking), so audio "
+        "arrives late instead (`chatscale lab run voice-transport`).",
+    )
+    voice_token_ttl_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Lifetime of a voice token (VOICE_SERVER_UPDATE). Short: a leaked token is "
+        "worthless soon; too short and a slow client cannot connect before it expires. A "
+        "token also dies at once when its grant is replaced (a new join) or removed.",
+    )
+    voice_max_behind: int = Field(
+        default=25,
+        ge=1,
+        description="The relay drops a packet whose sequence number is more than this many "
+        "packets (20 ms each) behind the newest one it forwarded for the same sender: it would "
+        "miss its playout time anyway. Smaller saves bandwidth on reordered bursts; larger "
+        "forwards more of what a deep jitter buffer could still play.",
+    )
+    voice_ack_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How long a gateway waits for every relay to apply a revocation (leave, "
+        "ban, lost CONNECT or SPEAK) before fencing the relay that did not answer; a ban "
+        "call returns only after this, so it bounds the ban's extra latency.",
+    )
+    voice_idle_timeout_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="A relay session that sends nothing (no media, no keepalive) this long is "
+        "ended. Shorter frees relay state sooner after a client vanished; too short ends "
+        "listeners that only send a keepalive every few seconds.",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

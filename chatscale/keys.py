@@ -184,3 +184,25 @@ class Keys:
     def activity_scratch(self, token: str) -> str:
         """Temporary ZUNIONSTORE target of one top-K query, deleted in the same MULTI."""
         return f"{self.prefix}:act:tmp:{token}"
+
+    # Voice (chatscale/voice.py): grants are the single source of truth of who may send.
+
+    def voice_grant(self, guild_id: int) -> str:
+        """Hash user_id -> JSON grant {c, s, n, speak}: who may be in which voice channel of
+        the guild. Written by gateways (signaling), read by relays (media)."""
+        return f"{self.prefix}:voice:grant:{{g{guild_id}}}"
+
+    def voice_relays(self) -> str:
+        """Hash relay_id -> JSON {udp, tcp, pid}; liveness is the ``voice_relay_alive`` key."""
+        return f"{self.prefix}:voice:relays"
+
+    def voice_relay_alive(self, relay_id: str) -> str:
+        return f"{self.prefix}:voice:relay:{relay_id}:alive"
+
+    def voice_events(self) -> str:
+        """Pub/sub channel of grant changes (revoke, speak) every relay applies and acks."""
+        return f"{self.prefix}:voice:events"
+
+    def voice_acks(self, event_id: str) -> str:
+        """List of relay ids that applied one voice event (the announcer BLPOPs it)."""
+        return f"{self.prefix}:voice:acks:{event_id}"

@@ -277,6 +277,7 @@ class GatewayControl:
                 if other.user_id != change.user_id and other.seq > 0:
                     self._dispatch(other, t, d)
         await self._routes(joined, left)
+        await self.gw.voice.enforce(targets)  # relays drop who lost voice, before we confirm
         self.seen_version = max(self.seen_version, change.version)
         self.applied += 1
 
@@ -372,6 +373,7 @@ class GatewayControl:
                 joined |= {guild_id} if done.joined else set()
                 left |= {guild_id} if done.left else set()
         await self._routes(joined, left)
+        await self.gw.voice.enforce(list(self.gw.sessions.values()))
         self.seen_version = max(self.seen_version, version)
 
     async def drop_sessions(self, reason: str) -> None:

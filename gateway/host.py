@@ -49,6 +49,7 @@ class GatewayHost(Protocol):
     fanout: Any  # gateway.fanout.LocalFanout (typed loosely: host.py sits below fanout.py)
     presence: Any  # gateway.presence.PresenceReporter
     storm: Any  # gateway.storm.StormGuard (admission, degrade mode)
+    voice: Any  # gateway.voice.VoiceSignaling
     clock: Callable[[], float]
     wall_clock: Callable[[], float]
     stopping: bool  # set when stop() begins: background loops end at their next turn

@@ -89,6 +89,7 @@ from gateway.session import (
     State,
 )
 from gateway.storm import StormGuard
+from gateway.voice import VoiceSignaling
 from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
@@ -177,6 +178,7 @@ class Gateway:
             else None
         )
         self.control = GatewayControl(self)  # permissions of sessions, rate limits
+        self.voice = VoiceSignaling(self, self.control)  # VOICE_STATE_UPDATE, grants, relays
         self.presence = PresenceReporter(
             self.redis,
             self.keys,
@@ -282,7 +284,8 @@ class Gateway:
         await cancel_and_wait(self._tasks, self.settings.close_timeout_s, f"gateway {self.id}")
         try:
             async with asyncio.timeout(redis_bound):
-                for session in self.sessions.values():
+                for session in list(self.sessions.values()):
+                    await self.voice.forget(session)
                     self.presence.offline(session)
                 await self.presence.flush([], self.clock())
                 await self.fanout.drop_all_routes()
@@ -301,6 +304,7 @@ class Gateway:
             )
         for what, closing in (
             ("the control subscription", self.control.close),
+            ("the voice waiter", self.voice.close),
             ("the Redis client", self.redis.aclose),
             ("the delivery reader", self._reader_redis.aclose),
         ):
@@ -663,12 +667,8 @@ class Gateway:
         request = event.request
         if isinstance(request, PresenceUpdate):
             self.presence.status(session, request.status)
-        elif isinstance(request, VoiceStateUpdate):
-            refusal = self.control.voice_refusal(session, request.guild_id, request.channel_id)
-            if refusal is not None:  # visible, a voice channel, CONNECT
-                self.send_error(client, refusal.code, refusal.message)
-                return
-            self.presence.voice(session, request.guild_id, request.channel_id)
+        elif isinstance(request, VoiceStateUpdate):  # checks, grant, VOICE_SERVER_UPDATE
+            self._spawn(self.voice.request(client, session, request.guild_id, request.channel_id))
         elif isinstance(request, Typing):
             guild_id = session.channels.get(request.channel_id)
             if guild_id is None:
@@ -681,6 +681,8 @@ class Gateway:
             self.presence.typing(session, guild_id, request.channel_id)
 
     async def _forget(self, session: Session) -> None:
+        with contextlib.suppress(*TRANSIENT):
+            await self.voice.forget(session)  # its relay session ends before it goes offline
         self.presence.offline(session)
         self.sessions.pop(session.session_id, None)
         with contextlib.suppress(*TRANSIENT):

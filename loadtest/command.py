@@ -59,9 +59,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     lt.add_argument(
         "--community",
-        required=True,
         metavar="NAME",
-        help="behaviour file: a name in seeds/ (study-group, gaming-50k, streamer-live) or a path",
+        help="behaviour file: a name in seeds/ (study-group, gaming-50k, streamer-live) or a "
+        "path; required by every scenario but voice",
     )
     lt.add_argument(
         "--duration",
@@ -176,11 +176,42 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help=f"embedded topology: history/metadata store (default {storage}; kept between "
         "runs so a big community loads once)",
     )
+    voice = lt.add_argument_group("voice (scenario voice only)")
+    voice.add_argument("--speakers", type=int, default=2, help="participants who talk")
+    voice.add_argument("--listeners", type=int, default=4, help="participants who only listen")
+    voice.add_argument(
+        "--loss", type=float, default=0.0, help="share of packets lost at each sender"
+    )
+    voice.add_argument(
+        "--jitter", type=float, default=0.0, metavar="MS", help="extra delay, uniform 0..MS"
+    )
+    voice.add_argument("--burst", type=float, default=0.0, help="P(lost | previous lost)")
+    voice.add_argument(
+        "--bandwidth",
+        type=float,
+        default=0.0,
+        metavar="KBPS",
+        help="each sender's bottleneck (0: none)",
+    )
+    voice.add_argument(
+        "--transport",
+        choices=["udp", "tcp"],
+        default="udp",
+        help="the relay arm (embedded topology)",
+    )
+    voice.add_argument("--adapt", action="store_true", help="AIMD bitrate from receiver reports")
     lt.set_defaults(fn=cmd_loadtest)
 
 
 async def cmd_loadtest(args: argparse.Namespace) -> int:
     from loadtest import engine, report
+
+    if args.scenario == "voice":
+        from loadtest.voice import cmd_voice
+
+        return await cmd_voice(args)
+    if not args.community:
+        raise UsageError(f"loadtest {args.scenario} needs --community NAME")
 
     cfg = engine.RunConfig(
         scenario=args.scenario,

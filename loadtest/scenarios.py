@@ -22,6 +22,7 @@ Scenarios (``SCENARIOS``):
 - ``kill-worker``, ``kill-gateway``, ``pause-redis``, ``pause-cassandra``: steady chat, and the
   fault at ``--fault-at`` (default a third of the run); what was lost must be nothing
   acknowledged.
+- ``voice``: not a chat plan; ``loadtest/voice.py`` runs it (speakers, listeners, impairment).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ SCENARIOS: dict[str, str] = {
     "kill-gateway": "steady chat; one gateway is SIGKILLed mid-run (its clients move)",
     "pause-redis": "steady chat; Valkey is SIGSTOPped for --pause seconds mid-run",
     "pause-cassandra": "steady chat; the Cassandra node (--storage-url cassandra://...) is SIGSTOPped for --pause seconds",
+    "voice": "N speakers, M listeners in one voice channel through the relay; impaired senders "
+    "(--loss, --jitter, --burst, --bandwidth); no --community needed (loadtest/voice.py)",
 }
 FAULTS = {"kill-worker", "kill-gateway", "pause-redis", "pause-cassandra"}
 DEFAULT_DURATION = {
@@ -53,6 +56,7 @@ DEFAULT_DURATION = {
     "kill-gateway": 30.0,
     "pause-redis": 30.0,
     "pause-cassandra": 30.0,
+    "voice": 20.0,
 }
 
 

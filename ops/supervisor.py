@@ -117,7 +117,7 @@ def _last_line(log: Path | None) -> str:
 
 def plan(topo: Topology) -> list[Child]:
     """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
-    workers, one presence service, gateways. docker-compose.yml runs the same services as
+    workers, one presence service, one voice relay, gateways. docker-compose.yml runs the same services as
     containers; tests/ops/test_compose.py keeps the two in step."""
     logs = topo.workdir / "logs"
     children = []
@@ -127,6 +127,7 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
+    children.append(Child("voice", 0, ["voice", "--id", "relay-0"], log=logs / "voice.log"))
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
@@ -190,7 +191,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     await redis.aclose()
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
-    say(f"workers     {topo.workers}, presence 1 (logs in {topo.workdir / 'logs'})")
+    say(f"workers     {topo.workers}, presence 1, voice relay 1 (logs in {topo.workdir / 'logs'})")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -259,6 +260,12 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
         while not stop.is_set():
             await restart_valkey_if_dead(topo, say=say)
             for child in topo.children:
+                if child.proc and child.proc.poll() is not None and child.role == "voice":
+                    child.restarts += 1  # its sessions are gone: clients AUTH again
+                    say(
+                        f"voice relay exited ({child.proc.returncode}); restarting (#{child.restarts})"
+                    )
+                    topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
                     say(

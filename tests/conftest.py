@@ -262,3 +262,41 @@ def cassandra_node(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def cassandra_url(cassandra_node) -> str:
     return f"cassandra://{cassandra_node.host}:{cassandra_node.port}/chatscale_test"
+
+
+# ---- voice (issue 18): an in-process relay and a join helper ------------------------------------
+
+
+@pytest.fixture
+async def relay(stack: Stack) -> AsyncIterator[Any]:
+    """A voice relay (real UDP and TCP sockets on port 0) on the stack's settings."""
+    from voice.relay import Relay
+
+    r = Relay(stack.settings, relay_id="relay-t")
+    await r.start()
+    yield r
+    await r.stop()
+
+
+async def join_voice(
+    stack: Stack,
+    client: ChatClient,
+    guild: int,
+    channel: int,
+    relay: Any,
+    *,
+    transport: str = "udp",
+) -> Any:
+    """VOICE_STATE_UPDATE, VOICE_SERVER_UPDATE, then the relay's AUTH/READY; returns once the
+    relay also reported the member to presence (at most 10 s). The stack closes it."""
+    from voice.client import VoiceConnection
+
+    admitted = relay.admitted
+    await client.send_op(
+        Op.VOICE_STATE_UPDATE, {"guild_id": str(guild), "channel_id": str(channel)}
+    )
+    server = (await client.next_event("VOICE_SERVER_UPDATE"))["d"]
+    conn = await VoiceConnection.open(server["endpoint"], server["token"], transport=transport)
+    stack.clients.append(conn)  # closed with the chat clients at teardown
+    await relay.wait_admitted(admitted + 1)  # the relay's XADD to presence follows its READY
+    return conn

@@ -19,9 +19,20 @@ PACKAGES = (
     "ops",
     "lab",
     "dashboard",
+    "voice",
 )
 # The core may import only itself and storage's interfaces; everything above it is a service.
-ABOVE_CORE = ("gateway", "workers", "presence", "loadtest", "guilds", "ops", "lab", "dashboard")
+ABOVE_CORE = (
+    "gateway",
+    "workers",
+    "presence",
+    "loadtest",
+    "guilds",
+    "ops",
+    "lab",
+    "dashboard",
+    "voice",
+)
 CORE_WIRING = {"chatscale.cli", "chatscale.__main__"}  # the entry point wires commands together
 
 
@@ -135,7 +146,7 @@ LAYERS = (
     ("lab",),
     ("loadtest",),
     ("ops",),
-    ("gateway", "workers"),
+    ("gateway", "workers", "voice"),
     ("presence", "guilds"),
     ("storage",),
     ("chatscale",),

@@ -29,6 +29,8 @@ MODULES = [
     "capacity",
     "topk_sketch",
     "suggest_bias",
+    "voice_transport",
+    "voice_bitrate",
 ]
 
 

@@ -211,6 +211,7 @@ def _exposed_names(settings: Settings) -> set[str]:
     """Every chatscale_* name a process can expose, as written in queries and docs."""
     import gateway.server  # noqa: F401 - registers the stages their decorators name
     import presence.service  # noqa: F401
+    import voice.relay  # noqa: F401 - the relay's collector
     import workers.pipeline  # noqa: F401
 
     queues = metrics.QueueCollector(settings)

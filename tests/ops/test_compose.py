@@ -35,7 +35,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "deploy" / "compose-spec.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-SERVICE_ROLES = ("gateway", "worker", "presence")  # long-running chatscale processes
+SERVICE_ROLES = ("gateway", "worker", "presence", "voice")  # long-running chatscale processes
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
 
@@ -258,7 +258,8 @@ def test_services_share_one_configuration():
 def test_host_ports_do_not_collide_and_gateways_advertise_their_own():
     taken: dict[tuple[str, int], str] = {}
     for name, service in services().items():
-        for host_ip, host_port, _ in published_ports(service):
+        # set(): one service may publish a port number for both UDP and TCP (the voice relay)
+        for host_ip, host_port, _ in set(published_ports(service)):
             for ip in {host_ip, "0.0.0.0"} if host_ip != "0.0.0.0" else {"0.0.0.0", "127.0.0.1"}:
                 key = (ip, host_port)
                 assert key not in taken, f"{name} and {taken[key]} both publish {host_port}"
@@ -361,14 +362,14 @@ def test_valkey_requires_the_password_every_client_uses():
 def test_metrics_stay_inside_the_compose_network():
     """/metrics has no authentication: no service publishes it, the image does not expose or
     bind it on every interface by default, and what aggregates it (Prometheus, Grafana) is
-    published on the host's loopback only. Gateways are the only ports open beyond it."""
+    published on the host's loopback only. Gateways and the voice relay are the only ports open beyond it."""
     svc = services()
     for name, service in svc.items():
         env = environment(service)
         metrics_port = int(env.get("CHATSCALE_METRICS_PORT", "0"))
         for host_ip, host_port, target in published_ports(service):
             assert target != metrics_port, f"{name} publishes its /metrics port"
-            if role(service) != "gateway":
+            if role(service) not in ("gateway", "voice"):  # what clients connect to
                 assert host_ip == "127.0.0.1", f"{name} publishes {host_port} beyond loopback"
     steps = _instructions()
     exposed = {int(p) for w, arg in steps if w == "EXPOSE" for p in arg.split()}

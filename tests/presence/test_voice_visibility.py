@@ -17,7 +17,7 @@ from chatscale.wire import Op
 from guilds.controlplane import ControlPlane
 from guilds.permissions import Permission
 from presence.service import PresenceService
-from tests.conftest import Stack, presence_tick, settled
+from tests.conftest import Stack, join_voice, presence_tick, settled
 
 P = Permission
 
@@ -39,7 +39,7 @@ async def voice_request(client: ChatClient, guild: int, channel: int | None) -> 
 
 
 async def test_a_private_voice_channel_reaches_only_its_viewers(
-    stack: Stack, presence: PresenceService
+    stack: Stack, presence: PresenceService, relay
 ):
     [guild_row] = await stack.store.find_guilds("interview-prep")
     guild = guild_row.id
@@ -67,16 +67,14 @@ async def test_a_private_voice_channel_reaches_only_its_viewers(
     await presence_tick(stack, presence, 2.0)
     await settled(alice), await settled(bob)
 
-    await voice_request(carol, guild, staff)  # into the private channel
-    await carol.send_message(stack.channels["general"], "sync point")  # handled before this
+    await join_voice(stack, carol, guild, staff, relay)  # into the private channel
     await presence_tick(stack, presence, 2.0)
     await stack.drain()
     leaked = [f for f in await settled(bob) if str(staff) in orjson.dumps(f).decode()]
     assert leaked == []
     assert voice_of(await settled(alice)) == [(str(staff), [(carol_id, str(staff))])]
 
-    await voice_request(carol, guild, lounge)  # a move: staff's viewers see her leave it
-    await carol.send_message(stack.channels["general"], "sync point 2")
+    await join_voice(stack, carol, guild, lounge, relay)  # a move: staff's viewers see her leave it
     await presence_tick(stack, presence, 2.0)
     await stack.drain()
     assert voice_of(await settled(alice)) == [
@@ -123,7 +121,7 @@ async def test_voice_state_needs_a_visible_voice_channel_with_connect(
 
 
 async def test_a_member_removed_from_the_guild_leaves_its_voice_channel(
-    stack: Stack, presence: PresenceService
+    stack: Stack, presence: PresenceService, relay
 ):
     [guild_row] = await stack.store.find_guilds("interview-prep")
     guild = guild_row.id
@@ -134,8 +132,7 @@ async def test_a_member_removed_from_the_guild_leaves_its_voice_channel(
     try:
         lounge = (await plane.create_channel(guild, "lounge", kind="voice")).created.id
         await carol.next_event("CHANNEL_CREATE")
-        await voice_request(carol, guild, lounge)
-        await carol.send_message(stack.channels["general"], "sync point")
+        await join_voice(stack, carol, guild, lounge, relay)
         await presence_tick(stack, presence, 2.0)
         assert presence.state.voice_channel(stack.users["carol"]) == (guild, lounge)
         await settled(alice)
