@@ -25,6 +25,7 @@ from chatscale.redisconn import TRANSIENT
 from chatscale.wire import INTENT_OF, Delivery, Op, dumps
 from gateway import metrics
 from gateway.host import Client, GatewayHost
+from gateway.lazy import Watchers, deliver_watched, is_lazy
 from gateway.session import Session
 
 log = logging.getLogger("chatscale.gateway.fanout")
@@ -44,6 +45,7 @@ class LocalFanout:
         # attach, so snapshot + these miss nothing (a member coming online meanwhile included).
         self.early: dict[Session, list[Delivery]] = {}
         self.delivered = 0  # frames queued to sockets or replay buffers (a metric)
+        self.watchers = Watchers()  # lazy guilds: whose presence each session watches
 
     async def attach(self, session: Session, client: Client) -> None:
         keys = self.gateway.keys
@@ -80,6 +82,7 @@ class LocalFanout:
     async def detach(self, session: Session) -> None:
         self.early.pop(session, None)
         self.attached.pop(session, None)
+        self.watchers.forget(session)
         gone = []
         for guild_id in session.guilds:
             members = self.by_guild.get(guild_id)
@@ -120,6 +123,8 @@ class LocalFanout:
 
     def deliver(self, delivery: Delivery) -> int:
         """Dispatch one delivery to every local session that may see it; returns how many."""
+        if not delivery.session_id and is_lazy(delivery):  # a lazy guild: to its watchers only
+            return deliver_watched(self, self.watchers, delivery)
         if delivery.session_id:
             session = self.gateway.sessions.get(delivery.session_id)
             targets: list[Session] = [session] if session is not None else []

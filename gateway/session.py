@@ -36,9 +36,11 @@ from chatscale.wire import (
     ALL_INTENTS,
     FRAME_KEYS,
     HEARTBEAT_D,
+    GuildSubscriptions,
     Identify,
     Op,
     PresenceUpdate,
+    RequestGuildMembers,
     RequestHistory,
     Resume,
     SendMessage,
@@ -126,6 +128,8 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.TYPING: Typing,
     Op.PRESENCE_UPDATE: PresenceUpdate,
     Op.VOICE_STATE_UPDATE: VoiceStateUpdate,
+    Op.REQUEST_GUILD_MEMBERS: RequestGuildMembers,  # lazy guilds (gateway/lazy.py)
+    Op.GUILD_SUBSCRIPTIONS: GuildSubscriptions,
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {
