@@ -16,10 +16,15 @@ SIDEBAR = 20  # members watched per client: about one screen of a member list
 
 
 def watch_list(
-    online: list[int], index: int, *, observer: bool = False, observed: list[int] | None = None
+    online: list[int],
+    index: int,
+    *,
+    observer: bool = False,
+    observed: list[int] | None = None,
+    size: int = SIDEBAR,
 ) -> list[int]:
     """Community member indexes (cids) the client ``online[index]`` watches."""
     if observer and observed:
         return observed[:MAX_MEMBER_IDS]
     n = len(online)
-    return [online[(index + j) % n] for j in range(1, min(SIDEBAR, n - 1) + 1)]
+    return [online[(index + j) % n] for j in range(1, min(size, n - 1) + 1)]
