@@ -36,6 +36,7 @@ from storage import open_store
 from workers.leases import evict
 
 STATE_FILE = "run.json"
+REGISTER_TIMEOUT_S = 60.0  # gateways registered after start (the topology fails beyond it)
 
 
 @dataclass
@@ -165,7 +166,8 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     for child in plan(topo):
         topo.children.append(child)
         topo.spawn(child)
-    deadline = time.monotonic() + 20
+    # 60 s: on a loaded 2-core machine a gateway's imports alone took 28 s (20 s failed runs).
+    deadline = time.monotonic() + REGISTER_TIMEOUT_S
     while True:
         registered = await redis.hgetall(Keys(settings.key_prefix).gateways())
         if len(registered) >= topo.gateways:
@@ -178,7 +180,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
                 )
         if time.monotonic() > deadline:
             raise discovery.TopologyError(
-                f"gateways did not register within 20 s; see {topo.workdir / 'logs'}"
+                f"gateways did not register within {REGISTER_TIMEOUT_S:.0f} s; see {topo.workdir / 'logs'}"
             )
         await asyncio.sleep(0.1)
     topo.gateway_urls = [
