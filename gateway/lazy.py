@@ -40,6 +40,7 @@ from chatscale.wire import (
     RequestGuildMembers,
     dumps,
 )
+from gateway import metrics
 from storage import StorageUnavailable, User
 
 if TYPE_CHECKING:
@@ -143,6 +144,7 @@ def deliver_watched(fanout: Any, watchers: Watchers, delivery: Delivery) -> int:
             fanout.gateway.send(client, text)
         sent += 1
     fanout.delivered += sent
+    metrics.delivered(delivery, sent)
     return sent
 
 
