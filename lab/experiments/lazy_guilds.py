@@ -101,7 +101,7 @@ def conclude(o: Outcome) -> str:
         first = (
             f"Lazy guilds cut what one arrival costs in presence: {per}. Eagerly, each arrival "
             "is told to everyone already online, so its cost grows with the crowd (the crowd's "
-            f"with its square); lazily only its {SIDEBAR} watchers hear of it"
+            f"with its square); lazily only its watchers hear of it ({SIDEBAR} each at quick and full size)"
         )
     elif verdict == "reversed":
         first = f"Against the claim, lazy guilds sent more presence per arrival here ({per})"
@@ -158,7 +158,7 @@ EXPERIMENT = Experiment(
         "quick": {"members": 150},
         "full": {"members": 400},
     },
-    quick_seconds=40,
+    quick_seconds=45,
     measure=measure,
     conclude=conclude,
 )
