@@ -50,6 +50,7 @@ class ChatClient:
         self.ready: dict[str, Any] = {}
         self.heartbeat_interval = 0.0
         self._waiters: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._chunks: dict[Any, list[dict[str, Any]]] = {}  # GUILD_MEMBERS_CHUNKs by nonce
         self._heartbeat = heartbeat
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
@@ -185,6 +186,9 @@ class ChatClient:
                     if "trace" in msg:
                         msg["trace"].append(["client_receive", received_ns])
                     key = (msg["t"], msg["d"].get("nonce")) if isinstance(msg["d"], dict) else None
+                    if key in self._waiters and msg["t"] == "GUILD_MEMBERS_CHUNK":
+                        self._chunk(key, msg["d"])
+                        continue
                     if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY", "DISCOVERY"):
                         self._waiters.pop(key).set_result(msg)
                         continue
@@ -280,6 +284,43 @@ class ChatClient:
         """DISCOVER (list, search, top, suggest); returns the DISCOVERY's ``guilds``."""
         d: dict[str, Any] = {"kind": kind, "nonce": f"d{next(_nonces)}", **fields}
         return (await self._request(Op.DISCOVER, d, "DISCOVERY", timeout))["d"]["guilds"]
+
+    async def request_members(
+        self,
+        guild_id: int | str,
+        *,
+        query: str | None = None,
+        user_ids: list[int | str] | None = None,
+        limit: int = 100,
+        presences: bool = False,
+        timeout: float = 10,
+    ) -> list[dict[str, Any]]:
+        """REQUEST_GUILD_MEMBERS (op 8): every GUILD_MEMBERS_CHUNK ``d`` of the answer, in
+        order (give ``query``, a username prefix, or ``user_ids``; default: query "")."""
+        d: dict[str, Any] = {"guild_id": str(guild_id), "nonce": f"m{next(_nonces)}"}
+        if user_ids is not None:
+            d["user_ids"] = [str(u) for u in user_ids]
+        else:
+            d["query"], d["limit"] = query or "", limit
+        if presences:
+            d["presences"] = True
+        answer = await self._request(Op.REQUEST_GUILD_MEMBERS, d, "GUILD_MEMBERS_CHUNK", timeout)
+        return answer["chunks"]
+
+    async def subscribe(self, guild_id: int | str, user_ids: list[int | str]) -> None:
+        """GUILD_SUBSCRIPTIONS (op 14): in a large guild, hear the presence of these members
+        only (at most 100; replaces the previous list; ``[]`` stops)."""
+        d = {"guild_id": str(guild_id), "user_ids": [str(u) for u in user_ids]}
+        await self.send_op(Op.GUILD_SUBSCRIPTIONS, d)
+
+    def _chunk(self, key: Any, d: dict[str, Any]) -> None:
+        got = self._chunks.setdefault(key, [])
+        got.append(d)
+        if len(got) >= d["chunk_count"]:
+            del self._chunks[key]
+            self._waiters.pop(key).set_result(
+                {"chunks": sorted(got, key=lambda c: c["chunk_index"])}
+            )
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
         """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""

@@ -210,7 +210,10 @@ class Settings(BaseSettings):
     )
     large_guild_threshold: int = Field(
         default=1000,
-        description="Above this many members a guild gets online members and counts only.",
+        description="Above this many members a guild is lazy: READY carries counts, not "
+        "presences; members come on request (op 8) and a session gets presence only of the "
+        "members it watches (op 14), so an arrival costs O(watchers), not O(online). A huge "
+        "value turns lazy guilds off (every online member hears every change).",
     )
     typing_window_s: float = Field(
         default=10.0,
@@ -585,6 +588,14 @@ class Settings(BaseSettings):
         description="A relay session that sends nothing (no media, no keepalive) this long is "
         "ended. Shorter frees relay state sooner after a client vanished; too short ends "
         "listeners that only send a keepalive every few seconds.",
+    )
+    member_chunk_size: int = Field(
+        default=100,
+        ge=1,
+        le=1000,
+        description="Members per GUILD_MEMBERS_CHUNK answering REQUEST_GUILD_MEMBERS (op 8; "
+        "Discord: 1000). Smaller chunks are more frames but each reaches the client sooner and "
+        "no single frame is large; the answer's size is bounded by the request's limit.",
     )
 
     @cached_property

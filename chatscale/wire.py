@@ -18,7 +18,15 @@ from enum import IntEnum, IntFlag
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    model_validator,
+)
 
 
 class Op(IntEnum):
@@ -28,10 +36,12 @@ class Op(IntEnum):
     PRESENCE_UPDATE = 3  # client
     VOICE_STATE_UPDATE = 4  # client
     RESUME = 6  # client
+    REQUEST_GUILD_MEMBERS = 8  # client: members (and presences) of a guild, in chunks
     RECONNECT = 7  # server: reconnect and resume
     INVALID_SESSION = 9  # server: d=true resumable later, false re-identify
     HELLO = 10  # server, first frame
     HEARTBEAT_ACK = 11  # server
+    GUILD_SUBSCRIPTIONS = 14  # client: whose presence to receive in a large guild
     SEND_MESSAGE = 20  # client
     REQUEST_HISTORY = 21  # client
     TYPING = 22  # client
@@ -245,3 +255,38 @@ class Discover(_Strict):
     offset: int = 0
     approx: bool = False
     nonce: Nonce = None
+
+
+# ---- lazy guilds: members on request, presence of watched members only (gateway/lazy.py) ----
+
+#: user ids one REQUEST_GUILD_MEMBERS may name (as Discord), and one GUILD_SUBSCRIPTIONS may
+#: watch per guild: what one session can cost a gateway's watcher index is bounded by it.
+MAX_MEMBER_IDS = 100
+#: members one query-prefix REQUEST_GUILD_MEMBERS may return (an answer is at most this many,
+#: in chunks of ``member_chunk_size``)
+MAX_MEMBER_LIMIT = 1000
+
+
+class RequestGuildMembers(_Strict):
+    """Op 8: either ``query`` (a username prefix, "" = any; with ``limit``) or ``user_ids``."""
+
+    guild_id: Snowflake
+    query: str | None = Field(default=None, max_length=32)
+    limit: int = Field(default=100, ge=1, le=MAX_MEMBER_LIMIT)
+    user_ids: list[Snowflake] | None = Field(default=None, max_length=MAX_MEMBER_IDS)
+    presences: bool = False
+    nonce: Nonce = None
+
+    @model_validator(mode="after")
+    def _query_or_ids(self) -> RequestGuildMembers:
+        if (self.query is None) == (self.user_ids is None):
+            raise ValueError("give exactly one of query and user_ids")
+        return self
+
+
+class GuildSubscriptions(_Strict):
+    """Op 14: watch these members' presence in a large guild (replaces the previous list for
+    the guild; ``[]`` stops watching)."""
+
+    guild_id: Snowflake
+    user_ids: list[Snowflake] = Field(max_length=MAX_MEMBER_IDS)

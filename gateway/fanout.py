@@ -27,6 +27,7 @@ from chatscale.redisconn import TRANSIENT
 from chatscale.wire import INTENT_OF, Delivery, Op, dumps
 from gateway import metrics
 from gateway.host import Client, GatewayHost
+from gateway.lazy import Watchers, deliver_watched, is_lazy
 from gateway.session import Session
 
 log = logging.getLogger("chatscale.gateway.fanout")
@@ -50,6 +51,7 @@ class LocalFanout:
         # whether to drop a presence/typing dispatch; observe_age(s) gets each batch's age.
         self.shed: Callable[[str, int], bool] | None = None
         self.observe_age: Callable[[float], None] | None = None
+        self.watchers = Watchers()  # lazy guilds: whose presence each session watches
 
     async def attach(self, session: Session, client: Client) -> None:
         keys = self.gateway.keys
@@ -86,6 +88,7 @@ class LocalFanout:
     async def detach(self, session: Session) -> None:
         self.early.pop(session, None)
         self.attached.pop(session, None)
+        self.watchers.forget(session)
         gone = []
         for guild_id in session.guilds:
             members = self.by_guild.get(guild_id)
@@ -133,6 +136,8 @@ class LocalFanout:
             delivery.t, len(self.by_guild.get(delivery.guild_id, ()))
         ):
             return 0  # degrade mode: presence and typing only (gateway/storm.py)
+        if not delivery.session_id and is_lazy(delivery):  # a lazy guild: to its watchers only
+            return deliver_watched(self, self.watchers, delivery)
         if delivery.session_id:
             session = self.gateway.sessions.get(delivery.session_id)
             targets: list[Session] = [session] if session is not None else []

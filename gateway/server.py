@@ -58,6 +58,7 @@ from chatscale.wire import (
     Discover,
     IngestMessage,
     Intent,
+    Op,
     PresenceUpdate,
     RequestHistory,
     SendMessage,
@@ -73,6 +74,7 @@ from gateway.control import GatewayControl
 from gateway.fanout import LocalFanout
 from gateway.host import Client
 from gateway.inline import InlineProcessor
+from gateway.lazy import LazyGuilds
 from gateway.presence import PresenceReporter
 from gateway.session import (
     Action,
@@ -95,6 +97,7 @@ from storage import StorageUnavailable, Store
 from storage.hot import HotCache
 from storage.paging import read_page
 
+LAZY_OPS = frozenset({Op.REQUEST_GUILD_MEMBERS, Op.GUILD_SUBSCRIPTIONS})  # gateway/lazy.py
 log = logging.getLogger("chatscale.gateway")
 
 ALIVE_TTL_S = 10  # the liveness key's expiry; renewed every ALIVE_EVERY_S by its own task
@@ -172,6 +175,7 @@ class Gateway:
             replay_size=settings.replay_buffer,
         )
         self.fanout = LocalFanout(self, serialize=settings.fanout_serialize)
+        self.lazy = LazyGuilds(self, self.fanout.watchers)
         self.inline = (  # processing=inline: the lab's gateway that does the work itself
             InlineProcessor(settings, redis=self.redis, keys=self.keys, store=store)
             if settings.processing == "inline"
@@ -494,6 +498,8 @@ class Gateway:
                 await self._history(client, action.request)
             elif isinstance(action, ClientEvent) and isinstance(action.request, Discover):
                 await discover.answer(self, client, action.request)
+            elif isinstance(action, ClientEvent) and action.op in LAZY_OPS:
+                await self.lazy.handle(client, action.request)  # members, subscriptions
             elif isinstance(action, ClientEvent):
                 self._client_event(client, action)
 

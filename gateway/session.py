@@ -37,9 +37,11 @@ from chatscale.wire import (
     FRAME_KEYS,
     HEARTBEAT_D,
     Discover,
+    GuildSubscriptions,
     Identify,
     Op,
     PresenceUpdate,
+    RequestGuildMembers,
     RequestHistory,
     Resume,
     SendMessage,
@@ -128,6 +130,8 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.PRESENCE_UPDATE: PresenceUpdate,
     Op.VOICE_STATE_UPDATE: VoiceStateUpdate,
     Op.DISCOVER: Discover,  # answered by gateway/discover.py
+    Op.REQUEST_GUILD_MEMBERS: RequestGuildMembers,  # lazy guilds (gateway/lazy.py)
+    Op.GUILD_SUBSCRIPTIONS: GuildSubscriptions,
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {

@@ -45,7 +45,7 @@ from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, PRESENCE_GROUP, Keys
 from chatscale.redisconn import connect
 from guilds import community
-from loadtest import communities, cpuhog, scenarios
+from loadtest import communities, cpuhog, memberlist, scenarios
 from loadtest.accounting import DeliveryLedger, StoredCheck
 from loadtest.generator import ClientPlan, Part, child_main, drive
 from loadtest.latency import LatencyRecorder, TimeSeries
@@ -456,7 +456,9 @@ def split(
         for i in range(parts)
     ]
     owner: dict[int, int] = {}
-    for k, cid in enumerate(sorted(plan.online)):
+    online = sorted(plan.online)
+    watched_by_observers = sorted({cid for _, cid, _ in plan.statuses})
+    for k, cid in enumerate(online):
         member = sim.members[cid]
         part = out[k % parts]
         owner[cid] = part.index
@@ -469,6 +471,12 @@ def split(
                 url=urls[k % len(urls)],
                 connect_at=plan.connect_at.get(cid),
                 observer=cid in plan.observers,
+                watch=tuple(
+                    user_ids[c]
+                    for c in memberlist.watch_list(
+                        online, k, observer=cid in plan.observers, observed=watched_by_observers
+                    )
+                ),
             )
         )
     for m in plan.sends:

@@ -86,6 +86,7 @@ class ClientPlan:
     url: str
     connect_at: float | None = None  # seconds after the run starts; None: during setup
     observer: bool = False  # parses presence updates to measure propagation latency
+    watch: tuple[int, ...] = ()  # user ids whose presence it watches in a large guild (op 14)
 
 
 @dataclass
@@ -440,6 +441,7 @@ class SimClient:
         # ws://gateway-0:8765) may not reach (docs/protocol.md, "Which URL to resume at").
         self.resume_url = self.url
         self.state = "ready"
+        self._subscribe(d)
         self.attempts = 0
         if self.timeout_timer is not None:
             self.timeout_timer.cancel()
@@ -459,6 +461,16 @@ class SimClient:
             self._start_backfill(now)
             self._resend_inflight()
         self.pump()
+
+    def _subscribe(self, ready: dict[str, Any]) -> None:
+        """Lazy guilds (docs/protocol.md): in each large guild, watch the members of this
+        client's member-list rows; every new session starts with no subscription."""
+        if not self.plan.watch:
+            return
+        ids = [str(u) for u in self.plan.watch]
+        for guild_id, view in ready.get("presences", {}).items():
+            if view.get("large"):
+                self._send({"op": 14, "d": {"guild_id": guild_id, "user_ids": ids}})
 
     def on_resumed(self) -> None:
         now = time.time()

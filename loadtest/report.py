@@ -63,6 +63,29 @@ def _stored(m: dict[str, Any]) -> str:
     )
 
 
+def presence_per_arrival(report: dict[str, Any]) -> dict[str, float] | None:
+    """Presence received by all clients, divided by the clients that reached READY: what one
+    arrival cost in presence traffic (every arrival is one status change that others may be
+    told about). None when nobody arrived. Lazy guilds make it flat; without them it grows
+    with the crowd (docs/benchmarks.md, *Lazy guilds*)."""
+    arrivals = report["connections"]["ready"]
+    if not arrivals:
+        return None
+    p = report["presence"]
+    return {
+        "arrivals": arrivals,
+        "bytes": round(p["bytes_received"] / arrivals, 1),
+        "frames": round(p["updates_received"] / arrivals, 2),
+    }
+
+
+def presence_per_arrival_line(per: dict[str, float]) -> str:
+    return (
+        f"presence per arrival       {per['bytes']:,.0f} bytes in {per['frames']:,.2f} updates"
+        f" received ({per['arrivals']:,.0f} arrivals)"
+    )
+
+
 def text(report: dict[str, Any]) -> str:
     c, m, d, conn = (
         report["community"],
@@ -129,6 +152,9 @@ def text(report: dict[str, Any]) -> str:
             f" seen by observers p50 {_n(pl['p50_ms'], 0)} / p99 {_n(pl['p99_ms'], 0)} ms (n={pl['measured']});"
             f" {_n(p.get('bytes_per_arrival', 0))} bytes per arrival"
         )
+    per_arrival = presence_per_arrival(report)
+    if per_arrival is not None:
+        lines.append(presence_per_arrival_line(per_arrival))
     s = report["streams"]
     lines.append(
         f"streams                    ingest lag max {_n(s['ingest_lag_max'])}, pending max {_n(s['ingest_pending_max'])},"

@@ -5,9 +5,10 @@ Why: one raw status change in a guild with N online members is N deliveries, and
 handover), so raw broadcast costs changes x members for every guild they share. ``Coalescer``
 holds changes per guild and emits at most one batched ``GuildUpdate`` per guild per
 ``interval``, netting each user over that window: online -> idle -> online sends nothing.
-Guilds above ``large_guild_threshold`` members get less: only users who are online-ish after
-the change are listed; those who went offline are only counted, next to online/total counts
-(clients of large guilds list online members only, as in Discord). ``enabled=False`` is raw
+Guilds above ``large_guild_threshold`` members are lazy: their updates say ``large`` and
+gateways pass each listed user only to the sessions that watch that user (GUILD_SUBSCRIPTIONS,
+``gateway/lazy.py``), so everyone who changed is listed, offline included — a watcher must
+see a watched user leave. ``enabled=False`` is raw
 broadcast: every change goes out at once as its own update, so both can be measured on the same
 input through ``CoalescerStats``.
 
@@ -32,8 +33,7 @@ from presence.state import PresenceChange, StatusChange, VoiceChange
 class GuildUpdate:
     """One batched presence dispatch for one guild.
 
-    ``went_offline`` counts users whose visible status became offline (in large guilds they are
-    not listed); ``online_delta`` is the net change in online-ish users carried by this update;
+    ``went_offline`` counts users whose visible status became offline; ``online_delta`` is the net change in online-ish users carried by this update;
     ``online_count``/``member_count`` are the totals at flush time when known."""
 
     guild_id: int
@@ -255,11 +255,10 @@ class Coalescer:
             1 for c in statuses if not _is_on(c.old_visible) and _is_on(c.new_visible)
         )
         members = self.member_count(guild_id)
-        large = members > self.large_guild_threshold
-        listed = [c for c in statuses if _is_on(c.new_visible)] if large else statuses
+        large = members > self.large_guild_threshold  # lazy: gateways filter per watcher
         return GuildUpdate(
             guild_id,
-            tuple(listed),
+            tuple(statuses),
             tuple(voices),
             large,
             went_offline,

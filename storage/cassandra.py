@@ -413,6 +413,14 @@ class CassandraStore:
     async def guild_members(self, guild_id: int) -> list[int]:
         return [r.user_id for r in await self._aexec("members", (guild_id,))]
 
+    async def guild_member_users(self, guild_id: int) -> list[User]:
+        # No join in Cassandra: one read per member, concurrently (a lazy guild's member
+        # directory is cached by the gateway for a few seconds, gateway/lazy.py).
+        users = await asyncio.gather(
+            *(self.get_user(u) for u in await self.guild_members(guild_id))
+        )
+        return [u for u in users if u is not None]
+
     async def is_member(self, guild_id: int, user_id: int) -> bool:
         return bool(await self._aexec("is_member", (guild_id, user_id)))
 

@@ -258,6 +258,15 @@ class SQLiteStore:
         )
         return [row[0] for row in rows]
 
+    async def guild_member_users(self, guild_id: int) -> list[User]:
+        rows = await self._run(
+            self._exec,
+            "SELECT u.id, u.username FROM members m JOIN users u ON u.id = m.user_id "
+            "WHERE m.guild_id = ? ORDER BY u.id",
+            (guild_id,),
+        )
+        return [User(*row) for row in rows]
+
     async def is_member(self, guild_id: int, user_id: int) -> bool:
         rows = await self._run(
             self._exec,

@@ -26,6 +26,7 @@ MODULES = [
     "typing_throttle",
     "multi_device",
     "thundering_herd",
+    "lazy_guilds",
     "capacity",
     "topk_sketch",
     "suggest_bias",

@@ -79,3 +79,15 @@ def test_last_writer_flag_agrees_while_one_device_comes_and_goes():
         (2.0, "offline", {}),
     ]
     assert all(ok for _, _, ok in last_writer(seen))
+
+
+async def test_lazy_guilds_tiny_run_has_numbers_for_both_arms(tmp_path: Path):
+    result = await run_tiny("lazy-guilds", tmp_path)
+    arms = {a["name"]: a for a in result["arms"]}
+    assert (
+        arms["lazy"]["settings"]["CHATSCALE_LARGE_GUILD_THRESHOLD"]
+        != arms["eager"]["settings"]["CHATSCALE_LARGE_GUILD_THRESHOLD"]
+    )
+    for arm in arms.values():  # every arrival was seen by someone in both arms
+        assert arm["metrics"]["presence_frames_per_arrival"] > 0, arm["name"]
+        assert arm["metrics"]["ready_bytes_full"] > 0

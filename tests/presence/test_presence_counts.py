@@ -33,6 +33,11 @@ async def test_counts_survive_a_control_plane_command_between_queue_and_flush(
     plane = ControlPlane(stack.settings, store=stack.store)
     try:
         watcher = await stack.client("alice", gateway=0)
+        # Large for this service, so lazy: the watcher hears only whom it watches (op 14); the
+        # member request after it is answered only once the subscription is in place.
+        watched = [stack.users[name] for name in ("bob", "carol", "dave")]
+        await watcher.subscribe(guild.id, watched)
+        await watcher.request_members(guild.id, user_ids=watched)
         rounds = 0
         for name in ("bob", "carol", "dave"):
             await presence_tick(stack, presence, advance=2.0)  # a quiet guild: emits at once

@@ -303,7 +303,7 @@ def test_net_change_gives_exactly_one_update_per_window() -> None:
     assert update.to_dict()["voice"] == [{"user_id": V, "channel_id": 5}]
 
 
-def test_large_guild_lists_online_only_and_counts_offline() -> None:
+def test_large_guild_lists_every_change_for_its_watchers_and_counts_offline() -> None:
     state = PresenceState(timeout=T)
     co = Coalescer(
         interval=1.0,
@@ -318,7 +318,8 @@ def test_large_guild_lists_online_only_and_counts_offline() -> None:
     co.submit(state.online("s9", 9, "mobile", "online", 1.0), only_guild)
     (update,) = co.flush(1.0)
     assert update.large and update.member_count == 5000 and update.online_count == 1234
-    assert sorted(p.user_id for p in update.presences) == [2, 9]
+    # lazy: gateways pass each user only to its watchers, who must also see who went offline
+    assert sorted(p.user_id for p in update.presences) == [0, 1, 2, 9]
     assert update.went_offline == 2 and update.online_delta == -1
     small = Coalescer(member_count=lambda g: 10)
     small.submit(state.offline("s2", 2.0), only_guild)
@@ -402,9 +403,8 @@ def test_simulated_guild_raw_vs_coalesced() -> None:
     assert c.raw_deliveries == r.deliveries_out  # both sides measured the same input
     assert c.updates_out <= 60  # at most one per guild per 1 s window
     assert c.deliveries_out * 10 < r.deliveries_out
-    assert all(
-        u.large and all(p.new_visible != "offline" for p in u.presences) for u in result["updates"]
-    )
+    assert all(u.large for u in result["updates"])  # lazy: offline listed too, for watchers
+    assert any(p.new_visible == "offline" for u in result["updates"] for p in u.presences)
 
 
 # -- property: the aggregate is always a plain recomputation from the live sessions -------

@@ -92,6 +92,7 @@ async def test_metadata_reads_after_writes(backend):
     assert await backend.get_channel(mid(0, 11)) == Channel(mid(0, 11), g, "general", "text", 0)
     assert [c.name for c in await backend.guild_channels(g)] == ["general", "random"]
     assert await backend.guild_members(g) == [101, 102]
+    assert await backend.guild_member_users(g) == [User(101, "ada"), User(102, "grace")]
     assert [x.id for x in await backend.user_guilds(102)] == [g]
     assert await backend.is_member(g, 102)
 
