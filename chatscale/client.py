@@ -193,14 +193,17 @@ class ChatClient:
         before: int | str | None = None,
         limit: int = 50,
         timeout: float = 10,
+        after: int | str | None = None,
+        around: int | str | None = None,
     ) -> list[dict[str, Any]]:
         d: dict[str, Any] = {
             "channel_id": str(channel_id),
             "limit": limit,
             "nonce": f"h{next(_nonces)}",
         }
-        if before is not None:
-            d["before"] = str(before)
+        for name, value in (("before", before), ("after", after), ("around", around)):
+            if value is not None:
+                d[name] = str(value)
         return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:

@@ -18,7 +18,15 @@ from enum import IntEnum, IntFlag
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    model_validator,
+)
 
 
 class Op(IntEnum):
@@ -124,6 +132,15 @@ class RequestHistory(_Strict):
     before: Snowflake | None = None
     limit: int = Field(default=50, ge=1, le=100)
     nonce: Nonce = None
+    # Jump (Discord's paging): at most one of before/after/around; see storage/paging.py.
+    after: Snowflake | None = None
+    around: Snowflake | None = None
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> RequestHistory:
+        if sum(x is not None for x in (self.before, self.after, self.around)) > 1:
+            raise ValueError("at most one of before, after and around")
+        return self
 
 
 class Typing(_Strict):

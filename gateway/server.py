@@ -795,6 +795,8 @@ class Gateway:
                 self.store,
                 request.channel_id,
                 before=request.before,
+                after=request.after,
+                around=request.around,
                 limit=request.limit,
                 on_read=gateway_metrics.page_read,
             )
