@@ -90,6 +90,7 @@ from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
 from storage.paging import read_page
+from storage.tiers import history_reader
 
 log = logging.getLogger("chatscale.gateway")
 
@@ -160,6 +161,9 @@ class Gateway:
         self.redis: aioredis.Redis = connect(settings)
         self._reader_redis: aioredis.Redis = connect(settings, block_ms=1000)
         self.hot = HotCache(self.redis, self.keys, size=settings.hot_size)
+        self.history_source = history_reader(  # the store, or store + cold tier (cold_url)
+            store, cold_url=settings.cold_url, bucket_span_ms=settings.bucket_span_ms
+        )
         self.limits = ProtocolLimits(
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
@@ -792,7 +796,7 @@ class Gateway:
         try:
             page = await read_page(
                 self.hot,
-                self.store,
+                self.history_source,
                 request.channel_id,
                 before=request.before,
                 after=request.after,

@@ -64,7 +64,8 @@ class HotCache:
         key = self._keys.hot(channel_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.zrange(key, 0, 0)
-            pipe.zrangebylex(key, f"({after:020d}".encode(), b"+", 0, limit)
+            # members are "<id>|<payload>": "[<after + 1>" is the first one above ``after``
+            pipe.zrangebylex(key, f"[{after + 1:020d}".encode(), b"+", 0, limit)
             first, members = await pipe.execute()
         return (_split(first[0])[0] if first else None), [_split(m) for m in members]
 

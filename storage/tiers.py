@@ -151,3 +151,14 @@ class Archiver:
             report.buckets += 1
             report.messages += len(rows)
         return size
+
+
+def history_reader(store: ArchivableHistory, *, cold_url: str, bucket_span_ms: int):
+    """What pages read: the store alone, or the store and its cold archive (``cold_url``)."""
+    if not cold_url:
+        return store
+    from storage.cold import open_object_store
+
+    return TieredHistory(
+        store, ColdArchive(open_object_store(cold_url)), bucket_span_ms=bucket_span_ms
+    )
