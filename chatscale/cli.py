@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     from presence import commands as presence_commands
     from storage import commands as storage_commands
     from workers import commands as worker_commands
+    from workers import search_commands
 
     p = argparse.ArgumentParser(
         prog="chatscale",
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_commands.add_commands(sub)  # dashboard (against compose or another run)
     gateway_commands.add_commands(sub)  # gateway
     worker_commands.add_commands(sub)  # worker, evict
+    search_commands.add_commands(sub)  # indexer, search, archive
     presence_commands.add_commands(sub)  # presence
     storage_commands.add_commands(sub)  # migrate
     # the control plane (guilds, channels, roles, overwrites, bans), explain-permissions, seed;

@@ -116,7 +116,11 @@ class ChatClient:
                     if "trace" in msg:
                         msg["trace"].append(["client_receive", received_ns])
                     key = (msg["t"], msg["d"].get("nonce")) if isinstance(msg["d"], dict) else None
-                    if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY"):
+                    if key in self._waiters and msg["t"] in (
+                        "MESSAGE_ACK",
+                        "HISTORY",
+                        "SEARCH_RESULTS",
+                    ):
                         self._waiters.pop(key).set_result(msg)
                         continue
                 elif msg.get("op") == Op.ERROR and ("ERR", msg["d"].get("nonce")) in self._waiters:
@@ -205,6 +209,17 @@ class ChatClient:
             if value is not None:
                 d[name] = str(value)
         return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]
+
+    async def search(self, *, timeout: float = 10, **fields: Any) -> list[dict[str, Any]]:
+        """SEARCH (op 24): ``content``, ``author_id``, ``channel_id``, ``guild_id``, ``before``,
+        ``after``, ``limit``; the SEARCH_RESULTS messages, newest first."""
+        d: dict[str, Any] = {"nonce": f"s{next(_nonces)}"}
+        for name, value in fields.items():
+            if value is not None:
+                d[name] = (
+                    str(value) if name.endswith("_id") or name in ("before", "after") else value
+                )
+        return (await self._request(Op.SEARCH, d, "SEARCH_RESULTS", timeout))["d"]["messages"]
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
         """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""

@@ -44,6 +44,7 @@ class Op(IntEnum):
     REQUEST_HISTORY = 21  # client
     TYPING = 22  # client
     ERROR = 23  # server: a request failed, connection stays open
+    SEARCH = 24  # client: answered by a SEARCH_RESULTS dispatch
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
@@ -243,3 +244,40 @@ def message_payload(
             "timestamp": timestamp_ms,
         }
     )
+
+
+# ---- search (issue 20) --------------------------------------------------------------------
+
+
+class Search(_Strict):
+    """SEARCH (op 24): messages the requester may read now, newest first; page on with
+    ``before`` = the last id returned. ``content`` words must all appear (the last as a prefix)."""
+
+    content: str = Field(default="", max_length=256)
+    author_id: Snowflake | None = None
+    channel_id: Snowflake | None = None
+    guild_id: Snowflake | None = None
+    before: Snowflake | None = None
+    after: Snowflake | None = None
+    limit: int = Field(default=25, ge=1, le=50)
+    nonce: Nonce = None
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> Search:
+        if not self.content.strip() and self.author_id is None:
+            raise ValueError("a search needs content or author_id")
+        return self
+
+
+class StoredEntry(BaseModel):
+    """One entry of the stored-message stream (``Keys.stored``): a message after its history
+    write, or a deletion. Written by workers, read by the search indexer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["message", "delete"] = "message"
+    id: int
+    channel_id: int
+    guild_id: int = 0
+    author_id: int = 0
+    payload: str = ""

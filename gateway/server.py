@@ -59,6 +59,7 @@ from chatscale.wire import (
     Intent,
     PresenceUpdate,
     RequestHistory,
+    Search,
     SendMessage,
     Typing,
     VoiceStateUpdate,
@@ -72,6 +73,7 @@ from gateway.fanout import LocalFanout
 from gateway.host import Client
 from gateway.inline import InlineProcessor
 from gateway.presence import PresenceReporter
+from gateway.search import SearchDesk
 from gateway.session import (
     Action,
     Authenticate,
@@ -161,6 +163,7 @@ class Gateway:
         self.redis: aioredis.Redis = connect(settings)
         self._reader_redis: aioredis.Redis = connect(settings, block_ms=1000)
         self.hot = HotCache(self.redis, self.keys, size=settings.hot_size)
+        self.search = SearchDesk(self)  # SEARCH (op 24): gateway/search.py
         self.history_source = history_reader(  # the store, or store + cold tier (cold_url)
             store, cold_url=settings.cold_url, bucket_span_ms=settings.bucket_span_ms
         )
@@ -254,6 +257,7 @@ class Gateway:
         CPython gh-86296), and the task's loop would then run forever.
         """
         self.stopping = True  # the background loops end at their next turn even if not cancelled
+        await self.search.close()
         if self._server is not None:
             self._server.close(close_connections=False)
         await asyncio.gather(  # all at once, each bounded: one silent client cannot hold us up
@@ -483,6 +487,8 @@ class Gateway:
                 await self._publish(client, action.request)
             elif isinstance(action, FetchHistory):
                 await self._history(client, action.request)
+            elif isinstance(action, ClientEvent) and isinstance(action.request, Search):
+                await self.search.answer(client, action.request)
             elif isinstance(action, ClientEvent):
                 self._client_event(client, action)
 

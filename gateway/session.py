@@ -41,6 +41,7 @@ from chatscale.wire import (
     PresenceUpdate,
     RequestHistory,
     Resume,
+    Search,
     SendMessage,
     Typing,
     VoiceStateUpdate,
@@ -126,6 +127,7 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.TYPING: Typing,
     Op.PRESENCE_UPDATE: PresenceUpdate,
     Op.VOICE_STATE_UPDATE: VoiceStateUpdate,
+    Op.SEARCH: Search,
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {
