@@ -11,7 +11,7 @@ newest first, never kept for RESUME (like HISTORY).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from chatscale.redisconn import TRANSIENT
 from chatscale.wire import Search, dumps
@@ -19,18 +19,15 @@ from guilds.readable import readable_channels
 from storage import StorageUnavailable
 from storage.search_index import SearchIndex
 
-if TYPE_CHECKING:
-    from gateway.server import Client, Gateway
-
 
 class SearchDesk:
     """The gateway's search side: opens the index on first use (``search_url``)."""
 
-    def __init__(self, gw: Gateway) -> None:
+    def __init__(self, gw: Any) -> None:
         self.gw = gw
         self.index: SearchIndex | None = None
 
-    async def answer(self, client: Client, request: Search) -> None:
+    async def answer(self, client: Any, request: Search) -> None:
         session = client.session
         assert session is not None
         gw = self.gw

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 
@@ -112,6 +114,10 @@ class Indexer:
         self.wall_ms = wall_ms
         self.offset: str | None = None
         self.indexed = 0
+        self.batches = 0
+        # fault injection for the kill test: after this many committed batches, read the next
+        # one and SIGSTOP this process before committing it (the test then SIGKILLs it)
+        self.stop_after: int | None = None
         self._stop = asyncio.Event()
 
     async def step(self, *, block_ms: int | None = None) -> int:
@@ -126,6 +132,8 @@ class Indexer:
         if not got:
             return 0
         entries = got[0][1]
+        if self.stop_after is not None and self.batches >= self.stop_after:
+            os.kill(os.getpid(), signal.SIGSTOP)
         adds: list[IndexDoc] = []
         deletes: list[int] = []
         for _entry_id, fields in entries:
@@ -145,6 +153,7 @@ class Indexer:
             LAG.observe(max(0.0, (now - snowflake.timestamp_ms(d.message_id)) / 1000))
         INDEXED.inc(len(adds))
         self.offset = last
+        self.batches += 1
         return len(entries)
 
     async def _check_trimmed(self, stream: str) -> None:

@@ -24,6 +24,7 @@ async def cmd_indexer(args: argparse.Namespace) -> int:
         )
     index = await SearchIndex.open(settings.search_url)
     indexer = Indexer(settings, index=index)
+    indexer.stop_after = args.stop_after
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, indexer.stop)
@@ -135,6 +136,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     i.add_argument("--name", default="0", help="name in metrics and logs")
     i.add_argument("--burst", action="store_true", help="index what is queued, then exit")
+    i.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)  # fault injection (tests)
     i.set_defaults(fn=cmd_indexer)
 
     s = sub.add_parser(
@@ -147,7 +149,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     s.add_argument("--channel", type=_snowflake, help="only this channel id")
     s.add_argument("--author", type=_snowflake, help="only this author id")
     s.add_argument("--before", type=_snowflake, help="only messages older than this id")
-    s.add_argument("--limit", type=int, default=25, choices=range(1, 51), metavar="1..50")
+    s.add_argument(
+        "--limit", type=int, default=25, choices=range(1, 51), metavar="1..50", help="results"
+    )
     s.set_defaults(fn=cmd_search)
 
     a = sub.add_parser(
