@@ -67,6 +67,7 @@ class Topology:
             CHATSCALE_STORAGE_URL=self.settings.storage_url,
             CHATSCALE_KEY_PREFIX=self.settings.key_prefix,
             CHATSCALE_TOKEN_SECRET=self.settings.token_secret,
+            CHATSCALE_SEARCH_URL=self.settings.search_url,
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -103,6 +104,11 @@ class Topology:
             self.valkey.stop()
 
 
+def run_search_url(workdir: Path) -> str:
+    """Where `chatscale run` keeps its search index (and `chatscale search` finds it)."""
+    return f"sqlite:///{(Path(workdir) / 'search.db').resolve()}"
+
+
 def _last_line(log: Path | None) -> str:
     """The last line a child wrote: its one-line error (``port 8765 is in use``, ...)."""
     try:
@@ -124,6 +130,8 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
+    # the search indexer: stored-message stream -> search index (`chatscale run` sets search_url)
+    children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
@@ -149,6 +157,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         )
     else:
         say(f"valkey      using    {settings.redis_url}")
+    if not settings.search_url:  # the search index lives next to the run's data
+        settings = topo.settings = settings.model_copy(
+            update={"search_url": run_search_url(topo.workdir)}
+        )
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
     try:
@@ -188,6 +200,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
     say(f"workers     {topo.workers}, presence 1 (logs in {topo.workdir / 'logs'})")
+    say(f"search      indexer 1, index {settings.search_url}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -256,6 +269,12 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
         while not stop.is_set():
             await restart_valkey_if_dead(topo, say=say)
             for child in topo.children:
+                if child.proc and child.proc.poll() is not None and child.role == "indexer":
+                    child.restarts += 1
+                    say(
+                        f"indexer exited ({child.proc.returncode}); restarting from its committed offset (#{child.restarts})"
+                    )
+                    topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
                     say(

@@ -10,7 +10,7 @@ import time
 
 from chatscale import commandline
 from chatscale.commandline import DefaultsHelp, UsageError
-from chatscale.discovery import settings_for_tools
+from chatscale.discovery import WORKDIR, settings_for_tools
 
 
 async def cmd_indexer(args: argparse.Namespace) -> int:
@@ -48,7 +48,10 @@ async def cmd_search(args: argparse.Namespace) -> int:
     from storage.search_index import SearchIndex
 
     settings = settings_for_tools(need_live=False)
-    if not settings.search_url:
+    search_url = settings.search_url or (
+        f"sqlite:///{(WORKDIR / 'search.db').resolve()}" if (WORKDIR / "search.db").exists() else ""
+    )  # the index `chatscale run` keeps in its data directory
+    if not search_url:
         raise UsageError("no search index: set CHATSCALE_SEARCH_URL or search a `chatscale run`")
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     try:
@@ -60,7 +63,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
             if args.channel not in channels:
                 raise UsageError(f"{args.user} cannot read channel {args.channel}")
             channels = {args.channel}
-        index = await SearchIndex.open(settings.search_url)
+        index = await SearchIndex.open(search_url)
         try:
             started = time.perf_counter()
             hits = await index.search(
