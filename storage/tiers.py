@@ -71,7 +71,7 @@ class TieredHistory:
             found += len(got)
             merged.update((m.message_id, m) for m in got)
         out = sorted(merged.values(), key=lambda m: m.message_id, reverse=True)[:limit]
-        self.reads.rows += sum(1 for m in out if m.message_id not in {r.message_id for r in rows})
+        self._count(out, rows)
         return out
 
     async def page_after(self, channel_id: int, *, after: int, limit: int) -> list[StoredMessage]:
@@ -92,8 +92,12 @@ class TieredHistory:
             found += len(got)
             merged.update((m.message_id, m) for m in got)
         out = sorted(merged.values(), key=lambda m: m.message_id)[:limit]
-        self.reads.rows += sum(1 for m in out if m.message_id not in {r.message_id for r in rows})
+        self._count(out, rows)
         return out
+
+    def _count(self, out: list[StoredMessage], history_rows: list[StoredMessage]) -> None:
+        from_history = {r.message_id for r in history_rows}
+        self.reads.rows += sum(1 for m in out if m.message_id not in from_history)
 
 
 @dataclass

@@ -177,3 +177,21 @@ async def test_indexer_killed_mid_batch_resumes_from_its_offset(settings, tmp_pa
         "INSERT INTO fts (fts) VALUES ('integrity-check')"
     )  # raises if index and docs differ
     db.close()
+
+
+def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from chatscale.cli import main
+
+    for k in [k for k in os.environ if k.startswith("CHATSCALE_") or k == "REDIS_URL"]:
+        monkeypatch.delenv(k)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHATSCALE_STORAGE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("CHATSCALE_SEARCH_URL", f"sqlite:///{tmp_path}/search.db")
+    for argv, said in (
+        (["archive", "--cold-url", "ftp://x", "--older-than", "5"], "unknown cold store URL"),
+        (["archive", "--cold-url", f"file://{tmp_path}/c", "--older-than", "-1"], "positive"),
+        (["search", "deploy", "--as", "nobody"], "no user 'nobody'"),
+    ):
+        assert main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and said in lines[0], lines
