@@ -192,19 +192,28 @@ class SearchIndex:
         if author_id is not None:
             where.append("d.author_id = ?")
             params.append(author_id)
-        if before is not None:
-            where.append("d.message_id < ?")
-            params.append(before)
-        if after is not None:
-            where.append("d.message_id > ?")
-            params.append(after)
         if match is not None:
+            if before is not None:  # on fts.rowid, so FTS5 starts its walk there
+                where.append("fts.rowid < ?")
+                params.append(before)
+            if after is not None:
+                where.append("fts.rowid > ?")
+                params.append(after)
+            # ORDER BY fts.rowid: FTS5 walks its doclists newest first and the join stops at
+            # ``limit`` rows; ordering by the docs column would sort every match first.
             sql = (
-                "SELECT d.message_id, d.payload FROM fts JOIN docs d ON d.message_id = fts.rowid "
-                f"WHERE fts MATCH ? AND {' AND '.join(where)} ORDER BY d.message_id DESC LIMIT ?"
+                "SELECT d.message_id, d.payload FROM fts CROSS JOIN docs d "
+                "ON d.message_id = fts.rowid "
+                f"WHERE fts MATCH ? AND {' AND '.join(where)} ORDER BY fts.rowid DESC LIMIT ?"
             )
             params = [match, *params, limit]
         else:
+            if before is not None:
+                where.append("d.message_id < ?")
+                params.append(before)
+            if after is not None:
+                where.append("d.message_id > ?")
+                params.append(after)
             sql = (
                 f"SELECT d.message_id, d.payload FROM docs d WHERE {' AND '.join(where)} "
                 "ORDER BY d.message_id DESC LIMIT ?"

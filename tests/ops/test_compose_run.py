@@ -200,7 +200,7 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         settings_env = env_of(svc["worker"])
         seen = await wait_registered(procs, svc, valkey.url)
         gateways, registered = seen["gateways"], seen["endpoints"]
-        assert {r["role"] for r in registered} == {"gateway", "worker", "presence"}
+        assert {r["role"] for r in registered} == {"gateway", "worker", "presence", "indexer"}
         # each gateway advertises the public URL compose gives it (RESUME goes there)
         advertised = sorted(json.loads(v)["url"] for v in gateways.values())
         assert advertised == sorted(gateway_urls.values())
@@ -269,6 +269,8 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         )
         assert total(presence_m, "chatscale_presence_changes_in_total")
         assert total(presence_m, "chatscale_stage_seconds_count", stage="presence_save")
+        (indexer_m,) = [m for kind, m in scraped.values() if kind == "indexer"]
+        assert total(indexer_m, "chatscale_search_indexed_total") is not None
 
         # chatscale top, from the same environment
         top = await asyncio.to_thread(
