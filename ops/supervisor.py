@@ -130,12 +130,13 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
-    # the search indexer: stored-message stream -> search index (`chatscale run` sets search_url)
-    children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
         children.append(Child("gateway", i, args, log=logs / f"gateway-{i}.log"))
+    # the search indexer (stored-message stream -> index; `chatscale run` sets search_url),
+    # spawned last: nothing waits for it, and the gateways' start is what `run` waits on
+    children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
     return children
 
 
