@@ -24,12 +24,13 @@ import asyncio
 import os
 import zlib
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import orjson
 
 from storage.base import StoredMessage
+from storage.exceptions import StorageUnavailable
 
 KEY_PREFIX = "c"
 
@@ -150,19 +151,27 @@ class S3Store:
             total += sum(o["Size"] for o in page.get("Contents", []))
         return total
 
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A boto3 call in a thread; any S3 or network failure is ``StorageUnavailable`` (the
+        gateway answers UNAVAILABLE, the archiver's run fails and is retried next time)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"cold store s3://{self.bucket}: {exc}") from exc
+
     async def put(self, key: str, data: bytes) -> None:
-        await asyncio.to_thread(
-            self._s3.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data
-        )
+        await self._call(self._s3.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     async def get(self, key: str) -> bytes | None:
-        return await asyncio.to_thread(self._get, key)
+        return await self._call(self._get, key)
 
     async def list(self, prefix: str) -> list[str]:
-        return await asyncio.to_thread(self._list, prefix)
+        return await self._call(self._list, prefix)
 
     async def total_bytes(self) -> int:
-        return await asyncio.to_thread(self._total)
+        return await self._call(self._total)
 
     async def close(self) -> None:
         return None
