@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CHATSCALE_GATEWAY_HOST=0.0.0.0
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/chatscale chatscale \
     && printf '#!/bin/sh\nexec python -m chatscale "$@"\n' > /usr/local/bin/chatscale \
-    && chmod 0755 /usr/local/bin/chatscale
+    && chmod 0755 /usr/local/bin/chatscale \
+    && install -d -o chatscale -g chatscale /var/lib/chatscale-search  # the search-data volume
 COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 # The source last: the layers above are reused until pyproject.toml changes. Bytecode is

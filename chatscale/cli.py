@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     from storage import commands as storage_commands
     from voice import commands as voice_commands
     from workers import commands as worker_commands
+    from workers import search_commands
 
     p = argparse.ArgumentParser(
         prog="chatscale",
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_commands.add_commands(sub)  # dashboard (against compose or another run)
     gateway_commands.add_commands(sub)  # gateway
     worker_commands.add_commands(sub)  # worker, evict
+    search_commands.add_commands(sub)  # indexer, search, archive
     presence_commands.add_commands(sub)  # presence
     storage_commands.add_commands(sub)  # migrate
     voice_commands.add_commands(sub)  # voice (the media relay)

@@ -189,7 +189,12 @@ class ChatClient:
                     if key in self._waiters and msg["t"] == "GUILD_MEMBERS_CHUNK":
                         self._chunk(key, msg["d"])
                         continue
-                    if key in self._waiters and msg["t"] in ("MESSAGE_ACK", "HISTORY", "DISCOVERY"):
+                    if key in self._waiters and msg["t"] in (
+                        "MESSAGE_ACK",
+                        "HISTORY",
+                        "DISCOVERY",
+                        "SEARCH_RESULTS",
+                    ):
                         self._waiters.pop(key).set_result(msg)
                         continue
                 elif msg.get("op") == Op.ERROR and ("ERR", msg["d"].get("nonce")) in self._waiters:
@@ -268,14 +273,17 @@ class ChatClient:
         before: int | str | None = None,
         limit: int = 50,
         timeout: float = 10,
+        after: int | str | None = None,
+        around: int | str | None = None,
     ) -> list[dict[str, Any]]:
         d: dict[str, Any] = {
             "channel_id": str(channel_id),
             "limit": limit,
             "nonce": f"h{next(_nonces)}",
         }
-        if before is not None:
-            d["before"] = str(before)
+        for name, value in (("before", before), ("after", after), ("around", around)):
+            if value is not None:
+                d[name] = str(value)
         return (await self._request(Op.REQUEST_HISTORY, d, "HISTORY", timeout))["d"]["messages"]
 
     async def discover(
@@ -321,6 +329,17 @@ class ChatClient:
             self._waiters.pop(key).set_result(
                 {"chunks": sorted(got, key=lambda c: c["chunk_index"])}
             )
+
+    async def search(self, *, timeout: float = 10, **fields: Any) -> list[dict[str, Any]]:
+        """SEARCH (op 25): ``content``, ``author_id``, ``channel_id``, ``guild_id``, ``before``,
+        ``after``, ``limit``; the SEARCH_RESULTS messages, newest first."""
+        d: dict[str, Any] = {"nonce": f"s{next(_nonces)}"}
+        for name, value in fields.items():
+            if value is not None:
+                d[name] = (
+                    str(value) if name.endswith("_id") or name in ("before", "after") else value
+                )
+        return (await self._request(Op.SEARCH, d, "SEARCH_RESULTS", timeout))["d"]["messages"]
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
         """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""

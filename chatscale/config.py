@@ -598,6 +598,50 @@ class Settings(BaseSettings):
         "no single frame is large; the answer's size is bounded by the request's limit.",
     )
 
+    # --- history tiers and search (issue 20) -------------------------------------------------
+    cold_url: str = Field(
+        default="",
+        description="Cold archive object store: file:///path (a local directory, the embedded "
+        "backend) or s3://bucket/prefix?endpoint=http://host:port (any S3-compatible server). "
+        "Empty: no cold tier, every message stays in the history store. Set, history pages also "
+        "list the channel's cold buckets (one directory listing or S3 LIST per page that may "
+        "reach them) and `chatscale archive` moves old buckets there.",
+    )
+    archive_after_s: float = Field(
+        default=30 * 24 * 3600.0,
+        gt=0,
+        description="Age after which a bucket of history moves to the cold tier (its whole span "
+        "must be older). Shorter: a smaller, cheaper history store, but more pages read compressed "
+        "objects (a cold page costs an object read and decompression, docs/storage.md).",
+    )
+    archive_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often the archiver (in `chatscale run` and compose) looks for buckets to "
+        "compact. Buckets age by days, so hourly is plenty; shorter only costs listing reads.",
+    )
+    search_url: str = Field(
+        default="",
+        description="Search index: sqlite:///path (SQLite FTS5, kept apart from history storage). "
+        "Empty: no SEARCH (ERROR UNAVAILABLE) and workers feed no stored-message stream; "
+        "`chatscale run` sets one next to its data.",
+    )
+    stored_stream_maxlen: int = Field(
+        default=200_000,
+        ge=1000,
+        description="Cap (approximate) of the stored-message stream the indexer reads (workers "
+        "append each message after its history write, when search_url is set). Larger: an "
+        "indexer can be down longer without missing messages, at ~0.5 KB of Redis memory each.",
+    )
+    search_batch: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description="Entries the indexer reads and commits per transaction. Larger: more messages "
+        "per second indexed, but each commit (and so search freshness) waits for a bigger batch "
+        "only when a backlog exists; a quiet stream is indexed entry by entry as it arrives.",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

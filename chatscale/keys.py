@@ -25,6 +25,11 @@ class Keys:
     def ingest_all(self, shards: int) -> list[str]:
         return [self.ingest(i) for i in range(shards)]
 
+    def stored(self) -> str:
+        """Stream of messages after their history write (and deletions), capped at
+        ``stored_stream_maxlen``: what the search indexer reads, never the gateway's path."""
+        return f"{self.prefix}:stored"
+
     def dead_letter(self) -> str:
         """Entries that failed ``max_deliveries`` times, with the reason, for a human to read."""
         return f"{self.prefix}:dead"

@@ -47,6 +47,7 @@ class Op(IntEnum):
     TYPING = 22  # client
     ERROR = 23  # server: a request failed, connection stays open
     DISCOVER = 24  # client: server directory query; answered by a DISCOVERY dispatch
+    SEARCH = 25  # client: answered by a SEARCH_RESULTS dispatch
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
@@ -135,6 +136,15 @@ class RequestHistory(_Strict):
     before: Snowflake | None = None
     limit: int = Field(default=50, ge=1, le=100)
     nonce: Nonce = None
+    # Jump (Discord's paging): at most one of before/after/around; see storage/paging.py.
+    after: Snowflake | None = None
+    around: Snowflake | None = None
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> RequestHistory:
+        if sum(x is not None for x in (self.before, self.after, self.around)) > 1:
+            raise ValueError("at most one of before, after and around")
+        return self
 
 
 class Typing(_Strict):
@@ -290,3 +300,40 @@ class GuildSubscriptions(_Strict):
 
     guild_id: Snowflake
     user_ids: list[Snowflake] = Field(max_length=MAX_MEMBER_IDS)
+
+
+# ---- search (issue 20) --------------------------------------------------------------------
+
+
+class Search(_Strict):
+    """SEARCH (op 25): messages the requester may read now, newest first; page on with
+    ``before`` = the last id returned. ``content`` words must all appear (the last as a prefix)."""
+
+    content: str = Field(default="", max_length=256)
+    author_id: Snowflake | None = None
+    channel_id: Snowflake | None = None
+    guild_id: Snowflake | None = None
+    before: Snowflake | None = None
+    after: Snowflake | None = None
+    limit: int = Field(default=25, ge=1, le=50)
+    nonce: Nonce = None
+
+    @model_validator(mode="after")
+    def _something_to_find(self) -> Search:
+        if not self.content.strip() and self.author_id is None:
+            raise ValueError("a search needs content or author_id")
+        return self
+
+
+class StoredEntry(BaseModel):
+    """One entry of the stored-message stream (``Keys.stored``): a message after its history
+    write, or a deletion. Written by workers, read by the search indexer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["message", "delete"] = "message"
+    id: int
+    channel_id: int
+    guild_id: int = 0
+    author_id: int = 0
+    payload: str = ""

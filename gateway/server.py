@@ -61,6 +61,7 @@ from chatscale.wire import (
     Op,
     PresenceUpdate,
     RequestHistory,
+    Search,
     SendMessage,
     Typing,
     VoiceStateUpdate,
@@ -76,6 +77,7 @@ from gateway.host import Client
 from gateway.inline import InlineProcessor
 from gateway.lazy import LazyGuilds
 from gateway.presence import PresenceReporter
+from gateway.search import SearchDesk
 from gateway.session import (
     Action,
     Authenticate,
@@ -96,6 +98,7 @@ from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
 from storage.paging import read_page
+from storage.tiers import history_reader
 
 LAZY_OPS = frozenset({Op.REQUEST_GUILD_MEMBERS, Op.GUILD_SUBSCRIPTIONS})  # gateway/lazy.py
 log = logging.getLogger("chatscale.gateway")
@@ -167,6 +170,10 @@ class Gateway:
         self.redis: aioredis.Redis = connect(settings)
         self._reader_redis: aioredis.Redis = connect(settings, block_ms=1000)
         self.hot = HotCache(self.redis, self.keys, size=settings.hot_size)
+        self.search = SearchDesk(self)  # SEARCH (op 25): gateway/search.py
+        self.history_source = history_reader(  # the store, or store + cold tier (cold_url)
+            store, cold_url=settings.cold_url, bucket_span_ms=settings.bucket_span_ms
+        )
         self.limits = ProtocolLimits(
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
@@ -262,6 +269,7 @@ class Gateway:
         """
         self.stopping = True  # the background loops end at their next turn even if not cancelled
         self.storm.stop()
+        await self.search.close()
         if self._server is not None:
             self._server.close(close_connections=False)
         await asyncio.gather(  # all at once, each bounded: one silent client cannot hold us up
@@ -500,6 +508,8 @@ class Gateway:
                 await discover.answer(self, client, action.request)
             elif isinstance(action, ClientEvent) and action.op in LAZY_OPS:
                 await self.lazy.handle(client, action.request)  # members, subscriptions
+            elif isinstance(action, ClientEvent) and isinstance(action.request, Search):
+                await self.search.answer(client, action.request)
             elif isinstance(action, ClientEvent):
                 self._client_event(client, action)
 
@@ -832,9 +842,11 @@ class Gateway:
         try:
             page = await read_page(
                 self.hot,
-                self.store,
+                self.history_source,
                 request.channel_id,
                 before=request.before,
+                after=request.after,
+                around=request.around,
                 limit=request.limit,
                 on_read=gateway_metrics.page_read,
             )

@@ -44,6 +44,7 @@ from chatscale.wire import (
     RequestGuildMembers,
     RequestHistory,
     Resume,
+    Search,
     SendMessage,
     Typing,
     VoiceStateUpdate,
@@ -132,6 +133,7 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.DISCOVER: Discover,  # answered by gateway/discover.py
     Op.REQUEST_GUILD_MEMBERS: RequestGuildMembers,  # lazy guilds (gateway/lazy.py)
     Op.GUILD_SUBSCRIPTIONS: GuildSubscriptions,
+    Op.SEARCH: Search,  # answered by gateway search handler
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {

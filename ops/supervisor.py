@@ -70,6 +70,7 @@ class Topology:
             CHATSCALE_STORAGE_URL=self.settings.storage_url,
             CHATSCALE_KEY_PREFIX=self.settings.key_prefix,
             CHATSCALE_TOKEN_SECRET=self.settings.token_secret,
+            CHATSCALE_SEARCH_URL=self.settings.search_url,
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -106,6 +107,11 @@ class Topology:
             self.valkey.stop()
 
 
+def run_search_url(workdir: Path) -> str:
+    """Where `chatscale run` keeps its search index (and `chatscale search` finds it)."""
+    return f"sqlite:///{(Path(workdir) / 'search.db').resolve()}"
+
+
 def _last_line(log: Path | None) -> str:
     """The last line a child wrote: its one-line error (``port 8765 is in use``, ...)."""
     try:
@@ -132,6 +138,9 @@ def plan(topo: Topology) -> list[Child]:
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
         children.append(Child("gateway", i, args, log=logs / f"gateway-{i}.log"))
+    # the search indexer (stored-message stream -> index; `chatscale run` sets search_url),
+    # spawned last: nothing waits for it, and the gateways' start is what `run` waits on
+    children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
     return children
 
 
@@ -153,6 +162,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         )
     else:
         say(f"valkey      using    {settings.redis_url}")
+    if not settings.search_url:  # the search index lives next to the run's data
+        settings = topo.settings = settings.model_copy(
+            update={"search_url": run_search_url(topo.workdir)}
+        )
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
     try:
@@ -192,6 +205,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
     say(f"workers     {topo.workers}, presence 1, voice relay 1 (logs in {topo.workdir / 'logs'})")
+    say(f"search      indexer 1, index {settings.search_url}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -264,6 +278,12 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                     child.restarts += 1  # its sessions are gone: clients AUTH again
                     say(
                         f"voice relay exited ({child.proc.returncode}); restarting (#{child.restarts})"
+                    )
+                    topo.spawn(child)
+                if child.proc and child.proc.poll() is not None and child.role == "indexer":
+                    child.restarts += 1
+                    say(
+                        f"indexer exited ({child.proc.returncode}); restarting from its committed offset (#{child.restarts})"
                     )
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":

@@ -88,6 +88,9 @@ class HistoryStore(Protocol):
     - ``page`` returns messages strictly older than ``before`` (all, if None), newest first,
       at most ``limit``, with no gap and no duplicate between consecutive pages; it walks
       partitions backwards and stops at the channel's first bucket.
+    - ``page_after`` is its mirror for jumping forwards: messages strictly newer than ``after``,
+      *oldest* first, at most ``limit``, the same no-gap/no-duplicate guarantee; it walks
+      partitions forwards from ``after``'s bucket (or the channel's first bucket).
     - Raises ``StorageUnavailable`` when the backend cannot be reached; callers retry.
     """
 
@@ -101,6 +104,25 @@ class HistoryStore(Protocol):
     async def page(
         self, channel_id: int, *, before: int | None, limit: int
     ) -> list[StoredMessage]: ...
+
+    async def page_after(
+        self, channel_id: int, *, after: int, limit: int
+    ) -> list[StoredMessage]: ...
+
+
+class ArchivableHistory(HistoryStore, Protocol):
+    """What the cold tier's compactor needs from a history store (``storage.tiers``).
+
+    - ``history_channels``: every channel with at least one row, in no particular order.
+    - ``channel_buckets``: a channel's non-empty buckets, ascending.
+    - ``bucket_messages``: every row of one (channel, bucket), oldest first.
+    - ``delete_bucket``: removes that partition at once (a reader sees all of it or none).
+    """
+
+    async def history_channels(self) -> list[int]: ...
+    async def channel_buckets(self, channel_id: int) -> list[int]: ...
+    async def bucket_messages(self, channel_id: int, bucket: int) -> list[StoredMessage]: ...
+    async def delete_bucket(self, channel_id: int, bucket: int) -> None: ...
 
 
 class MetadataStore(Protocol):
@@ -170,7 +192,7 @@ class MetadataStore(Protocol):
     async def guild_bans(self, guild_id: int) -> list[Ban]: ...
 
 
-class Store(HistoryStore, MetadataStore, Protocol):
+class Store(ArchivableHistory, MetadataStore, Protocol):
     """What ``open_store(url)`` returns: both interfaces over one backend connection."""
 
     async def close(self) -> None: ...

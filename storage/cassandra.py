@@ -198,6 +198,28 @@ class CassandraStore:
                 "AND message_id < ? LIMIT ?",
                 msg,
             ),
+            "buckets_from": (
+                "SELECT bucket FROM channel_buckets WHERE channel_id = ? AND bucket >= ? "
+                "ORDER BY bucket ASC",
+                msg,
+            ),
+            "page_after": (
+                "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? AND bucket = ? "
+                "AND message_id > ? ORDER BY message_id ASC LIMIT ?",
+                msg,
+            ),
+            "history_channels": ("SELECT DISTINCT channel_id FROM channel_buckets", msg),
+            "all_buckets": ("SELECT bucket FROM channel_buckets WHERE channel_id = ?", msg),
+            "bucket_rows": (
+                "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? "
+                "AND bucket = ?",
+                msg,
+            ),
+            "del_bucket": ("DELETE FROM messages WHERE channel_id = ? AND bucket = ?", msg),
+            "unmark_bucket": (
+                "DELETE FROM channel_buckets WHERE channel_id = ? AND bucket = ?",
+                msg,
+            ),
             "put_user": ("INSERT INTO users (id, username) VALUES (?, ?)", meta),
             "put_user_name": (
                 "INSERT INTO users_by_name (username, id) VALUES (?, ?) IF NOT EXISTS",
@@ -347,6 +369,35 @@ class CassandraStore:
             rows = await self._aexec("page", (channel_id, b, upper, limit - len(out)))
             out += [StoredMessage(channel_id, r.message_id, r.author_id, r.payload) for r in rows]
         return out
+
+    async def page_after(self, channel_id: int, *, after: int, limit: int) -> list[StoredMessage]:
+        start = max(snowflake.bucket(after, self._span), snowflake.bucket(channel_id, self._span))
+        buckets = [row.bucket for row in await self._aexec("buckets_from", (channel_id, start))]
+        out: list[StoredMessage] = []
+        for b in buckets:  # oldest first, only non-empty buckets
+            if len(out) >= limit:
+                break
+            rows = await self._aexec("page_after", (channel_id, b, after, limit - len(out)))
+            out += [StoredMessage(channel_id, r.message_id, r.author_id, r.payload) for r in rows]
+        return out
+
+    async def history_channels(self) -> list[int]:
+        return [r.channel_id for r in await self._aexec("history_channels", ())]
+
+    async def channel_buckets(self, channel_id: int) -> list[int]:
+        return sorted(r.bucket for r in await self._aexec("all_buckets", (channel_id,)))
+
+    async def bucket_messages(self, channel_id: int, bucket: int) -> list[StoredMessage]:
+        rows = await self._aexec("bucket_rows", (channel_id, bucket))
+        out = [StoredMessage(channel_id, r.message_id, r.author_id, r.payload) for r in rows]
+        return out[::-1]  # the partition clusters newest first
+
+    async def delete_bucket(self, channel_id: int, bucket: int) -> None:
+        """One partition delete (atomic for readers), then its marker; the marker goes last so
+        a crash in between leaves an empty bucket that paging merely visits."""
+        await self._aexec("del_bucket", (channel_id, bucket))
+        await self._aexec("unmark_bucket", (channel_id, bucket))
+        self._known_buckets.discard((channel_id, bucket))
 
     # ---- metadata ----------------------------------------------------------------------------
 

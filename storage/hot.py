@@ -56,6 +56,19 @@ class HotCache:
         members = await self._redis.zrevrangebylex(self._keys.hot(channel_id), high, b"-", 0, limit)
         return [_split(m) for m in members]
 
+    async def page_after(
+        self, channel_id: int, *, after: int, limit: int
+    ) -> tuple[int | None, list[tuple[int, str]]]:
+        """Oldest first, ids strictly above ``after``, and the oldest id the cache holds, read
+        in one MULTI so the two agree (a trim between them could otherwise open a gap)."""
+        key = self._keys.hot(channel_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrange(key, 0, 0)
+            # members are "<id>|<payload>": "[<after + 1>" is the first one above ``after``
+            pipe.zrangebylex(key, f"[{after + 1:020d}".encode(), b"+", 0, limit)
+            first, members = await pipe.execute()
+        return (_split(first[0])[0] if first else None), [_split(m) for m in members]
+
     async def oldest(self, channel_id: int) -> int | None:
         first = await self._redis.zrange(self._keys.hot(channel_id), 0, 0)
         return _split(first[0])[0] if first else None

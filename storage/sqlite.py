@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from chatscale import snowflake
 from chatscale.snowflake import bucket
 from storage.base import Ban, Channel, ChannelOverwrite, Guild, GuildRole, StoredMessage, User
 from storage.exceptions import StorageUnavailable
@@ -155,6 +156,49 @@ class SQLiteStore:
             (channel_id, before if before is not None else (1 << 63) - 1, limit),
         )
         return [StoredMessage(channel_id, mid, author, payload) for mid, author, payload in rows]
+
+    async def page_after(self, channel_id: int, *, after: int, limit: int) -> list[StoredMessage]:
+        rows = await self._run(
+            self._exec,
+            "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? "
+            "AND message_id > ? ORDER BY message_id ASC LIMIT ?",
+            (channel_id, after, limit),
+        )
+        return [StoredMessage(channel_id, mid, author, payload) for mid, author, payload in rows]
+
+    def _bucket_range(self, bucket_no: int) -> tuple[int, int]:
+        shift = snowflake.NODE_BITS + snowflake.SEQ_BITS
+        return (bucket_no * self._span) << shift, ((bucket_no + 1) * self._span) << shift
+
+    async def history_channels(self) -> list[int]:
+        rows = await self._run(self._exec, "SELECT DISTINCT channel_id FROM messages", ())
+        return [r[0] for r in rows]
+
+    async def channel_buckets(self, channel_id: int) -> list[int]:
+        rows = await self._run(
+            self._exec,
+            "SELECT DISTINCT bucket FROM messages WHERE channel_id = ? ORDER BY bucket",
+            (channel_id,),
+        )
+        return [r[0] for r in rows]
+
+    async def bucket_messages(self, channel_id: int, bucket_no: int) -> list[StoredMessage]:
+        lo, hi = self._bucket_range(bucket_no)
+        rows = await self._run(
+            self._exec,
+            "SELECT message_id, author_id, payload FROM messages WHERE channel_id = ? "
+            "AND message_id >= ? AND message_id < ? ORDER BY message_id",
+            (channel_id, lo, hi),
+        )
+        return [StoredMessage(channel_id, mid, author, payload) for mid, author, payload in rows]
+
+    async def delete_bucket(self, channel_id: int, bucket_no: int) -> None:
+        lo, hi = self._bucket_range(bucket_no)
+        await self._run(
+            self._exec,
+            "DELETE FROM messages WHERE channel_id = ? AND message_id >= ? AND message_id < ?",
+            (channel_id, lo, hi),
+        )
 
     # ---- metadata -----------------------------------------------------------------------
 

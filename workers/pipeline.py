@@ -59,6 +59,8 @@ from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes
 from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
 from workers import metrics as worker_metrics
+from workers.indexer import feed as feed_stored
+from workers.indexer import stored_entries
 
 log = logging.getLogger("chatscale.worker")
 
@@ -471,6 +473,10 @@ class Pipeline:
         )
         for m in accepted:
             trace.stamp(m.trace, "history_write")
+        if self.settings.search_url:  # the search indexer's input, after the durable write
+            await feed_stored(
+                self.redis, self.keys, stored_entries(accepted), self.settings.stored_stream_maxlen
+            )
 
     @metrics.timed("fanout")
     async def _fan_out(

@@ -35,7 +35,13 @@ COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "deploy" / "compose-spec.json"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-SERVICE_ROLES = ("gateway", "worker", "presence", "voice")  # long-running chatscale processes
+SERVICE_ROLES = (
+    "gateway",
+    "worker",
+    "presence",
+    "voice",
+    "indexer",
+)  # long-running chatscale processes
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")
 

@@ -101,8 +101,9 @@ class Processes:
 class ComposeEnv:
     """Each service's compose environment, with this test's servers for the container names."""
 
-    def __init__(self, redis_url: str, storage_url: str) -> None:
+    def __init__(self, redis_url: str, storage_url: str, search_url: str = "") -> None:
         self.redis_url, self.storage_url = redis_url, storage_url
+        self.search_url = search_url  # the search-data volume each container mounts
         self.base = {
             k: v for k, v in os.environ.items() if k not in env_names() and k != "REDIS_URL"
         }
@@ -113,6 +114,7 @@ class ComposeEnv:
             REDIS_URL=self.redis_url,  # valkey:6379
             CHATSCALE_STORAGE_URL=self.storage_url,  # cassandra:9042
             CHATSCALE_METRICS_PORT=str(free_port()),  # 9100 in every container
+            **({"CHATSCALE_SEARCH_URL": self.search_url} if self.search_url else {}),
             **overrides,
         )
         return {**self.base, **env}
@@ -189,7 +191,7 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
     valkey: ValkeyServer, compose_storage: str, tmp_path: Path
 ):
     svc = services()
-    env_of = ComposeEnv(valkey.url, compose_storage)
+    env_of = ComposeEnv(valkey.url, compose_storage, f"sqlite:///{tmp_path}/search.db")
     await run_init(svc, env_of, times=2)
 
     procs = Processes(tmp_path)
@@ -198,7 +200,7 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         settings_env = env_of(svc["worker"])
         seen = await wait_registered(procs, svc, valkey.url)
         gateways, registered = seen["gateways"], seen["endpoints"]
-        assert {r["role"] for r in registered} == {"gateway", "worker", "presence"}
+        assert {r["role"] for r in registered} == {"gateway", "worker", "presence", "indexer"}
         # each gateway advertises the public URL compose gives it (RESUME goes there)
         advertised = sorted(json.loads(v)["url"] for v in gateways.values())
         assert advertised == sorted(gateway_urls.values())
@@ -267,6 +269,8 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         )
         assert total(presence_m, "chatscale_presence_changes_in_total")
         assert total(presence_m, "chatscale_stage_seconds_count", stage="presence_save")
+        (indexer_m,) = [m for kind, m in scraped.values() if kind == "indexer"]
+        assert total(indexer_m, "chatscale_search_indexed_total") is not None
 
         # chatscale top, from the same environment
         top = await asyncio.to_thread(
@@ -319,7 +323,9 @@ async def test_in_network_load_tester_resumes_though_the_public_url_is_unreachab
     every session it meant to, at the address it connected to, and never see
     INVALID_SESSION. Storage is SQLite: this is about gateways and URLs, not Cassandra."""
     svc = services()
-    env_of = ComposeEnv(valkey.url, f"sqlite:///{tmp_path}/compose.db")
+    env_of = ComposeEnv(
+        valkey.url, f"sqlite:///{tmp_path}/compose.db", f"sqlite:///{tmp_path}/search.db"
+    )
     await run_init(svc, env_of)
     unreachable = {name: f"ws://127.0.0.1:{free_port()}" for name in ("gateway-0", "gateway-1")}
 

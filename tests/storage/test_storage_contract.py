@@ -59,6 +59,44 @@ async def test_page_before_an_id_is_strict_and_empty_channel_is_empty(backend):
     assert await backend.page(channel, before=ids[0], limit=10) == []
 
 
+async def test_page_after_walks_buckets_forwards_with_no_gap_or_duplicate(backend):
+    channel = mid(0, 8)
+    ids = sorted(mid(h * SPAN + k * 1000) for h in (0, 2, 3, 7) for k in range(1, 4))
+    await backend.insert_many([msg(channel, i) for i in ids])
+    for limit in (1, 2, 5, 100):
+        seen, after = [], 0
+        while True:
+            page = await backend.page_after(channel, after=after, limit=limit)
+            if not page:
+                break
+            assert len(page) <= limit
+            seen += [m.message_id for m in page]
+            after = page[-1].message_id
+        assert seen == ids, limit
+    # strictly newer; from the middle of a bucket; past the newest is empty
+    assert [m.message_id for m in await backend.page_after(channel, after=ids[4], limit=2)] == [
+        ids[5],
+        ids[6],
+    ]
+    assert await backend.page_after(channel, after=ids[-1], limit=10) == []
+    assert await backend.page_after(mid(0, 9), after=0, limit=10) == []
+
+
+async def test_buckets_are_listed_read_whole_and_deleted_for_the_cold_tier(backend):
+    channel = mid(0, 13)
+    ids = sorted(mid(h * SPAN + k * 1000) for h in (0, 2, 5) for k in range(1, 4))
+    await backend.insert_many([msg(channel, i) for i in ids])
+    first = snowflake.bucket(ids[0], SPAN)
+    assert await backend.channel_buckets(channel) == [first, first + 2, first + 5]
+    assert channel in await backend.history_channels()
+    assert await backend.bucket_messages(channel, first + 2) == [msg(channel, i) for i in ids[3:6]]
+    await backend.delete_bucket(channel, first + 2)
+    assert await backend.channel_buckets(channel) == [first, first + 5]
+    assert await backend.bucket_messages(channel, first + 2) == []
+    seen = [m.message_id for m in await backend.page(channel, before=None, limit=100)]
+    assert seen == sorted(ids[:3] + ids[6:], reverse=True)
+
+
 async def test_reinserting_the_same_message_is_idempotent(backend):
     channel = mid(0, 5)
     m = msg(channel, mid(1000))
