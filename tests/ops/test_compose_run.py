@@ -200,7 +200,13 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
         settings_env = env_of(svc["worker"])
         seen = await wait_registered(procs, svc, valkey.url)
         gateways, registered = seen["gateways"], seen["endpoints"]
-        assert {r["role"] for r in registered} == {"gateway", "worker", "presence", "indexer"}
+        assert {r["role"] for r in registered} == {
+            "gateway",
+            "worker",
+            "presence",
+            "voice",
+            "indexer",
+        }
         # each gateway advertises the public URL compose gives it (RESUME goes there)
         advertised = sorted(json.loads(v)["url"] for v in gateways.values())
         assert advertised == sorted(gateway_urls.values())
