@@ -22,6 +22,8 @@ Scenarios (``SCENARIOS``):
 - ``kill-worker``, ``kill-gateway``, ``pause-redis``, ``pause-cassandra``: steady chat, and the
   fault at ``--fault-at`` (default a third of the run); what was lost must be nothing
   acknowledged.
+- ``spam-raid``: not a plan of this module: ``loadtest/raid.py`` runs it (accounts are created
+  during the run, so the schedule cannot be made up front).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ SCENARIOS: dict[str, str] = {
     "kill-gateway": "steady chat; one gateway is SIGKILLed mid-run (its clients move)",
     "pause-redis": "steady chat; Valkey is SIGSTOPped for --pause seconds mid-run",
     "pause-cassandra": "steady chat; the Cassandra node (--storage-url cassandra://...) is SIGSTOPped for --pause seconds",
+    "spam-raid": "bot accounts created, joined and spamming among members (SPAM_DETECT on): time to action",
 }
 FAULTS = {"kill-worker", "kill-gateway", "pause-redis", "pause-cassandra"}
 DEFAULT_DURATION = {
@@ -53,6 +56,7 @@ DEFAULT_DURATION = {
     "kill-gateway": 30.0,
     "pause-redis": 30.0,
     "pause-cassandra": 30.0,
+    "spam-raid": 40.0,
 }
 
 
@@ -100,6 +104,8 @@ class Plan:
 
 
 def build(opts: Options, sim: SimCommunity) -> Plan:
+    if opts.scenario == "spam-raid":
+        raise ValueError("spam-raid is run by loadtest.raid, not planned here")
     if opts.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {opts.scenario!r}; one of {', '.join(SCENARIOS)}")
     spec = sim.spec

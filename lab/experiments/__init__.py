@@ -27,6 +27,8 @@ MODULES = [
     "multi_device",
     "thundering_herd",
     "capacity",
+    "moderation",
+    "moderation_down",
 ]
 
 
