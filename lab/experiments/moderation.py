@@ -85,10 +85,23 @@ async def run_chat(trial: harness.Trial) -> tuple[Tally, float]:
         stamps: dict[str, str] = {}  # nonce -> stamp
         counting = False
 
+        sending = True  # a phase is still sending: an empty ``outstanding`` is not its end
+
         def settle(stamp: str) -> None:
             outstanding.discard(stamp)
+            if not outstanding and not sending:
+                done.set()
+
+        def sent_all() -> None:
+            nonlocal sending
+            sending = False
             if not outstanding:
                 done.set()
+
+        def next_phase() -> None:
+            nonlocal sending
+            sending = True
+            done.clear()
 
         async def listen(i: int, c) -> None:  # noqa: ANN001
             while True:
@@ -126,10 +139,11 @@ async def run_chat(trial: harness.Trial) -> tuple[Tally, float]:
         try:
             # warm-up: the model (if any) trains at the first moderated batch
             await send(talk[0])
+            sent_all()
             await harness.bounded(done.wait(), 60, "the warm-up message")
             tally.__init__()  # the warm-up does not count
             counting = True
-            done.clear()
+            next_phase()
             cpu = harness.Cpu(topo).start()
             interval = senders / p["rate"]
             stop_at = time.monotonic() + p["duration_s"]
@@ -146,9 +160,10 @@ async def run_chat(trial: harness.Trial) -> tuple[Tally, float]:
                 p["duration_s"] + 60,
                 "the chat phase",
             )
+            sent_all()
             await harness.bounded(done.wait(), 60, "every chat message delivered or refused")
             counting = False
-            done.clear()
+            next_phase()
             t0 = time.monotonic()
 
             async def burst(c) -> None:  # noqa: ANN001
@@ -158,6 +173,7 @@ async def run_chat(trial: harness.Trial) -> tuple[Tally, float]:
             await harness.bounded(
                 asyncio.gather(*(burst(c) for c in talk)), 120, "the burst's acks"
             )
+            sent_all()
             await harness.bounded(done.wait(), 120, "every burst message delivered or refused")
             tally.burst_s = time.monotonic() - t0
             worker_cpu = sum(v for k, v in cpu.stop().items() if k.startswith("worker"))
