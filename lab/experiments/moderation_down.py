@@ -99,7 +99,7 @@ EXPERIMENT = Experiment(
             "spam_share": 0.3,
         },
     },  # fmt: skip
-    quick_seconds=40,
+    quick_seconds=50,
     measure=measure,
     conclude=conclude,
 )

@@ -36,7 +36,10 @@ def test_moderation_arms_turn_the_knobs_and_the_conclusion_reads_the_medians():
     runs["slow"][0].update(p99_ms=45.0, burst_msgs_per_s=100.0)
     runs["enforce"][0].update(spam_blocked_pct=20.0)
     text = exp.conclude(Outcome(exp, runs))
-    assert "caps the worker's throughput" in text and "20.0 % with rules enforced" in text
+    assert "caps the worker's throughput" in text and "20.0 % with the rules enforced" in text
+    assert "a classifier taking 30 ms a batch added latency" in text
+    runs["off"][0].update(p99_ms=40.0)  # slower without moderation: said, not hidden
+    assert "enforcing the rules came out faster" in exp.conclude(Outcome(exp, runs))
     runs["slow"][0].update(burst_msgs_per_s=500.0)
     assert "batching hides" in exp.conclude(Outcome(exp, runs))
 
