@@ -165,21 +165,21 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "runs so a big community loads once)",
     )
     raid = lt.add_argument_group("spam-raid (SPAM_DETECT is turned on in the topology)")
-    raid.add_argument("--bots", type=int, default=6, help="bot accounts created (default 6)")
+    raid.add_argument("--bots", type=int, default=6, help="bot accounts created")
     raid.add_argument(
         "--bot-every", type=float, default=5.0, metavar="S",
-        help="a new bot account every S seconds (default 5)",
+        help="a new bot account every S seconds",
     )  # fmt: skip
     raid.add_argument(
         "--bot-rate", type=float, default=1.0, metavar="R",
-        help="messages/s each bot sends (default 1)",
+        help="messages/s each bot sends",
     )  # fmt: skip
     raid.add_argument(
         "--newcomers",
         type=int,
         default=4,
         metavar="N",
-        help="normal accounts created during the run, chatting like people (default 4)",
+        help="normal accounts created during the run, chatting like people",
     )
     raid.add_argument(
         "--bot-rotate-mentions",
