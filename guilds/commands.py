@@ -432,3 +432,95 @@ def add_commands(sub: Any, *, community_readers: Sequence[CommunityReader] = ())
     p.add_argument("--guild", required=True)
     p.add_argument("--channel", required=True)
     p.add_argument("seconds", type=int)
+
+    add_safety_commands(sub)  # automod set, timeout, quarantine
+
+
+# ---- trust & safety: AutoMod rules, timeouts, quarantine (docs/safety.md) ------------------------
+
+
+async def _automod_set(a: Any, store: Store, plane: ControlPlane) -> Receipt:
+    from guilds.automod import Rules
+
+    guild = await resolve_guild(store, a.guild)
+    alert = (await resolve_channel(store, guild, a.alert_channel)).id if a.alert_channel else 0
+    exempt = tuple([(await resolve_user(store, u)).id for u in a.exempt or []])
+    rules = Rules(  # RulesError (a ValueError) on a bad regex or value: one line, exit 2
+        keywords=tuple(a.keyword or ()),
+        regexes=tuple(a.regex or ()),
+        alert_keywords=tuple(a.alert_keyword or ()),
+        max_mentions=a.max_mentions,
+        mention_action=a.mention_action,
+        max_repeats=a.max_repeats,
+        block_invites=not a.allow_invites,
+        max_links=a.max_links,
+        alert_channel_id=alert,
+        timeout_s=a.timeout_seconds,
+        exempt_users=exempt,
+    )
+    return await plane.set_automod(guild.id, rules)
+
+
+async def _timeout(a: Any, store: Store, plane: ControlPlane) -> Receipt:
+    if a.minutes < 0:
+        raise Refused("--minutes must be 0 (lift the timeout) or more")
+    guild = await resolve_guild(store, a.guild)
+    user = await resolve_user(store, a.user)
+    return await plane.timeout_member(guild.id, user.id, round(a.minutes * 60))
+
+
+async def _quarantine(a: Any, store: Store, plane: ControlPlane) -> Receipt:
+    user = await resolve_user(store, a.user)
+    if a.release:
+        return await plane.release(user.id)
+    return await plane.quarantine(user.id, a.reason)
+
+
+def add_safety_commands(sub: Any) -> None:
+    """``automod set``, ``timeout`` and ``quarantine``: the trust & safety actions an operator
+    takes by hand, through the same control-plane calls the workers use."""
+    from chatscale.commandline import DefaultsHelp
+
+    am = sub.add_parser("automod", help="a guild's AutoMod rules (docs/safety.md)")
+    amsub = am.add_subparsers(dest="automod_command", required=True, metavar="COMMAND")
+    p = amsub.add_parser(
+        "set",
+        help="replace a guild's AutoMod rules (workers use them once this returns)",
+        formatter_class=DefaultsHelp,
+    )
+    p.set_defaults(fn=_control(_automod_set))
+    p.add_argument("guild", metavar="GUILD", help="guild name or id")
+    p.add_argument("--keyword", action="append", help="block this word (repeat; * for prefix)")
+    p.add_argument("--regex", action="append", help="block text matching this (repeat, <= 10)")
+    p.add_argument("--alert-keyword", action="append", help="deliver, but alert moderators")
+    p.add_argument("--max-mentions", type=int, default=5, help="more mentions: spam (0: off)")
+    p.add_argument("--mention-action", choices=["block", "timeout"], default="block")
+    p.add_argument("--max-repeats", type=int, default=3, help="same text within 60 s (0: off)")
+    p.add_argument("--allow-invites", action="store_true", help="do not block invite links")
+    p.add_argument("--max-links", type=int, default=3, help="more links: spam (0: off)")
+    p.add_argument("--alert-channel", help="channel name or id that gets AUTOMOD_ALERT")
+    p.add_argument("--timeout-seconds", type=int, default=60, help="for --mention-action timeout")
+    p.add_argument("--exempt", action="append", help="username or id the rules skip (repeat)")
+
+    p = sub.add_parser(
+        "timeout",
+        help="time a member out: no sending in the guild until it ends (0 lifts it)",
+        formatter_class=DefaultsHelp,
+    )
+    p.set_defaults(fn=_control(_timeout))
+    p.add_argument("guild", metavar="GUILD", help="guild name or id")
+    p.add_argument("user", metavar="USER", help="username or id")
+    p.add_argument("--minutes", type=float, required=True, help="length (0: lift)")
+
+    p = sub.add_parser(
+        "quarantine",
+        help="take an account out: banned from its guilds, sessions closed (4016), "
+        "no IDENTIFY until released",
+        formatter_class=DefaultsHelp,
+    )
+    p.set_defaults(fn=_control(_quarantine))
+    p.add_argument("user", metavar="USER", help="username or id")
+    p.add_argument("--reason", default="quarantined by an operator")
+    p.add_argument(
+        "--release", action="store_true", help="lift the quarantine (bans stay; unban per guild)"
+    )

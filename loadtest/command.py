@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from chatscale import discovery
@@ -200,7 +201,70 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help="the relay arm (embedded topology)",
     )
     voice.add_argument("--adapt", action="store_true", help="AIMD bitrate from receiver reports")
+    raid = lt.add_argument_group("spam-raid (SPAM_DETECT is turned on in the topology)")
+    raid.add_argument("--bots", type=int, default=6, help="bot accounts created")
+    raid.add_argument(
+        "--bot-every", type=float, default=5.0, metavar="S",
+        help="a new bot account every S seconds",
+    )  # fmt: skip
+    raid.add_argument(
+        "--bot-rate", type=float, default=1.0, metavar="R",
+        help="messages/s each bot sends",
+    )  # fmt: skip
+    raid.add_argument(
+        "--newcomers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="normal accounts created during the run, chatting like people",
+    )
+    raid.add_argument(
+        "--bot-rotate-mentions",
+        action="store_true",
+        help="bots mention different members in every message (harder: fewer exact duplicates)",
+    )  # fmt: skip
     lt.set_defaults(fn=cmd_loadtest)
+
+
+async def cmd_raid(args: argparse.Namespace) -> int:
+    from loadtest import raid
+
+    if args.gateway:
+        raise UsageError("spam-raid starts its own topology (SPAM_DETECT on): drop --gateway")
+    if args.bots < 1 or args.bot_every <= 0 or args.bot_rate <= 0 or args.newcomers < 0:
+        raise UsageError(
+            "spam-raid needs --bots >= 1, --bot-every > 0, --bot-rate > 0, --newcomers >= 0"
+        )
+    cfg = raid.RaidConfig(
+        community=args.community,
+        duration=args.duration or scenarios.DEFAULT_DURATION["spam-raid"],
+        bots=args.bots,
+        bot_every_s=args.bot_every,
+        bot_rate=args.bot_rate,
+        newcomers=args.newcomers,
+        bot_rotate=args.bot_rotate_mentions,
+        chat_rate=args.rate,
+        online=args.online,
+        seed=args.seed,
+        storage_url=args.storage_url,
+        gateways=args.gateways,
+        workers=args.workers,
+        command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    cfg.out = (
+        args.out
+        or Path("reports")
+        / f"spam-raid-{Path(args.community).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    try:
+        result = await raid.run(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    path = raid.write(result, cfg.out)
+    print()
+    print(raid.text(result))
+    print(f"\nfile: {path}")
+    return 0 if all(result["verdict"].values()) else 1
 
 
 async def cmd_loadtest(args: argparse.Namespace) -> int:
@@ -212,6 +276,8 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         return await cmd_voice(args)
     if not args.community:
         raise UsageError(f"loadtest {args.scenario} needs --community NAME")
+    if args.scenario == "spam-raid":
+        return await cmd_raid(args)
 
     cfg = engine.RunConfig(
         scenario=args.scenario,

@@ -23,6 +23,8 @@ Scenarios (``SCENARIOS``):
   fault at ``--fault-at`` (default a third of the run); what was lost must be nothing
   acknowledged.
 - ``voice``: not a chat plan; ``loadtest/voice.py`` runs it (speakers, listeners, impairment).
+- ``spam-raid``: not a plan of this module: ``loadtest/raid.py`` runs it (accounts are created
+  during the run, so the schedule cannot be made up front).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ SCENARIOS: dict[str, str] = {
     "pause-cassandra": "steady chat; the Cassandra node (--storage-url cassandra://...) is SIGSTOPped for --pause seconds",
     "voice": "N speakers, M listeners in one voice channel through the relay; impaired senders "
     "(--loss, --jitter, --burst, --bandwidth); no --community needed (loadtest/voice.py)",
+    "spam-raid": "bot accounts created, joined and spamming among members (SPAM_DETECT on): time to action",
 }
 FAULTS = {"kill-worker", "kill-gateway", "pause-redis", "pause-cassandra"}
 DEFAULT_DURATION = {
@@ -57,6 +60,7 @@ DEFAULT_DURATION = {
     "pause-redis": 30.0,
     "pause-cassandra": 30.0,
     "voice": 20.0,
+    "spam-raid": 40.0,
 }
 
 
@@ -104,6 +108,8 @@ class Plan:
 
 
 def build(opts: Options, sim: SimCommunity) -> Plan:
+    if opts.scenario == "spam-raid":
+        raise ValueError("spam-raid is run by loadtest.raid, not planned here")
     if opts.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {opts.scenario!r}; one of {', '.join(SCENARIOS)}")
     spec = sim.spec

@@ -32,6 +32,8 @@ MODULES = [
     "suggest_bias",
     "voice_transport",
     "voice_bitrate",
+    "moderation",
+    "moderation_down",
 ]
 
 
