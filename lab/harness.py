@@ -60,6 +60,7 @@ class Trial:
         workers: int = 1,
         env: dict[str, str] | None = None,
         storage_url: str | None = None,
+        extras: frozenset[str] = frozenset(),
     ) -> AsyncIterator[Embedded]:
         """A fresh topology with this arm's settings (``env`` overlays them), stopped on exit."""
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,7 @@ class Trial:
             gateways=gateways,
             workers=workers,
             env=merged,
+            extras=extras,
         )
         try:
             await asyncio.wait_for(topo.start(say=lambda _text: None), 60)

@@ -67,7 +67,10 @@ class Embedded:
         gateways: int = 2,
         workers: int = 2,
         env: dict[str, str] | None = None,
+        extras: frozenset[str] = frozenset(),
     ) -> None:
+        """``extras``: the services beyond the chat path to start too ("voice", "indexer");
+        none by default, so a chat load test pays for no process it does not exercise."""
         extra = {**BENCH_ENV, **{k: v for k, v in os.environ.items() if k in BENCH_ENV}}
         extra.update(env or {})
         given = {k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()}
@@ -83,6 +86,7 @@ class Embedded:
             workers=workers,
             base_port=0,
             extra_env=extra,
+            extras=extras,
         )
         self.timed_events: list[tuple[float, str]] = []  # what the supervisor did, when
         self._stop = asyncio.Event()

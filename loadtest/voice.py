@@ -341,7 +341,12 @@ async def cmd_voice(args: Any) -> int:
         workdir = Path(tempfile.mkdtemp(prefix="chatscale-voice-"))
         env = {"CHATSCALE_VOICE_TRANSPORT": args.transport}
         topo = Embedded(
-            workdir, storage_url=f"sqlite:///{workdir}/h.db", gateways=1, workers=1, env=env
+            workdir,
+            storage_url=f"sqlite:///{workdir}/h.db",
+            gateways=1,
+            workers=1,
+            env=env,
+            extras=frozenset({"voice"}),
         )
         await topo.start(say=lambda text: print(text, file=sys.stderr))
         settings, urls, transport = topo.settings, topo.urls, args.transport

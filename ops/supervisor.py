@@ -62,6 +62,10 @@ class Topology:
     children: list[Child] = field(default_factory=list)
     valkey: ValkeyServer | None = None
     gateway_urls: list[str] = field(default_factory=list)
+    #: The services beyond the chat path that this topology starts: the voice relay and the
+    #: search indexer (`chatscale run` starts both; a load test or lab arm only what it needs,
+    #: so their figures are not paid for by processes they do not exercise).
+    extras: frozenset[str] = frozenset({"voice", "indexer"})
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -133,14 +137,16 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
-    children.append(Child("voice", 0, ["voice", "--id", "relay-0"], log=logs / "voice.log"))
+    if "voice" in topo.extras:
+        children.append(Child("voice", 0, ["voice", "--id", "relay-0"], log=logs / "voice.log"))
     for i in range(topo.gateways):
         port = 0 if topo.base_port == 0 else topo.base_port + i
         args = ["gateway", "--id", f"gw-{i}", "--port", str(port)]
         children.append(Child("gateway", i, args, log=logs / f"gateway-{i}.log"))
     # the search indexer (stored-message stream -> index; `chatscale run` sets search_url),
     # spawned last: nothing waits for it, and the gateways' start is what `run` waits on
-    children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
+    if "indexer" in topo.extras:
+        children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
     return children
 
 
@@ -162,7 +168,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         )
     else:
         say(f"valkey      using    {settings.redis_url}")
-    if not settings.search_url:  # the search index lives next to the run's data
+    if not settings.search_url and "indexer" in topo.extras:  # next to the run's data
         settings = topo.settings = settings.model_copy(
             update={"search_url": run_search_url(topo.workdir)}
         )
@@ -204,8 +210,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     await redis.aclose()
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
-    say(f"workers     {topo.workers}, presence 1, voice relay 1 (logs in {topo.workdir / 'logs'})")
-    say(f"search      indexer 1, index {settings.search_url}")
+    relay = ", voice relay 1" if "voice" in topo.extras else ""
+    say(f"workers     {topo.workers}, presence 1{relay} (logs in {topo.workdir / 'logs'})")
+    if "indexer" in topo.extras:
+        say(f"search      indexer 1, index {settings.search_url}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {

@@ -21,7 +21,7 @@ from voice.sim import Impairment
 
 async def measure(trial: harness.Trial) -> Measurement:
     p = trial.params
-    async with trial.topology() as topo:
+    async with trial.topology(extras=frozenset({"voice"})) as topo:
         seeded = await seed_voice(topo.settings, p["speakers"] + p["listeners"])
         r = await run_voice(
             topo.settings,

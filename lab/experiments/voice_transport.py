@@ -25,7 +25,8 @@ from voice.sim import Impairment
 async def measure(trial: harness.Trial) -> Measurement:
     p = trial.params
     transport = trial.arm.params["transport"]
-    async with trial.topology(env={"CHATSCALE_VOICE_TRANSPORT": transport}) as topo:
+    env = {"CHATSCALE_VOICE_TRANSPORT": transport}
+    async with trial.topology(env=env, extras=frozenset({"voice"})) as topo:
         seeded = await seed_voice(topo.settings, p["speakers"] + p["listeners"])
         r = await run_voice(
             topo.settings,

@@ -4,7 +4,6 @@ command line, and a conclusion that follows the numbers when the outcome is forc
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -143,23 +142,17 @@ def test_cli_lists_every_experiment_and_refuses_an_unknown_one(
 async def test_the_conclusion_follows_the_numbers_when_the_outcome_inverts(
     tmp_path: Path,
 ) -> None:
-    """The same tiny experiment twice: as designed, then with the arms' settings swapped (the
-    arm called "on" runs without slowmode). The paragraph must change with the numbers."""
+    """One tiny real run of an experiment, then its conclusion written again from the same
+    runs with the arms' numbers swapped (as if the arm called "on" had run without slowmode):
+    the paragraph must change with the numbers, not with the arm names."""
     exp = by_name("slowmode")
     said: list[str] = []
     normal = await runner.run(exp, size="tiny", repeat=1, out=tmp_path / "n", say=said.append)
-    off, on = exp.arms
-    swapped = (
-        dataclasses.replace(off, params=on.params),
-        dataclasses.replace(on, params=off.params),
-    )
-    inverted = await runner.run(
-        exp, size="tiny", repeat=1, out=tmp_path / "i", say=said.append, arms=swapped
-    )
-    for r in (normal, inverted):
-        assert all(a["metrics"]["flood_accepted_per_s"] is not None for a in r["arms"]), r
+    assert all(a["metrics"]["flood_accepted_per_s"] is not None for a in normal["arms"]), normal
     assert normal["conclusion"].startswith("Slowmode sheds the flood"), normal["conclusion"]
-    assert inverted["conclusion"].startswith("Unexpectedly"), inverted["conclusion"]
+    runs = {a["name"]: a["runs"] for a in normal["arms"]}
+    inverted = exp.conclude(Outcome(exp, {"off": runs["on"], "on": runs["off"]}))
+    assert inverted.startswith("Unexpectedly"), inverted
     stored = json.loads((tmp_path / "n" / "slowmode" / "result.json").read_text())
     assert stored["experiment"] == "slowmode" and stored["conclusion"] == normal["conclusion"]
     assert [a["name"] for a in stored["arms"]] == ["off", "on"]
