@@ -71,6 +71,8 @@ class Topology:
             CHATSCALE_KEY_PREFIX=self.settings.key_prefix,
             CHATSCALE_TOKEN_SECRET=self.settings.token_secret,
             CHATSCALE_SEARCH_URL=self.settings.search_url,
+            CHATSCALE_COLD_URL=self.settings.cold_url,
+            CHATSCALE_ARCHIVE_INTERVAL_S=repr(self.settings.archive_interval_s),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -112,6 +114,11 @@ def run_search_url(workdir: Path) -> str:
     return f"sqlite:///{(Path(workdir) / 'search.db').resolve()}"
 
 
+def run_cold_url(workdir: Path) -> str:
+    """Where `chatscale run` keeps its cold tier (a local directory) unless COLD_URL is set."""
+    return f"file://{(Path(workdir) / 'cold').resolve()}"
+
+
 def _last_line(log: Path | None) -> str:
     """The last line a child wrote: its one-line error (``port 8765 is in use``, ...)."""
     try:
@@ -123,7 +130,7 @@ def _last_line(log: Path | None) -> str:
 
 def plan(topo: Topology) -> list[Child]:
     """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
-    workers, one presence service, one voice relay, gateways. docker-compose.yml runs the same services as
+    workers, one presence service, one voice relay, gateways, the indexer and the archiver. docker-compose.yml runs the same services as
     containers; tests/ops/test_compose.py keeps the two in step."""
     logs = topo.workdir / "logs"
     children = []
@@ -141,6 +148,8 @@ def plan(topo: Topology) -> list[Child]:
     # the search indexer (stored-message stream -> index; `chatscale run` sets search_url),
     # spawned last: nothing waits for it, and the gateways' start is what `run` waits on
     children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
+    # the archiver: old buckets -> the cold tier every ARCHIVE_INTERVAL_S (docs/storage.md)
+    children.append(Child("archive", 0, ["archive", "--loop"], log=logs / "archive.log"))
     return children
 
 
@@ -165,6 +174,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     if not settings.search_url:  # the search index lives next to the run's data
         settings = topo.settings = settings.model_copy(
             update={"search_url": run_search_url(topo.workdir)}
+        )
+    if not settings.cold_url:  # the cold tier too: a directory next to the run's data
+        settings = topo.settings = settings.model_copy(
+            update={"cold_url": run_cold_url(topo.workdir)}
         )
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
@@ -206,6 +219,7 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         say(f"gateway-{i}   {url}")
     say(f"workers     {topo.workers}, presence 1, voice relay 1 (logs in {topo.workdir / 'logs'})")
     say(f"search      indexer 1, index {settings.search_url}")
+    say(f"cold tier   archiver every {settings.archive_interval_s:g} s, {settings.cold_url}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -285,6 +299,10 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                     say(
                         f"indexer exited ({child.proc.returncode}); restarting from its committed offset (#{child.restarts})"
                     )
+                    topo.spawn(child)
+                if child.proc and child.proc.poll() is not None and child.role == "archive":
+                    child.restarts += 1  # compaction is idempotent: it starts over
+                    say(f"archiver exited ({child.proc.returncode}); restarting (#{child.restarts})")
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
