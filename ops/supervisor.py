@@ -302,7 +302,9 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "archive":
                     child.restarts += 1  # compaction is idempotent: it starts over
-                    say(f"archiver exited ({child.proc.returncode}); restarting (#{child.restarts})")
+                    say(
+                        f"archiver exited ({child.proc.returncode}); restarting (#{child.restarts})"
+                    )
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":
                     child.restarts += 1
