@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -111,8 +112,12 @@ async def cmd_archive(args: argparse.Namespace) -> int:
     every = archive_every(args, settings)
     if every:  # a long-running service (`chatscale run`, compose): metrics like the others
         commandline.serve_metrics(settings, role="archive", name=f"archive-{args.name}")
+    stop = asyncio.Event()  # SIGTERM/SIGINT: end after this pass, exit 0 (a kill is safe too)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        while True:
+        while not stop.is_set():
             started = time.perf_counter()
             report = await archiver.compact_once()
             print(
@@ -122,7 +127,9 @@ async def cmd_archive(args: argparse.Namespace) -> int:
             )
             if not every:
                 return 0
-            await asyncio.sleep(every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+        return 0
     finally:
         await store.close()
         await objects.close()
