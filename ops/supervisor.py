@@ -62,10 +62,10 @@ class Topology:
     children: list[Child] = field(default_factory=list)
     valkey: ValkeyServer | None = None
     gateway_urls: list[str] = field(default_factory=list)
-    #: The services beyond the chat path that this topology starts: the voice relay and the
-    #: search indexer (`chatscale run` starts both; a load test or lab arm only what it needs,
+    #: The services beyond the chat path that this topology starts: the voice relay, the
+    #: search indexer and the archiver (`chatscale run` starts both; a load test or lab arm only what it needs,
     #: so their figures are not paid for by processes they do not exercise).
-    extras: frozenset[str] = frozenset({"voice", "indexer"})
+    extras: frozenset[str] = frozenset({"voice", "indexer", "archive"})
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -75,6 +75,8 @@ class Topology:
             CHATSCALE_KEY_PREFIX=self.settings.key_prefix,
             CHATSCALE_TOKEN_SECRET=self.settings.token_secret,
             CHATSCALE_SEARCH_URL=self.settings.search_url,
+            CHATSCALE_COLD_URL=self.settings.cold_url,
+            CHATSCALE_ARCHIVE_INTERVAL_S=repr(self.settings.archive_interval_s),
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
@@ -116,6 +118,11 @@ def run_search_url(workdir: Path) -> str:
     return f"sqlite:///{(Path(workdir) / 'search.db').resolve()}"
 
 
+def run_cold_url(workdir: Path) -> str:
+    """Where `chatscale run` keeps its cold tier (a local directory) unless COLD_URL is set."""
+    return f"file://{(Path(workdir) / 'cold').resolve()}"
+
+
 def _last_line(log: Path | None) -> str:
     """The last line a child wrote: its one-line error (``port 8765 is in use``, ...)."""
     try:
@@ -127,7 +134,7 @@ def _last_line(log: Path | None) -> str:
 
 def plan(topo: Topology) -> list[Child]:
     """The service processes ``chatscale run`` starts next to Valkey and the storage backend:
-    workers, one presence service, one voice relay, gateways. docker-compose.yml runs the same services as
+    workers, one presence service, one voice relay, gateways, the indexer and the archiver. docker-compose.yml runs the same services as
     containers; tests/ops/test_compose.py keeps the two in step."""
     logs = topo.workdir / "logs"
     children = []
@@ -147,6 +154,8 @@ def plan(topo: Topology) -> list[Child]:
     # spawned last: nothing waits for it, and the gateways' start is what `run` waits on
     if "indexer" in topo.extras:
         children.append(Child("indexer", 0, ["indexer"], log=logs / "indexer.log"))
+    if "archive" in topo.extras:  # old buckets -> the cold tier every ARCHIVE_INTERVAL_S
+        children.append(Child("archive", 0, ["archive", "--loop"], log=logs / "archive.log"))
     return children
 
 
@@ -171,6 +180,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     if not settings.search_url and "indexer" in topo.extras:  # next to the run's data
         settings = topo.settings = settings.model_copy(
             update={"search_url": run_search_url(topo.workdir)}
+        )
+    if not settings.cold_url and "archive" in topo.extras:  # a cold tier next to the data
+        settings = topo.settings = settings.model_copy(
+            update={"cold_url": run_cold_url(topo.workdir)}
         )
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
     redis = connect(settings)
@@ -214,6 +227,8 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     say(f"workers     {topo.workers}, presence 1{relay} (logs in {topo.workdir / 'logs'})")
     if "indexer" in topo.extras:
         say(f"search      indexer 1, index {settings.search_url}")
+    if "archive" in topo.extras:
+        say(f"cold tier   archiver every {settings.archive_interval_s:g} s, {settings.cold_url}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {
@@ -292,6 +307,12 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
                     child.restarts += 1
                     say(
                         f"indexer exited ({child.proc.returncode}); restarting from its committed offset (#{child.restarts})"
+                    )
+                    topo.spawn(child)
+                if child.proc and child.proc.poll() is not None and child.role == "archive":
+                    child.restarts += 1  # compaction is idempotent: it starts over
+                    say(
+                        f"archiver exited ({child.proc.returncode}); restarting (#{child.restarts})"
                     )
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "presence":

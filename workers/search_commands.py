@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import time
 
@@ -108,8 +109,15 @@ async def cmd_archive(args: argparse.Namespace) -> int:
     archiver = Archiver(
         store, ColdArchive(objects), bucket_span_ms=settings.bucket_span_ms, archive_after_s=after_s
     )
+    every = archive_every(args, settings)
+    if every:  # a long-running service (`chatscale run`, compose): metrics like the others
+        commandline.serve_metrics(settings, role="archive", name=f"archive-{args.name}")
+    stop = asyncio.Event()  # SIGTERM/SIGINT: end after this pass, exit 0 (a kill is safe too)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        while True:
+        while not stop.is_set():
             started = time.perf_counter()
             report = await archiver.compact_once()
             print(
@@ -117,12 +125,23 @@ async def cmd_archive(args: argparse.Namespace) -> int:
                 f"{report.bytes_written} bytes to {cold_url} in {time.perf_counter() - started:.2f} s",
                 flush=True,
             )
-            if not args.every:
+            if not every:
                 return 0
-            await asyncio.sleep(args.every)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+        return 0
     finally:
         await store.close()
         await objects.close()
+
+
+def archive_every(args: argparse.Namespace, settings) -> float:  # noqa: ANN001
+    """Seconds between compactions (0: once): ``--every``, else ARCHIVE_INTERVAL_S with ``--loop``."""
+    if args.every is not None:
+        if args.every < 0:
+            raise UsageError("--every must be 0 (once) or a positive number of seconds")
+        return args.every
+    return settings.archive_interval_s if args.loop else 0.0
 
 
 def _snowflake(value: str) -> int:
@@ -167,5 +186,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="file:///dir or s3://bucket/prefix?endpoint=... (default: CHATSCALE_COLD_URL)",
     )
     a.add_argument("--older-than", type=float, help="seconds (default: CHATSCALE_ARCHIVE_AFTER_S)")
-    a.add_argument("--every", type=float, default=0.0, help="repeat every N seconds (0: once)")
+    a.add_argument("--every", type=float, help="repeat every N seconds (0: once); overrides --loop")
+    a.add_argument(
+        "--loop",
+        action="store_true",
+        help="keep running, compacting every CHATSCALE_ARCHIVE_INTERVAL_S (the service form)",
+    )
+    a.add_argument("--name", default="0", help="name in metrics and logs (when it keeps running)")
     a.set_defaults(fn=cmd_archive)

@@ -34,6 +34,8 @@ MODULES = [
     "voice_bitrate",
     "moderation",
     "moderation_down",
+    "scroll_jump_search",
+    "cold_tier",
 ]
 
 

@@ -41,6 +41,7 @@ SERVICE_ROLES = (
     "presence",
     "voice",
     "indexer",
+    "archive",
 )  # long-running chatscale processes
 
 _VAR = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}")

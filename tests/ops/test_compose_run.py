@@ -101,9 +101,12 @@ class Processes:
 class ComposeEnv:
     """Each service's compose environment, with this test's servers for the container names."""
 
-    def __init__(self, redis_url: str, storage_url: str, search_url: str = "") -> None:
+    def __init__(
+        self, redis_url: str, storage_url: str, search_url: str = "", cold_url: str = ""
+    ) -> None:
         self.redis_url, self.storage_url = redis_url, storage_url
         self.search_url = search_url  # the search-data volume each container mounts
+        self.cold_url = cold_url  # the cold-data volume
         self.base = {
             k: v for k, v in os.environ.items() if k not in env_names() and k != "REDIS_URL"
         }
@@ -115,6 +118,7 @@ class ComposeEnv:
             CHATSCALE_STORAGE_URL=self.storage_url,  # cassandra:9042
             CHATSCALE_METRICS_PORT=str(free_port()),  # 9100 in every container
             **({"CHATSCALE_SEARCH_URL": self.search_url} if self.search_url else {}),
+            **({"CHATSCALE_COLD_URL": self.cold_url} if self.cold_url else {}),
             **overrides,
         )
         return {**self.base, **env}
@@ -191,7 +195,9 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
     valkey: ValkeyServer, compose_storage: str, tmp_path: Path
 ):
     svc = services()
-    env_of = ComposeEnv(valkey.url, compose_storage, f"sqlite:///{tmp_path}/search.db")
+    env_of = ComposeEnv(
+        valkey.url, compose_storage, f"sqlite:///{tmp_path}/search.db", f"file://{tmp_path}/cold"
+    )
     await run_init(svc, env_of, times=2)
 
     procs = Processes(tmp_path)
@@ -206,6 +212,7 @@ async def test_compose_services_run_as_processes_and_serve_metrics(
             "presence",
             "voice",
             "indexer",
+            "archive",
         }
         # each gateway advertises the public URL compose gives it (RESUME goes there)
         advertised = sorted(json.loads(v)["url"] for v in gateways.values())
@@ -330,7 +337,10 @@ async def test_in_network_load_tester_resumes_though_the_public_url_is_unreachab
     INVALID_SESSION. Storage is SQLite: this is about gateways and URLs, not Cassandra."""
     svc = services()
     env_of = ComposeEnv(
-        valkey.url, f"sqlite:///{tmp_path}/compose.db", f"sqlite:///{tmp_path}/search.db"
+        valkey.url,
+        f"sqlite:///{tmp_path}/compose.db",
+        f"sqlite:///{tmp_path}/search.db",
+        f"file://{tmp_path}/cold",
     )
     await run_init(svc, env_of)
     unreachable = {name: f"ws://127.0.0.1:{free_port()}" for name in ("gateway-0", "gateway-1")}
