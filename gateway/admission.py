@@ -10,9 +10,10 @@ connected are late, and Redis calls time out. Two mechanisms keep the loop respo
   wait is within ``max_wait_s`` (a wait the gateway would give up on is refused at once). Beyond
   that the gateway refuses with ERROR ``GATEWAY_BUSY`` carrying ``retry_after`` and closes with
   4017: the client comes back later instead of holding a socket and a timer in a queue that
-  cannot serve it in time. ``retry_after`` is the time the queue ahead needs at the measured
-  IDENTIFY duration (an exponentially weighted mean), within [``min_retry_s``, ``max_retry_s``]:
-  clients add jitter, so the refused herd comes back spread over that window.
+  cannot serve it in time. ``retry_after`` is an appointment: the time the queue ahead needs at
+  the measured IDENTIFY duration (an exponentially weighted mean), plus one slot for every
+  client refused before it, within [``min_retry_s``, ``max_retry_s``]; so the refused herd comes
+  back spread at the pace the gateway serves (clients add jitter on top).
 - **Degrade mode** (``Degrade``): when event-loop lag or the age of the delivery being
   dispatched passes a threshold, the gateway sheds PRESENCE_UPDATE and TYPING_START dispatches
   (counted, never messages) until both stay under half their threshold for ``hold_s``.
@@ -71,6 +72,7 @@ class Admission:
         self.admitted = 0
         self.queued = 0
         self.refused = 0
+        self._booked_until = 0.0  # clock time of the last refused client's appointment
 
     def predicted_wait(self) -> float:
         """Seconds until the IDENTIFYs ahead of a newcomer would have drained."""
@@ -80,6 +82,16 @@ class Admission:
         """``predicted_wait`` within [``min_retry_s``, ``max_retry_s``]."""
         drain = self.predicted_wait()
         return round(min(self.max_retry_s, max(self.min_retry_s, drain)), 3)
+
+    def _appointment(self) -> float:
+        """``retry_after`` for the next refused IDENTIFY: a slot of its own after the queue has
+        drained and after every earlier refused client's slot (one ``cost_s / concurrency``
+        apart), so the refused come back spread at the pace the gateway serves them instead of
+        together as a second herd. Within [``min_retry_s``, ``max_retry_s``]."""
+        now = self.clock()
+        start = max(now + self.predicted_wait(), self._booked_until)
+        self._booked_until = start + self.cost_s / self.concurrency
+        return round(min(self.max_retry_s, max(self.min_retry_s, start - now)), 3)
 
     def offer(self, ticket: object) -> Verdict:
         if self.running < self.concurrency and not self.waiting:
@@ -93,7 +105,7 @@ class Admission:
             self.queued += 1
             return Verdict("queue")
         self.refused += 1
-        return Verdict("refuse", self.retry_after())
+        return Verdict("refuse", self._appointment())
 
     def finish(self, started: float | None) -> object | None:
         """A running IDENTIFY ended (READY, refusal or failure): record its duration (unless

@@ -27,6 +27,18 @@ def test_admission_runs_queues_then_refuses_with_retry_after():
     assert (adm.admitted, adm.queued, adm.refused) == (2, 1, 1)
 
 
+def test_the_refused_get_appointments_spread_at_the_serving_pace():
+    """Not one retry_after for the whole herd (it would come back as a second herd): each
+    refused client gets the slot after the previous one, cost / concurrency apart."""
+    clock = Clock()
+    adm = Admission(2, 0, clock=clock, initial_cost_s=1.0, min_retry_s=0.0, max_retry_s=30.0)
+    adm.offer("a"), adm.offer("b")  # both slots busy, no queue
+    waits = [adm.offer(n).retry_after for n in "cdef"]
+    assert waits == pytest.approx([1.0, 1.5, 2.0, 2.5])
+    clock.now += 10.0  # appointments in the past do not push a new one later
+    assert adm.offer("g").retry_after == pytest.approx(1.0)
+
+
 def test_finish_hands_the_slot_to_the_oldest_waiter_in_order():
     clock = Clock()
     adm = Admission(1, 3, clock=clock)
