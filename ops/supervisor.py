@@ -289,6 +289,16 @@ async def demo(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         await b.close()
 
 
+#: Children restarted as they are when they exit (workers also get their leases evicted):
+#: role -> (the name said in the log, what the restart resumes from).
+RESTARTED = {
+    "voice": ("voice relay", ""),  # its sessions are gone: clients AUTH again
+    "indexer": ("indexer", " from its committed offset"),
+    "archive": ("archiver", ""),  # compaction is idempotent: it starts over
+    "presence": ("presence", " from its saved state"),
+}
+
+
 async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None:  # noqa: ANN001
     """Restart a dead Valkey and dead children (evicting a worker's leases) until ``stop``."""
     keys = Keys(topo.settings.key_prefix)
@@ -297,28 +307,12 @@ async def supervise(topo: Topology, stop: asyncio.Event, *, say=print) -> None: 
         while not stop.is_set():
             await restart_valkey_if_dead(topo, say=say)
             for child in topo.children:
-                if child.proc and child.proc.poll() is not None and child.role == "voice":
-                    child.restarts += 1  # its sessions are gone: clients AUTH again
-                    say(
-                        f"voice relay exited ({child.proc.returncode}); restarting (#{child.restarts})"
-                    )
-                    topo.spawn(child)
-                if child.proc and child.proc.poll() is not None and child.role == "indexer":
+                if child.proc and child.proc.poll() is not None and child.role in RESTARTED:
                     child.restarts += 1
+                    name, resumes = RESTARTED[child.role]
                     say(
-                        f"indexer exited ({child.proc.returncode}); restarting from its committed offset (#{child.restarts})"
-                    )
-                    topo.spawn(child)
-                if child.proc and child.proc.poll() is not None and child.role == "archive":
-                    child.restarts += 1  # compaction is idempotent: it starts over
-                    say(
-                        f"archiver exited ({child.proc.returncode}); restarting (#{child.restarts})"
-                    )
-                    topo.spawn(child)
-                if child.proc and child.proc.poll() is not None and child.role == "presence":
-                    child.restarts += 1
-                    say(
-                        f"presence exited ({child.proc.returncode}); restarting from its saved state (#{child.restarts})"
+                        f"{name} exited ({child.proc.returncode}); "
+                        f"restarting{resumes} (#{child.restarts})"
                     )
                     topo.spawn(child)
                 if child.proc and child.proc.poll() is not None and child.role == "worker":
