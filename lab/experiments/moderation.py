@@ -63,6 +63,14 @@ def shares(t: Tally) -> dict[str, float]:
     }
 
 
+#: The chat each size sends (moderation-down shares it, with smaller bursts).
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"senders": 2, "listeners": 1, "rate": 20, "duration_s": 1.5, "burst": 20, "spam_share": 0.3},
+    "quick": {"senders": 4, "listeners": 2, "rate": 40, "duration_s": 8.0, "burst": 150, "spam_share": 0.3},
+    "full": {"senders": 8, "listeners": 4, "rate": 80, "duration_s": 20.0, "burst": 400, "spam_share": 0.3},
+}  # fmt: skip
+
+
 async def run_chat(trial: harness.Trial) -> tuple[Tally, float]:
     """The workload: warm-up, a chat phase at ``rate`` msg/s, a burst of ``burst`` per sender.
     Returns the tally and the worker CPU seconds of the chat + burst phases."""
@@ -304,32 +312,7 @@ EXPERIMENT = Experiment(
         Metric("rejected_pct", "refused", "%", better="none"),
         Metric("spam_delivered_pct", "spam delivered", "%"),
     ),
-    sizes={
-        "tiny": {
-            "senders": 2,
-            "listeners": 1,
-            "rate": 20,
-            "duration_s": 1.5,
-            "burst": 20,
-            "spam_share": 0.3,
-        },
-        "quick": {
-            "senders": 4,
-            "listeners": 2,
-            "rate": 40,
-            "duration_s": 8.0,
-            "burst": 150,
-            "spam_share": 0.3,
-        },
-        "full": {
-            "senders": 8,
-            "listeners": 4,
-            "rate": 80,
-            "duration_s": 20.0,
-            "burst": 400,
-            "spam_share": 0.3,
-        },
-    },  # fmt: skip
+    sizes=SIZES,
     quick_seconds=105,
     measure=measure,
     conclude=conclude,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from lab import harness
 from lab.experiment import Arm, Experiment, Measurement, Metric, Outcome, fmt
-from lab.experiments.moderation import run_chat, shares
+from lab.experiments.moderation import SIZES, run_chat, shares
 
 
 async def measure(trial: harness.Trial) -> Measurement:
@@ -73,32 +73,10 @@ EXPERIMENT = Experiment(
         Metric("spam_delivered_pct", "spam delivered", "%"),
         Metric("p99_ms", "delivery p99", "ms"),
     ),
-    sizes={
-        "tiny": {
-            "senders": 2,
-            "listeners": 1,
-            "rate": 20,
-            "duration_s": 1.5,
-            "burst": 10,
-            "spam_share": 0.3,
-        },
-        "quick": {
-            "senders": 4,
-            "listeners": 2,
-            "rate": 40,
-            "duration_s": 8.0,
-            "burst": 50,
-            "spam_share": 0.3,
-        },
-        "full": {
-            "senders": 8,
-            "listeners": 4,
-            "rate": 80,
-            "duration_s": 20.0,
-            "burst": 200,
-            "spam_share": 0.3,
-        },
-    },  # fmt: skip
+    sizes={  # moderation's chat, smaller bursts
+        size: {**SIZES[size], "burst": burst}
+        for size, burst in (("tiny", 10), ("quick", 50), ("full", 200))
+    },
     quick_seconds=50,
     measure=measure,
     conclude=conclude,
