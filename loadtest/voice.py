@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,18 +89,33 @@ class Participant:
     expect_markers: int = 0
 
 
+async def _voice_server(chat: ChatClient, guild: int, channel: int) -> dict:
+    """Join voice; VOICE_SERVER_UPDATE's ``d``. A topology's relay may register a moment after
+    its gateways: ERROR VOICE_UNAVAILABLE is answered as a client would, by asking again after
+    its ``retry_after`` (30 s in all at most)."""
+    join = {"guild_id": str(guild), "channel_id": str(channel)}
+    deadline = time.monotonic() + 30
+    await chat.send_op(Op.VOICE_STATE_UPDATE, join)
+    while True:
+        msg = await chat.next_event(timeout=max(0.1, deadline - time.monotonic()))
+        if msg.get("t") == "VOICE_SERVER_UPDATE":
+            return msg["d"]
+        error = msg["d"] if msg.get("op") == Op.ERROR else None
+        if error and error.get("code") == "VOICE_UNAVAILABLE":
+            wait = min(float(error.get("retry_after") or 1.0), deadline - time.monotonic())
+            if wait <= 0:
+                raise TimeoutError("no voice relay registered within 30 s")
+            await asyncio.sleep(wait)
+            await chat.send_op(Op.VOICE_STATE_UPDATE, join)
+
+
 async def _join(
     settings: Settings, url: str, user_id: int, guild: int, channel: int
 ) -> tuple[ChatClient, VoiceConnection]:
-    token = tokens.mint(
-        user_id, secret=settings.token_secret, ttl_s=3600, now=__import__("time").time()
-    )
+    token = tokens.mint(user_id, secret=settings.token_secret, ttl_s=3600, now=time.time())
     chat = await ChatClient.identify(url, token)
     try:
-        await chat.send_op(
-            Op.VOICE_STATE_UPDATE, {"guild_id": str(guild), "channel_id": str(channel)}
-        )
-        server = (await chat.next_event("VOICE_SERVER_UPDATE", timeout=30))["d"]
+        server = await _voice_server(chat, guild, channel)
         conn = await VoiceConnection.open(
             server["endpoint"], server["token"], transport=server["transport"]
         )

@@ -15,26 +15,16 @@ from __future__ import annotations
 
 from lab import harness
 from lab.experiment import Arm, Experiment, Measurement, Metric, Outcome
-from loadtest.voice import run_voice, seed_voice
+from lab.voice_util import voice_round
 from voice.sim import Impairment
 
 
 async def measure(trial: harness.Trial) -> Measurement:
     p = trial.params
-    async with trial.topology(extras=frozenset({"voice"})) as topo:
-        seeded = await seed_voice(topo.settings, p["speakers"] + p["listeners"])
-        r = await run_voice(
-            topo.settings,
-            topo.urls,
-            seeded,
-            speakers=p["speakers"],
-            listeners=p["listeners"],
-            impairment=Impairment(bandwidth_kbps=p["bandwidth_kbps"], queue_ms=100),
-            transport="udp",
-            adapt=trial.arm.params["adapt"],
-            duration_s=p["duration_s"],
-            seed=trial.round + 1,
-        )
+    impairment = Impairment(bandwidth_kbps=p["bandwidth_kbps"], queue_ms=100)
+    r = await voice_round(
+        trial, impairment=impairment, transport="udp", adapt=trial.arm.params["adapt"]
+    )
     timeline = [(t / 1000, kbps) for t, kbps in r["bitrate_timeline"]]
     return Measurement(
         {

@@ -18,28 +18,15 @@ from __future__ import annotations
 
 from lab import harness
 from lab.experiment import Arm, Experiment, Measurement, Metric, Outcome
-from loadtest.voice import run_voice, seed_voice
+from lab.voice_util import voice_round
 from voice.sim import Impairment
 
 
 async def measure(trial: harness.Trial) -> Measurement:
     p = trial.params
     transport = trial.arm.params["transport"]
-    env = {"CHATSCALE_VOICE_TRANSPORT": transport}
-    async with trial.topology(env=env, extras=frozenset({"voice"})) as topo:
-        seeded = await seed_voice(topo.settings, p["speakers"] + p["listeners"])
-        r = await run_voice(
-            topo.settings,
-            topo.urls,
-            seeded,
-            speakers=p["speakers"],
-            listeners=p["listeners"],
-            impairment=Impairment(loss=p["loss"], jitter_ms=p["jitter_ms"]),
-            transport=transport,
-            adapt=False,
-            duration_s=p["duration_s"],
-            seed=trial.round + 1,
-        )
+    impairment = Impairment(loss=p["loss"], jitter_ms=p["jitter_ms"])
+    r = await voice_round(trial, impairment=impairment, transport=transport, adapt=False)
     return Measurement(
         {
             "late_pct": r["late_share"] * 100,
