@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -163,13 +164,21 @@ class Directory:
         trip); the bucket expires once it has left the window."""
         if not counts:
             return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_record(pipe, counts, at=at)
+            await pipe.execute()
+
+    def queue_record(self, pipe: Any, counts: Counter[int], *, at: float | None = None) -> int:
+        """``record``'s commands queued on a pipeline another write shares (the worker's ack);
+        returns how many were queued."""
+        if not counts:
+            return 0
         minute = topk.minute_of(self.wall_clock() if at is None else at)
         key = self.keys.activity(minute)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for guild_id, n in counts.items():
-                pipe.zincrby(key, n, str(guild_id))
-            pipe.expire(key, (self.window_minutes + 1) * 60)
-            await pipe.execute()
+        for guild_id, n in counts.items():
+            pipe.zincrby(key, n, str(guild_id))
+        pipe.expire(key, (self.window_minutes + 1) * 60)
+        return len(counts) + 1
 
     async def write_sketch(self, minute: int, consumer: str, blob: bytes) -> None:
         await self.redis.set(
@@ -313,10 +322,12 @@ class ActivityCounter:
         self._dirty = False
         self._flushed_at = float("-inf")
 
-    async def batch(self, guild_ids: Iterable[int]) -> None:
+    async def batch(self, guild_ids: Iterable[int], *, pipe: Any = None) -> int:
+        """Count a batch: into this minute's sketch, and into Redis — on ``pipe`` when given
+        (the caller executes it; returns how many commands were queued), else now."""
         counts = Counter(guild_ids)
         if not counts:
-            return
+            return 0
         now = self.directory.wall_clock()
         minute = topk.minute_of(now)
         if minute != self._minute:
@@ -326,9 +337,14 @@ class ActivityCounter:
         for guild_id, n in counts.items():
             self._sketch.update(str(guild_id), n)
         self._dirty = True
-        await self.directory.record(counts, at=now)
+        queued = 0
+        if pipe is None:
+            await self.directory.record(counts, at=now)
+        else:
+            queued = self.directory.queue_record(pipe, counts, at=now)
         if self.clock() - self._flushed_at >= self.flush_s:
             await self._flush()
+        return queued
 
     async def _flush(self) -> None:
         await self.directory.write_sketch(self._minute, self.consumer, self._sketch.serialize())

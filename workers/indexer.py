@@ -25,6 +25,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -66,11 +67,18 @@ async def feed(
     if not entries:
         return
     async with redis.pipeline(transaction=False) as pipe:
-        for e in entries:
-            pipe.xadd(
-                keys.stored(), {b"e": e.model_dump_json().encode()}, maxlen=maxlen, approximate=True
-            )
+        queue_feed(pipe, keys, entries, maxlen)
         await pipe.execute()
+
+
+def queue_feed(pipe: Any, keys: Keys, entries: Sequence[StoredEntry], maxlen: int) -> int:
+    """Queue the stream appends on a pipeline another write shares (the worker's ack);
+    returns how many commands were queued."""
+    for e in entries:
+        pipe.xadd(
+            keys.stored(), {b"e": e.model_dump_json().encode()}, maxlen=maxlen, approximate=True
+        )
+    return len(entries)
 
 
 def stored_entries(accepted: Sequence[IngestMessage]) -> list[StoredEntry]:

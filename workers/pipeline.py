@@ -59,8 +59,7 @@ from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes
 from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
 from workers import metrics as worker_metrics
-from workers.indexer import feed as feed_stored
-from workers.indexer import stored_entries
+from workers.indexer import queue_feed, stored_entries
 
 log = logging.getLogger("chatscale.worker")
 
@@ -314,17 +313,7 @@ class Pipeline:
         if not stored:
             raise HistoryPending(batch)
         metrics.messages_at("worker_done", accepted)  # stored and fanned out
-        if self.activity is not None and accepted:
-            await self._count_activity(accepted)
-        if ack:
-            await self._ack(batch)
-
-    async def _count_activity(self, accepted: list[IngestMessage]) -> None:
-        """Discovery's counters: best effort, never fails the batch (the count is lost)."""
-        try:
-            await self.activity.batch(m.guild_id for m in accepted)  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - a statistic must not hold up delivery
-            log.debug("activity count skipped: %r", exc)
+        await self._ack(batch, stored=accepted, count=True, ack=ack)
 
     async def finish(self, batch: Batch) -> None:
         """Write the history of a batch that was already fanned out, then ack it."""
@@ -335,13 +324,45 @@ class Pipeline:
         except StorageUnavailable:
             self.history_down_until = time.monotonic() + self.breaker_s
             raise
-        await self._ack(batch)
+        await self._ack(batch, stored=batch.accepted)
 
     @metrics.timed("ack")
-    async def _ack(self, batch: Batch) -> None:
-        ids = [entry_id for entry_id, _ in batch.decoded]
-        if ids:
-            await self.redis.xack(batch.stream, INGEST_GROUP, *ids)
+    async def _ack(
+        self,
+        batch: Batch,
+        *,
+        stored: list[IngestMessage],
+        count: bool = False,
+        ack: bool = True,
+    ) -> None:
+        """A batch's last round trip, once its history is written: the search feed of what it
+        stored (before the ack, so a crash in between feeds again rather than never), when
+        ``count`` discovery's activity counters, and the ack (``ack=False``: fault injection).
+        A failed feed or ack raises (the batch is retried); the counters are best effort."""
+        ids = [entry_id for entry_id, _ in batch.decoded] if ack else []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            must = 0  # the feed's commands come first: their failure fails the batch
+            if self.settings.search_url and stored:
+                must = queue_feed(
+                    pipe, self.keys, stored_entries(stored), self.settings.stored_stream_maxlen
+                )
+            if count and self.activity is not None and stored:
+                try:
+                    await self.activity.batch((m.guild_id for m in stored), pipe=pipe)
+                except Exception as exc:  # noqa: BLE001 - a statistic must not hold up delivery
+                    log.debug("activity count skipped: %r", exc)  # (its sketch flush failed)
+            if ids:
+                pipe.xack(batch.stream, INGEST_GROUP, *ids)
+            if not len(pipe):
+                return
+            results = await pipe.execute(raise_on_error=False)
+        required = results[:must] + (results[-1:] if ids else [])
+        for result in required:
+            if isinstance(result, Exception):
+                raise result
+        for result in results[must : len(results) - (1 if ids else 0)]:
+            if isinstance(result, Exception):
+                log.debug("activity count skipped: %r", result)
 
     async def _try_history(self, accepted: list[IngestMessage]) -> bool:
         """History write that reports failure instead of raising, so the hot path goes on.
@@ -473,10 +494,7 @@ class Pipeline:
         )
         for m in accepted:
             trace.stamp(m.trace, "history_write")
-        if self.settings.search_url:  # the search indexer's input, after the durable write
-            await feed_stored(
-                self.redis, self.keys, stored_entries(accepted), self.settings.stored_stream_maxlen
-            )
+        # the search indexer's input (the stored stream) is fed with the ack: ``_ack``
 
     @metrics.timed("fanout")
     async def _fan_out(
