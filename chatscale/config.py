@@ -642,6 +642,24 @@ class Settings(BaseSettings):
         "only when a backlog exists; a quiet stream is indexed entry by entry as it arrives.",
     )
 
+    presence_partitions: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Presence partitions: each user's devices are aggregated by one of them "
+        "(a hash of the user id), each with its own input stream and state, held by one presence "
+        "process at a time through a lease; several `chatscale presence` processes share them and "
+        "a survivor takes over a dead one's partitions after presence_lease_ms. More: presence "
+        "scales with processes, but a guild's coalesced update comes from every partition (up to "
+        "this many per tick instead of one). Every process must be started with the same value.",
+    )
+    presence_lease_ms: int = Field(
+        default=5000,
+        ge=500,
+        description="Lifetime of a presence process's lease on a partition; a dead process's "
+        "partitions move to a survivor after this long (at once when the supervisor evicts it).",
+    )
+
     @cached_property
     def heartbeat_timeout_s(self) -> float:
         return self.heartbeat_interval_ms / 1000 * self.heartbeat_grace

@@ -211,3 +211,51 @@ class Keys:
     def voice_acks(self, event_id: str) -> str:
         """List of relay ids that applied one voice event (the announcer BLPOPs it)."""
         return f"{self.prefix}:voice:acks:{event_id}"
+
+    # Presence partitions (``presence_partitions``): each user's sessions are aggregated by one
+    # partition, chosen by ``presence_partition``; partition 0 keeps the single-service names
+    # above, so one partition is exactly the service as it was. Tagged per partition, so in a
+    # Redis Cluster the partitions' streams and snapshots spread over slots.
+
+    def presence_in_of(self, partition: int) -> str:
+        """Input stream of one presence partition (partition 0: ``presence_in``)."""
+        return (
+            self.presence_in() if partition == 0 else f"{self.prefix}:presence:in:{{p{partition}}}"
+        )
+
+    def presence_in_all(self, partitions: int) -> list[str]:
+        return [self.presence_in_of(p) for p in range(partitions)]
+
+    def presence_state_of(self, partition: int) -> str:
+        """State snapshot of one presence partition (partition 0: ``presence_state``)."""
+        if partition == 0:
+            return self.presence_state()
+        return f"{self.prefix}:presence:state:{{p{partition}}}"
+
+    def presence_stats_of(self, partition: int) -> str:
+        """Counters of one presence partition (partition 0: ``presence_stats``)."""
+        if partition == 0:
+            return self.presence_stats()
+        return f"{self.prefix}:presence:stats:{{p{partition}}}"
+
+    def presence_online_of(self, partition: int) -> str:
+        """Hash guild_id -> users of that guild online in one partition (only written with
+        several partitions: a guild's online total is the sum over partitions)."""
+        return f"{self.prefix}:presence:online:{{p{partition}}}"
+
+    def presence_lease(self, partition: int) -> str:
+        """Owner (a presence process) of one partition, with a TTL the owner renews."""
+        return f"{self.prefix}:presence:lease:{partition}"
+
+    def presence_roster(self) -> str:
+        """Sorted set presence process -> last heartbeat (ms), for fair partition shares."""
+        return f"{self.prefix}:presence:roster"
+
+
+def presence_partition(user_id: int, partitions: int) -> int:
+    """The presence partition that aggregates ``user_id``'s sessions (stable, uniform: snowflake
+    ids are not, their low bits are a per-node sequence, so the id is hashed first)."""
+    if partitions <= 1:
+        return 0
+    digest = hashlib.blake2b(user_id.to_bytes(8, "big", signed=True), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % partitions

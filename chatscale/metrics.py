@@ -181,7 +181,10 @@ class QueueCollector(Collector):
         )
         errors = 0
         streams = [(s, INGEST_GROUP) for s in self.keys.ingest_all(self.settings.ingest_shards)]
-        streams.append((self.keys.presence_in(), PRESENCE_GROUP))
+        streams += [
+            (s, PRESENCE_GROUP)
+            for s in self.keys.presence_in_all(self.settings.presence_partitions)
+        ]
         for stream, group in streams:
             try:
                 info = queue_info(self.redis, stream, group)

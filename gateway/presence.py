@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chatscale.keys import Keys
+from chatscale.keys import Keys, presence_partition
 from presence.state import Heartbeat, Offline, Online, SetStatus, VoiceUpdate, event_to_dict
 
 MEMBER_CACHE_S = 5.0
@@ -34,37 +34,54 @@ if TYPE_CHECKING:
 
 class PresenceReporter:
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, *, gateway_id: str, heartbeat_every_s: float
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        gateway_id: str,
+        heartbeat_every_s: float,
+        partitions: int = 1,
     ) -> None:
+        """partitions: ``presence_partitions``; each event goes to its user's partition's
+        stream, so a tick writes one entry per partition that has something (one, unpartitioned)."""
         self._redis = redis
         self._keys = keys
         self._gateway_id = gateway_id
         self._heartbeat_every = heartbeat_every_s
+        self._partitions = partitions
         self._last_heartbeats = float("-inf")
-        self._events: list[dict[str, Any]] = []
-        self._typing: list[dict[str, Any]] = []
+        # (partition, event) in the order they happened: each partition's entry keeps it.
+        self._events: list[tuple[int, dict[str, Any]]] = []
+        self._typing: list[tuple[int, dict[str, Any]]] = []
         self.batches_sent = 0
         self._member_cache: dict[int, tuple[float, list[int]]] = {}
         self._member_loads: dict[int, asyncio.Future[list[int]]] = {}
 
+    def _part(self, session: Session) -> int:
+        return presence_partition(session.user_id, self._partitions)
+
     def online(self, session: Session) -> None:
-        self._events.append(
-            event_to_dict(Online(session.session_id, session.user_id, session.device, "online"))
-        )
+        event = Online(session.session_id, session.user_id, session.device, "online")
+        self._events.append((self._part(session), event_to_dict(event)))
 
     def offline(self, session: Session) -> None:
-        self._events.append(event_to_dict(Offline(session.session_id)))
+        self._events.append((self._part(session), event_to_dict(Offline(session.session_id))))
 
     def status(self, session: Session, status: str) -> None:
         session.status = status  # heartbeats carry it, so a revived session keeps it
-        self._events.append(event_to_dict(SetStatus(session.session_id, status)))
+        event = SetStatus(session.session_id, status)
+        self._events.append((self._part(session), event_to_dict(event)))
 
     def voice(self, session: Session, guild_id: int, channel_id: int | None) -> None:
-        self._events.append(event_to_dict(VoiceUpdate(session.session_id, guild_id, channel_id)))
+        event = VoiceUpdate(session.session_id, guild_id, channel_id)
+        self._events.append((self._part(session), event_to_dict(event)))
 
     def typing(self, session: Session, guild_id: int, channel_id: int) -> None:
         self._typing.append(
-            {"user_id": session.user_id, "guild_id": guild_id, "channel_id": channel_id}
+            (
+                self._part(session),
+                {"user_id": session.user_id, "guild_id": guild_id, "channel_id": channel_id},
+            )
         )
 
     async def flush(self, sessions: list[Session], now: float) -> bool:
@@ -72,19 +89,36 @@ class PresenceReporter:
         if now - self._last_heartbeats >= self._heartbeat_every and sessions:
             self._last_heartbeats = now
             self._events += [
-                event_to_dict(Heartbeat(s.session_id, s.user_id, s.device, s.status))
+                (
+                    self._part(s),
+                    event_to_dict(Heartbeat(s.session_id, s.user_id, s.device, s.status)),
+                )
                 for s in sessions
             ]
         if not self._events and not self._typing:
             return False
-        batch = {"gw": self._gateway_id, "events": self._events, "typing": self._typing}
+        events, typing = self._events, self._typing
         self._events, self._typing = [], []
+        batches: dict[int, dict[str, Any]] = {}
+        for part, event in events:
+            batch = batches.setdefault(part, {"gw": self._gateway_id, "events": [], "typing": []})
+            batch["events"].append(event)
+        for part, t in typing:
+            batch = batches.setdefault(part, {"gw": self._gateway_id, "events": [], "typing": []})
+            batch["typing"].append(t)
         try:
-            await self._redis.xadd(self._keys.presence_in(), {"e": orjson.dumps(batch)})
+            if len(batches) == 1:
+                [(part, batch)] = batches.items()
+                await self._redis.xadd(self._keys.presence_in_of(part), {"e": orjson.dumps(batch)})
+            else:  # one round trip; a partial failure resends the whole tick (idempotent events)
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for part, batch in sorted(batches.items()):
+                        pipe.xadd(self._keys.presence_in_of(part), {"e": orjson.dumps(batch)})
+                    await pipe.execute()
         except Exception:
             # Redis unreachable: keep the batch for the next tick (order kept, nothing dropped).
-            self._events = batch["events"] + self._events
-            self._typing = batch["typing"] + self._typing
+            self._events = events + self._events
+            self._typing = typing + self._typing
             raise
         self.batches_sent += 1
         return True

@@ -195,6 +195,7 @@ class Gateway:
             self.keys,
             gateway_id=self.id,
             heartbeat_every_s=settings.presence_timeout_s / 3,
+            partitions=settings.presence_partitions,
         )
         self.storm = StormGuard(self)  # IDENTIFY admission, degrade mode, off-loop liveness
         self.clients: set[Client] = set()

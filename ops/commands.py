@@ -46,6 +46,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
         gateways=args.gateways,
         workers=args.workers,
         base_port=args.base_port,
+        presence=args.presence,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -192,6 +193,13 @@ def add_commands(sub: argparse._SubParsersAction, *, run_extras: Sequence[RunExt
     )
     r.add_argument("--gateways", type=int, default=2)
     r.add_argument("--workers", type=int, default=2)
+    r.add_argument(
+        "--presence",
+        type=int,
+        default=1,
+        help="presence processes (default 1); with CHATSCALE_PRESENCE_PARTITIONS > 1 they share "
+        "the partitions and a survivor takes over a dead one's",
+    )
     r.add_argument(
         "--base-port", type=int, default=8765, help="gateway i listens on base+i (0: any free port)"
     )

@@ -66,6 +66,9 @@ class Topology:
     #: search indexer and the archiver (`chatscale run` starts both; a load test or lab arm only what it needs,
     #: so their figures are not paid for by processes they do not exercise).
     extras: frozenset[str] = frozenset({"voice", "indexer", "archive"})
+    #: Presence processes; with ``presence_partitions`` > 1 they lease the partitions between
+    #: them (presence/partitions.py), with one partition the others are standbys.
+    presence: int = 1
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -143,7 +146,10 @@ def plan(topo: Topology) -> list[Child]:
         child.consumer = f"worker-{i}-{os.getpid()}"
         child.args += ["--consumer", child.consumer]
         children.append(child)
-    children.append(Child("presence", 0, ["presence"], log=logs / "presence.log"))
+    for i in range(max(1, topo.presence)):
+        name = "presence" if i == 0 else f"presence-{i}"
+        args = ["presence", "--consumer", f"presence-{i + 1}"]
+        children.append(Child("presence", i, args, log=logs / f"{name}.log"))
     if "voice" in topo.extras:
         children.append(Child("voice", 0, ["voice", "--id", "relay-0"], log=logs / "voice.log"))
     for i in range(topo.gateways):

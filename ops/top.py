@@ -363,21 +363,24 @@ async def collect(
         # Two round trips of pipelined reads (plus the SCANs), not one per key: the dashboard
         # does this every second.
         streams = [(s, INGEST_GROUP) for s in keys.ingest_all(settings.ingest_shards)]
-        streams.append((keys.presence_in(), PRESENCE_GROUP))
+        parts = settings.presence_partitions
+        streams += [(s, PRESENCE_GROUP) for s in keys.presence_in_all(parts)]
         pipe = redis.pipeline(transaction=False)
         pipe.hgetall(keys.gateways())
-        pipe.get(keys.presence_stats())
         pipe.hlen(keys.presence_users())
         pipe.xlen(keys.dead_letter())
+        for p in range(parts):
+            pipe.get(keys.presence_stats_of(p))
         for stream, _group in streams:
             pipe.xinfo_groups(stream)
             pipe.xlen(stream)
         first = await pipe.execute(raise_on_error=False)
-        registered, stats, online, dead = first[:4]
+        registered, online, dead = first[:3]
+        stats, first = first[3 : 3 + parts], first[3 + parts :]
         for i, (stream, group) in enumerate(streams):
-            groups, length = first[4 + 2 * i], first[5 + 2 * i]
+            groups, length = first[2 * i], first[1 + 2 * i]
             snap.queues.append((stream, group, _queue_of(groups, length, group)))
-        snap.presence = json.loads(stats) if isinstance(stats, bytes | str) and stats else None
+        snap.presence = _summed([json.loads(s) for s in stats if isinstance(s, bytes | str) and s])
         snap.online_users = int(online) if isinstance(online, int) else 0
         snap.dead_letters = int(dead) if isinstance(dead, int) else 0
         health_keys = await _scan(redis, keys.worker_health("*"))
@@ -460,3 +463,17 @@ async def run(
             out(CLEAR + render(cur, prev, interval=interval) + "\n")
             sys.stdout.flush()
             prev = cur
+
+
+def _summed(parts: list[dict]) -> dict | None:
+    """The presence partitions' counters added up (one partition: its counters as they are)."""
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    total: dict = {}
+    for part in parts:
+        for name, value in part.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+            else:
+                total.setdefault(name, value)
+    return total

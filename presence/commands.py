@@ -10,26 +10,27 @@ from chatscale import commandline
 
 
 async def cmd_presence(args: argparse.Namespace) -> int:
-    from presence.service import PresenceService
+    from presence.partitions import PresenceHost
     from storage import open_store
 
     settings = commandline.service_settings()
     store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
-    service = PresenceService(settings, store=store, consumer=args.consumer)
+    host = PresenceHost(settings, store=store, consumer=args.consumer)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, service.stop)
+        loop.add_signal_handler(sig, host.stop)
     mode = "coalesced" if settings.presence_coalesce else "raw broadcast"
     try:
         commandline.serve_metrics(settings, role="presence", name=args.consumer)
         print(
-            f"presence service {args.consumer} ({mode}, tick {settings.presence_tick_ms} ms)",
+            f"presence service {args.consumer} ({mode}, tick {settings.presence_tick_ms} ms, "
+            f"{settings.presence_partitions} partition(s) shared by lease)",
             flush=True,
         )
-        await service.run()
+        await host.run()
     finally:
-        print(f"presence stopping: {service.coalescer.stats.to_dict()}", flush=True)
-        await service.close()
+        print(f"presence stopping: {host.stats()}", flush=True)
+        await host.close()
         await store.close()
     return 0
 

@@ -69,6 +69,8 @@ class PresenceService:
         clock: Callable[[], float] = time.time,
         consumer: str = "presence-1",
         save_every: float | None = None,
+        partition: int = 0,
+        takeover_idle_ms: int | None = None,
     ) -> None:
         """
         settings: timeout, tick, coalescing switch and large-guild threshold come from here.
@@ -77,12 +79,24 @@ class PresenceService:
         consumer: name in the PRESENCE_GROUP consumer group.
         save_every: seconds between two saves when nothing visible changed (default: a quarter
             of the presence timeout, at most 5 s; 0 saves after every step).
+        partition: which of ``presence_partitions`` this instance aggregates (its own input
+            stream, snapshot and counters; ``presence/partitions.py`` runs one per leased
+            partition).
+        takeover_idle_ms: on start, take over entries other consumers left pending this long
+            (default ``reclaim_idle_ms``; a process that has just leased a partition passes 0:
+            the lease says the previous owner is gone).
         """
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.store = store
         self.clock = clock
         self.consumer = consumer
+        self.partition = partition
+        self.partitions = settings.presence_partitions
+        self.takeover_idle_ms = (
+            settings.reclaim_idle_ms if takeover_idle_ms is None else takeover_idle_ms
+        )
+        self._stream = self.keys.presence_in_of(partition)
         self.redis: aioredis.Redis = connect(settings, block_ms=settings.presence_tick_ms)
         self.state = PresenceState(timeout=settings.presence_timeout_s)
         self.typing = TypingThrottle(window=settings.typing_window_s, ttl=settings.typing_window_s)
@@ -90,6 +104,10 @@ class PresenceService:
         self._guilds: dict[int, list[int]] = {}  # user -> guilds (cache)
         self._members: dict[int, int] = {}  # guild -> member count (cache)
         self._online: dict[int, set[int]] = {}  # guild -> users others see as not offline
+        # guild -> online users of that guild aggregated by the other partitions (read per step
+        # for the guilds about to flush; always empty with one partition)
+        self._others_online: dict[int, int] = {}
+        self._online_dirty: set[int] = set()  # guilds whose online count this step changed
         self._meta_version: bytes | None = None
         self._reclaiming = True  # re-read our own pending entries before new ones
         self._stopping = asyncio.Event()
@@ -108,7 +126,7 @@ class PresenceService:
             "enabled": self.settings.presence_coalesce,
             "recipients": lambda g: len(self._online.get(g, ())),
             "member_count": lambda g: self._members.get(g, 0),
-            "online_count": lambda g: len(self._online.get(g, ())),
+            "online_count": lambda g: len(self._online.get(g, ())) + self._others_online.get(g, 0),
         }
         return Coalescer.from_dict(saved, **options) if saved else Coalescer(**options)
 
@@ -116,10 +134,8 @@ class PresenceService:
 
     async def start(self) -> None:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-            await self.redis.xgroup_create(
-                self.keys.presence_in(), PRESENCE_GROUP, id="0", mkstream=True
-            )
-        raw = await self.redis.get(self.keys.presence_state())
+            await self.redis.xgroup_create(self._stream, PRESENCE_GROUP, id="0", mkstream=True)
+        raw = await self.redis.get(self.keys.presence_state_of(self.partition))
         if raw:
             saved = orjson.loads(raw)
             self.state = PresenceState.from_dict(saved["state"], now=self.clock(), grace=0.0)
@@ -128,10 +144,10 @@ class PresenceService:
             log.info("presence state restored: %d sessions", len(saved["state"]["sessions"]))
         # Entries another consumer name read and never acked (a renamed or dead instance).
         claimed = await self.redis.xautoclaim(
-            self.keys.presence_in(),
+            self._stream,
             PRESENCE_GROUP,
             self.consumer,
-            self.settings.reclaim_idle_ms,
+            self.takeover_idle_ms,
             start_id="0-0",
             count=1000,
         )
@@ -168,7 +184,7 @@ class PresenceService:
         Right after ``start`` this reads the entries still pending on this consumer (read but
         never acked by a previous life of the service) until there are none, then new ones.
         """
-        stream = self.keys.presence_in()
+        stream = self._stream
         entries: list[tuple[bytes, dict[bytes, bytes]]] = []
         reread = self._reclaiming
         if self._reclaiming:
@@ -206,6 +222,7 @@ class PresenceService:
         updates = self.coalescer.submit(changes, lambda user: self._guilds.get(user, ()))
         # Changes queued before a metadata change are flushed after it emptied the counts.
         await self._load_counts(self.coalescer.pending_guilds())
+        await self._load_others_online(self.coalescer.pending_guilds())
         updates += self.coalescer.flush(now)
         await self._publish(updates, typing, now)
         self._unacked += [eid for eid, _ in entries]
@@ -227,18 +244,18 @@ class PresenceService:
         if not self._unacked:
             return
         unacked, self._unacked = self._unacked, []
-        await self.redis.xack(self.keys.presence_in(), PRESENCE_GROUP, *unacked)
+        await self.redis.xack(self._stream, PRESENCE_GROUP, *unacked)
         await self._trim(unacked[-1])
 
     async def _trim(self, last_acked: bytes) -> None:
         """Drop entries every consumer has acked: keep from the oldest pending one, or from the
         last one just acked when nothing is pending (all older ones were delivered and acked,
         because a group delivers in id order)."""
-        summary = await self.redis.xpending(self.keys.presence_in(), PRESENCE_GROUP)
+        summary = await self.redis.xpending(self._stream, PRESENCE_GROUP)
         floor = summary["min"] if summary["pending"] else last_acked
         # Exact, not `~`: one entry per gateway per tick is cheap to trim, and `~` would keep a
         # whole node (100 entries) of every small stream.
-        await self.redis.xtrim(self.keys.presence_in(), minid=floor, approximate=False)
+        await self.redis.xtrim(self._stream, minid=floor, approximate=False)
 
     async def _refresh_metadata(self) -> None:
         version = await self.redis.get(self.keys.metadata_version())
@@ -252,6 +269,24 @@ class PresenceService:
             self._guilds[user] = [g.id for g in await self.store.user_guilds(user)]
             await self._load_counts(self._guilds[user])
 
+    async def _load_others_online(self, guilds: set[int]) -> None:
+        """With several partitions, a guild's online total is this partition's users plus the
+        counts the others saved (as of their last save: at most a tick or so old)."""
+        self._others_online.clear()
+        if self.partitions <= 1 or not guilds:
+            return
+        order = sorted(guilds)
+        fields = [str(g) for g in order]
+        others = [p for p in range(self.partitions) if p != self.partition]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in others:
+                pipe.hmget(self.keys.presence_online_of(p), fields)
+            replies = await pipe.execute()
+        for reply in replies:
+            for guild, count in zip(order, reply, strict=True):
+                if count is not None:
+                    self._others_online[guild] = self._others_online.get(guild, 0) + int(count)
+
     async def _load_counts(self, guilds: Iterable[int]) -> None:
         """Member counts of these guilds, for the coalescer (emptied when metadata moves)."""
         for guild in guilds:
@@ -263,6 +298,7 @@ class PresenceService:
             if isinstance(c, StatusChange):
                 for guild in self._guilds.get(c.user_id, ()):
                     online = self._online.setdefault(guild, set())
+                    self._online_dirty.add(guild)
                     if c.new_visible == "offline":
                         online.discard(c.user_id)
                     else:
@@ -324,7 +360,7 @@ class PresenceService:
             "online": {str(g): sorted(u) for g, u in self._online.items() if u},
         }
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(self.keys.presence_state(), orjson.dumps(snapshot))
+            pipe.set(self.keys.presence_state_of(self.partition), orjson.dumps(snapshot))
             for c in changes:
                 if isinstance(c, StatusChange):
                     if c.new_visible == "offline":
@@ -332,8 +368,15 @@ class PresenceService:
                     else:
                         view = {"status": c.new_visible, "client_status": c.client_status}
                         pipe.hset(self.keys.presence_users(), str(c.user_id), dumps(view))
-            pipe.set(self.keys.presence_stats(), dumps(self.coalescer.stats.to_dict()))
+            pipe.set(
+                self.keys.presence_stats_of(self.partition),
+                dumps(self.coalescer.stats.to_dict()),
+            )
+            if self.partitions > 1 and self._online_dirty:
+                counts = {str(g): len(self._online.get(g, ())) for g in self._online_dirty}
+                pipe.hset(self.keys.presence_online_of(self.partition), mapping=counts)
             await pipe.execute()
+        self._online_dirty.clear()
 
 
 def _wire(update: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import orjson
 from chatscale import voice
 from chatscale.cancel import cancel_and_wait
 from chatscale.config import Settings
-from chatscale.keys import Keys
+from chatscale.keys import Keys, presence_partition
 from chatscale.redisconn import TRANSIENT, connect
 from presence.state import VoiceUpdate, event_to_dict
 from voice import packet
@@ -218,7 +218,7 @@ class Relay:
         event = event_to_dict(VoiceUpdate(claims.session_id, claims.guild_id, claims.channel_id))
         batch = {"gw": self.id, "events": [event], "typing": []}
         with contextlib.suppress(*TRANSIENT):
-            await self.redis.xadd(self.keys.presence_in(), {"e": orjson.dumps(batch)})
+            await self.redis.xadd(self._presence_in(claims.user_id), {"e": orjson.dumps(batch)})
         self.admitted += 1  # admitted and reported to presence
         async with self._admissions:
             self._admissions.notify_all()
@@ -309,6 +309,12 @@ class Relay:
             self._send_all(self.router.end(s.peer, packet.ENDED_IDLE))
             await self._left(s)
 
+    def _presence_in(self, user_id: int) -> str:
+        """The input stream of the presence partition that aggregates this user."""
+        return self.keys.presence_in_of(
+            presence_partition(user_id, self.settings.presence_partitions)
+        )
+
     async def _left(self, s: RelaySession) -> None:
         """A session this relay ended on its own (idle): its grant goes (only if it is still
         this join's) and presence is told the member left, so nobody is shown in voice who
@@ -317,4 +323,4 @@ class Relay:
         if await self.redis.eval(_DELETE_IF_NONCE, 1, key, str(s.user_id), s.nonce):
             event = event_to_dict(VoiceUpdate(s.session_id, s.guild_id, None))
             batch = {"gw": self.id, "events": [event], "typing": []}
-            await self.redis.xadd(self.keys.presence_in(), {"e": orjson.dumps(batch)})
+            await self.redis.xadd(self._presence_in(s.user_id), {"e": orjson.dumps(batch)})
