@@ -147,7 +147,7 @@ def plan(topo: Topology) -> list[Child]:
         child.args += ["--consumer", child.consumer]
         children.append(child)
     for i in range(max(1, topo.presence)):
-        name = "presence" if i == 0 else f"presence-{i}"
+        name = "presence" if i == 0 else f"presence-{i + 1}"  # the first keeps its old log name
         args = ["presence", "--consumer", f"presence-{i + 1}"]
         children.append(Child("presence", i, args, log=logs / f"{name}.log"))
     if "voice" in topo.extras:
@@ -230,7 +230,9 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     for i, url in enumerate(topo.gateway_urls):
         say(f"gateway-{i}   {url}")
     relay = ", voice relay 1" if "voice" in topo.extras else ""
-    say(f"workers     {topo.workers}, presence 1{relay} (logs in {topo.workdir / 'logs'})")
+    say(
+        f"workers     {topo.workers}, presence {max(1, topo.presence)}{relay} (logs in {topo.workdir / 'logs'})"
+    )
     if "indexer" in topo.extras:
         say(f"search      indexer 1, index {settings.search_url}")
     if "archive" in topo.extras:
