@@ -159,6 +159,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     )
     lt.add_argument("--workers", type=int, default=2, help="embedded topology: workers (default 2)")
     lt.add_argument(
+        "--presence",
+        type=int,
+        default=1,
+        help="embedded topology: presence processes, sharing CHATSCALE_PRESENCE_PARTITIONS "
+        "(default 1)",
+    )
+    lt.add_argument(
         "--ready-bound",
         type=float,
         default=10.0,
@@ -297,6 +304,7 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         ready_timeout=args.ready_timeout,
         embedded_gateways=args.gateways,
         embedded_workers=args.workers,
+        embedded_presence=args.presence,
         storage_url=args.storage_url,
         ready_bound_s=args.ready_bound,
         cpu_hog=args.cpu_hog,

@@ -116,6 +116,7 @@ class RunConfig:
     observers: int = 6
     embedded_gateways: int = 2
     embedded_workers: int = 2
+    embedded_presence: int = 1
     storage_url: str = "sqlite:///.chatscale/loadtest/chatscale.db"
     workdir: Path = Path(".chatscale/loadtest")
     inject: dict[str, int] = field(default_factory=dict)  # tests: damage receipts on purpose
@@ -410,6 +411,7 @@ def _topology(cfg: RunConfig) -> Topology:
         storage_url=cfg.storage_url,
         gateways=cfg.embedded_gateways,
         workers=cfg.embedded_workers,
+        presence=cfg.embedded_presence,
     )
 
 

@@ -68,9 +68,11 @@ class Embedded:
         workers: int = 2,
         env: dict[str, str] | None = None,
         extras: frozenset[str] = frozenset(),
+        presence: int = 1,
     ) -> None:
         """``extras``: the services beyond the chat path to start too ("voice", "indexer");
-        none by default, so a chat load test pays for no process it does not exercise."""
+        none by default, so a chat load test pays for no process it does not exercise.
+        ``presence``: presence processes (they share ``CHATSCALE_PRESENCE_PARTITIONS``)."""
         extra = {**BENCH_ENV, **{k: v for k, v in os.environ.items() if k in BENCH_ENV}}
         extra.update(env or {})
         given = {k.removeprefix("CHATSCALE_").lower(): v for k, v in extra.items()}
@@ -87,6 +89,7 @@ class Embedded:
             base_port=0,
             extra_env=extra,
             extras=extras,
+            presence=presence,
         )
         self.timed_events: list[tuple[float, str]] = []  # what the supervisor did, when
         self._stop = asyncio.Event()
@@ -121,7 +124,9 @@ class Embedded:
         out: dict[str, psutil.Process] = {}
         for child in self.topo.children:
             if child.proc is not None and child.proc.poll() is None:
-                name = child.role if child.role == "presence" else f"{child.role}-{child.index}"
+                name = f"{child.role}-{child.index}"
+                if child.role == "presence" and child.index == 0:
+                    name = "presence"  # the one presence process of most topologies
                 with contextlib.suppress(psutil.Error):
                     out[name] = psutil.Process(child.proc.pid)
         valkey = self.topo.valkey
