@@ -330,13 +330,15 @@ class Sampler:
                                 pending += int(group.get("pending") or 0)
                                 lag += int(group.get("lag") or 0)
                     row.update(ingest_lag=lag, ingest_pending=pending)
-                    lag = pending = 0
+                    lag = pending = found = 0  # summed over the presence partitions
                     for stream in keys.presence_in_all(self.settings.presence_partitions):
                         for group in await _groups(redis, stream):
                             if group.get("name") == PRESENCE_GROUP:
+                                found += 1
                                 lag += int(group.get("lag") or 0)
                                 pending += int(group.get("pending") or 0)
-                    row.update(presence_lag=lag, presence_pending=pending)
+                    if found:  # no presence service: no presence columns
+                        row.update(presence_lag=lag, presence_pending=pending)
                 except Exception as exc:  # noqa: BLE001 - a paused Redis is what we measure
                     row["error"] = type(exc).__name__
                 self.streams.append(row)
