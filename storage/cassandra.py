@@ -407,10 +407,7 @@ class CassandraStore:
         """Row deletes (tombstones at the messages consistency), concurrently; deleting an
         absent row is a no-op. The bucket marker stays: an emptied bucket is merely visited."""
         results = await asyncio.gather(
-            *(
-                self._aexec("del_message", (c, snowflake.bucket(m, self._span), m))
-                for c, m in keys
-            ),
+            *(self._aexec("del_message", (c, snowflake.bucket(m, self._span), m)) for c, m in keys),
             return_exceptions=True,
         )
         for r in results:
