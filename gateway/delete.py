@@ -10,14 +10,17 @@ fed to the stored stream (the indexer drops the document), MESSAGE_DELETE fanned
 
 Who may delete: the author, or a member with MANAGE_MESSAGES in the channel (the session's
 current permissions here; the worker checks again under the metadata then current).
-A message only in the cold tier (an archived bucket: objects are immutable) is refused with
-``MESSAGE_ARCHIVED`` rather than hidden by a tombstone list every cold read would consult.
+A message whose bucket is archived (the cold tier's objects are immutable) is refused with
+``MESSAGE_ARCHIVED`` — even while the hot cache still holds it — rather than hidden by a
+tombstone list every cold read would consult. A deletion racing the archiver on that very
+bucket (checked here, archived before a worker applies it) leaves the archived copy.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from chatscale import snowflake
 from chatscale.redisconn import TRANSIENT
 from chatscale.wire import DeleteMessage, IngestDelete, dumps, encode_entry
 from guilds.permissions import Permission
@@ -37,20 +40,19 @@ async def delete_message(gw: Any, client: Any, request: DeleteMessage) -> None:
         gw.send_error(client, "UNAVAILABLE", "deletion needs the worker pipeline", nonce=nonce)
         return
     try:
+        archive = getattr(gw.history_source, "archive", None)  # TieredHistory: a cold tier
+        if archive is not None:  # its bucket archived (even if the hot cache still has it)?
+            bucket = snowflake.bucket(request.message_id, gw.settings.bucket_span_ms)
+            if bucket in await archive.buckets(request.channel_id):
+                gw.send_error(
+                    client,
+                    "MESSAGE_ARCHIVED",
+                    "the message is in the cold archive and cannot be deleted",
+                    nonce=nonce,
+                )
+                return
         author = await stored_author(gw.hot, gw.store, request.channel_id, request.message_id)
         if author is None:
-            if gw.history_source is not gw.store:  # a cold tier: is it archived there?
-                rows = await gw.history_source.page(
-                    request.channel_id, before=request.message_id + 1, limit=1
-                )
-                if rows and rows[0].message_id == request.message_id:
-                    gw.send_error(
-                        client,
-                        "MESSAGE_ARCHIVED",
-                        "the message is in the cold archive and cannot be deleted",
-                        nonce=nonce,
-                    )
-                    return
             gw.send_error(
                 client, "UNKNOWN_MESSAGE", "no such message (deleted already?)", nonce=nonce
             )

@@ -180,7 +180,7 @@ EXPERIMENT = Experiment(
             "give_up_s": 10.0,
         },
     },
-    quick_seconds=30,
+    quick_seconds=50,  # two rounds of ~25 s (topology start, 12 s of chat) on a loaded 2-core machine
     measure=measure,
     conclude=conclude,
 )

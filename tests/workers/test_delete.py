@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from chatscale import snowflake
 from chatscale.client import GatewayError
 from chatscale.keys import Keys
 from chatscale.wire import IngestDelete, encode_entry
+from storage.cold import ColdArchive, open_object_store
 from storage.search_index import IndexDoc, SearchIndex
+from storage.tiers import Archiver
 from tests.conftest import Stack
 from workers.indexer import Indexer
 
@@ -20,7 +23,11 @@ from workers.indexer import Indexer
 @pytest.fixture
 def settings(settings, tmp_path):
     return settings.model_copy(
-        update={"search_url": f"sqlite:///{tmp_path}/search.db", "search_indexing": "write"}
+        update={
+            "search_url": f"sqlite:///{tmp_path}/search.db",
+            "search_indexing": "write",
+            "cold_url": f"file://{tmp_path}/cold",
+        }
     )
 
 
@@ -79,3 +86,18 @@ async def test_index_at_write_and_deletion(stack: Stack) -> None:
         assert await dave.search(content="zebra") == []
     finally:
         await index.close()
+
+
+async def test_an_archived_message_cannot_be_deleted(stack: Stack) -> None:
+    general = stack.channels["general"]
+    alice = await stack.client("alice")
+    sent = (await alice.send_message(general, "old news"))["id"]
+    await stack.drain()
+    span = stack.settings.bucket_span_ms
+    archive = ColdArchive(open_object_store(stack.settings.cold_url))
+    archiver = Archiver(stack.store, archive, bucket_span_ms=span, archive_after_s=1)
+    assert await archiver.compact_bucket(general, snowflake.bucket(int(sent), span)) > 0
+    # still in the hot cache too, but its bucket's object is immutable: refused, kept
+    with pytest.raises(GatewayError, match="MESSAGE_ARCHIVED"):
+        await alice.delete_message(general, sent)
+    assert [m["id"] for m in await alice.history(general)] == [sent]
