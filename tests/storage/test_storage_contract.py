@@ -107,7 +107,7 @@ async def test_reinserting_the_same_message_is_idempotent(backend):
 
 
 async def test_deleting_messages_is_idempotent_and_keeps_paging_whole(backend):
-    channel, other = mid(0, 8), mid(0, 9)
+    channel, other = mid(0, 14), mid(0, 15)
     ids = [mid(i * SPAN // 2) for i in range(1, 7)]  # three buckets
     await backend.insert_many([msg(channel, i) for i in ids] + [msg(other, ids[1])])
     gone = [(channel, ids[1]), (channel, ids[2]), (channel, ids[2]), (channel, mid(99))]
