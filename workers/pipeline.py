@@ -33,6 +33,11 @@ stored username) must be the envelope's. A gateway builds both from one session 
 disagrees with itself, so a mismatch is an entry some other Redis client wrote (forged, or a
 bug): it is dead-lettered with the reason, not rebuilt. Rebuilding would still post, under a
 real user's name, text that user's session never sent; dead-lettering keeps the evidence.
+
+``search_indexing=write`` adds a stage: the batch is committed to the search index just before
+its fan-out (``_index_at_write``; the indexer then only gets deletions from this worker).
+DELETE_MESSAGE entries (``kind: "delete"``, queued by ``gateway/delete.py`` on the channel's
+shard) are applied after the batch's messages and before its ack (``_deletes``).
 """
 
 from __future__ import annotations
