@@ -194,6 +194,7 @@ class ChatClient:
                         "HISTORY",
                         "DISCOVERY",
                         "SEARCH_RESULTS",
+                        "MESSAGE_DELETE_ACK",
                     ):
                         self._waiters.pop(key).set_result(msg)
                         continue
@@ -340,6 +341,18 @@ class ChatClient:
                     str(value) if name.endswith("_id") or name in ("before", "after") else value
                 )
         return (await self._request(Op.SEARCH, d, "SEARCH_RESULTS", timeout))["d"]["messages"]
+
+    async def delete_message(
+        self, channel_id: int | str, message_id: int | str, *, timeout: float = 10
+    ) -> dict[str, Any]:
+        """DELETE_MESSAGE (op 26): wait for MESSAGE_DELETE_ACK (the deletion is queued; every
+        viewer, this session too, then gets MESSAGE_DELETE); raises GatewayError if refused."""
+        d = {
+            "channel_id": str(channel_id),
+            "message_id": str(message_id),
+            "nonce": f"x{next(_nonces)}",
+        }
+        return (await self._request(Op.DELETE_MESSAGE, d, "MESSAGE_DELETE_ACK", timeout))["d"]
 
     async def next_event(self, t: str | None = None, *, timeout: float = 10) -> dict[str, Any]:
         """The next dispatch (of type ``t`` if given, skipping others); raises TimeoutError."""

@@ -641,6 +641,14 @@ class Settings(BaseSettings):
         "per second indexed, but each commit (and so search freshness) waits for a bigger batch "
         "only when a backlog exists; a quiet stream is indexed entry by entry as it arrives.",
     )
+    search_indexing: Literal["async", "write"] = Field(
+        default="async",
+        description="Where a message enters the search index (with search_url). async: the "
+        "indexer process reads the stored-message stream (message latency pays nothing, a search "
+        "finds a message once the indexer caught up). write: the worker indexes each batch after "
+        "its history write and before its fan-out (message latency pays the index commit; a "
+        "search after delivery finds it). The `index-at-write` lab experiment measures both.",
+    )
 
     presence_partitions: int = Field(
         default=1,

@@ -212,6 +212,13 @@ class Keys:
         """List of relay ids that applied one voice event (the announcer BLPOPs it)."""
         return f"{self.prefix}:voice:acks:{event_id}"
 
+    # Message deletion (DELETE_MESSAGE, op 26): hash-tagged by channel like the channel's keys.
+
+    def delete_fanned_out(self, channel_id: int, message_id: int) -> str:
+        """Marker (SET NX with a TTL, in the fan-out script) that MESSAGE_DELETE of this message
+        was fanned out: a redelivered or repeated deletion dispatches it once."""
+        return f"{self.prefix}:delfan:{{c{channel_id}}}:{message_id}"
+
     # Presence partitions (``presence_partitions``): each user's sessions are aggregated by one
     # partition, chosen by ``presence_partition``; partition 0 keeps the single-service names
     # above, so one partition is exactly the service as it was. Tagged per partition, so in a

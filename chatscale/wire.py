@@ -48,6 +48,7 @@ class Op(IntEnum):
     ERROR = 23  # server: a request failed, connection stays open
     DISCOVER = 24  # client: server directory query; answered by a DISCOVERY dispatch
     SEARCH = 25  # client: answered by a SEARCH_RESULTS dispatch
+    DELETE_MESSAGE = 26  # client: delete a message; viewers get a MESSAGE_DELETE dispatch
 
 
 _ASCII_DIGITS = re.compile(r"[0-9]{1,19}")
@@ -337,3 +338,35 @@ class StoredEntry(BaseModel):
     guild_id: int = 0
     author_id: int = 0
     payload: str = ""
+
+
+# ---- message deletion (DELETE_MESSAGE, op 26) ---------------------------------------------
+
+
+class DeleteMessage(_Strict):
+    """DELETE_MESSAGE (op 26): delete ``message_id`` of ``channel_id``. Allowed to its author
+    and to members with MANAGE_MESSAGES in the channel; every viewer (the requester too) then
+    gets MESSAGE_DELETE ``{"id", "channel_id", "guild_id"}``."""
+
+    channel_id: Snowflake
+    message_id: Snowflake
+    nonce: Nonce = None
+
+
+class IngestDelete(BaseModel):
+    """A deletion on an ingest stream (the channel's shard, so it is ordered after the message
+    it deletes): the gateway checked it, the worker applies it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["delete"] = "delete"
+    id: int  # the message deleted
+    channel_id: int
+    guild_id: int
+    author_id: int  # the message's author, as the gateway found it
+    deleter_id: int
+    gateway_id: str
+    session_id: str
+
+
+INTENT_OF["MESSAGE_DELETE"] = Intent.GUILD_MESSAGES  # as Discord: the messages intent

@@ -55,6 +55,7 @@ from chatscale.keys import Keys
 from chatscale.redisconn import TRANSIENT, connect
 from chatscale.wire import (
     Author,
+    DeleteMessage,
     Discover,
     IngestMessage,
     Intent,
@@ -72,6 +73,7 @@ from chatscale.wire import (
 from gateway import discover
 from gateway import metrics as gateway_metrics
 from gateway.control import GatewayControl
+from gateway.delete import delete_message
 from gateway.fanout import LocalFanout
 from gateway.host import Client
 from gateway.inline import InlineProcessor
@@ -511,6 +513,8 @@ class Gateway:
                 await self.lazy.handle(client, action.request)  # members, subscriptions
             elif isinstance(action, ClientEvent) and isinstance(action.request, Search):
                 await self.search.answer(client, action.request)
+            elif isinstance(action, ClientEvent) and isinstance(action.request, DeleteMessage):
+                await delete_message(self, client, action.request)  # op 26: gateway/delete.py
             elif isinstance(action, ClientEvent):
                 self._client_event(client, action)
 

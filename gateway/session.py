@@ -36,6 +36,7 @@ from chatscale.wire import (
     ALL_INTENTS,
     FRAME_KEYS,
     HEARTBEAT_D,
+    DeleteMessage,
     Discover,
     GuildSubscriptions,
     Identify,
@@ -134,6 +135,7 @@ PAYLOADS: dict[Op, type[BaseModel]] = {
     Op.REQUEST_GUILD_MEMBERS: RequestGuildMembers,  # lazy guilds (gateway/lazy.py)
     Op.GUILD_SUBSCRIPTIONS: GuildSubscriptions,
     Op.SEARCH: Search,  # answered by gateway search handler
+    Op.DELETE_MESSAGE: DeleteMessage,  # checked and queued by gateway/delete.py
 }
 CLIENT_OPS = frozenset(PAYLOADS) | {Op.HEARTBEAT}
 ALLOWED: dict[State, frozenset[Op]] = {

@@ -109,6 +109,11 @@ class HistoryStore(Protocol):
         self, channel_id: int, *, after: int, limit: int
     ) -> list[StoredMessage]: ...
 
+    async def delete_messages(self, keys: Sequence[tuple[int, int]]) -> None:
+        """Delete messages by (channel_id, message_id) (DELETE_MESSAGE): idempotent, absent rows
+        are no-ops; raises ``StorageUnavailable`` like the writes (a retry is safe)."""
+        ...
+
 
 class ArchivableHistory(HistoryStore, Protocol):
     """What the cold tier's compactor needs from a history store (``storage.tiers``).

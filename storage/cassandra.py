@@ -216,6 +216,10 @@ class CassandraStore:
                 msg,
             ),
             "del_bucket": ("DELETE FROM messages WHERE channel_id = ? AND bucket = ?", msg),
+            "del_message": (
+                "DELETE FROM messages WHERE channel_id = ? AND bucket = ? AND message_id = ?",
+                msg,
+            ),
             "unmark_bucket": (
                 "DELETE FROM channel_buckets WHERE channel_id = ? AND bucket = ?",
                 msg,
@@ -398,6 +402,17 @@ class CassandraStore:
         await self._aexec("del_bucket", (channel_id, bucket))
         await self._aexec("unmark_bucket", (channel_id, bucket))
         self._known_buckets.discard((channel_id, bucket))
+
+    async def delete_messages(self, keys: Sequence[tuple[int, int]]) -> None:
+        """Row deletes (tombstones at the messages consistency), concurrently; deleting an
+        absent row is a no-op. The bucket marker stays: an emptied bucket is merely visited."""
+        results = await asyncio.gather(
+            *(self._aexec("del_message", (c, snowflake.bucket(m, self._span), m)) for c, m in keys),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
 
     # ---- metadata ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ trim run in one MULTI, so a reader never sees more than N.
 
 from __future__ import annotations
 
+import orjson
 import redis.asyncio as aioredis
 
 from chatscale.keys import Keys
@@ -72,3 +73,43 @@ class HotCache:
     async def oldest(self, channel_id: int) -> int | None:
         first = await self._redis.zrange(self._keys.hot(channel_id), 0, 0)
         return _split(first[0])[0] if first else None
+
+    # ---- message deletion (DELETE_MESSAGE) ---------------------------------------------------
+
+    @staticmethod
+    def _range(message_id: int) -> tuple[bytes, bytes]:
+        """The lex range holding exactly this id's member: "<id>|..." ('}' follows '|')."""
+        head = f"{message_id:020d}".encode()
+        return b"[" + head + b"|", b"(" + head + b"}"
+
+    async def get(self, channel_id: int, message_id: int) -> str | None:
+        """The payload of one message if the cache holds it."""
+        low, high = self._range(message_id)
+        members = await self._redis.zrangebylex(self._keys.hot(channel_id), low, high, 0, 1)
+        return _split(members[0])[1] if members else None
+
+    async def remove_many(self, keys: list[tuple[int, int]]) -> None:
+        """Remove messages by (channel_id, message_id), one round trip; absent ones are no-ops."""
+        if not keys:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for channel_id, message_id in keys:
+                pipe.zremrangebylex(self._keys.hot(channel_id), *self._range(message_id))
+            await pipe.execute()
+
+
+async def stored_author(
+    hot: HotCache, history: object, channel_id: int, message_id: int
+) -> int | None:
+    """The author id of a message in the hot cache or the history store, else None (deleted,
+    never sent, or only in the cold tier). ``history`` is a ``HistoryStore``."""
+    payload = await hot.get(channel_id, message_id)
+    if payload is not None:
+        try:
+            return int(orjson.loads(payload)["author"]["id"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+    rows = await history.page(channel_id, before=message_id + 1, limit=1)  # type: ignore[attr-defined]
+    if rows and rows[0].message_id == message_id:
+        return int(rows[0].author_id)
+    return None

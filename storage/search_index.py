@@ -8,7 +8,10 @@ writer per file: a bigger deployment runs a search engine (OpenSearch) fed from 
 
 Tables: ``docs`` (one row per message: ids, author, the text indexed and the payload returned,
 like a search engine's ``_source``), ``fts`` (FTS5 over ``docs.content``, external content) and
-``offsets`` (stream name -> last entry id indexed).
+``offsets`` (stream name -> last entry id indexed) and ``deleted`` (ids of deleted messages: a
+tombstone, so an add that arrives after its deletion — a worker indexing at write a batch it
+retries, or the stream replayed — never brings a deleted message back; adds are keyed by id, so
+two paths indexing one message leave one document).
 
 A query never decides visibility: the caller passes the channel ids the requester may read
 *now* (``gateway/search.py`` computes them from the metadata store at query time), and the
@@ -40,6 +43,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
     content, content='docs', content_rowid='message_id', tokenize='unicode61'
 );
 CREATE TABLE IF NOT EXISTS offsets (stream TEXT PRIMARY KEY, last_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deleted (message_id INTEGER PRIMARY KEY);
 """
 
 _TERM = re.compile(r"\w+", re.UNICODE)
@@ -118,6 +122,16 @@ class SearchIndex:
         added = 0
         db.execute("BEGIN IMMEDIATE")
         try:
+            if adds:
+                marks = ",".join("?" * len(adds))
+                dead = {
+                    r[0]
+                    for r in db.execute(
+                        f"SELECT message_id FROM deleted WHERE message_id IN ({marks})",
+                        [d.message_id for d in adds],
+                    )
+                }
+                adds = [d for d in adds if d.message_id not in dead]
             for d in adds:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO docs VALUES (?, ?, ?, ?, ?, ?)",
@@ -129,6 +143,7 @@ class SearchIndex:
                     )
                     added += 1
             for message_id in deletes:
+                db.execute("INSERT OR IGNORE INTO deleted VALUES (?)", (message_id,))
                 row = db.execute(
                     "SELECT content FROM docs WHERE message_id = ?", (message_id,)
                 ).fetchone()
@@ -138,11 +153,12 @@ class SearchIndex:
                         (message_id, row[0]),
                     )
                     db.execute("DELETE FROM docs WHERE message_id = ?", (message_id,))
-            db.execute(
-                "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET "
-                "last_id = excluded.last_id",
-                (stream, last_id),
-            )
+            if stream:  # "" : a write that is no stream's (the worker indexing at write)
+                db.execute(
+                    "INSERT INTO offsets VALUES (?, ?) ON CONFLICT(stream) DO UPDATE SET "
+                    "last_id = excluded.last_id",
+                    (stream, last_id),
+                )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -155,6 +171,11 @@ class SearchIndex:
         """Index ``adds``, drop ``deletes`` and move the stream offset, in one transaction.
         Returns how many documents were new."""
         return await self._run(self._apply, stream, last_id, list(adds), list(deletes))
+
+    async def add(self, docs: Sequence[IndexDoc]) -> int:
+        """Index ``docs`` outside any stream (``search_indexing=write``: the worker, before its
+        fan-out), in one transaction; idempotent, and a deleted id stays deleted."""
+        return await self._run(self._apply, "", "", list(docs), [])
 
     async def offset(self, stream: str) -> str | None:
         rows = await self._run(

@@ -200,6 +200,15 @@ class SQLiteStore:
             (channel_id, lo, hi),
         )
 
+    async def delete_messages(self, keys: Sequence[tuple[int, int]]) -> None:
+        """Delete rows by (channel_id, message_id) in one transaction; absent rows are no-ops."""
+        if keys:
+            await self._run(
+                self._executemany,
+                "DELETE FROM messages WHERE channel_id = ? AND message_id = ?",
+                [(c, m) for c, m in keys],
+            )
+
     # ---- metadata -----------------------------------------------------------------------
 
     async def put_user(self, user: User) -> None:

@@ -52,6 +52,9 @@ class TieredHistory:
     async def insert_many(self, messages: list[StoredMessage]) -> None:
         await self.history.insert_many(messages)
 
+    async def delete_messages(self, keys: list[tuple[int, int]]) -> None:
+        await self.history.delete_messages(keys)  # cold objects are immutable: see DELETE_MESSAGE
+
     async def page(self, channel_id: int, *, before: int | None, limit: int) -> list[StoredMessage]:
         rows = await self.history.page(channel_id, before=before, limit=limit)
         upper = before if before is not None else (1 << 63) - 1

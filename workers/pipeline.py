@@ -33,6 +33,11 @@ stored username) must be the envelope's. A gateway builds both from one session 
 disagrees with itself, so a mismatch is an entry some other Redis client wrote (forged, or a
 bug): it is dead-lettered with the reason, not rebuilt. Rebuilding would still post, under a
 real user's name, text that user's session never sent; dead-lettering keeps the evidence.
+
+``search_indexing=write`` adds a stage: the batch is committed to the search index just before
+its fan-out (``_index_at_write``; the indexer then only gets deletions from this worker).
+DELETE_MESSAGE entries (``kind: "delete"``, queued by ``gateway/delete.py`` on the channel's
+shard) are applied after the batch's messages and before its ack (``_deletes``).
 """
 
 from __future__ import annotations
@@ -52,14 +57,16 @@ from redis.exceptions import NoScriptError
 from chatscale import metrics, trace
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
-from chatscale.wire import Delivery, IngestMessage, dumps, encode_entry
+from chatscale.wire import Delivery, IngestDelete, IngestMessage, StoredEntry, dumps, encode_entry
 from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
 from guilds.directory import ActivityCounter, Directory
+from guilds.permissions import Permission
 from storage import StorageUnavailable, Store, StoredMessage
-from storage.hot import HotCache, member_bytes
+from storage.hot import HotCache, member_bytes, stored_author
 from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
+from storage.search_index import SearchIndex
 from workers import metrics as worker_metrics
-from workers.indexer import queue_feed, stored_entries
+from workers.indexer import queue_feed, stored_entries, to_doc
 
 log = logging.getLogger("chatscale.worker")
 
@@ -216,6 +223,29 @@ class Authorizer:
         return code
 
 
+async def _may_delete(auth: Authorizer, d: IngestDelete) -> str | None:
+    """May ``d.deleter_id`` delete this message now? Its author, or a member with
+    MANAGE_MESSAGES in the channel; either must still see the channel (under the
+    authorizer's current metadata version, as sends are checked)."""
+    if d.guild_id not in auth._guilds:
+        auth._guilds[d.guild_id] = await load_guild(auth._store, d.guild_id)
+    snapshot = auth._guilds[d.guild_id]
+    if snapshot is None or d.channel_id not in snapshot.channels:
+        return "UNKNOWN_CHANNEL"
+    key = (d.guild_id, d.deleter_id)
+    if key not in auth._members:
+        auth._members[key] = await load_member(auth._store, d.guild_id, d.deleter_id)
+    roles = auth._members[key]
+    if roles is None:
+        return "MISSING_ACCESS"
+    perms = snapshot.permissions(d.deleter_id, roles, d.channel_id)
+    if not perms & Permission.VIEW_CHANNEL:
+        return "MISSING_ACCESS"
+    if d.deleter_id != d.author_id and not perms & Permission.MANAGE_MESSAGES:
+        return "MISSING_PERMISSIONS"
+    return None
+
+
 @dataclass
 class Batch:
     stream: str
@@ -224,6 +254,9 @@ class Batch:
     attempts: int = 0
     decoded: list[tuple[bytes, IngestMessage]] = field(default_factory=list)
     accepted: list[IngestMessage] = field(default_factory=list)
+    deletes: list[tuple[bytes, IngestDelete]] = field(default_factory=list)  # DELETE_MESSAGE
+    is_decoded: bool = False
+    deleted: list[IngestDelete] = field(default_factory=list)  # applied, to feed with the ack
 
 
 class Pipeline:
@@ -256,6 +289,8 @@ class Pipeline:
         self._fanout = redis.register_script(FANOUT)
         self._fanout_loaded = False  # SCRIPT LOAD once, then EVALSHA in the fan-out pipeline
         self._hot_add = redis.register_script(HOT_ADD)
+        # search_indexing=write: the worker's own handle on the index (opened on first use)
+        self.index: SearchIndex | None = None
         self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
         self.breaker_s = 1.0
         self._inbox_members: dict[int, list[int]] = {}  # guild -> members (fanout_mode=inbox)
@@ -284,7 +319,7 @@ class Pipeline:
         ``ack=False`` exists for fault injection: everything is done except the ack, which is
         the worst moment for a worker to die.
         """
-        if not batch.decoded:
+        if not batch.is_decoded:
             await self._decode(batch)
         messages = [m for _, m in batch.decoded]
         for m in messages:
@@ -301,8 +336,10 @@ class Pipeline:
         stored = True
         if self.settings.history_mode == "sync":
             stored = await self._try_history(accepted)
+            await self._index_at_write(accepted)
             await self._fan_out(batch, accepted, rejected)
         else:
+            await self._index_at_write(accepted)
             await self._fan_out(batch, accepted, rejected)
             stored = await self._try_history(accepted)
         if screened is not None and self.moderation is not None:
@@ -313,6 +350,7 @@ class Pipeline:
         if not stored:
             raise HistoryPending(batch)
         metrics.messages_at("worker_done", accepted)  # stored and fanned out
+        await self._deletes(batch)  # after the batch's messages: a channel's order holds
         await self._ack(batch, stored=accepted, count=True, ack=ack)
 
     async def finish(self, batch: Batch) -> None:
@@ -324,6 +362,7 @@ class Pipeline:
         except StorageUnavailable:
             self.history_down_until = time.monotonic() + self.breaker_s
             raise
+        await self._deletes(batch)
         await self._ack(batch, stored=batch.accepted)
 
     @metrics.timed("ack")
@@ -339,13 +378,17 @@ class Pipeline:
         stored (before the ack, so a crash in between feeds again rather than never), when
         ``count`` discovery's activity counters, and the ack (``ack=False``: fault injection).
         A failed feed or ack raises (the batch is retried); the counters are best effort."""
-        ids = [entry_id for entry_id, _ in batch.decoded] if ack else []
+        ids = [entry_id for entry_id, _ in batch.decoded + batch.deletes] if ack else []
         async with self.redis.pipeline(transaction=False) as pipe:
             must = 0  # the feed's commands come first: their failure fails the batch
-            if self.settings.search_url and stored:
-                must = queue_feed(
-                    pipe, self.keys, stored_entries(stored), self.settings.stored_stream_maxlen
-                )
+            # search_indexing=write indexed the messages already: only deletions are fed
+            feed = stored_entries(stored) if self.settings.search_indexing == "async" else []
+            feed += [
+                StoredEntry(kind="delete", id=d.id, channel_id=d.channel_id, guild_id=d.guild_id)
+                for d in batch.deleted
+            ]
+            if self.settings.search_url and feed:
+                must = queue_feed(pipe, self.keys, feed, self.settings.stored_stream_maxlen)
             if count and self.activity is not None and stored:
                 try:
                     await self.activity.batch((m.guild_id for m in stored), pipe=pipe)
@@ -388,11 +431,14 @@ class Pipeline:
         poison = []
         for entry_id, fields in batch.entries:
             try:
-                batch.decoded.append(
-                    (entry_id, IngestMessage.model_validate(orjson.loads(fields[b"e"])))
-                )
+                raw = orjson.loads(fields[b"e"])
+                if isinstance(raw, dict) and raw.get("kind") == "delete":
+                    batch.deletes.append((entry_id, IngestDelete.model_validate(raw)))
+                else:
+                    batch.decoded.append((entry_id, IngestMessage.model_validate(raw)))
             except (KeyError, orjson.JSONDecodeError, ValidationError) as exc:
                 poison.append((entry_id, fields, f"undecodable: {type(exc).__name__}"))
+        batch.is_decoded = True
         for entry_id, fields, reason in poison:
             await self.dead_letter(batch.stream, entry_id, fields, reason)
 
@@ -616,3 +662,83 @@ class Pipeline:
         finally:
             await pipe.reset()
         self.stats.inbox_writes += queued
+
+    @metrics.timed("index_write")
+    async def _index_at_write(self, accepted: list[IngestMessage]) -> None:
+        """``search_indexing=write``: commit the batch to the search index before its fan-out,
+        so the message's latency carries the commit and a search once it is delivered finds
+        it. Idempotent (documents keyed by id; a deleted id stays deleted), so a retried batch
+        or the indexer process also indexing it leaves one document."""
+        if self.settings.search_indexing != "write" or not self.settings.search_url:
+            return
+        if not accepted:
+            return
+        if self.index is None:
+            self.index = await SearchIndex.open(self.settings.search_url)
+        await self.index.add([to_doc(e) for e in stored_entries(accepted)])
+
+    async def _deletes(self, batch: Batch) -> None:
+        """DELETE_MESSAGE entries of the batch: check, remove from the hot cache and history,
+        fan MESSAGE_DELETE out once (a per-message marker), and leave the applied ones for the
+        ack's round trip, which feeds their deletion entries to the stored stream before the
+        ack. Every step is idempotent, so a retried batch or a second deletion is harmless.
+
+        The gateway checked the request; this re-checks under the current metadata (a
+        permission revoked in between wins: the deletion is dropped and counted as rejected).
+        An entry whose ``author_id`` is not the stored message's author is forged (some other
+        Redis client wrote it): dead-lettered, as forged messages are."""
+        if not batch.deletes:
+            return
+        await self.auth.refresh()
+        allowed: list[IngestDelete] = []
+        for entry_id, d in list(batch.deletes):
+            author = await stored_author(self.hot, self.store, d.channel_id, d.id)
+            if author is not None and author != d.author_id:
+                fields = dict(batch.entries)[entry_id]
+                reason = f"forged: deletion names author {d.author_id}, the message's is {author}"
+                await self.dead_letter(batch.stream, entry_id, fields, reason)
+                batch.deletes = [(e, x) for e, x in batch.deletes if e != entry_id]
+                continue
+            code = await _may_delete(self.auth, d)
+            if code is not None:
+                log.info("deletion of %s by %s refused: %s", d.id, d.deleter_id, code)
+                self.stats.rejected += 1
+                continue
+            allowed.append(d)
+        if not allowed:
+            return
+        await self.hot.remove_many([(d.channel_id, d.id) for d in allowed])
+        await self.store.delete_messages([(d.channel_id, d.id) for d in allowed])
+        routes: dict[int, list[bytes]] = {}
+        for guild_id in {d.guild_id for d in allowed}:
+            routes[guild_id] = sorted(await self.redis.smembers(self.keys.route(guild_id)))
+        if not self._fanout_loaded:
+            await self.redis.script_load(FANOUT)
+            self._fanout_loaded = True
+        for d in allowed:
+            entry = Delivery(
+                t="MESSAGE_DELETE",
+                guild_id=d.guild_id,
+                channel_id=d.channel_id,
+                payload=dumps(
+                    {"id": str(d.id), "channel_id": str(d.channel_id), "guild_id": str(d.guild_id)}
+                ),
+            )
+            keys = [self.keys.delete_fanned_out(d.channel_id, d.id), self.keys.lease(batch.shard)]
+            for gw in routes[d.guild_id]:
+                keys += [self.keys.gateway_alive(gw.decode()), self.keys.deliver(gw.decode())]
+            args = [
+                encode_entry(entry)["e"],
+                self.settings.delivery_maxlen,
+                FANOUT_MARKER_TTL_S,
+                "1" if self.fenced else "0",
+                self.consumer,
+            ]
+            if await self._fanout(keys=keys, args=args) == -1:
+                raise LeaseLost(batch.stream)
+        batch.deleted = allowed
+
+    async def close(self) -> None:
+        if self.index is not None:
+            await self.index.close()
+            self.index = None

@@ -114,6 +114,7 @@ class Worker:
 
     async def close(self) -> None:
         await safety.close(self)
+        await self.pipeline.close()  # its search index handle (search_indexing=write)
         await self.redis.aclose()
 
     # ---- main loop --------------------------------------------------------------------------

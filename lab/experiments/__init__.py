@@ -36,6 +36,7 @@ MODULES = [
     "moderation_down",
     "scroll_jump_search",
     "cold_tier",
+    "index_at_write",
 ]
 
 

@@ -106,6 +106,19 @@ async def test_reinserting_the_same_message_is_idempotent(backend):
     assert await backend.page(channel, before=None, limit=10) == [m]
 
 
+async def test_deleting_messages_is_idempotent_and_keeps_paging_whole(backend):
+    channel, other = mid(0, 14), mid(0, 15)
+    ids = [mid(i * SPAN // 2) for i in range(1, 7)]  # three buckets
+    await backend.insert_many([msg(channel, i) for i in ids] + [msg(other, ids[1])])
+    gone = [(channel, ids[1]), (channel, ids[2]), (channel, ids[2]), (channel, mid(99))]
+    await backend.delete_messages(gone)
+    await backend.delete_messages(gone)  # again, and an id that never existed: no-ops
+    kept = [i for i in ids if i not in (ids[1], ids[2])]
+    assert [m.message_id for m in await backend.page(channel, before=None, limit=10)] == kept[::-1]
+    assert [m.message_id for m in await backend.page_after(channel, after=0, limit=10)] == kept
+    assert [m.message_id for m in await backend.page(other, before=None, limit=10)] == [ids[1]]
+
+
 async def test_channels_do_not_mix(backend):
     a, b = mid(0, 6), mid(0, 7)
     await backend.insert(msg(a, mid(1000)))
