@@ -244,3 +244,11 @@ class ColdArchive:
         data = encode_bucket(messages)
         await self.objects.put(object_key(channel_id, bucket), data)
         return len(data)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: an ``s3://key:secret@bucket`` URL loses its secret."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=f"{u.username}:***@{u.hostname or ''}").geturl()
