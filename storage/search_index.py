@@ -14,6 +14,9 @@ A query never decides visibility: the caller passes the channel ids the requeste
 *now* (``gateway/search.py`` computes them from the metadata store at query time), and the
 index filters to them. Text is matched as a conjunction of quoted terms, so user input cannot
 inject FTS5 query syntax.
+
+``SearchIndex.open("opensearch://host:port/index")`` returns the same API on OpenSearch instead
+(storage/search_opensearch.py).
 """
 
 from __future__ import annotations
@@ -69,7 +72,9 @@ def match_expression(text: str) -> str | None:
 
 def path_of(url: str) -> str:
     if not url.startswith("sqlite://"):
-        raise ValueError(f"unknown search URL {url!r}: use sqlite:///path")
+        raise ValueError(
+            f"unknown search URL {url!r}: use sqlite:///path or opensearch://host:port/index"
+        )
     return url.removeprefix("sqlite://").removeprefix("/")  # sqlite:////abs/path -> /abs/path
 
 
@@ -81,6 +86,10 @@ class SearchIndex:
 
     @classmethod
     async def open(cls, url: str) -> SearchIndex:
+        if url.startswith("opensearch://"):  # the same API on a search engine
+            from storage.search_opensearch import OpenSearchIndex
+
+            return await OpenSearchIndex.open(url)  # type: ignore[return-value]
         path = path_of(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
