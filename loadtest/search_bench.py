@@ -4,6 +4,7 @@
     python -m loadtest.search_bench lag --rate 500 --seconds 20  # index lag under steady load
     python -m loadtest.search_bench tiers --messages 20000       # cold vs history pages, bytes
     python -m loadtest.search_bench tiers --messages 20000 --cold s3   # the cold tier on S3Proxy
+    python -m loadtest.search_bench search --messages 100000 --engine opensearch
 
 ``search`` seeds a SQLite FTS5 index straight through ``SearchIndex.apply`` (the indexer's
 commit) with realistic messages (Zipf-distributed words from a 5,000-word vocabulary, 6-14
@@ -73,8 +74,15 @@ def _payload(mid: int, channel: int, content: str) -> str:
     )
 
 
-async def bench_search(messages: int, queries: int, workdir: Path) -> dict:
-    index = await SearchIndex.open(f"sqlite:///{workdir}/search.db")
+async def bench_search(messages: int, queries: int, workdir: Path, engine: str = "sqlite") -> dict:
+    node = None
+    if engine == "opensearch":
+        from storage.opensearch_node import OpenSearchNode, fetch_jars
+
+        node = OpenSearchNode(home=fetch_jars(), workdir=workdir / "opensearch").start()
+        index = await SearchIndex.open(node.search_url("bench"))
+    else:
+        index = await SearchIndex.open(f"sqlite:///{workdir}/search.db")
     rng = random.Random(7)
     ids = snowflake.SnowflakeGenerator(901)
     started = time.perf_counter()
@@ -106,9 +114,15 @@ async def bench_search(messages: int, queries: int, workdir: Path) -> dict:
             await index.search(readable, text=" ".join(words), limit=25)
         lat[kind].append((time.perf_counter() - t0) * 1000)
     await index.close()
-    size = _bytes(workdir, "search.db*")
+    if node is not None:
+        stats = node.request("GET", "/bench/_stats/store")
+        size = stats["_all"]["primaries"]["store"]["size_in_bytes"]
+        node.stop()
+    else:
+        size = _bytes(workdir, "search.db*")
     return {
         "messages": messages,
+        "engine": engine,
         "seed_s": round(seed_s, 1),
         "seed_msgs_per_s": round(messages / seed_s),
         "index_bytes_per_message": round(size / messages, 1),
@@ -270,11 +284,17 @@ def main() -> None:
     p.add_argument(
         "--cold", choices=["dir", "s3"], default="dir", help="tiers: the cold tier's object store"
     )
+    p.add_argument(
+        "--engine",
+        choices=["sqlite", "opensearch"],
+        default="sqlite",
+        help="search: SQLite FTS5, or a real OpenSearch node from Maven jars",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.what == "search":
-            result = asyncio.run(bench_search(args.messages, args.queries, work))
+            result = asyncio.run(bench_search(args.messages, args.queries, work, args.engine))
         elif args.what == "lag":
             result = asyncio.run(bench_lag(args.rate, args.seconds, work))
         else:

@@ -532,3 +532,25 @@ def test_the_cold_tier_is_the_s3_service_with_the_key_it_accepts():
             assert depends_on(service).get("s3") == "service_started", name
     # ... and the image can talk to it: the Dockerfile installs the `s3` extra (boto3)
     assert "['optional-dependencies']['s3']" in DOCKERFILE.read_text()
+
+
+def test_the_search_index_is_the_opensearch_service_that_its_users_wait_for():
+    """CHATSCALE_SEARCH_URL names an index on the opensearch service (the version the tests
+    run from Maven jars), on its HTTP port, security off (plain HTTP, compose-network only);
+    the gateways and the indexer wait for its health check; the image has the HTTP client."""
+    from storage.opensearch_node import DEFAULT_VERSION
+    from storage.search_opensearch import parse_url
+
+    svc = services()
+    node = svc["opensearch"]
+    assert node["image"] == f"opensearchproject/opensearch:{DEFAULT_VERSION}"
+    assert not published_ports(node)
+    env = environment(node)
+    assert env["discovery.type"] == "single-node" and env["DISABLE_SECURITY_PLUGIN"] == "true"
+    base, index = parse_url(environment(svc["worker"])["CHATSCALE_SEARCH_URL"])
+    assert urlparse(base).hostname == "opensearch" and urlparse(base).port == 9200 and index
+    assert "9200/_cluster/health" in " ".join(_words(node["healthcheck"]["test"]))
+    for name, service in svc.items():
+        if role(service) in ("gateway", "indexer"):
+            assert depends_on(service).get("opensearch") == "service_healthy", name
+    assert "['optional-dependencies']['opensearch']" in DOCKERFILE.read_text()
