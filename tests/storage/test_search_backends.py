@@ -69,3 +69,25 @@ def index_url(index) -> str:
     if hasattr(index, "path"):
         return f"sqlite:///{index.path}"
     return f"opensearch://{index.base_url.removeprefix('http://')}/{index.index}"
+
+
+def test_opensearch_urls_and_node_command_without_starting(tmp_path):
+    from storage.opensearch_node import OpenSearchNode
+    from storage.search_opensearch import parse_url
+
+    assert parse_url("opensearch://h:9201/msgs") == ("http://h:9201", "msgs")
+    assert parse_url("opensearch://h/msgs") == ("http://h:9200", "msgs")
+    for bad in ("opensearch://h:9200", "opensearch://h:9200/a/b", "http://h:9200/msgs"):
+        with pytest.raises(ValueError, match="opensearch://host:port/index"):
+            parse_url(bad)
+    (tmp_path / "home" / "lib").mkdir(parents=True)
+    (tmp_path / "home" / "lib" / "opensearch-2.19.6.jar").write_bytes(b"")
+    node = OpenSearchNode(home=tmp_path / "home", workdir=tmp_path / "n", java="java")
+    assert node.port != node.transport_port
+    cmd = node.command()
+    assert cmd[-1] == "org.opensearch.bootstrap.OpenSearch"
+    assert f"-Dopensearch.path.conf={tmp_path / 'n' / 'config'}" in cmd
+    assert "-Djna.nounpack=true" in cmd  # JNA's native part off: the root check (docstring)
+    config = node.config()
+    assert f"http.port: {node.port}\n" in config and "discovery.type: single-node\n" in config
+    assert node.search_url("x") == f"opensearch://127.0.0.1:{node.port}/x"
