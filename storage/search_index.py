@@ -22,15 +22,14 @@ inject FTS5 query syntax.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from storage.exceptions import StorageUnavailable
+from storage.search_doc import _TERM, MAX_TERMS, IndexDoc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -45,18 +44,7 @@ CREATE VIRTUAL TABLE IF NOT EXISTS fts USING fts5(
 CREATE TABLE IF NOT EXISTS offsets (stream TEXT PRIMARY KEY, last_id TEXT NOT NULL);
 """
 
-_TERM = re.compile(r"\w+", re.UNICODE)
-MAX_TERMS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class IndexDoc:
-    message_id: int
-    channel_id: int
-    guild_id: int
-    author_id: int
-    content: str
-    payload: str
+__all__ = ["MAX_TERMS", "IndexDoc", "SearchIndex", "match_expression", "path_of"]
 
 
 def match_expression(text: str) -> str | None:

@@ -31,7 +31,7 @@ from urllib.parse import quote, urlparse
 import orjson
 
 from storage.exceptions import StorageUnavailable
-from storage.search_index import _TERM, MAX_TERMS, IndexDoc
+from storage.search_doc import _TERM, MAX_TERMS, IndexDoc
 
 MAPPINGS = {
     "settings": {
