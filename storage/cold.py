@@ -10,8 +10,11 @@ Two object stores behind one URL:
 - ``file:///path`` (or a bare path): a local directory, the embedded default. A put writes a
   temporary file and renames it over the key, so a reader sees a whole object or none.
 - ``s3://bucket/prefix?endpoint=http://host:port&region=us-east-1``: any S3-compatible server
-  (AWS S3, MinIO, versitygw), through boto3; credentials from the usual AWS environment
-  variables. A PUT is atomic per object in S3's model too.
+  (AWS S3, MinIO, S3Proxy), through boto3; credentials from the URL's user part
+  (``s3://ACCESS_KEY:SECRET@bucket/...``, percent-encoded) or else the usual AWS environment
+  variables and files. A PUT is atomic per object in S3's model too. A bucket that does not
+  exist yet reads as an empty archive, and the first write creates it. Tested against a real
+  S3Proxy (storage/s3proxy_node.py).
 
 Compaction (``storage.tiers.Archiver``) writes the object *before* it deletes the bucket's rows
 from the history store, so at every instant each message is in history, in the cold tier, or in
@@ -25,7 +28,7 @@ import os
 import zlib
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import orjson
 
@@ -114,42 +117,78 @@ class S3Store:
     """An S3-compatible bucket through boto3 (blocking calls run in threads)."""
 
     def __init__(self, url: str) -> None:
-        import boto3  # only when an s3:// URL is chosen
+        import boto3  # only when an s3:// URL is chosen (the `s3` extra)
+        from botocore.config import Config
 
         u = urlparse(url)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         self.bucket = u.hostname or ""
         if not self.bucket:
-            raise ValueError(f"cold store URL {url!r} names no bucket: s3://bucket/prefix")
+            raise ValueError("cold store URL names no bucket: use s3://bucket/prefix")
         self.prefix = u.path.strip("/")
         self.prefix = f"{self.prefix}/" if self.prefix else ""
+        keys = {}
+        if u.username is not None:
+            keys = {
+                "aws_access_key_id": unquote(u.username),
+                "aws_secret_access_key": unquote(u.password or ""),
+            }
         self._s3 = boto3.client(
             "s3",
             endpoint_url=q.get("endpoint") or None,
             region_name=q.get("region", "us-east-1"),
+            # boto3 >= 1.36 adds CRC checksums and aws-chunked bodies to every PUT, which
+            # S3-compatible servers (S3Proxy 2.6, older MinIO) refuse: only where S3 needs them.
+            # Bounded: a page that needs the cold tier fails (UNAVAILABLE) within seconds when the
+            # server is down, instead of botocore's 60 s connect timeout times 5 attempts.
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                connect_timeout=5,
+                read_timeout=30,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
+            **keys,
         )
+        self._bucket_made = False
+
+    def _put(self, key: str, data: bytes) -> None:
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        except self._s3.exceptions.NoSuchBucket:
+            if self._bucket_made:
+                raise
+            self._bucket_made = True  # the first write makes the bucket, once
+            try:
+                self._s3.create_bucket(Bucket=self.bucket)
+            except self._s3.exceptions.BucketAlreadyOwnedByYou:
+                pass  # another archiver made it in between
+            self._s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
 
     def _get(self, key: str) -> bytes | None:
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
-        except self._s3.exceptions.NoSuchKey:
+        except (self._s3.exceptions.NoSuchKey, self._s3.exceptions.NoSuchBucket):
             return None
 
+    def _objects(self, prefix: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix + prefix
+            ):
+                # A key ending in "/" is a folder marker (the S3 console's "folders", S3Proxy's
+                # filesystem backend lists its directories so), never an object of ours.
+                out += [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]
+        except self._s3.exceptions.NoSuchBucket:
+            return []  # nothing archived yet
+        return out
+
     def _list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
-        for page in self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix + prefix
-        ):
-            keys += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
-        return sorted(keys)
+        return sorted(o["Key"][len(self.prefix) :] for o in self._objects(prefix))
 
     def _total(self) -> int:
-        total = 0
-        for page in self._s3.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=self.prefix
-        ):
-            total += sum(o["Size"] for o in page.get("Contents", []))
-        return total
+        return sum(o["Size"] for o in self._objects(""))
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """A boto3 call in a thread; any S3 or network failure is ``StorageUnavailable`` (the
@@ -162,7 +201,7 @@ class S3Store:
             raise StorageUnavailable(f"cold store s3://{self.bucket}: {exc}") from exc
 
     async def put(self, key: str, data: bytes) -> None:
-        await self._call(self._s3.put_object, Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        await self._call(self._put, key, data)
 
     async def get(self, key: str) -> bytes | None:
         return await self._call(self._get, key)
@@ -205,3 +244,11 @@ class ColdArchive:
         data = encode_bucket(messages)
         await self.objects.put(object_key(channel_id, bucket), data)
         return len(data)
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for a log line: an ``s3://key:secret@bucket`` URL loses its secret."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=f"{u.username}:***@{u.hostname or ''}").geturl()

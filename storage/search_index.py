@@ -17,20 +17,22 @@ A query never decides visibility: the caller passes the channel ids the requeste
 *now* (``gateway/search.py`` computes them from the metadata store at query time), and the
 index filters to them. Text is matched as a conjunction of quoted terms, so user input cannot
 inject FTS5 query syntax.
+
+``SearchIndex.open("opensearch://host:port/index")`` returns the same API on OpenSearch instead
+(storage/search_opensearch.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from storage.exceptions import StorageUnavailable
+from storage.search_doc import _TERM, MAX_TERMS, IndexDoc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -46,18 +48,7 @@ CREATE TABLE IF NOT EXISTS offsets (stream TEXT PRIMARY KEY, last_id TEXT NOT NU
 CREATE TABLE IF NOT EXISTS deleted (message_id INTEGER PRIMARY KEY);
 """
 
-_TERM = re.compile(r"\w+", re.UNICODE)
-MAX_TERMS = 16
-
-
-@dataclass(frozen=True, slots=True)
-class IndexDoc:
-    message_id: int
-    channel_id: int
-    guild_id: int
-    author_id: int
-    content: str
-    payload: str
+__all__ = ["MAX_TERMS", "IndexDoc", "SearchIndex", "match_expression", "path_of"]
 
 
 def match_expression(text: str) -> str | None:
@@ -73,7 +64,9 @@ def match_expression(text: str) -> str | None:
 
 def path_of(url: str) -> str:
     if not url.startswith("sqlite://"):
-        raise ValueError(f"unknown search URL {url!r}: use sqlite:///path")
+        raise ValueError(
+            f"unknown search URL {url!r}: use sqlite:///path or opensearch://host:port/index"
+        )
     return url.removeprefix("sqlite://").removeprefix("/")  # sqlite:////abs/path -> /abs/path
 
 
@@ -85,6 +78,10 @@ class SearchIndex:
 
     @classmethod
     async def open(cls, url: str) -> SearchIndex:
+        if url.startswith("opensearch://"):  # the same API on a search engine
+            from storage.search_opensearch import OpenSearchIndex
+
+            return await OpenSearchIndex.open(url)  # type: ignore[return-value]
         path = path_of(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -300,3 +300,84 @@ async def join_voice(
     stack.clients.append(conn)  # closed with the chat clients at teardown
     await relay.wait_admitted(admitted + 1)  # the relay's XADD to presence follows its READY
     return conn
+
+
+# ---- a real S3-compatible server for the cold tier (session-wide; started only if asked) ------
+
+
+@pytest.fixture(scope="session")
+def s3proxy_node(tmp_path_factory: pytest.TempPathFactory):
+    """S3Proxy 2.6 (filesystem backend) from Maven Central jars on a free port.
+
+    Like Cassandra: without Java 17+ and Maven the S3 tests skip with what to install, except
+    under ``CI=true``, where they must run and so fail instead.
+    """
+    import os
+
+    from storage.s3proxy_node import S3ProxyNode, fetch_jars, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the S3 tests to run: {missing}")
+        pytest.skip(missing)
+    lib = fetch_jars(progress=lambda line: print(f"[s3proxy] {line}", flush=True))
+    node = S3ProxyNode(lib_dir=lib, workdir=tmp_path_factory.mktemp("s3proxy"))
+    node.start(timeout=60)
+    print(f"[s3proxy] ready on {node.endpoint} in {node.started_in:.1f}s", flush=True)
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def s3_cold_url(s3proxy_node, request) -> str:
+    """A cold-store URL on a bucket of its own (S3 names: lowercase, 3-63 characters)."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    s3proxy_node.create_bucket(bucket)
+    return s3proxy_node.cold_url(bucket, "archive")
+
+
+# ---- a real OpenSearch node for the search index (session-wide; started only if asked) -------
+
+
+@pytest.fixture(scope="session")
+def opensearch_node(tmp_path_factory: pytest.TempPathFactory):
+    """OpenSearch 2.19 from Maven Central jars on free ports (storage/opensearch_node.py).
+
+    Like Cassandra: without Java 17 and Maven the OpenSearch tests skip with what to install,
+    except under ``CI=true``, where they must run and so fail instead.
+    """
+    import os
+
+    from storage.opensearch_node import OpenSearchNode, fetch_jars, missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the OpenSearch tests to run: {missing}")
+        pytest.skip(missing)
+    home = fetch_jars(progress=lambda line: print(f"[opensearch] {line}", flush=True))
+    node = OpenSearchNode(home=home, workdir=tmp_path_factory.mktemp("opensearch"))
+    node.start(timeout=240)
+    print(f"[opensearch] ready on {node.url} in {node.started_in:.1f}s", flush=True)
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def search_url_for(request, tmp_path):
+    """``search_url_for(backend)``: a fresh index, SQLite FTS5 in tmp_path or an OpenSearch
+    index of its own on the session's node."""
+    import uuid
+
+    def make(backend: str) -> str:
+        if backend == "opensearch":
+            node = request.getfixturevalue("opensearch_node")
+            return node.search_url(f"t-{uuid.uuid4().hex[:12]}")
+        return f"sqlite:///{tmp_path}/search-{uuid.uuid4().hex[:6]}.db"
+
+    return make

@@ -91,7 +91,7 @@ async def cmd_search(args: argparse.Namespace) -> int:
 
 async def cmd_archive(args: argparse.Namespace) -> int:
     from storage import open_store
-    from storage.cold import ColdArchive, open_object_store
+    from storage.cold import ColdArchive, open_object_store, redact_url
     from storage.tiers import Archiver
 
     settings = settings_for_tools(need_live=False)
@@ -122,7 +122,7 @@ async def cmd_archive(args: argparse.Namespace) -> int:
             report = await archiver.compact_once()
             print(
                 f"archived {report.buckets} bucket(s), {report.messages} message(s), "
-                f"{report.bytes_written} bytes to {cold_url} in {time.perf_counter() - started:.2f} s",
+                f"{report.bytes_written} bytes to {redact_url(cold_url)} in {time.perf_counter() - started:.2f} s",
                 flush=True,
             )
             if not every:

@@ -506,3 +506,51 @@ def test_docker_compose_config_accepts_the_file():
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_cold_tier_is_the_s3_service_with_the_key_it_accepts():
+    """CHATSCALE_COLD_URL points at the s3 service (S3Proxy, the server the tests run from
+    Maven jars) on its port, signed with the identity and credential that service sets; the
+    object store is not published on the host and every reader of the cold tier waits for it."""
+    svc = services()
+    s3 = svc["s3"]
+    assert s3["image"].startswith("andrewgaul/s3proxy:") and not published_ports(s3)
+    s3_env = environment(s3)
+    cold = urlparse(environment(svc["worker"])["CHATSCALE_COLD_URL"])
+    assert cold.scheme == "s3" and cold.hostname and cold.path.strip("/")
+    assert (cold.username, cold.password) == (
+        s3_env["S3PROXY_IDENTITY"],
+        s3_env["S3PROXY_CREDENTIAL"],
+    )
+    endpoint = urlparse(dict(p.split("=", 1) for p in cold.query.split("&"))["endpoint"])
+    assert endpoint.hostname == "s3"
+    assert endpoint.port == urlparse(s3_env["S3PROXY_ENDPOINT"]).port
+    assert s3_env["JCLOUDS_PROVIDER"] == "filesystem"
+    assert s3_env["JCLOUDS_FILESYSTEM_BASEDIR"] in {v.split(":")[1] for v in s3["volumes"]}
+    for name, service in svc.items():
+        if role(service) in ("gateway", "archive"):  # they read or write cold pages
+            assert depends_on(service).get("s3") == "service_started", name
+    # ... and the image can talk to it: the Dockerfile installs the `s3` extra (boto3)
+    assert "['optional-dependencies']['s3']" in DOCKERFILE.read_text()
+
+
+def test_the_search_index_is_the_opensearch_service_that_its_users_wait_for():
+    """CHATSCALE_SEARCH_URL names an index on the opensearch service (the version the tests
+    run from Maven jars), on its HTTP port, security off (plain HTTP, compose-network only);
+    the gateways and the indexer wait for its health check; the image has the HTTP client."""
+    from storage.opensearch_node import DEFAULT_VERSION
+    from storage.search_opensearch import parse_url
+
+    svc = services()
+    node = svc["opensearch"]
+    assert node["image"] == f"opensearchproject/opensearch:{DEFAULT_VERSION}"
+    assert not published_ports(node)
+    env = environment(node)
+    assert env["discovery.type"] == "single-node" and env["DISABLE_SECURITY_PLUGIN"] == "true"
+    base, index = parse_url(environment(svc["worker"])["CHATSCALE_SEARCH_URL"])
+    assert urlparse(base).hostname == "opensearch" and urlparse(base).port == 9200 and index
+    assert "9200/_cluster/health" in " ".join(_words(node["healthcheck"]["test"]))
+    for name, service in svc.items():
+        if role(service) in ("gateway", "indexer"):
+            assert depends_on(service).get("opensearch") == "service_healthy", name
+    assert "['optional-dependencies']['opensearch']" in DOCKERFILE.read_text()

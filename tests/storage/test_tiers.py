@@ -1,9 +1,10 @@
 """Jumping and paging across the three tiers: the Redis hot cache (newest), the history store
 (recent buckets) and the cold archive (old buckets, compacted into objects in a directory).
 
-Real Valkey, real SQLite, a real directory: ``before``/``after``/``around`` pages walked to
-both ends must list every message exactly once, in order, whatever the page size; a compacted
-bucket reads back byte-identical messages.
+Real Valkey, real SQLite, and both cold backends: a real directory (``file://``) and a real
+S3-compatible server (S3Proxy from Maven jars, ``s3://``, tests/conftest.py). ``before``/``after``/
+``around`` pages walked to both ends must list every message exactly once, in order, whatever
+the page size; a compacted bucket reads back byte-identical messages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from chatscale import snowflake
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from storage import StoredMessage, open_store
-from storage.cold import ColdArchive, LocalDirStore, decode_bucket, encode_bucket
+from storage.cold import ColdArchive, decode_bucket, encode_bucket, open_object_store
 from storage.hot import HotCache
 from storage.paging import read_page
 from storage.tiers import Archiver, TieredHistory
@@ -47,10 +48,18 @@ async def store(tmp_path):
     await s.close()
 
 
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.slow)])
+def cold_url(request, tmp_path) -> str:
+    """The cold tier in a local directory, or in a bucket of a real S3Proxy."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_cold_url")
+    return f"file://{tmp_path}/cold"
+
+
 @pytest.fixture
-async def tiers(settings, store, tmp_path):
+async def tiers(settings, store, cold_url):
     await store.insert_many([row(i) for i in IDS])
-    archive = ColdArchive(LocalDirStore(tmp_path / "cold"))
+    archive = ColdArchive(open_object_store(cold_url))
     # "now" is 13 h after T0 and the archive age 7 h: buckets 0..5 (ending by T0+6h) go cold.
     archiver = Archiver(
         store,

@@ -1,6 +1,7 @@
 """Search end to end: workers feed the stored stream, the indexer indexes it, SEARCH answers
 with what the requester may read *now* (a permission change or a ban applies to the very next
-search), and an indexer SIGKILLed mid-batch resumes from its committed offset.
+search), and an indexer SIGKILLed mid-batch resumes from its committed offset. Both on SQLite
+FTS5 and on a real OpenSearch node (``opensearch://``, tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,18 @@ from storage.search_index import SearchIndex, match_expression, path_of
 from tests.conftest import Stack
 from workers.indexer import Indexer, feed
 
+BACKENDS = ["sqlite", pytest.param("opensearch", marks=pytest.mark.slow)]
+
 
 @pytest.fixture
-def settings(settings, tmp_path):
-    return settings.model_copy(update={"search_url": f"sqlite:///{tmp_path}/search.db"})
+def search_backend() -> str:
+    """SQLite FTS5 unless a test is parametrized over BACKENDS (OpenSearch: a real node)."""
+    return "sqlite"
+
+
+@pytest.fixture
+def settings(settings, search_backend, search_url_for):
+    return settings.model_copy(update={"search_url": search_url_for(search_backend)})
 
 
 async def guild_named(stack: Stack, name: str) -> int:
@@ -46,6 +55,7 @@ def test_user_text_cannot_inject_query_syntax():
     assert match_expression("  ?! ") is None
 
 
+@pytest.mark.parametrize("search_backend", BACKENDS)
 async def test_search_sees_only_what_the_requester_may_read_now(stack: Stack, plane: ControlPlane):
     alice = await stack.client("alice", gateway=0)
     carol = await stack.client("carol", gateway=1)
@@ -107,7 +117,8 @@ async def test_search_sees_only_what_the_requester_may_read_now(stack: Stack, pl
     assert alice.close_code == Close.INVALID_PAYLOAD
 
 
-async def test_indexer_killed_mid_batch_resumes_from_its_offset(settings, tmp_path):
+@pytest.mark.parametrize("search_backend", BACKENDS)
+async def test_indexer_killed_mid_batch_resumes_from_its_offset(settings, tmp_path, search_backend):
     redis = connect(settings)
     keys = Keys(settings.key_prefix)
     n = 95
@@ -174,11 +185,12 @@ async def test_indexer_killed_mid_batch_resumes_from_its_offset(settings, tmp_pa
     finally:
         await index.close()
         await redis.aclose()
-    db = sqlite3.connect(path_of(settings.search_url))
-    db.execute(
-        "INSERT INTO fts (fts) VALUES ('integrity-check')"
-    )  # raises if index and docs differ
-    db.close()
+    if search_backend == "sqlite":
+        db = sqlite3.connect(path_of(settings.search_url))
+        db.execute(
+            "INSERT INTO fts (fts) VALUES ('integrity-check')"
+        )  # raises if index and docs differ
+        db.close()
 
 
 def test_cli_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):

@@ -1,0 +1,516 @@
+"""A real S3-compatible server for the cold tier: S3Proxy, run from Maven Central jars.
+
+S3Proxy (https://github.com/gaul/s3proxy, Apache 2.0) implements the S3 REST API in front of an
+Apache jclouds blob store; with jclouds' ``filesystem`` provider a bucket is a directory and an
+object a file under ``jclouds.filesystem.basedir``. It is published as ``org.gaul:s3proxy`` with
+its runtime dependencies, so the Cassandra recipe (storage/cassandra_node.py) works unchanged:
+``maven-dependency-plugin:copy-dependencies`` puts every jar into one cached folder, and
+``java -cp "<lib>/*" org.gaul.s3proxy.Main --properties s3proxy.conf`` runs a server from it.
+Requests are signed (AWS signature v2 or v4) with a fixed identity/credential pair, so a client
+with the wrong secret is refused as it would be by AWS.
+
+Checked on a 2-core Debian 12 VM (OpenJDK 17.0.15, Maven 3.8.7, boto3 1.43):
+
+* ``s3proxy:2.6.0`` resolves to 118 jars, 43 MB (every jclouds provider comes along); a cold
+  fetch takes ~10 s. It runs on Java 17 (the jar's manifest says it was built by JDK 21, but
+  for release 17).
+* The jar ships no logback configuration, so logback's default logs every Jetty event at DEBUG
+  to the console: we write a ``logback.xml`` (WARN and up, plus S3Proxy's own INFO lines).
+* First successful S3 round trip ~1.8 s after launch with ``-XX:TieredStopAtLevel=1``; RSS
+  ~90 MiB at ``-Xmx256m``. SIGTERM stops it at once (exit code 143).
+* boto3 >= 1.36 sends CRC32 checksums and ``aws-chunked`` bodies on every PUT; S3Proxy 2.6.0
+  answers ``NotImplemented`` ("A header you provided implies functionality that is not
+  implemented"). storage/cold.py's client asks for checksums only where the API requires them
+  (``request_checksum_calculation="when_required"``), as most S3-compatible servers need.
+* S3Proxy logs "filesystem storage backend deprecated -- please use filesystem-nio2" at WARN.
+  We keep ``filesystem`` (jclouds' provider, what the docker image andrewgaul/s3proxy uses).
+
+``python -m storage.s3proxy_node run`` starts one for users (Java 17+ and Maven on PATH);
+``fetch`` only resolves the jars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from chatscale.procutil import die_with_parent
+from storage.cassandra_node import (
+    DEPENDENCY_PLUGIN,
+    _free_port,
+    _maven_errors,
+    _port_open,
+    _reap,
+    _signal_group,
+    default_cache_dir,
+    java_major_version,
+)
+
+__all__ = [
+    "DEFAULT_VERSION",
+    "S3ProxyNode",
+    "S3ProxyNodeError",
+    "fetch_jars",
+    "missing_requirements",
+]
+
+DEFAULT_VERSION = "2.6.0"
+MIN_JAVA = 17
+INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
+MAIN_CLASS = "org.gaul.s3proxy.Main"
+_MARKER = ".chatscale-complete"
+_LOG_TAIL_LINES = 40
+
+
+class S3ProxyNodeError(RuntimeError):
+    """The server could not be fetched, started or stopped; the message carries the log tail."""
+
+
+def missing_requirements() -> str | None:
+    """None if ``java`` (17 or newer) and ``mvn`` are on PATH, else what to install."""
+    problems = []
+    major = java_major_version()
+    if major is None:
+        problems.append("no `java` on PATH")
+    elif major < MIN_JAVA:
+        problems.append(f"`java` on PATH is Java {major}; S3Proxy 2.6 needs Java {MIN_JAVA}+")
+    if shutil.which("mvn") is None:
+        problems.append("no `mvn` (Maven) on PATH")
+    if not problems:
+        return None
+    return (
+        "Cannot run a local S3Proxy: "
+        + "; ".join(problems)
+        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu)."
+    )
+
+
+# --------------------------------------------------------------------------- jars
+
+_POM = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by chatscale (storage/s3proxy_node.py): only used to resolve the jars. -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.chatscale</groupId>
+  <artifactId>s3proxy-jars</artifactId>
+  <version>{version}</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.gaul</groupId>
+      <artifactId>s3proxy</artifactId>
+      <version>{version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+def _lib_complete(lib: Path, version: str) -> bool:
+    return (lib / _MARKER).is_file() and (lib / f"s3proxy-{version}.jar").is_file()
+
+
+def fetch_jars(
+    version: str = DEFAULT_VERSION,
+    cache_dir: Path | None = None,
+    progress: Callable[[str], Any] = print,
+) -> Path:
+    """Resolve ``org.gaul:s3proxy:<version>`` and its runtime jars into
+    ``<cache>/s3proxy-<version>/lib`` (the cache is Cassandra's: ``$CHATSCALE_CASSANDRA_CACHE``
+    or ``~/.cache/chatscale``). A completed lib dir is returned at once, without Maven."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    base = cache / f"s3proxy-{version}"
+    lib = base / "lib"
+    if _lib_complete(lib, version):
+        return lib
+    if shutil.which("mvn") is None:
+        raise S3ProxyNodeError(missing_requirements() or "mvn not found on PATH")
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:  # one Maven run at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _lib_complete(lib, version):  # another process finished it while we waited
+            return lib
+        progress(f"s3proxy: resolving org.gaul:s3proxy:{version} from Maven (~43 MB) ...")
+        staging = base / f"lib.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        (base / "pom.xml").write_text(_POM.format(version=version))
+        cmd = [
+            shutil.which("mvn") or "mvn",
+            "-B",
+            "-q",
+            "-U",
+            "-Dstyle.color=never",
+            "-f",
+            str(base / "pom.xml"),
+            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]
+        t0 = time.monotonic()
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0 or not (staging / f"s3proxy-{version}.jar").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise S3ProxyNodeError(
+                f"mvn failed for org.gaul:s3proxy:{version} (exit {proc.returncode}):\n"
+                + _maven_errors(proc.stdout + "\n" + proc.stderr)
+            )
+        jars = sorted(staging.glob("*.jar"))
+        (staging / _MARKER).write_text(f"s3proxy {version}\n{len(jars)} jars\n")
+        shutil.rmtree(lib, ignore_errors=True)
+        staging.rename(lib)
+        progress(f"s3proxy: {len(jars)} jars in {time.monotonic() - t0:.1f}s -> {lib}")
+        return lib
+
+
+# --------------------------------------------------------------------------- server
+
+_LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by chatscale: without it logback logs every Jetty event at DEBUG. -->
+<configuration scan="false" debug="false">
+  <appender name="CONSOLE" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%date{ISO8601} %-5level %logger{30} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="CONSOLE" /></root>
+  <logger name="org.gaul.s3proxy.Main" level="INFO" />
+</configuration>
+"""
+
+
+class S3ProxyNode:
+    """One S3Proxy JVM on ``host:port`` with the filesystem blob store in ``workdir/data``.
+
+    >>> with S3ProxyNode(lib_dir=fetch_jars(), workdir=Path("/tmp/s3")) as node:
+    ...     node.create_bucket("cold"); print(node.cold_url("cold"))
+    """
+
+    def __init__(
+        self,
+        *,
+        lib_dir: Path,
+        workdir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        access_key: str = "chatscale",
+        secret_key: str = "chatscale-secret-key",
+        heap: str = "256m",
+        c1_only: bool = True,
+        java: str | None = None,
+    ) -> None:
+        self.lib_dir = Path(lib_dir).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.host = host
+        self.port = port or _free_port(host)
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.heap = heap
+        self.c1_only = c1_only
+        self.java = java
+        self._proc: subprocess.Popen | None = None
+        self._finalizer: weakref.finalize | None = None
+        self.started_in: float | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "console.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def cold_url(self, bucket: str, prefix: str = "") -> str:
+        """The ``CHATSCALE_COLD_URL`` for a bucket here (credentials in the URL's user part)."""
+        cred = f"{quote(self.access_key, safe='')}:{quote(self.secret_key, safe='')}"
+        path = f"/{prefix.strip('/')}" if prefix.strip("/") else ""
+        return f"s3://{cred}@{bucket}{path}?endpoint={self.endpoint}&region=us-east-1"
+
+    def properties(self) -> str:
+        return (
+            "# Written by chatscale (storage/s3proxy_node.py).\n"
+            f"s3proxy.endpoint={self.endpoint}\n"
+            "s3proxy.authorization=aws-v2-or-v4\n"
+            f"s3proxy.identity={self.access_key}\n"
+            f"s3proxy.credential={self.secret_key}\n"
+            "jclouds.provider=filesystem\n"
+            f"jclouds.filesystem.basedir={self.data_dir}\n"
+        )
+
+    def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "s3proxy.conf"
+        conf.write_text(self.properties())
+        (self.workdir / "logback.xml").write_text(_LOGBACK)
+        return conf
+
+    def _java(self) -> str:
+        if self.java:
+            return self.java
+        java_home = os.environ.get("JAVA_HOME")
+        if java_home and (Path(java_home) / "bin" / "java").is_file():
+            return str(Path(java_home) / "bin" / "java")
+        exe = shutil.which("java")
+        if exe is None:
+            raise S3ProxyNodeError(missing_requirements() or "java not found on PATH")
+        return exe
+
+    def command(self) -> list[str]:
+        if not any(self.lib_dir.glob("s3proxy-*.jar")):
+            raise S3ProxyNodeError(f"no s3proxy-*.jar in {self.lib_dir}; run fetch_jars() first")
+        return [
+            self._java(),
+            f"-Xmx{self.heap}",
+            "-XX:+UseSerialGC",  # a small heap and 2 cores: no concurrent GC threads
+            *(["-XX:TieredStopAtLevel=1"] if self.c1_only else []),
+            "-Djava.net.preferIPv4Stack=true",
+            f"-Dlogback.configurationFile={self.workdir / 'logback.xml'}",
+            "-cp",
+            f"{self.lib_dir}/*",
+            MAIN_CLASS,
+            "--properties",
+            str(self.workdir / "s3proxy.conf"),
+        ]
+
+    def client(self, timeout: float = 10.0):
+        """A boto3 S3 client for this server, configured as storage/cold.py's is."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            config=Config(
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                connect_timeout=timeout,
+                read_timeout=timeout,
+                retries={"max_attempts": 1},
+            ),
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.console_log, errors="replace") as f:
+                tail = "".join(deque(f, maxlen=lines)).rstrip()
+        except OSError:
+            return "(no log output)"
+        return f"--- last {lines} lines of {self.console_log} ---\n{tail or '(empty)'}"
+
+    def start(self, timeout: float = 60.0) -> S3ProxyNode:
+        """Launch the JVM and block until a signed S3 request (ListBuckets) succeeds."""
+        if self.running:
+            raise S3ProxyNodeError(f"S3Proxy already running (pid {self.pid})")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        cmd = self.command()
+        log_file = open(self.console_log, "ab")  # closed by the finalizer
+        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
+        log_file.flush()
+        t0 = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,  # own process group: signals reach only the server
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
+        except OSError as exc:
+            log_file.close()
+            raise S3ProxyNodeError(f"could not launch {cmd[0]}: {exc}") from exc
+        self._proc = proc
+        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
+        try:
+            self._wait_ready(t0, timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self.started_in = time.monotonic() - t0
+        return self
+
+    def _wait_ready(self, t0: float, timeout: float) -> None:
+        assert self._proc is not None
+        deadline = t0 + timeout
+        last_error: Exception | None = None
+        client = None
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise S3ProxyNodeError(
+                    f"S3Proxy exited with code {code} during startup "
+                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise S3ProxyNodeError(
+                    f"S3Proxy not ready on {self.endpoint} after {timeout:.0f}s "
+                    f"(last error: {last_error!r})\n{self.log_tail()}"
+                )
+            if _port_open(self.host, self.port):
+                try:
+                    client = client or self.client(timeout=5.0)
+                    client.list_buckets()
+                    return
+                except Exception as exc:  # connection reset while Jetty starts, etc.
+                    last_error = exc
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``. Returns the JVM's exit code."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+        if self._finalizer is not None:
+            self._finalizer()
+        return proc.returncode
+
+    def kill(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> S3ProxyNode:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<S3ProxyNode {self.endpoint} pid={self.pid} running={self.running}>"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    print(fetch_jars(args.version, args.cache_dir))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    problem = missing_requirements()
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    cache = args.cache_dir or default_cache_dir()
+    lib = fetch_jars(args.version, cache)
+    node = S3ProxyNode(
+        lib_dir=lib,
+        workdir=args.workdir or (cache / f"s3proxy-node-{args.port}"),
+        port=args.port,
+        access_key=args.access_key,
+        secret_key=args.secret_key,
+    )
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        node.start(timeout=args.timeout)
+        if args.bucket and args.bucket not in {
+            b["Name"] for b in node.client().list_buckets().get("Buckets", [])
+        }:
+            node.create_bucket(args.bucket)
+    except S3ProxyNodeError as exc:
+        print(f"s3proxy: {exc}", file=sys.stderr)
+        node.stop()
+        return 1
+    print(
+        f"s3proxy: ready at {node.endpoint} in {node.started_in:.1f}s, pid {node.pid}, "
+        f"objects in {node.data_dir}",
+        flush=True,
+    )
+    if args.bucket:
+        print(f"s3proxy: CHATSCALE_COLD_URL='{node.cold_url(args.bucket)}'", flush=True)
+    print("s3proxy: Ctrl-C to stop", flush=True)
+    try:
+        while node.running:
+            time.sleep(1)
+        print(f"s3proxy: server exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        code = node.stop()
+        print(f"s3proxy: stopped (JVM exit code {code})", flush=True)
+        return 0
+    finally:
+        node.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m storage.s3proxy_node",
+        description="Run a real S3-compatible server (S3Proxy, filesystem backend) from Maven "
+        f"Central jars, without Docker. Needs Java 17+ and Maven ({INSTALL_HINT}).",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--s3proxy-version", dest="version", default=DEFAULT_VERSION, help="org.gaul:s3proxy"
+    )
+    common.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", parents=[common], help="download the jars, print the dir")
+    p_fetch.set_defaults(func=_cmd_fetch)
+    p_run = sub.add_parser(
+        "run", parents=[common], help="start a server and keep it running until Ctrl-C"
+    )
+    p_run.add_argument("--port", type=int, default=8081, help="HTTP port (default 8081)")
+    p_run.add_argument("--workdir", type=Path, default=None, help="config, objects and log")
+    p_run.add_argument("--bucket", default="chatscale-cold", help="create it if missing ('' none)")
+    p_run.add_argument("--access-key", default="chatscale")
+    p_run.add_argument("--secret-key", default="chatscale-secret-key")
+    p_run.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
+    p_run.set_defaults(func=_cmd_run)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except S3ProxyNodeError as exc:
+        print(f"s3proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
