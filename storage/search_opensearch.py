@@ -12,6 +12,10 @@ gateway do not know which one they talk to; ``SearchIndex.open`` picks by URL sc
   succeeded, both with ``refresh=wait_for`` (visible to the next search). An indexer killed
   between the two re-reads the batch and changes nothing: the writes are idempotent, where
   SQLite made them atomic.
+* **Deletions** overwrite the document with a tombstone (``deleted: true``, no content) instead
+  of removing it: a later ``create`` of that id (a worker indexing at write a batch it retries,
+  or the stream replayed) is a 409 and never brings the message back, as the SQLite index's
+  ``deleted`` table does; queries and ``count`` leave tombstones out.
 * **Queries**: a ``bool`` with ``filter`` clauses (``terms`` on the channel ids the caller may
   read now, the author, a ``range`` on the id for ``before``/``after``) and, for text,
   ``match_bool_prefix`` with ``operator: and``: every word must appear, the last one as a
@@ -55,6 +59,7 @@ MAPPINGS = {
             "author_id": {"type": "long"},
             "content": {"type": "text", "analyzer": "folded"},
             "payload": {"type": "keyword", "index": False, "doc_values": False},
+            "deleted": {"type": "boolean"},
         },
     },
 }
@@ -157,8 +162,9 @@ class OpenSearchIndex:
                         }
                     )
                 )
-            for message_id in deletes:
-                lines.append(orjson.dumps({"delete": {"_id": str(message_id)}}))
+            for message_id in deletes:  # a tombstone: see the module docstring
+                lines.append(orjson.dumps({"index": {"_id": str(message_id)}}))
+                lines.append(orjson.dumps({"message_id": message_id, "deleted": True}))
             _, answer = await self._call(
                 "POST",
                 f"/{self.index}/_bulk?refresh=wait_for",
@@ -170,15 +176,22 @@ class OpenSearchIndex:
                 if op == "create" and status == 201:
                     added += 1
                 elif not (op == "create" and status == 409) and not (
-                    op == "delete" and status in (200, 404)
+                    op == "index" and status in (200, 201)
                 ):
                     raise StorageUnavailable(f"search index bulk {op}: {result}")
+        if not stream:  # "": a write that is no stream's (the worker indexing at write)
+            return added
         await self._call(
             "PUT",
             f"/{self.offsets_index}/_doc/{quote(stream, safe='')}?refresh=wait_for",
             {"last_id": last_id},
         )
         return added
+
+    async def add(self, docs: Sequence[IndexDoc]) -> int:
+        """Index ``docs`` outside any stream (``search_indexing=write``: the worker, before its
+        fan-out); idempotent, and a deleted id stays deleted."""
+        return await self.apply("", "", docs, [])
 
     async def offset(self, stream: str) -> str | None:
         status, answer = await self._call(
@@ -187,7 +200,8 @@ class OpenSearchIndex:
         return answer["_source"]["last_id"] if status == 200 else None
 
     async def count(self) -> int:
-        _, answer = await self._call("GET", f"/{self.index}/_count")
+        live = {"query": {"bool": {"must_not": [{"term": {"deleted": True}}]}}}
+        _, answer = await self._call("POST", f"/{self.index}/_count", live)
         return answer["count"]
 
     # ---- querying (the gateway) -------------------------------------------------------------
@@ -216,7 +230,7 @@ class OpenSearchIndex:
             bounds["gt"] = after
         if bounds:
             filters.append({"range": {"message_id": bounds}})
-        query: dict[str, Any] = {"filter": filters}
+        query: dict[str, Any] = {"filter": filters, "must_not": [{"term": {"deleted": True}}]}
         terms = _TERM.findall(text)[:MAX_TERMS]
         if terms:
             query["must"] = [
