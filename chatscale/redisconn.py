@@ -79,8 +79,6 @@ def connect(settings: Settings, *, url: str | None = None, block_ms: int = 0) ->
             socket_connect_timeout=settings.redis_timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), settings.redis_retries),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            # a killed master: MOVED/connection errors re-read the slot map; bounded tries
-            cluster_error_retry_attempts=max(3, settings.redis_retries),
             health_check_interval=30,
             decode_responses=False,
         )
@@ -111,3 +109,10 @@ def connect_sync(url: str, *, timeout_s: float, **kwargs: object) -> redis.Redis
     return redis.Redis.from_url(
         url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, **kwargs
     )
+
+
+async def ready(client: object) -> None:
+    """Make sure a cluster client has read the slot map (it does so lazily on its first
+    command; its pub/sub needs it before SUBSCRIBE). Nothing to do for a plain client."""
+    if isinstance(client, AsyncRedisCluster):
+        await client.initialize()
