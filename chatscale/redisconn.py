@@ -21,12 +21,15 @@ from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ClusterError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from chatscale.config import Settings
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+# On a cluster a failover shows as CLUSTERDOWN / TRYAGAIN replies or an exhausted redirect
+# budget (``ClusterError``) until the replica is promoted: transient like a lost connection.
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, TryAgainError)
 CLUSTER_SCHEME = "redis+cluster"
 
 
