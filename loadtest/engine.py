@@ -126,6 +126,7 @@ class RunConfig:
     # storms (connect-storm, reconnect-storm) are NOT CLEAN above this READY p99
     ready_bound_s: float = 10.0
     cpu_hog: bool = False  # a competing process keeps one core busy for the run
+    redis_cluster: int = 0  # embedded topology on a local Valkey Cluster of N masters
 
 
 # ---- loading the community ----------------------------------------------------------------------
@@ -409,6 +410,7 @@ def _topology(cfg: RunConfig) -> Topology:
         storage_url=cfg.storage_url,
         gateways=cfg.embedded_gateways,
         workers=cfg.embedded_workers,
+        redis_cluster=cfg.redis_cluster,
     )
 
 

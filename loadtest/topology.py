@@ -68,6 +68,7 @@ class Embedded:
         workers: int = 2,
         env: dict[str, str] | None = None,
         extras: frozenset[str] = frozenset(),
+        redis_cluster: int = 0,
     ) -> None:
         """``extras``: the services beyond the chat path to start too ("voice", "indexer");
         none by default, so a chat load test pays for no process it does not exercise."""
@@ -87,6 +88,7 @@ class Embedded:
             base_port=0,
             extra_env=extra,
             extras=extras,
+            redis_cluster=redis_cluster,
         )
         self.timed_events: list[tuple[float, str]] = []  # what the supervisor did, when
         self._stop = asyncio.Event()

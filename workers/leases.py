@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 import redis.asyncio as aioredis
@@ -46,10 +47,17 @@ class ShardLeases:
     def _roster(self) -> str:
         return self._keys.workers()
 
-    async def maintain(self, *, greedy: bool = False) -> tuple[set[int], set[int]]:
+    async def maintain(
+        self,
+        *,
+        greedy: bool = False,
+        before_release: Callable[[int], Awaitable[None]] | None = None,
+    ) -> tuple[set[int], set[int]]:
         """Renew, then acquire up to the fair share (all free shards if ``greedy``).
 
         Returns (gained, lost) shard sets so the caller can reclaim pending entries of gained ones.
+        ``before_release(shard)`` runs before a shard above the fair share is given up (the
+        worker finishes a read still outstanding on it: ``Worker._settle_read``).
         """
         now_ms = int(time.time() * 1000)
         await self._redis.zadd(self._roster(), {self.consumer: now_ms})
@@ -62,6 +70,8 @@ class ShardLeases:
         live = max(1, await self._redis.zcount(self._roster(), now_ms - self.ttl_ms, "+inf"))
         share = self._shards if greedy else math.ceil(self._shards / live)
         for shard in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - share)]:
+            if before_release is not None:
+                await before_release(shard)
             await self.release(shard)
         gained = set()
         for shard in range(self._shards):

@@ -159,7 +159,9 @@ class Worker:
             await self._health()
         if self.ordering == "shard":
             if due or burst:
-                gained, _ = await self.leases.maintain(greedy=burst)
+                gained, _ = await self.leases.maintain(
+                    greedy=burst, before_release=self._settle_read if self._reads else None
+                )
                 for shard in sorted(gained):
                     await self._reclaim(shard, min_idle_ms=0)
             shards = sorted(self.leases.owned)
@@ -244,6 +246,23 @@ class Worker:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         return self._collect_reads()
+
+    async def _settle_read(self, shard: int) -> None:
+        """Before this worker gives a shard up: finish the read still outstanding on it and
+        process what it got while the lease is still ours. Otherwise entries it delivered
+        after the release would be pending under this consumer, fenced off by the lease, and
+        never read again (the new owner reclaims when it gains the shard, before that)."""
+        stream = self.keys.ingest(shard)
+        task = self._reads.pop(stream, None)
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.settings.worker_block_ms / 1000 + 1)
+        if not done:  # a hung read: leave the shard to the new owner's reclaim
+            task.cancel()
+            return
+        for _name, entries in task.result() or []:
+            if entries:
+                await self._process(Batch(stream, shard, entries))
 
     def _collect_reads(self) -> list[tuple[str, list]]:
         """Entries of the blocking reads that have finished (their errors are raised)."""
