@@ -33,13 +33,17 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, ClusterError, Try
 CLUSTER_SCHEME = "redis+cluster"
 
 
+class BadRedisURL(ValueError):
+    """A ``redis+cluster://`` URL that names no usable node (a one-line CLI error)."""
+
+
 class ClusterURL:
     """A parsed ``redis+cluster://`` URL: seed nodes and the optional password."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme != CLUSTER_SCHEME:
-            raise ValueError(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
+            raise BadRedisURL(f"not a {CLUSTER_SCHEME}:// URL: {url!r}")
         netloc = parts.netloc
         creds, _, hosts = netloc.rpartition("@")
         self.username: str | None = None
@@ -52,10 +56,10 @@ class ClusterURL:
         for item in hosts.split(","):
             host, _, port = item.strip().rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"{CLUSTER_SCHEME} URL node {item!r} is not host:port ({url!r})")
+                raise BadRedisURL(f"{CLUSTER_SCHEME} URL node {item!r} is not host:port ({url!r})")
             self.nodes.append((host.strip("[]"), int(port)))
         if not self.nodes:
-            raise ValueError(f"{CLUSTER_SCHEME} URL names no node: {url!r}")
+            raise BadRedisURL(f"{CLUSTER_SCHEME} URL names no node: {url!r}")
 
 
 def is_cluster_url(url: str | None) -> bool:
