@@ -6,6 +6,9 @@ survive a restart, as in the compose file; ``appendfsync`` is ``everysec`` (an O
 to about a second of writes) or ``always`` (nothing any client was answered about is lost; see
 README, "Guarantees and failure behaviour", for what each costs). ``restart()`` brings a dead
 server back on the same port and data directory, replaying its AOF.
+
+``ValkeyCluster`` (at the end) starts several such servers in cluster mode and forms a Valkey
+Cluster from them: the tests' cluster and ``chatscale run --redis-cluster N``.
 """
 
 from __future__ import annotations
