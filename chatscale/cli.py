@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from chatscale.commandline import DefaultsHelp, UsageError
 from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, TopologyError
+from chatscale.redisconn import BadRedisURL
 from guilds import commands as admin
 from guilds.controlplane import ControlError
 from storage.exceptions import UnknownBackend
@@ -44,6 +45,7 @@ EXPECTED_ERRORS = (
     admin.Unresolved,
     admin.Refused,
     ControlError,
+    BadRedisURL,  # a redis+cluster:// URL naming no host:port
 )
 
 

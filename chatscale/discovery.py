@@ -129,9 +129,9 @@ def _pid_alive(pid: int) -> bool:
 def _redis_answers(url: str, timeout_s: float = 2.0) -> bool:
     import redis
 
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False
-    )
+    from chatscale.redisconn import connect_sync
+
+    client = connect_sync(url, timeout_s=timeout_s, retry_on_timeout=False)
     try:
         return bool(client.ping())
     except (redis.exceptions.RedisError, OSError):

@@ -1,8 +1,37 @@
 """Every Redis key name, in one place.
 
 Keys share one prefix so tests can run side by side on one server without flushing it. In a
-Redis Cluster the ``{...}`` hash tags keep what one Lua script or MULTI touches on one slot:
-a channel's hot cache is tagged by channel, a guild's route set by guild.
+Redis Cluster (``redis+cluster://`` URLs, chatscale/redisconn.py) only the part of a key between
+the first ``{`` and ``}`` — its hash tag — picks the slot, so keys with one tag are on one node
+and one Lua script or MULTI may touch them together. Every script, MULTI and multi-key command
+touches keys of one tag; where work spans tags it is split into per-slot steps (the comment at
+each split says what stays atomic). Key families and their tags:
+
+================================  ==================  ==========================================
+family                            tag                 why (what shares the slot)
+================================  ==================  ==========================================
+ingest(shard), lease(shard)       ``{s<shard>}``      a shard's stream and its lease; shards spread
+deliver(gw), gateway_alive(gw),   ``{gw:<id>}``       a gateway's delivery stream, its liveness key
+fanned_to(gw, message)                                and the cluster fan-out marker: one script
+route(guild), voice_grant(guild)  ``{g<guild>}``      per guild (one key each, spread by guild)
+hot(channel)                      ``{c<channel>}``    a channel's hot cache (MULTI/script per channel)
+inbox, rate_*, send_nonce,        ``{u<user>}``       one user's windows, checked in one script
+features, feature_window
+presence_in/_state/_users/_stats  ``{presence}``      the presence service's save is one MULTI
+presence_*_of(p), p > 0           ``{p<p>}``          one presence partition's stream, snapshot,
+                                                      counters and online counts (its save's
+                                                      MULTI; the users view is written before it)
+directory, directory_names        ``{dir}``           name index and flags change in one MULTI
+activity(minute),                 ``{act}``           ZUNIONSTORE of a window's minutes + scratch
+activity_scratch
+everything else                   none (the key)      single-key commands only: stored, dead,
+                                                      gateways, workers, nodeid, metadata version
+                                                      and events, acks, fanned_out, inboxed,
+                                                      timeouts, automod, quarantined, spam,
+                                                      sketches, metrics, voice relays/events
+================================  ==================  ==========================================
+
+Keys added later: say their tag here (a new row) when they must share a slot with another key.
 """
 
 from __future__ import annotations
@@ -20,7 +49,7 @@ class Keys:
 
     def ingest(self, shard: int) -> str:
         """Client events of the channels that hash to ``shard`` (consumer group INGEST_GROUP)."""
-        return f"{self.prefix}:ingest:{shard}"
+        return f"{self.prefix}:ingest:{{s{shard}}}"
 
     def ingest_all(self, shards: int) -> list[str]:
         return [self.ingest(i) for i in range(shards)]
@@ -36,14 +65,14 @@ class Keys:
 
     def deliver(self, gateway_id: str) -> str:
         """One gateway's delivery stream: what its local sessions should see."""
-        return f"{self.prefix}:deliver:{gateway_id}"
+        return f"{self.prefix}:deliver:{{gw:{gateway_id}}}"
 
     def gateways(self) -> str:
         """Hash gateway_id -> JSON {url, pid, started}; liveness is the ``gateway_alive`` key."""
         return f"{self.prefix}:gateways"
 
     def gateway_alive(self, gateway_id: str) -> str:
-        return f"{self.prefix}:gw:{gateway_id}:alive"
+        return f"{self.prefix}:gw:{{gw:{gateway_id}}}:alive"
 
     def route(self, guild_id: int) -> str:
         """Set of gateway ids holding at least one session of a member of the guild."""
@@ -68,7 +97,7 @@ class Keys:
 
     def lease(self, shard: int) -> str:
         """Owner (consumer name) of an ingest shard, with a TTL the owner renews."""
-        return f"{self.prefix}:lease:{shard}"
+        return f"{self.prefix}:lease:{{s{shard}}}"
 
     def workers(self) -> str:
         """Sorted set consumer -> last heartbeat (ms): who is alive, for fair shard shares."""
@@ -80,19 +109,19 @@ class Keys:
 
     def presence_in(self) -> str:
         """Stream of presence/typing batches, one entry per gateway per tick (group PRESENCE_GROUP)."""
-        return f"{self.prefix}:presence:in"
+        return f"{self.prefix}:{{presence}}:in"
 
     def presence_state(self) -> str:
         """JSON snapshot of the presence service's state, so it survives its own restart."""
-        return f"{self.prefix}:presence:state"
+        return f"{self.prefix}:{{presence}}:state"
 
     def presence_users(self) -> str:
         """Hash user_id -> visible presence JSON (only users others see as not offline)."""
-        return f"{self.prefix}:presence:users"
+        return f"{self.prefix}:{{presence}}:users"
 
     def presence_stats(self) -> str:
         """JSON counters of the presence service: changes in, updates and deliveries out."""
-        return f"{self.prefix}:presence:stats"
+        return f"{self.prefix}:{{presence}}:stats"
 
     def worker_health(self, consumer: str) -> str:
         return f"{self.prefix}:worker:{consumer}:health"
@@ -170,17 +199,17 @@ class Keys:
     def directory(self) -> str:
         """Hash guild_id -> JSON {name, public}: every guild the directory knows, public or not
         (the public flag lives here, not in the metadata store; docs/discovery.md)."""
-        return f"{self.prefix}:dir:guilds"
+        return f"{self.prefix}:{{dir}}:guilds"
 
     def directory_names(self) -> str:
         """Sorted set, all scores 0, members ``<casefolded name>\\x00<guild id>`` of public
         guilds only: name-prefix autocomplete with ZRANGEBYLEX."""
-        return f"{self.prefix}:dir:names"
+        return f"{self.prefix}:{{dir}}:names"
 
     def activity(self, minute: int) -> str:
         """Sorted set guild_id -> accepted messages in one wall-clock minute (epoch minutes),
         ZINCRBY'd by workers; expires after the top-K window has passed it."""
-        return f"{self.prefix}:act:{minute}"
+        return f"{self.prefix}:{{act}}:{minute}"
 
     def activity_sketch(self, minute: int, consumer: str) -> str:
         """One worker's serialized frequent-items sketch of one minute's guild activity."""
@@ -188,7 +217,7 @@ class Keys:
 
     def activity_scratch(self, token: str) -> str:
         """Temporary ZUNIONSTORE target of one top-K query, deleted in the same MULTI."""
-        return f"{self.prefix}:act:tmp:{token}"
+        return f"{self.prefix}:{{act}}:tmp:{token}"
 
     # Voice (chatscale/voice.py): grants are the single source of truth of who may send.
 
@@ -247,7 +276,10 @@ class Keys:
 
     def presence_online_of(self, partition: int) -> str:
         """Hash guild_id -> users of that guild online in one partition (only written with
-        several partitions: a guild's online total is the sum over partitions)."""
+        several partitions: a guild's online total is the sum over partitions). In the slot of
+        the partition's snapshot, so the two are saved in one MULTI."""
+        if partition == 0:
+            return f"{self.prefix}:{{presence}}:online"
         return f"{self.prefix}:presence:online:{{p{partition}}}"
 
     def presence_lease(self, partition: int) -> str:
@@ -257,6 +289,19 @@ class Keys:
     def presence_roster(self) -> str:
         """Sorted set presence process -> last heartbeat (ms), for fair partition shares."""
         return f"{self.prefix}:presence:roster"
+
+    # Redis Cluster (chatscale/redisconn.py): keys only the per-slot variants of scripts use.
+
+    def fanned_to(self, gateway_id: str, message_id: int) -> str:
+        """Marker of a message written to one gateway's delivery stream, on a cluster: the
+        fan-out is one script per gateway there (``storage/lua/fanout_gateway.lua``), so the
+        at-most-once marker lives in the gateway's slot. TTL ``FANOUT_MARKER_TTL_S``."""
+        return f"{self.prefix}:fanned:{{gw:{gateway_id}}}:{message_id}"
+
+    def delete_fanned_to(self, gateway_id: str, message_id: int) -> str:
+        """``delete_fanned_out`` on a cluster: MESSAGE_DELETE of a message written to one
+        gateway's stream (one script per gateway, the marker in the gateway's slot)."""
+        return f"{self.prefix}:delfan:{{gw:{gateway_id}}}:{message_id}"
 
 
 def presence_partition(user_id: int, partitions: int) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -69,10 +69,17 @@ class Leases:
     def key(self, n: int) -> str:
         return self._key(n)
 
-    async def maintain(self, *, greedy: bool = False) -> tuple[set[int], set[int]]:
+    async def maintain(
+        self,
+        *,
+        greedy: bool = False,
+        before_release: Callable[[int], Awaitable[None]] | None = None,
+    ) -> tuple[set[int], set[int]]:
         """Renew, then acquire up to the fair share (every free partition if ``greedy``).
 
         Returns (gained, lost) so the caller can start or stop the work of each partition.
+        ``before_release(n)`` runs before a partition above the fair share is given up (the
+        worker finishes a read still outstanding on that shard: ``Worker._settle_read``).
         """
         now_ms = int(time.time() * 1000)
         await self._redis.zadd(self._roster, {self.consumer: now_ms})
@@ -85,6 +92,8 @@ class Leases:
         live = max(1, await self._redis.zcount(self._roster, now_ms - self.ttl_ms, "+inf"))
         share = self._count if greedy else math.ceil(self._count / live)
         for n in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - share)]:
+            if before_release is not None:
+                await before_release(n)
             await self.release(n)
             lost.add(n)
         gained = set()

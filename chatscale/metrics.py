@@ -155,15 +155,12 @@ class QueueCollector(Collector):
     """
 
     def __init__(self, settings: Settings) -> None:
-        import redis
 
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = redis.Redis.from_url(
-            str(settings.redis_url),
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
+        from chatscale.redisconn import connect_sync
+
+        self.redis = connect_sync(str(settings.redis_url), timeout_s=settings.redis_timeout_s)
 
     def collect(self) -> Iterator[Any]:
         lag = GaugeMetricFamily(
@@ -351,13 +348,10 @@ class Exporter:
         self._thread.start()
 
     def _register_loop(self) -> None:
-        import redis
 
-        client = redis.Redis.from_url(
-            str(self.settings.redis_url),
-            socket_timeout=self.settings.redis_timeout_s,
-            socket_connect_timeout=self.settings.redis_timeout_s,
-        )
+        from chatscale.redisconn import connect_sync
+
+        client = connect_sync(str(self.settings.redis_url), timeout_s=self.settings.redis_timeout_s)
         key = Keys(self.settings.key_prefix).metrics_endpoint(self.name)
         value = json.dumps(
             {"role": self.role, "name": self.name, "url": self.url, "pid": os.getpid()}

@@ -6,6 +6,9 @@ survive a restart, as in the compose file; ``appendfsync`` is ``everysec`` (an O
 to about a second of writes) or ``always`` (nothing any client was answered about is lost; see
 README, "Guarantees and failure behaviour", for what each costs). ``restart()`` brings a dead
 server back on the same port and data directory, replaying its AOF.
+
+``ValkeyCluster`` (at the end) starts several such servers in cluster mode and forms a Valkey
+Cluster from them: the tests' cluster and ``chatscale run --redis-cluster N``.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class ValkeyServer:
         self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.extra_args: list[str] = []  # more server options (``ValkeyCluster``: cluster mode)
 
     @property
     def url(self) -> str:
@@ -90,6 +94,7 @@ class ValkeyServer:
             "no",
             "--protected-mode",
             "no",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             args,
@@ -152,6 +157,186 @@ class ValkeyServer:
             self.proc.wait()
 
     def __enter__(self) -> ValkeyServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+CLUSTER_SLOTS = 16384
+
+
+class ValkeyCluster:
+    """A real Valkey Cluster on this machine: ``masters`` masters (and ``replicas`` replicas of
+    each) started from the same binary with ``--cluster-enabled yes``, slots split evenly
+    (CLUSTER ADDSLOTSRANGE), joined with CLUSTER MEET, replicas attached with CLUSTER
+    REPLICATE. ``start`` returns once every node reports ``cluster_state:ok`` and every master
+    has its replicas, or raises saying which node is not there yet.
+
+    ``node_timeout_ms`` is small (default 1000) so that a killed master is marked failed and
+    its replica promoted in a couple of seconds (the production default is 15 s). AOF is off
+    by default: a replica holds the copy, and what a failover loses is the replication window
+    (README, "Growing past one machine").
+    """
+
+    def __init__(
+        self,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        workdir: str | Path | None = None,
+        node_timeout_ms: int = 1000,
+        appendonly: bool = False,
+    ) -> None:
+        if masters < 1 or replicas < 0:
+            raise ValueError("a cluster needs at least one master and no negative replica count")
+        self.masters_n = masters
+        self.replicas_n = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.appendonly = appendonly
+        self.workdir = (
+            Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="chatscale-vcluster-"))
+        ).resolve()
+        self.nodes: list[ValkeyServer] = []  # masters first, then replicas (master i: i + n*k)
+        self.bus_ports: list[int] = []
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://host:port,...`` of the masters (any node would do as a seed)."""
+        seeds = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return f"redis+cluster://{seeds}"
+
+    def _extra(self) -> list[str]:
+        return [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            # a replica may be promoted however long its link was down (a test kills masters)
+            "--cluster-replica-validity-factor",
+            "0",
+            "--cluster-require-full-coverage",
+            "no",
+            "--repl-diskless-sync-delay",  # a replica's first sync starts at once (default 5 s)
+            "0",
+        ]
+
+    def start(self, timeout: float = 30.0) -> ValkeyCluster:
+        total = self.masters_n * (1 + self.replicas_n)
+        for i in range(total):
+            node = ValkeyServer(workdir=self.workdir / f"node{i}", appendonly=self.appendonly)
+            self.bus_ports.append(free_port())
+            node.extra_args = [
+                *self._extra(),
+                "--cluster-config-file",
+                str(self.workdir / f"node{i}" / "nodes.conf"),
+                # the bus port defaults to port + 10000, which a free high port cannot have
+                "--cluster-port",
+                str(self.bus_ports[i]),
+            ]
+            self.nodes.append(node)
+        try:
+            for node in self.nodes:
+                node.start()
+            self._form(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _client(self, node: ValkeyServer) -> redis.Redis:
+        return redis.Redis(port=node.port, socket_timeout=5, socket_connect_timeout=2)
+
+    def _form(self, timeout: float) -> None:
+        n = self.masters_n
+        per = CLUSTER_SLOTS // n
+        clients = [self._client(node) for node in self.nodes]
+        try:
+            for i in range(n):
+                low = i * per
+                high = CLUSTER_SLOTS - 1 if i == n - 1 else (i + 1) * per - 1
+                clients[i].execute_command("CLUSTER", "ADDSLOTSRANGE", low, high)
+            for c in clients[1:]:
+                c.execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0]
+                )
+            ids = [c.execute_command("CLUSTER", "MYID").decode() for c in clients]
+            deadline = time.monotonic() + timeout
+            # a replica may only REPLICATE a master it already knows of (gossip spreads it)
+            for k in range(1, self.replicas_n + 1):
+                for i in range(n):
+                    r = k * n + i
+                    while True:
+                        try:
+                            clients[r].execute_command("CLUSTER", "REPLICATE", ids[i])
+                            break
+                        except redis.ResponseError as exc:
+                            if time.monotonic() > deadline:
+                                raise RuntimeError(
+                                    f"replica on port {self.nodes[r].port} could not attach to "
+                                    f"master {self.nodes[i].port} within {timeout}s: {exc}"
+                                ) from None
+                            time.sleep(0.05)
+            while True:
+                waiting = [
+                    f"{self.nodes[j].port}: {why}"
+                    for j, c in enumerate(clients)
+                    if (why := self._not_ready(c, j)) is not None
+                ]
+                if not waiting:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"cluster not ready within {timeout}s; nodes still waiting: "
+                        + "; ".join(waiting)
+                    )
+                time.sleep(0.05)
+        finally:
+            for c in clients:
+                c.close()
+
+    def _not_ready(self, client: redis.Redis, index: int) -> str | None:
+        """Why node ``index`` is not yet part of a healthy cluster, or None."""
+        info = client.execute_command("CLUSTER", "INFO").decode()
+        fields = dict(line.split(":", 1) for line in info.split() if ":" in line)
+        if fields.get("cluster_state") != "ok":
+            return f"cluster_state {fields.get('cluster_state')}"
+        if int(fields.get("cluster_known_nodes", 0)) != len(self.nodes):
+            return f"knows {fields.get('cluster_known_nodes')} of {len(self.nodes)} nodes"
+        if index < self.masters_n and self.replicas_n:
+            role = client.execute_command("ROLE")
+            if len(role[2]) < self.replicas_n:
+                return f"master has {len(role[2])} of {self.replicas_n} replicas linked"
+        return None
+
+    def master_of(self, key: str | bytes) -> ValkeyServer:
+        """The node currently serving ``key``'s slot (asks the cluster, so after a failover
+        it is the promoted replica)."""
+        for node in self.nodes:
+            if node.exited() is not None:
+                continue
+            c = self._client(node)
+            try:
+                slot = c.execute_command("CLUSTER", "KEYSLOT", key)
+                for low, high, master, *_ in c.execute_command("CLUSTER", "SLOTS"):
+                    if low <= slot <= high:
+                        port = int(master[1])
+                        return next(n for n in self.nodes if n.port == port)
+            finally:
+                c.close()
+        raise RuntimeError("no live node of the cluster answers")
+
+    def kill(self, node: ValkeyServer) -> None:
+        """SIGKILL one node (no shutdown, no last write): a crashed machine."""
+        assert node.proc is not None
+        node.proc.kill()
+        node.proc.wait()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> ValkeyCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from chatscale.closecodes import Close
-from chatscale.redisconn import TRANSIENT, connect
+from chatscale.redisconn import TRANSIENT, connect, ready
 from chatscale.wire import dumps
 from gateway.host import Client, GatewayHost
 from gateway.ratelimit import RateLimiter
@@ -181,6 +181,7 @@ class GatewayControl:
     async def start(self) -> None:
         """Subscribe before the gateway registers as alive: the control plane waits for every
         live gateway, so a live gateway must already hear every change."""
+        await ready(self._sub_redis)  # a cluster client reads its slot map first
         await self._pubsub.subscribe(self.gw.keys.metadata_events())
         self.seen_version = await self._version()
 

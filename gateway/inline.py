@@ -33,11 +33,19 @@ import redis.asyncio as aioredis
 from chatscale import trace
 from chatscale.config import Settings
 from chatscale.keys import Keys
+from chatscale.redisconn import is_cluster
 from chatscale.wire import Delivery, IngestMessage, encode_entry
 from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
 from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import member_bytes
-from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
+from storage.scripts import (
+    FANOUT,
+    FANOUT_MARKER_TTL_S,
+    HOT_ADD,
+    queue_fanout_gateway,
+    queue_hot_add_channel,
+    version_holds,
+)
 
 #: How many times the metadata version may move under one message before it is UNAVAILABLE.
 MAX_REAUTHORIZE = 10
@@ -55,6 +63,7 @@ class InlineProcessor:
         self._hot_add = redis.register_script(HOT_ADD)
         self._fanout = redis.register_script(FANOUT)
         self._version: bytes | None = None
+        self.cluster = is_cluster(redis)  # per-slot steps instead of the two scripts
         self._guilds: dict[int, GuildSnapshot | None] = {}
         self._members: dict[tuple[int, int], frozenset[int] | None] = {}
 
@@ -70,10 +79,7 @@ class InlineProcessor:
             code = await self._check(m)
             if code is not None:
                 return code
-            if await self._hot_add(
-                keys=[self.keys.metadata_version(), self.keys.hot(m.channel_id)],
-                args=[version or b"", self.settings.hot_size, member_bytes(m.id, m.payload)],
-            ):
+            if await self._accept(m, version):
                 trace.stamp(m.trace, "hot_write")
                 break
         else:
@@ -85,6 +91,26 @@ class InlineProcessor:
             await self._fan_out(m)
             await self._history(m)
         return None
+
+    async def _accept(self, m: IngestMessage, version: bytes | None) -> bool:
+        member = member_bytes(m.id, m.payload)
+        if not self.cluster:
+            return bool(
+                await self._hot_add(
+                    keys=[self.keys.metadata_version(), self.keys.hot(m.channel_id)],
+                    args=[version or b"", self.settings.hot_size, member],
+                )
+            )
+        # Redis Cluster: check, then write the channel's slot (storage/scripts.py)
+        if not await version_holds(self.redis, self.keys.metadata_version(), version):
+            return False
+        if self.settings.hot_size > 0:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                queue_hot_add_channel(
+                    pipe, self.keys.hot(m.channel_id), [member], self.settings.hot_size
+                )
+                await pipe.execute()
+        return True
 
     async def _check(self, m: IngestMessage) -> str | None:
         if m.guild_id not in self._guilds:
@@ -112,9 +138,24 @@ class InlineProcessor:
             payload=m.payload,
             trace=m.trace,
         )
+        gateways = sorted(await self.redis.smembers(self.keys.route(m.guild_id)))
+        if self.cluster:  # one script per gateway, each in its gateway's slot
+            if gateways:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for gw in gateways:
+                        queue_fanout_gateway(
+                            pipe,
+                            self.keys.fanned_to(gw.decode(), m.id),
+                            self.keys.gateway_alive(gw.decode()),
+                            self.keys.deliver(gw.decode()),
+                            encode_entry(entry)["e"],
+                            self.settings.delivery_maxlen,
+                        )
+                    await pipe.execute()
+            return
         shard = m.channel_id % self.settings.ingest_shards
         keys = [self.keys.fanned_out(m.id), self.keys.lease(shard)]
-        for gw in sorted(await self.redis.smembers(self.keys.route(m.guild_id))):
+        for gw in gateways:
             gateway = gw.decode()
             keys += [self.keys.gateway_alive(gateway), self.keys.deliver(gateway)]
         await self._fanout(

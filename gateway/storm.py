@@ -33,6 +33,7 @@ import redis
 from websockets.protocol import State as WsState
 
 from chatscale.closecodes import Close
+from chatscale.redisconn import connect_sync
 from gateway import metrics as gateway_metrics
 from gateway.admission import Admission, Degrade
 from gateway.host import Client
@@ -90,9 +91,7 @@ class StormGuard:
 
     def _renew(self, key: str, ttl_s: int, every_s: float) -> None:
         s = self.gw.settings
-        client = redis.Redis.from_url(
-            s.redis_url, socket_timeout=s.redis_timeout_s, socket_connect_timeout=s.redis_timeout_s
-        )
+        client = connect_sync(str(s.redis_url), timeout_s=s.redis_timeout_s)
         try:
             while not self._stop.wait(every_s):
                 if time.monotonic() - self.beat > STALL_LIMIT_S:

@@ -184,6 +184,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         help=f"embedded topology: history/metadata store (default {storage}; kept between "
         "runs so a big community loads once)",
     )
+    lt.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="embedded topology: a local Valkey Cluster of N masters instead of one Valkey",
+    )
     voice = lt.add_argument_group("voice (scenario voice only)")
     voice.add_argument("--speakers", type=int, default=2, help="participants who talk")
     voice.add_argument("--listeners", type=int, default=4, help="participants who only listen")
@@ -308,6 +315,7 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         storage_url=args.storage_url,
         ready_bound_s=args.ready_bound,
         cpu_hog=args.cpu_hog,
+        redis_cluster=args.redis_cluster,
         command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     cfg.out = args.out or engine.default_out(cfg)

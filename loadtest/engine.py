@@ -127,6 +127,7 @@ class RunConfig:
     # storms (connect-storm, reconnect-storm) are NOT CLEAN above this READY p99
     ready_bound_s: float = 10.0
     cpu_hog: bool = False  # a competing process keeps one core busy for the run
+    redis_cluster: int = 0  # embedded topology on a local Valkey Cluster of N masters
 
 
 # ---- loading the community ----------------------------------------------------------------------
@@ -414,6 +415,7 @@ def _topology(cfg: RunConfig) -> Topology:
         gateways=cfg.embedded_gateways,
         workers=cfg.embedded_workers,
         presence=cfg.embedded_presence,
+        redis_cluster=cfg.redis_cluster,
     )
 
 

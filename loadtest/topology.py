@@ -69,6 +69,7 @@ class Embedded:
         env: dict[str, str] | None = None,
         extras: frozenset[str] = frozenset(),
         presence: int = 1,
+        redis_cluster: int = 0,
     ) -> None:
         """``extras``: the services beyond the chat path to start too ("voice", "indexer");
         none by default, so a chat load test pays for no process it does not exercise.
@@ -90,6 +91,7 @@ class Embedded:
             extra_env=extra,
             extras=extras,
             presence=presence,
+            redis_cluster=redis_cluster,
         )
         self.timed_events: list[tuple[float, str]] = []  # what the supervisor did, when
         self._stop = asyncio.Event()

@@ -47,7 +47,17 @@ async def cmd_run(args: argparse.Namespace) -> int:
         workers=args.workers,
         base_port=args.base_port,
         presence=args.presence,
+        redis_cluster=args.redis_cluster,
+        redis_replicas=args.redis_replicas,
     )
+    if (
+        args.redis_cluster < 0
+        or args.redis_replicas < 0
+        or (args.redis_replicas and not args.redis_cluster)
+    ):
+        raise commandline.UsageError(
+            "--redis-cluster N needs N >= 1; --redis-replicas needs --redis-cluster"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -213,6 +223,20 @@ def add_commands(sub: argparse._SubParsersAction, *, run_extras: Sequence[RunExt
         "--no-demo", dest="demo", action="store_false", help="skip the scripted conversation"
     )
     r.add_argument("--duration", type=float, help="stop by itself after this many seconds")
+    r.add_argument(
+        "--redis-cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start a local Valkey Cluster of N masters instead of one Valkey (unless REDIS_URL)",
+    )
+    r.add_argument(
+        "--redis-replicas",
+        type=int,
+        default=0,
+        metavar="R",
+        help="with --redis-cluster: R replicas of each master (a killed master fails over)",
+    )
     for add_arguments, _start in run_extras:
         add_arguments(r)
     r.set_defaults(fn=cmd_run, run_extras=tuple(run_extras))

@@ -30,7 +30,7 @@ from chatscale.keys import Keys
 from chatscale.procutil import die_with_parent
 from chatscale.redisconn import connect
 from chatscale.trace import format_timeline
-from chatscale.valkey import ValkeyServer
+from chatscale.valkey import ValkeyCluster, ValkeyServer
 from guilds import community
 from storage import open_store
 from workers.leases import evict
@@ -69,6 +69,11 @@ class Topology:
     #: Presence processes; with ``presence_partitions`` > 1 they lease the partitions between
     #: them (presence/partitions.py), with one partition the others are standbys.
     presence: int = 1
+    #: ``chatscale run --redis-cluster N``: a local Valkey Cluster of N masters (and
+    #: ``redis_replicas`` replicas of each) instead of one Valkey; 0: one Valkey.
+    redis_cluster: int = 0
+    redis_replicas: int = 0
+    valkey_cluster: ValkeyCluster | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -114,6 +119,8 @@ class Topology:
                 child.proc.wait()
         if self.valkey is not None:
             self.valkey.stop()
+        if self.valkey_cluster is not None:
+            self.valkey_cluster.stop()
 
 
 def run_search_url(workdir: Path) -> str:
@@ -172,7 +179,24 @@ async def start(topo: Topology, *, say=print) -> None:  # noqa: ANN001
         # No usable default secret: one per data directory, kept in it (mode 0600).
         secret = discovery.ensure_secret(topo.workdir)
         settings = topo.settings = settings.model_copy(update={"token_secret": secret})
-    if not settings.redis_url:
+    if not settings.redis_url and topo.redis_cluster:
+        # A dead cluster master is not restarted here: its replica takes over (with
+        # ``redis_replicas``), or its slots stay down (README, "Growing past one machine").
+        topo.valkey_cluster = await asyncio.to_thread(
+            ValkeyCluster(
+                topo.redis_cluster,
+                replicas=topo.redis_replicas,
+                workdir=topo.workdir / "valkey-cluster",
+            ).start
+        )
+        settings = topo.settings = settings.model_copy(
+            update={"redis_url": topo.valkey_cluster.url}
+        )
+        say(
+            f"valkey      started  cluster of {topo.redis_cluster} masters, "
+            f"{topo.redis_replicas} replica(s) each: {topo.valkey_cluster.url}"
+        )
+    elif not settings.redis_url:
         topo.valkey = ValkeyServer(
             workdir=topo.workdir / "valkey", appendfsync=settings.valkey_appendfsync
         ).start()

@@ -359,15 +359,29 @@ class PresenceService:
             "coalescer": self.coalescer.to_dict(),
             "online": {str(g): sorted(u) for g, u in self._online.items() if u},
         }
+        views: list[tuple[str, str | None]] = [  # (user, visible presence JSON or None: offline)
+            (
+                str(c.user_id),
+                None
+                if c.new_visible == "offline"
+                else dumps({"status": c.new_visible, "client_status": c.client_status}),
+            )
+            for c in changes
+            if isinstance(c, StatusChange)
+        ]
+        # The users view is every partition's (tagged {presence}); a partition p > 0 keeps its
+        # own keys in its slot ({p<p>}), so it writes the view first, then its MULTI. A crash in
+        # between re-reads the unacked entries after a restore that lacks their changes, which
+        # applies and writes them again: the view is idempotent assignments.
+        separate = self.partition != 0
+        if separate and views:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                _write_views(pipe, self.keys.presence_users(), views)
+                await pipe.execute()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self.keys.presence_state_of(self.partition), orjson.dumps(snapshot))
-            for c in changes:
-                if isinstance(c, StatusChange):
-                    if c.new_visible == "offline":
-                        pipe.hdel(self.keys.presence_users(), str(c.user_id))
-                    else:
-                        view = {"status": c.new_visible, "client_status": c.client_status}
-                        pipe.hset(self.keys.presence_users(), str(c.user_id), dumps(view))
+            if not separate:
+                _write_views(pipe, self.keys.presence_users(), views)
             pipe.set(
                 self.keys.presence_stats_of(self.partition),
                 dumps(self.coalescer.stats.to_dict()),
@@ -377,6 +391,14 @@ class PresenceService:
                 pipe.hset(self.keys.presence_online_of(self.partition), mapping=counts)
             await pipe.execute()
         self._online_dirty.clear()
+
+
+def _write_views(pipe: Any, key: str, views: list[tuple[str, str | None]]) -> None:
+    for user, view in views:
+        if view is None:
+            pipe.hdel(key, user)
+        else:
+            pipe.hset(key, user, view)
 
 
 def _wire(update: dict[str, Any]) -> dict[str, Any]:

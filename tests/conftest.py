@@ -23,7 +23,7 @@ from chatscale.client import ChatClient
 from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
-from chatscale.valkey import ValkeyServer
+from chatscale.valkey import ValkeyCluster, ValkeyServer
 from chatscale.wire import Op
 from gateway.server import Gateway
 from guilds import community
@@ -76,6 +76,29 @@ def valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ValkeyCluster]:
+    """A real 3-master Valkey Cluster (no replicas), started once, only if a test asks."""
+    cluster = ValkeyCluster(3, workdir=tmp_path_factory.mktemp("vcluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, valkey: ValkeyServer) -> str:
+    """The session's single Valkey; a test parametrized with ``on_redis_cluster_too`` runs a
+    second time on the 3-master ``valkey_cluster``."""
+    if getattr(request, "param", "single") == "cluster":
+        return request.getfixturevalue("valkey_cluster").url
+    return valkey.url
+
+
+#: Run a test on one Valkey and on a real 3-master Valkey Cluster (``redis+cluster://``).
+on_redis_cluster_too = pytest.mark.parametrize(
+    "redis_url", ["single", pytest.param("cluster", marks=pytest.mark.slow)], indirect=True
+)
+
+
 @pytest.fixture
 def storage_url(tmp_path: Path) -> str:
     """SQLite by default; modules that also run on Cassandra override this fixture."""
@@ -83,9 +106,9 @@ def storage_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def settings(valkey: ValkeyServer, storage_url: str) -> Settings:
+def settings(redis_url: str, storage_url: str) -> Settings:
     return Settings(
-        redis_url=valkey.url,
+        redis_url=redis_url,
         storage_url=storage_url,
         key_prefix=f"t{uuid.uuid4().hex[:10]}",
         token_secret="test-secret",
@@ -381,3 +404,16 @@ def search_url_for(request, tmp_path):
         return f"sqlite:///{tmp_path}/search-{uuid.uuid4().hex[:6]}.db"
 
     return make
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test runs on the Redis Cluster with the SQLite store only: the cluster-and-Cassandra
+    combination would add a slow run that tests nothing the two single runs do not."""
+    dropped = []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("redis_url") == "cluster" and params.get("storage_url") == "cassandra":
+            dropped.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]

@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 from chatscale.client import ChatClient, GatewayError
 from chatscale.closecodes import Close
 from chatscale.wire import Op
-from tests.conftest import Stack
+from tests.conftest import Stack, on_redis_cluster_too
 
 
 @pytest.fixture(
@@ -28,6 +28,7 @@ def storage_url(request, tmp_path) -> str:
     return request.getfixturevalue("cassandra_url")
 
 
+@on_redis_cluster_too
 async def test_two_users_on_two_gateways_see_the_same_messages_in_order(stack: Stack):
     alice = await stack.client("alice", gateway=0)
     bob = await stack.client("bob", gateway=1)
@@ -73,6 +74,7 @@ async def test_non_members_do_not_see_a_guild_and_cannot_post_in_it(stack: Stack
     assert (await bob.next_event("MESSAGE_CREATE"))["d"]["content"] == "sentinel"
 
 
+@on_redis_cluster_too
 async def test_history_pages_across_the_hot_cold_boundary_without_gap_or_duplicate(stack: Stack):
     alice = await stack.client("alice")
     channel = stack.channels["system-design"]

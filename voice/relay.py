@@ -34,7 +34,7 @@ from chatscale import voice
 from chatscale.cancel import cancel_and_wait
 from chatscale.config import Settings
 from chatscale.keys import Keys, presence_partition
-from chatscale.redisconn import TRANSIENT, connect
+from chatscale.redisconn import TRANSIENT, connect, ready
 from presence.state import VoiceUpdate, event_to_dict
 from voice import packet
 from voice.metrics import watch_relay
@@ -119,6 +119,7 @@ class Relay:
         public = self.settings.voice_public_host or host
         self.udp_address = (public, port)
         self.tcp_address = (public, port)
+        await ready(self._sub_redis)  # a cluster client reads its slot map first
         await self._pubsub.subscribe(self.keys.voice_events())  # hear every event before live
         await self._register()
         self._spawn(self._events())

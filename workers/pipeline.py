@@ -57,13 +57,21 @@ from redis.exceptions import NoScriptError
 from chatscale import metrics, trace
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
+from chatscale.redisconn import is_cluster
 from chatscale.wire import Delivery, IngestDelete, IngestMessage, StoredEntry, dumps, encode_entry
 from guilds.access import GuildSnapshot, authorize_send, load_guild, load_member
 from guilds.directory import ActivityCounter, Directory
 from guilds.permissions import Permission
 from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import HotCache, member_bytes, stored_author
-from storage.scripts import FANOUT, FANOUT_MARKER_TTL_S, HOT_ADD
+from storage.scripts import (
+    FANOUT,
+    FANOUT_MARKER_TTL_S,
+    HOT_ADD,
+    queue_fanout_gateway,
+    queue_hot_add_channel,
+    version_holds,
+)
 from storage.search_index import SearchIndex
 from workers import metrics as worker_metrics
 from workers.indexer import queue_feed, stored_entries, to_doc
@@ -291,6 +299,8 @@ class Pipeline:
         self._hot_add = redis.register_script(HOT_ADD)
         # search_indexing=write: the worker's own handle on the index (opened on first use)
         self.index: SearchIndex | None = None
+        # On a Redis Cluster the cross-slot scripts run as per-slot steps (storage/scripts.py)
+        self.cluster = is_cluster(redis)
         self.history_down_until = 0.0  # circuit breaker: skip history attempts until then
         self.breaker_s = 1.0
         self._inbox_members: dict[int, list[int]] = {}  # guild -> members (fanout_mode=inbox)
@@ -379,14 +389,20 @@ class Pipeline:
         ``count`` discovery's activity counters, and the ack (``ack=False``: fault injection).
         A failed feed or ack raises (the batch is retried); the counters are best effort."""
         ids = [entry_id for entry_id, _ in batch.decoded + batch.deletes] if ack else []
+        # search_indexing=write indexed the messages already: only deletions are fed
+        feed = stored_entries(stored) if self.settings.search_indexing == "async" else []
+        feed += [
+            StoredEntry(kind="delete", id=d.id, channel_id=d.channel_id, guild_id=d.guild_id)
+            for d in batch.deleted
+        ]
+        if self.cluster and ids:
+            # a cluster pipeline sends to each node at once, so "feed before ack" needs two
+            # round trips there: everything but the ack first, then the ack
+            await self._ack_parts(feed, stored=stored, count=count)
+            await self.redis.xack(batch.stream, INGEST_GROUP, *ids)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             must = 0  # the feed's commands come first: their failure fails the batch
-            # search_indexing=write indexed the messages already: only deletions are fed
-            feed = stored_entries(stored) if self.settings.search_indexing == "async" else []
-            feed += [
-                StoredEntry(kind="delete", id=d.id, channel_id=d.channel_id, guild_id=d.guild_id)
-                for d in batch.deleted
-            ]
             if self.settings.search_url and feed:
                 must = queue_feed(pipe, self.keys, feed, self.settings.stored_stream_maxlen)
             if count and self.activity is not None and stored:
@@ -404,6 +420,29 @@ class Pipeline:
             if isinstance(result, Exception):
                 raise result
         for result in results[must : len(results) - (1 if ids else 0)]:
+            if isinstance(result, Exception):
+                log.debug("activity count skipped: %r", result)
+
+    async def _ack_parts(
+        self, feed: list[StoredEntry], *, stored: list[IngestMessage], count: bool
+    ) -> None:
+        """``_ack`` without the ack (the cluster's first round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            must = 0
+            if self.settings.search_url and feed:
+                must = queue_feed(pipe, self.keys, feed, self.settings.stored_stream_maxlen)
+            if count and self.activity is not None and stored:
+                try:
+                    await self.activity.batch((m.guild_id for m in stored), pipe=pipe)
+                except Exception as exc:  # noqa: BLE001 - a statistic must not hold up delivery
+                    log.debug("activity count skipped: %r", exc)
+            if not len(pipe):
+                return
+            results = await pipe.execute(raise_on_error=False)
+        for result in results[:must]:
+            if isinstance(result, Exception):
+                raise result
+        for result in results[must:]:
             if isinstance(result, Exception):
                 log.debug("activity count skipped: %r", result)
 
@@ -448,6 +487,19 @@ class Pipeline:
         """Move an entry aside for a human, atomically with its ack. The dead-letter stream is
         capped (``dead_letter_maxlen``, approximately): the oldest reasons go first."""
         log.error("dead-lettering %s %s: %s", stream, entry_id, reason)
+        if self.cluster:
+            # the dead-letter stream and the shard are on different slots: XADD, then XACK. A
+            # crash between the two dead-letters the entry again on redelivery (a duplicate
+            # reason for a human to read), never loses it.
+            await self.redis.xadd(
+                self.keys.dead_letter(),
+                {b"stream": stream.encode(), b"id": entry_id, b"reason": reason.encode(), **fields},
+                maxlen=self.settings.dead_letter_maxlen,
+                approximate=True,
+            )
+            await self.redis.xack(stream, INGEST_GROUP, entry_id)
+            self.stats.dead_lettered += 1
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(
                 self.keys.dead_letter(),
@@ -518,6 +570,8 @@ class Pipeline:
         stays atomic with the metadata version, and nothing is cached."""
         if not accepted:
             return True
+        if self.cluster:
+            return await self._hot_by_slot(accepted, version)
         keys = [self.keys.metadata_version()]
         args: list[bytes | int] = [version or b"", self.hot.size]
         if self.hot.size > 0:
@@ -525,6 +579,23 @@ class Pipeline:
             args += [member_bytes(m.id, m.payload) for m in accepted]
         if not await self._hot_add(keys=keys, args=args):
             return False
+        for m in accepted:
+            trace.stamp(m.trace, "hot_write")
+        return True
+
+    async def _hot_by_slot(self, accepted: list[IngestMessage], version: bytes | None) -> bool:
+        """``_hot`` on a Redis Cluster: the version check, then one script per channel (what
+        that split keeps: storage/scripts.py)."""
+        if not await version_holds(self.redis, self.keys.metadata_version(), version):
+            return False
+        if self.hot.size > 0:
+            by_channel: dict[int, list[bytes]] = {}
+            for m in accepted:
+                by_channel.setdefault(m.channel_id, []).append(member_bytes(m.id, m.payload))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for channel_id, members in by_channel.items():
+                    queue_hot_add_channel(pipe, self.keys.hot(channel_id), members, self.hot.size)
+                await pipe.execute()
         for m in accepted:
             trace.stamp(m.trace, "hot_write")
         return True
@@ -548,13 +619,24 @@ class Pipeline:
     ) -> None:
         guilds = sorted({m.guild_id for m in accepted})
         routes: dict[int, list[bytes]] = {}
+        fence = self.cluster and self.fenced and bool(accepted)
         if guilds:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for guild_id in guilds:
                     pipe.smembers(self.keys.route(guild_id))
-                for guild_id, members in zip(guilds, await pipe.execute(), strict=True):
+                if fence:  # the cluster's lease fence: a GET before the writes (scripts.py)
+                    pipe.get(self.keys.lease(batch.shard))
+                replies = await pipe.execute()
+                for guild_id, members in zip(guilds, replies, strict=False):
                     routes[guild_id] = sorted(members)
+            if fence and replies[-1] != self.consumer.encode():
+                raise LeaseLost(batch.stream)
         maxlen = self.settings.delivery_maxlen
+        if self.cluster:
+            await self._fan_out_by_slot(accepted, rejected, routes)
+            if self.settings.fanout_mode == "inbox":
+                await self._inbox(accepted)
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in accepted:
                 trace.stamp(m.trace, "fanout")
@@ -607,6 +689,67 @@ class Pipeline:
             self.stats.gateway_writes += max(0, int(written))
         if self.settings.fanout_mode == "inbox":
             await self._inbox(accepted)
+
+    async def _fan_out_by_slot(
+        self,
+        accepted: list[IngestMessage],
+        rejected: list[tuple[IngestMessage, str]],
+        routes: dict[int, list[bytes]],
+    ) -> None:
+        """``_fan_out``'s writes on a Redis Cluster: one ``FANOUT_GATEWAY`` per (message,
+        gateway), each atomic in its gateway's slot (storage/scripts.py)."""
+        maxlen = self.settings.delivery_maxlen
+        spans: list[int] = []  # how many scripts each accepted message queued
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in accepted:
+                trace.stamp(m.trace, "fanout")
+                entry = encode_entry(
+                    Delivery(
+                        t="MESSAGE_CREATE",
+                        guild_id=m.guild_id,
+                        channel_id=m.channel_id,
+                        payload=m.payload,
+                        trace=m.trace,
+                    )
+                )["e"]
+                for gw in routes[m.guild_id]:
+                    gateway = gw.decode()
+                    queue_fanout_gateway(
+                        pipe,
+                        self.keys.fanned_to(gateway, m.id),
+                        self.keys.gateway_alive(gateway),
+                        self.keys.deliver(gateway),
+                        entry,
+                        maxlen,
+                    )
+                spans.append(len(routes[m.guild_id]))
+            for m, code in rejected:
+                reply = Delivery(
+                    t="MESSAGE_REJECTED",
+                    session_id=m.session_id,
+                    payload=dumps(
+                        {
+                            "id": str(m.id),
+                            "channel_id": str(m.channel_id),
+                            "nonce": m.nonce,
+                            "code": code,
+                        }
+                    ),
+                )
+                pipe.xadd(
+                    self.keys.deliver(m.gateway_id),
+                    encode_entry(reply),
+                    maxlen=maxlen,
+                    approximate=True,
+                )
+            results = await pipe.execute() if len(pipe) else []
+        at = 0
+        for span in spans:
+            mine = [int(r) for r in results[at : at + span]]
+            at += span
+            if mine and all(r == 0 for r in mine):
+                self.stats.fanout_skipped += 1  # every gateway had it: a redelivery
+            self.stats.gateway_writes += sum(1 for r in mine if r == 1)
 
     async def _execute_fanout(self, pipe: Any) -> list[Any]:
         """Run the fan-out pipeline; if Valkey lost the script (a restart flushes the script
@@ -712,18 +855,15 @@ class Pipeline:
         routes: dict[int, list[bytes]] = {}
         for guild_id in {d.guild_id for d in allowed}:
             routes[guild_id] = sorted(await self.redis.smembers(self.keys.route(guild_id)))
+        if self.cluster:
+            await self._delete_fan_out_by_slot(batch, allowed, routes)
+            batch.deleted = allowed
+            return
         if not self._fanout_loaded:
             await self.redis.script_load(FANOUT)
             self._fanout_loaded = True
         for d in allowed:
-            entry = Delivery(
-                t="MESSAGE_DELETE",
-                guild_id=d.guild_id,
-                channel_id=d.channel_id,
-                payload=dumps(
-                    {"id": str(d.id), "channel_id": str(d.channel_id), "guild_id": str(d.guild_id)}
-                ),
-            )
+            entry = _delete_delivery(d)
             keys = [self.keys.delete_fanned_out(d.channel_id, d.id), self.keys.lease(batch.shard)]
             for gw in routes[d.guild_id]:
                 keys += [self.keys.gateway_alive(gw.decode()), self.keys.deliver(gw.decode())]
@@ -738,7 +878,44 @@ class Pipeline:
                 raise LeaseLost(batch.stream)
         batch.deleted = allowed
 
+    async def _delete_fan_out_by_slot(
+        self, batch: Batch, allowed: list[IngestDelete], routes: dict[int, list[bytes]]
+    ) -> None:
+        """``_deletes``' fan-out on a Redis Cluster: the lease checked by a GET first (as
+        ``_fan_out`` does there), then one ``FANOUT_GATEWAY`` per (deletion, gateway)."""
+        if self.fenced and await self.redis.get(self.keys.lease(batch.shard)) != (
+            self.consumer.encode()
+        ):
+            raise LeaseLost(batch.stream)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in allowed:
+                entry = encode_entry(_delete_delivery(d))["e"]
+                for gw in routes[d.guild_id]:
+                    gateway = gw.decode()
+                    queue_fanout_gateway(
+                        pipe,
+                        self.keys.delete_fanned_to(gateway, d.id),
+                        self.keys.gateway_alive(gateway),
+                        self.keys.deliver(gateway),
+                        entry,
+                        self.settings.delivery_maxlen,
+                    )
+            if len(pipe):
+                await pipe.execute()
+
     async def close(self) -> None:
         if self.index is not None:
             await self.index.close()
             self.index = None
+
+
+def _delete_delivery(d: IngestDelete) -> Delivery:
+    """MESSAGE_DELETE as the channel's viewers get it."""
+    return Delivery(
+        t="MESSAGE_DELETE",
+        guild_id=d.guild_id,
+        channel_id=d.channel_id,
+        payload=dumps(
+            {"id": str(d.id), "channel_id": str(d.channel_id), "guild_id": str(d.guild_id)}
+        ),
+    )

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 
 from chatscale.config import Settings
 from chatscale.keys import INGEST_GROUP, Keys
-from chatscale.redisconn import TRANSIENT, connect
+from chatscale.redisconn import TRANSIENT, connect, is_cluster
 from chatscale.wire import dumps
 from storage import StorageUnavailable, Store
 from workers import metrics, safety
@@ -96,6 +96,9 @@ class Worker:
         self._last_reclaim = 0.0
         self._last_trim = 0.0
         self._last_maintain = 0.0
+        # Redis Cluster: shards' streams are on different slots, read one XREADGROUP each;
+        # a blocking read still outstanding from an earlier step, per stream (``_read_each``)
+        self._reads: dict[str, asyncio.Task] = {}
         metrics.watch_worker(self)  # pipeline counters and backlog, read at scrape time
         safety.attach(self)  # the moderation stage and spam detector, if configured (no-op off)
 
@@ -113,6 +116,10 @@ class Worker:
             loop.add_signal_handler(sig, self.stop)
 
     async def close(self) -> None:
+        for task in self._reads.values():  # its entries, if any, are reclaimed by the next owner
+            task.cancel()
+        await asyncio.gather(*self._reads.values(), return_exceptions=True)
+        self._reads.clear()
         await safety.close(self)
         await self.pipeline.close()  # its search index handle (search_indexing=write)
         await self.redis.aclose()
@@ -153,7 +160,9 @@ class Worker:
             await self._health()
         if self.ordering == "shard":
             if due or burst:
-                gained, _ = await self.leases.maintain(greedy=burst)
+                gained, _ = await self.leases.maintain(
+                    greedy=burst, before_release=self._settle_read if self._reads else None
+                )
                 for shard in sorted(gained):
                     await self._reclaim(shard, min_idle_ms=0)
             shards = sorted(self.leases.owned)
@@ -174,20 +183,96 @@ class Worker:
                 await self._backoff(self.leases.ttl_ms / 3000)
             return worked
         streams = {self.keys.ingest(s): ">" for s in shards}
-        reply = await self.redis.xreadgroup(
-            INGEST_GROUP,
-            self.consumer,
-            streams,
-            count=self.settings.worker_batch,
-            block=None if burst else self.settings.worker_block_ms,
-        )
+        shard_of = {self.keys.ingest(s): s for s in shards}
+        if is_cluster(self.redis):
+            reply = await self._read_each(list(streams), burst=burst)
+        else:
+            reply = await self.redis.xreadgroup(
+                INGEST_GROUP,
+                self.consumer,
+                streams,
+                count=self.settings.worker_batch,
+                block=None if burst else self.settings.worker_block_ms,
+            )
         for stream, entries in reply or []:
             if entries:
                 worked = True
-                name = stream.decode()
-                await self._process(Batch(name, int(name.rsplit(":", 1)[1]), entries))
+                name = stream.decode() if isinstance(stream, bytes) else stream
+                shard = shard_of.get(name)
+                if shard is None:  # an outstanding read of a shard no longer in this step's list
+                    shard = next(
+                        i for i in range(self.settings.ingest_shards) if self.keys.ingest(i) == name
+                    )
+                await self._process(Batch(name, shard, entries))
         await self._maybe_trim(shards)
         return worked
+
+    async def _read_each(self, streams: list[str], *, burst: bool) -> list[tuple[str, list]]:
+        """The shards' XREADGROUP on a Redis Cluster, where one command may not name streams
+        of several slots: one read per stream. Entries that a blocking read of an earlier step
+        returned come first; then one non-blocking read of every other stream, in one cluster
+        pipeline (one round trip per node); only if all are empty (and not ``burst``), a
+        blocking read per stream at once, returning as soon as one answers. The others stay
+        outstanding for the next step, never cancelled: a cancelled XREADGROUP may already have
+        put entries in this consumer's pending list, where no ``>`` read would find them."""
+        got = self._collect_reads()
+        if got:
+            return got
+        idle = [s for s in streams if s not in self._reads]
+        if idle:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for stream in idle:
+                    pipe.xreadgroup(
+                        INGEST_GROUP, self.consumer, {stream: ">"}, count=self.settings.worker_batch
+                    )
+                replies = await pipe.execute()
+            got = [(s, es) for reply in replies for s, es in (reply or []) if es]
+            if got or burst:
+                return got
+        for stream in streams:
+            if stream not in self._reads:
+                self._reads[stream] = asyncio.create_task(
+                    self.redis.xreadgroup(
+                        INGEST_GROUP,
+                        self.consumer,
+                        {stream: ">"},
+                        count=self.settings.worker_batch,
+                        block=self.settings.worker_block_ms,
+                    )
+                )
+        if self._reads:
+            await asyncio.wait(
+                set(self._reads.values()),
+                timeout=self.settings.worker_block_ms / 1000 + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        return self._collect_reads()
+
+    async def _settle_read(self, shard: int) -> None:
+        """Before this worker gives a shard up: finish the read still outstanding on it and
+        process what it got while the lease is still ours. Otherwise entries it delivered
+        after the release would be pending under this consumer, fenced off by the lease, and
+        never read again (the new owner reclaims when it gains the shard, before that)."""
+        stream = self.keys.ingest(shard)
+        task = self._reads.pop(stream, None)
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=self.settings.worker_block_ms / 1000 + 1)
+        if not done:  # a hung read: leave the shard to the new owner's reclaim
+            task.cancel()
+            return
+        for _name, entries in task.result() or []:
+            if entries:
+                await self._process(Batch(stream, shard, entries))
+
+    def _collect_reads(self) -> list[tuple[str, list]]:
+        """Entries of the blocking reads that have finished (their errors are raised)."""
+        got = []
+        for stream, task in list(self._reads.items()):
+            if task.done():
+                del self._reads[stream]
+                got += [(s, es) for s, es in (task.result() or []) if es]
+        return got
 
     async def _process(self, batch: Batch) -> None:
         if self._stop_after is not None:

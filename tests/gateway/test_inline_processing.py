@@ -15,7 +15,7 @@ from chatscale.config import Settings
 from chatscale.keys import Keys
 from chatscale.redisconn import connect
 from chatscale.wire import IngestMessage
-from tests.conftest import Stack
+from tests.conftest import Stack, on_redis_cluster_too
 
 
 async def _stream_lengths(settings: Settings) -> int:
@@ -43,6 +43,7 @@ class TestInline:
     def settings(self, settings: Settings) -> Settings:
         return settings.model_copy(update={"processing": "inline"})
 
+    @on_redis_cluster_too
     async def test_the_ack_comes_after_store_and_fan_out_and_nothing_is_queued(self, stack: Stack):
         ack, stored, hot, queued = await _send_and_look(stack)
         message_id = int(ack["id"])

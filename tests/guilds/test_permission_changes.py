@@ -19,7 +19,7 @@ from chatscale.closecodes import Close
 from chatscale.wire import IngestMessage, encode_entry
 from guilds.controlplane import ControlError, ControlPlane
 from guilds.permissions import Permission
-from tests.conftest import Stack, settled
+from tests.conftest import Stack, on_redis_cluster_too, settled
 from workers.worker import Worker
 
 P = Permission
@@ -233,6 +233,7 @@ def storage_url(request, tmp_path) -> str:
     ["sqlite", pytest.param("cassandra", marks=[pytest.mark.cassandra, pytest.mark.slow])],
     indirect=True,
 )
+@on_redis_cluster_too
 async def test_ban_racing_a_flood_takes_effect_everywhere_when_it_returns(
     stack: Stack, plane: ControlPlane
 ):
@@ -305,6 +306,7 @@ async def test_ban_racing_a_flood_takes_effect_everywhere_when_it_returns(
     assert [g["name"] for g in again.ready["guilds"]] == []
 
 
+@on_redis_cluster_too
 async def test_a_batch_checked_before_a_ban_is_checked_again_and_rejected(
     stack: Stack, plane: ControlPlane
 ):

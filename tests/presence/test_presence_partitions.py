@@ -10,7 +10,7 @@ from chatscale import leases
 from chatscale.config import Settings
 from chatscale.keys import Keys, presence_partition
 from presence.partitions import PresenceHost
-from tests.conftest import FakeClock, Stack
+from tests.conftest import FakeClock, Stack, on_redis_cluster_too
 
 PARTS = 4
 
@@ -69,6 +69,7 @@ async def seen_status(client, user_id: int) -> str:  # noqa: ANN001
     raise AssertionError(f"no PRESENCE_UPDATE about {user_id} in 20 updates")
 
 
+@on_redis_cluster_too
 async def test_partitions_are_shared_fairly_and_a_survivor_takes_over_a_dead_ones(
     stack: Stack, hosts: list[PresenceHost]
 ):

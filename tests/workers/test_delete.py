@@ -16,7 +16,7 @@ from chatscale.wire import IngestDelete, encode_entry
 from storage.cold import ColdArchive, open_object_store
 from storage.search_index import IndexDoc, SearchIndex
 from storage.tiers import Archiver
-from tests.conftest import Stack
+from tests.conftest import Stack, on_redis_cluster_too
 from workers.indexer import Indexer
 
 
@@ -31,6 +31,7 @@ def settings(settings, tmp_path):
     )
 
 
+@on_redis_cluster_too
 async def test_index_at_write_and_deletion(stack: Stack) -> None:
     general = stack.channels["general"]
     bob = await stack.client("bob", gateway=1)

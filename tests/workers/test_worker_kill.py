@@ -17,7 +17,7 @@ import pytest
 
 from chatscale.keys import INGEST_GROUP, Keys
 from chatscale.redisconn import connect
-from tests.conftest import Stack
+from tests.conftest import Stack, on_redis_cluster_too
 from workers.leases import evict
 
 pytestmark = pytest.mark.slow
@@ -34,6 +34,7 @@ def _env(stack: Stack) -> dict[str, str]:
     }
 
 
+@on_redis_cluster_too
 async def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(stack: Stack, tmp_path):
     alice = await stack.client("alice", gateway=0)
     bob = await stack.client("bob", gateway=1)
