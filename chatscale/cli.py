@@ -31,7 +31,7 @@ from chatscale.config import Settings
 from chatscale.discovery import WORKDIR, TopologyError
 from guilds import commands as admin
 from guilds.controlplane import ControlError
-from storage.exceptions import UnknownBackend
+from storage.exceptions import StorageUnavailable, UnknownBackend
 
 __all__ = ["WORKDIR", "build_parser", "main"]
 
@@ -40,7 +40,8 @@ __all__ = ["WORKDIR", "build_parser", "main"]
 EXPECTED_ERRORS = (
     UsageError,
     TopologyError,
-    UnknownBackend,  # a storage URL of no known kind
+    UnknownBackend,  # a storage URL of no known kind (or a bad one: BadStorageURL)
+    StorageUnavailable,  # e.g. a metadata change refused: too few Cassandra replicas alive
     admin.Unresolved,
     admin.Refused,
     ControlError,

@@ -956,6 +956,53 @@ class CassandraCluster:
         finally:
             cluster.shutdown()
 
+    def stop_node(self, index: int, timeout: float = 30.0) -> None:
+        """Stop one member gracefully, then wait until every running member sees it down."""
+        self.nodes[index].stop()
+        self.wait_down(timeout=timeout)
+
+    def wait_down(self, timeout: float = 30.0) -> None:
+        """Block until each running member, as coordinator, counts every stopped member as
+        down: a read of ``system_distributed`` (RF=3) at a consistency of one more replica
+        than are running (TWO with one running, THREE with two) must be refused as
+        Unavailable by each of them. For rings of up to 3 nodes."""
+        from cassandra import ConsistencyLevel, Unavailable
+        from cassandra.query import SimpleStatement
+
+        live = [n for n in self.nodes if n.running]
+        if not live or len(live) == len(self.nodes):
+            return
+        level = {1: ConsistencyLevel.TWO, 2: ConsistencyLevel.THREE}.get(len(live))
+        if level is None:
+            raise CassandraNodeError("wait_down covers rings of up to 3 nodes")
+        probe = SimpleStatement(
+            "SELECT id FROM system_distributed.repair_history LIMIT 1", consistency_level=level
+        )
+        deadline = time.monotonic() + timeout
+        cluster = self.cluster(connect_timeout=5, control_connection_timeout=5)
+        try:
+            session = cluster.connect()
+            pending = {n.host for n in live}
+            while pending:
+                for h in cluster.metadata.all_hosts():
+                    if h.address not in pending or not h.is_up:
+                        continue
+                    try:
+                        session.execute(probe, host=h, timeout=5)
+                    except Unavailable:
+                        pending.discard(h.address)
+                    except Exception:  # a timeout: the coordinator still waits on a dead peer
+                        pass
+                if pending and time.monotonic() > deadline:
+                    raise CassandraNodeError(
+                        f"{', '.join(sorted(pending))} still count a stopped node as up "
+                        f"after {timeout:.0f}s"
+                    )
+                if pending:
+                    time.sleep(0.1)
+        finally:
+            cluster.shutdown()
+
     def stop(self) -> None:
         """Stop every node (SIGTERM, concurrently: each waits for its own drain)."""
         for node in self.nodes:
