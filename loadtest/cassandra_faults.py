@@ -1,0 +1,245 @@
+"""Fault run on a real 3-node Cassandra ring (RF=3): chat traffic and metadata changes keep
+running while one node, then a second, is stopped; then both come back. Exact accounting.
+
+``python -m loadtest.cassandra_faults [--phase-s 8] [--runs 3]``
+
+Everything is real and on this machine: a 3-node Cassandra 5.0 ring on 127.0.0.1-3
+(``storage.cassandra_node.CassandraCluster``), a Valkey, two gateways and a worker in this
+process, the demo community. alice (gateway 0) sends to #general as fast as her ACKs come back;
+bob (gateway 1) counts what he receives live; a moderator changes #system-design's slowmode
+every 200 ms (a metadata write at QUORUM). Phases of ``--phase-s`` seconds: all up, node 3
+stopped, nodes 2 and 3 stopped; then both are restarted, the worker drains, and every ACKed
+message id is looked up in Cassandra (page by page, at ONE, all three nodes up).
+
+Per phase: messages ACKed / refused (an error instead of an ACK) / delivered live, metadata
+changes done / refused (with the first refusal's text). At the end: ACKed, stored, lost
+(ACKed but not stored), duplicates. Printed as one JSON object per run and a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from chatscale import tokens
+from chatscale.client import ChatClient
+from chatscale.config import Settings
+from chatscale.keys import Keys
+from chatscale.redisconn import connect
+from chatscale.valkey import ValkeyServer
+from gateway.server import Gateway
+from guilds import community
+from guilds.controlplane import ControlPlane
+from storage import StorageUnavailable, open_store
+from storage.cassandra_node import CassandraCluster, fetch_jars, missing_requirements
+from workers.worker import Worker
+
+PHASES = ("all up", "1 of 3 down", "2 of 3 down")
+
+
+async def one_run(cluster: CassandraCluster, valkey: ValkeyServer, phase_s: float) -> dict:
+    settings = Settings(
+        redis_url=valkey.url,
+        storage_url=cluster.url(f"faults_{uuid.uuid4().hex[:8]}", rf=3, timeout=2),
+        key_prefix=f"f{uuid.uuid4().hex[:8]}",
+        token_secret="fault-run",
+        worker_block_ms=50,
+        user_messages_per_window=1_000_000,
+        events_per_window=1_000_000,
+    )
+    store = await open_store(settings.storage_url, bucket_span_ms=settings.bucket_span_ms)
+    redis = connect(settings)
+    spec = community.load_file(community.SEEDS / "demo.toml")
+    await community.apply(spec, store, redis, Keys(settings.key_prefix))
+    await redis.aclose()
+    users, _guilds, channels, _members = spec.plan()
+    uid = {u.username: u.id for u in users}
+    cid = {c.name: c.id for c in channels}
+    gateways = [Gateway(settings, store=store, gateway_id=f"gw-{i}") for i in range(2)]
+    for gw in gateways:
+        await gw.start()
+    worker = Worker(settings, store=store, consumer="w-faults")
+    worker.pipeline.breaker_s = 0.2
+    plane = ControlPlane(settings, store=store)
+
+    def token(name: str) -> str:
+        return tokens.mint(uid[name], secret=settings.token_secret, ttl_s=3600, now=time.time())
+
+    alice = await ChatClient.identify(gateways[0].url, token("alice"), heartbeat=False)
+    bob = await ChatClient.identify(gateways[1].url, token("bob"), heartbeat=False)
+    general = cid["general"]
+    phase = {"i": 0}
+    stats: list[dict[str, Any]] = [
+        {
+            "phase": p,
+            "acked": 0,
+            "refused": 0,
+            "live": 0,
+            "late": 0,
+            "meta_ok": 0,
+            "meta_refused": 0,
+        }
+        for p in PHASES
+    ]
+    acked: list[int] = []
+    stop = asyncio.Event()
+
+    async def send() -> None:
+        n = 0
+        while not stop.is_set():
+            p = phase["i"]
+            try:
+                ack = await alice.send_message(general, f"{p}:{n}", timeout=10)
+                acked.append(int(ack["id"]))
+                stats[p]["acked"] += 1
+            except Exception:  # noqa: BLE001 - an error event or no ACK: refused
+                stats[p]["refused"] += 1
+            n += 1
+
+    async def receive() -> None:
+        while True:
+            ev = await bob.next_event("MESSAGE_CREATE", timeout=3600)
+            p = int(ev["d"]["content"].split(":")[0])
+            stats[p]["late" if stop.is_set() else "live"] += 1
+
+    async def moderate() -> None:
+        k = 0
+        while not stop.is_set():
+            p = phase["i"]
+            try:
+                await plane.set_slowmode(cid["system-design"], k % 2)
+                stats[p]["meta_ok"] += 1
+            except StorageUnavailable as exc:
+                stats[p]["meta_refused"] += 1
+                stats[p].setdefault("refusal", str(exc))
+            k += 1
+            await asyncio.sleep(0.2)
+
+    tasks = [asyncio.create_task(c()) for c in (send, receive, moderate, worker.run)]
+    faults = [None, lambda: cluster.stop_node(2), lambda: cluster.stop_node(1)]
+    t_fault: list[float] = []
+    for i, fault in enumerate(faults):
+        if fault is not None:
+            t0 = time.monotonic()
+            await asyncio.to_thread(fault)  # traffic keeps running meanwhile
+            t_fault.append(round(time.monotonic() - t0, 1))
+            phase["i"] = i
+        await asyncio.sleep(phase_s)
+        stats[i]["backlog_at_end"] = worker.history_backlog
+    stop.set()
+    await asyncio.gather(*tasks[:1], *tasks[2:3])
+    t0 = time.monotonic()
+    for i in (1, 2):
+        await asyncio.to_thread(cluster.nodes[i].start, 180.0)
+    await asyncio.to_thread(cluster.wait_ring_up, 60.0)
+    recovered_s = time.monotonic() - t0
+    worker.stop()  # finishes its batch; then drain whatever is pending, bounded
+    await tasks[3]
+    for _ in range(50):
+        await worker.drain()
+        if not worker.history_backlog:
+            break
+    tasks[1].cancel()
+    stored: list[int] = []
+    after = 0
+    while True:
+        page = await store.page_after(general, after=after, limit=500)
+        if not page:
+            break
+        stored += [m.message_id for m in page]
+        after = page[-1].message_id
+    stored_set, acked_set = set(stored), set(acked)
+    result = {
+        "phases": stats,
+        "fault_s": t_fault,
+        "restart_both_s": round(recovered_s, 1),
+        "acked": len(acked),
+        "stored": len(acked_set & stored_set),
+        "lost": len(acked_set - stored_set),
+        "duplicates": len(stored) - len(stored_set),
+    }
+    for c in (alice, bob):
+        await c.close()
+    for gw in gateways:
+        await gw.stop()
+    await plane.close()
+    await worker.close()
+    await store.close()
+    return result
+
+
+def _table(results: list[dict]) -> str:
+    def med(values: list[float]) -> str:
+        m = statistics.median(values)
+        return f"{m:g} ({min(values):g}-{max(values):g})" if len(values) > 1 else f"{m:g}"
+
+    lines = [
+        "| phase | messages ACKed | refused | delivered live | delivered after recovery "
+        "| metadata changes ok | refused |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, name in enumerate(PHASES):
+        row = [
+            med([r["phases"][i][k] for r in results])
+            for k in ("acked", "refused", "live", "late", "meta_ok", "meta_refused")
+        ]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(
+        "after both nodes are back: ACKed "
+        + med([r["acked"] for r in results])
+        + ", stored "
+        + med([r["stored"] for r in results])
+        + ", lost "
+        + med([r["lost"] for r in results])
+        + ", duplicates "
+        + med([r["duplicates"] for r in results])
+    )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    lib = fetch_jars(progress=lambda line: print(line, file=sys.stderr))
+    work = Path(tempfile.mkdtemp(prefix="cassandra-faults-"))
+    valkey = ValkeyServer(workdir=work / "valkey").start()
+    results = []
+    try:
+        for run in range(args.runs):
+            cluster = CassandraCluster(lib_dir=lib, workdir=work / f"ring{run}")
+            await asyncio.to_thread(cluster.start, 300.0)
+            try:
+                result = await one_run(cluster, valkey, args.phase_s)
+            finally:
+                await asyncio.to_thread(cluster.stop)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+    finally:
+        valkey.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(_table(results))
+    return 0 if all(r["lost"] == 0 for r in results) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtest.cassandra_faults", description=__doc__)
+    p.add_argument("--phase-s", type=float, default=8.0, help="seconds per phase (default 8)")
+    p.add_argument("--runs", type=int, default=3, help="runs, each on a fresh ring (default 3)")
+    args = p.parse_args(argv)
+    problem = missing_requirements()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
