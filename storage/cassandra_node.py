@@ -905,9 +905,19 @@ class CassandraCluster:
         self._started_in = time.monotonic() - t0
         return self
 
-    def restart(self, index: int, timeout: float = 180.0) -> None:
-        """Start a stopped member again (same data, token and ports) and wait for the ring."""
-        self.nodes[index].start(timeout=timeout)
+    def restart(self, *indexes: int, timeout: float = 180.0) -> None:
+        """Start stopped members again (same data, token and ports; all at once) and wait for
+        the whole ring."""
+        nodes = [self.nodes[i] for i in indexes]
+        try:
+            launched = [node.launch() for node in nodes]
+            for node, started in zip(nodes, launched, strict=True):
+                node._wait_ready(started, timeout)
+                node._started_in = time.monotonic() - started
+        except BaseException:
+            for node in nodes:
+                node.kill()
+            raise
         self.wait_ring_up(timeout=timeout)
 
     def cluster(self, **kwargs: Any):
