@@ -25,6 +25,8 @@ blocks on a query. Driver errors that mean "cannot reach enough replicas" become
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -170,6 +172,38 @@ def _parse(url: str) -> dict[str, Any]:
     }
 
 
+class _OneLineLog(logging.Filter):
+    """The driver logs connection failures with their traceback (a node down logs one per
+    reconnection attempt): keep the line and the exception's text, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg, record.args = f"{record.getMessage()} {type(exc).__name__}: {exc}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_DRIVER_LOGGERS = ("cassandra.cluster", "cassandra.pool", "cassandra.connection")
+for _name in _DRIVER_LOGGERS + ("cassandra.io.libevreactor", "cassandra.io.asyncorereactor"):
+    logging.getLogger(_name).addFilter(_OneLineLog())
+
+
+@contextlib.contextmanager
+def _driver_quiet():
+    """While opening: every connection failure is in the error ``open`` raises, so the driver's
+    own warnings about them would only repeat it (a CLI error stays one line)."""
+    loggers = [logging.getLogger(n) for n in _DRIVER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _where(opts: dict[str, Any]) -> str:
     return ",".join(f"{h}:{p}" for h, p in opts["contact_points"])
 
@@ -231,7 +265,8 @@ class CassandraStore:
             connect_timeout=opts["timeout"],
         )
         try:
-            session = await asyncio.to_thread(cluster.connect)
+            with _driver_quiet():
+                session = await asyncio.to_thread(cluster.connect)
             nodes = len(cluster.metadata.all_hosts())
             if nodes < opts["rf"]:
                 raise BadStorageURL(
@@ -274,9 +309,8 @@ class CassandraStore:
             raise
         except UNAVAILABLE as exc:
             cluster.shutdown()
-            raise StorageUnavailable(
-                f"cassandra at {_where(opts)}: " + unavailable_message(exc, "schema setup")
-            ) from exc
+            why = unavailable_message(exc, "schema setup").removeprefix("cassandra: ")
+            raise StorageUnavailable(f"cassandra at {_where(opts)}: {why}") from exc
         store = cls(cluster, session, opts, bucket_span_ms)
         await store._prepare()
         return store
