@@ -1,4 +1,6 @@
-"""A real single-node Apache Cassandra 5.0, run from Maven Central jars, without Docker.
+"""A real Apache Cassandra 5.0 node — or a ring of them (:class:`CassandraCluster`, ``run
+--nodes 3``: 127.0.0.1-3, every node a seed, one initial token each) — run from Maven Central
+jars, without Docker.
 
 The picture: Apache publishes the whole server as ``org.apache.cassandra:cassandra-all`` with its
 runtime dependencies, so Maven (``maven-dependency-plugin:copy-dependencies``) can put every jar
