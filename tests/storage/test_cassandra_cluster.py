@@ -3,8 +3,10 @@
 Consistency as documented (docs/storage.md): messages ONE, metadata QUORUM. One node down:
 messages are still accepted and stored, a ban still works (2 of 3). Two down: a metadata change
 is refused with an error saying how many replicas were needed and alive, while chat goes on and
-history is served from the hot cache. Needs Java 17 and Maven; under ``CI=true`` it fails
-instead of skipping.
+history is served from the hot cache. The end-to-end checks (two users on two gateways,
+history across the hot/cold boundary, the ban race) run here on the ring too. Needs Java 17 and
+Maven; under ``CI=true`` it fails instead of skipping. ~60-100 s, most of it the ring's start
+and schema changes (each waits for three nodes to agree).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def cassandra_cluster(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def storage_url(cassandra_cluster) -> str:
-    return cassandra_cluster.url("chatscale_rf3", rf=3, timeout=2)
+def storage_url(request, cassandra_cluster) -> str:
+    """One keyspace at RF=3; a test that bans demo users (fixed ids) asks for its own."""
+    keyspace = getattr(request, "param", "chatscale_rf3")
+    return cassandra_cluster.url(keyspace, rf=3, timeout=2)
 
 
 async def test_contract_smoke_on_a_three_node_ring_at_rf3(cassandra_cluster):
@@ -70,6 +74,22 @@ async def test_contract_smoke_on_a_three_node_ring_at_rf3(cassandra_cluster):
         await open_store(cassandra_cluster.url("chatscale_rf4", rf=4), bucket_span_ms=1000)
     with pytest.raises(BadStorageURL, match="replication_factor 3, the URL asks rf=1"):
         await open_store(cassandra_cluster.url("chatscale_rf3", rf=1), bucket_span_ms=1000)
+
+
+async def test_end_to_end_on_the_ring_two_users_then_history_across_hot_and_cold(stack: Stack):
+    from tests import test_e2e  # not at import: no re-collection
+
+    await test_e2e.test_two_users_on_two_gateways_see_the_same_messages_in_order(stack)
+    await test_e2e.test_history_pages_across_the_hot_cold_boundary_without_gap_or_duplicate(stack)
+
+
+@pytest.mark.parametrize("storage_url", ["chatscale_rf3_ban_race"], indirect=True)
+async def test_end_to_end_on_the_ring_ban_race(stack: Stack, plane):
+    from tests.guilds import test_permission_changes as bans
+
+    # Its own keyspace (~20 s of schema changes on the ring): it bans bob, a demo user with a
+    # fixed id whom the next test needs as a member.
+    await bans.test_ban_racing_a_flood_takes_effect_everywhere_when_it_returns(stack, plane)
 
 
 async def test_one_node_down_then_two(stack: Stack, plane, cassandra_cluster):
