@@ -32,7 +32,7 @@ from chatscale.discovery import WORKDIR, TopologyError
 from chatscale.redisconn import BadRedisURL
 from guilds import commands as admin
 from guilds.controlplane import ControlError
-from storage.exceptions import UnknownBackend
+from storage.exceptions import StorageUnavailable, UnknownBackend
 
 __all__ = ["WORKDIR", "build_parser", "main"]
 
@@ -41,7 +41,8 @@ __all__ = ["WORKDIR", "build_parser", "main"]
 EXPECTED_ERRORS = (
     UsageError,
     TopologyError,
-    UnknownBackend,  # a storage URL of no known kind
+    UnknownBackend,  # a storage URL of no known kind (or a bad one: BadStorageURL)
+    StorageUnavailable,  # e.g. a metadata change refused: too few Cassandra replicas alive
     admin.Unresolved,
     admin.Refused,
     ControlError,

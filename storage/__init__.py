@@ -16,7 +16,7 @@ from storage.base import (
     StoredMessage,
     User,
 )
-from storage.exceptions import StorageError, StorageUnavailable, UnknownBackend
+from storage.exceptions import BadStorageURL, StorageError, StorageUnavailable, UnknownBackend
 
 
 async def open_store(url: str, *, bucket_span_ms: int = 10 * 24 * 3600 * 1000) -> Store:
@@ -43,6 +43,7 @@ __all__ = [
     "StoredMessage",
     "Store",
     "User",
+    "BadStorageURL",
     "StorageError",
     "StorageUnavailable",
     "UnknownBackend",

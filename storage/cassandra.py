@@ -25,6 +25,8 @@ blocks on a query. Driver errors that mean "cannot reach enough replicas" become
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -45,12 +47,12 @@ from cassandra.cluster import (
     NoHostAvailable,
     Session,
 )
-from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
 from cassandra.query import PreparedStatement
 
 from chatscale import snowflake
 from storage.base import Ban, Channel, ChannelOverwrite, Guild, GuildRole, StoredMessage, User
-from storage.exceptions import StorageUnavailable
+from storage.exceptions import BadStorageURL, StorageUnavailable
 
 UNAVAILABLE = (
     NoHostAvailable,
@@ -103,25 +105,131 @@ def _qualify(cql: str, keyspace: str) -> str:
     return _TABLE_REF.sub(lambda m: f"{m.group(1)} {keyspace}.{m.group(2)}", cql)
 
 
+#: Schema changes wait for every node to agree on the new schema: on a ring of three JVMs
+#: sharing two cores that takes seconds, far more than a query's ``timeout``.
+SCHEMA_TIMEOUT_S = 30.0
+
 LEVELS = {
     name: getattr(ConsistencyLevel, name)
     for name in ("ONE", "LOCAL_ONE", "TWO", "QUORUM", "LOCAL_QUORUM", "ALL")
 }
 
 
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d+))?$")
+_KEYSPACE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
+
+
+def _contact_points(netloc: str) -> list[tuple[str, int]]:
+    """``h1:9042,h2:9042,h3`` -> [(h1, 9042), ...]; a missing port is 9042."""
+    points = []
+    for part in netloc.split(",") if netloc else ["127.0.0.1"]:
+        m = _HOST_PORT.match(part.strip())
+        if not m or (m.group("port") and not 0 < int(m.group("port")) < 65536):
+            raise BadStorageURL(f"bad Cassandra contact point {part!r}: use host or host:port")
+        points.append((m.group("v6") or m.group("host"), int(m.group("port") or 9042)))
+    return points
+
+
 def _parse(url: str) -> dict[str, Any]:
+    """``cassandra://host[:port][,host[:port]...]/keyspace[?rf=&dc=&messages=&metadata=&timeout=]``.
+
+    A mistake in the URL is ``BadStorageURL`` naming what is wrong (one line at the CLI)."""
     u = urlparse(url)
     q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    unknown = sorted(set(q) - {"rf", "dc", "messages", "metadata", "timeout"})
+    if unknown:
+        raise BadStorageURL(
+            f"unknown Cassandra URL parameter(s) {', '.join(unknown)}: "
+            "known are rf, dc, messages, metadata, timeout"
+        )
+    points = _contact_points(u.netloc)
+    keyspace = (u.path or "/chatscale").strip("/") or "chatscale"
+    if not _KEYSPACE.match(keyspace):
+        raise BadStorageURL(f"bad Cassandra keyspace name {keyspace!r}: letters, digits, _")
+    levels = {}
+    for kind, default in (("messages", "ONE"), ("metadata", "QUORUM")):
+        name = q.get(kind, default).upper()
+        if name not in LEVELS:
+            raise BadStorageURL(
+                f"unknown consistency {kind}={q[kind]!r}: use one of {', '.join(LEVELS)}"
+            )
+        levels[kind] = LEVELS[name]
+    try:
+        rf, timeout = int(q.get("rf", "1")), float(q.get("timeout", "2"))
+    except ValueError as exc:
+        raise BadStorageURL(f"bad Cassandra URL parameter: {exc}") from exc
+    if rf < 1 or timeout <= 0:
+        raise BadStorageURL(f"Cassandra rf must be >= 1 and timeout > 0 (got rf={rf}, {timeout})")
     return {
-        "host": u.hostname or "127.0.0.1",
-        "port": u.port or 9042,
-        "keyspace": (u.path or "/chatscale").strip("/") or "chatscale",
-        "rf": int(q.get("rf", "1")),
+        "host": points[0][0],
+        "port": points[0][1],
+        "contact_points": points,
+        "keyspace": keyspace,
+        "rf": rf,
         "dc": q.get("dc", "datacenter1"),
-        "messages": LEVELS[q.get("messages", "ONE").upper()],
-        "metadata": LEVELS[q.get("metadata", "QUORUM").upper()],
-        "timeout": float(q.get("timeout", "2")),  # also how long a paused node stalls a batch
+        **levels,
+        "timeout": timeout,  # also how long a paused node stalls a batch
     }
+
+
+class _OneLineLog(logging.Filter):
+    """The driver logs connection failures with their traceback (a node down logs one per
+    reconnection attempt): keep the line and the exception's text, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            record.msg, record.args = f"{record.getMessage()} {type(exc).__name__}: {exc}", None
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_DRIVER_LOGGERS = ("cassandra.cluster", "cassandra.pool", "cassandra.connection")
+for _name in _DRIVER_LOGGERS + ("cassandra.io.libevreactor", "cassandra.io.asyncorereactor"):
+    logging.getLogger(_name).addFilter(_OneLineLog())
+
+
+@contextlib.contextmanager
+def _driver_quiet():
+    """While opening: every connection failure is in the error ``open`` raises, so the driver's
+    own warnings about them would only repeat it (a CLI error stays one line)."""
+    loggers = [logging.getLogger(n) for n in _DRIVER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _where(opts: dict[str, Any]) -> str:
+    return ",".join(f"{h}:{p}" for h, p in opts["contact_points"])
+
+
+def unavailable_message(exc: BaseException, what: str = "") -> str:
+    """One line for a driver error: for a refusal, how many replicas were needed and alive."""
+    what = f" {what}" if what else ""
+    level = ConsistencyLevel.value_to_name.get(getattr(exc, "consistency", None), "?")
+    if isinstance(exc, Unavailable):
+        return (
+            f"cassandra refused the{what} at {level}: {exc.required_replicas} replica(s) needed, "
+            f"only {exc.alive_replicas} alive (nodes down?)"
+        )
+    if isinstance(exc, ReadTimeout | WriteTimeout):
+        return (
+            f"cassandra timed out on the{what} at {level}: {exc.received_responses} of "
+            f"{exc.required_responses} replica(s) answered in time"
+        )
+    if isinstance(exc, NoHostAvailable):
+        # The retry policy tried the next host after a refusal: say why the last one refused.
+        for inner in reversed(list(exc.errors.values())):
+            if isinstance(inner, Unavailable | ReadTimeout | WriteTimeout):
+                return unavailable_message(inner, what.strip())
+        tried = "; ".join(f"{host}: {err}" for host, err in exc.errors.items())
+        return f"cassandra: no node could take the{what} ({tried or 'no node reachable'})"
+    return f"cassandra:{what} {type(exc).__name__}: {exc}"
 
 
 class CassandraStore:
@@ -133,6 +241,7 @@ class CassandraStore:
         self._opts = opts
         self._span = bucket_span_ms
         self._ps: dict[str, PreparedStatement] = {}
+        self._what: dict[str, str] = {}  # statement name -> "write to bans" (for errors)
         self._known_buckets: set[tuple[int, int]] = set()
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -141,27 +250,47 @@ class CassandraStore:
     async def open(cls, url: str, *, bucket_span_ms: int) -> CassandraStore:
         opts = _parse(url)
         profile = ExecutionProfile(
-            load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=opts["dc"]),
+            # Token-aware: a statement goes straight to a replica of its partition (the routing
+            # key of a prepared statement), round robin among the replicas of the local DC.
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=opts["dc"])),
             retry_policy=RetryPolicy(),
             request_timeout=opts["timeout"],
             consistency_level=opts["metadata"],
         )
         cluster = Cluster(
-            [opts["host"]],
+            opts["contact_points"],
             port=opts["port"],
             protocol_version=5,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
             connect_timeout=opts["timeout"],
         )
         try:
-            session = await asyncio.to_thread(cluster.connect)
+            with _driver_quiet():
+                session = await asyncio.to_thread(cluster.connect)
+            nodes = len(cluster.metadata.all_hosts())
+            if nodes < opts["rf"]:
+                raise BadStorageURL(
+                    f"cassandra at {_where(opts)}: rf={opts['rf']} but the cluster has {nodes} "
+                    "node(s): every write would be refused; lower rf or add nodes"
+                )
             await asyncio.to_thread(
                 session.execute,
                 f"CREATE KEYSPACE IF NOT EXISTS {opts['keyspace']} WITH replication = "
                 f"{{'class': 'SimpleStrategy', 'replication_factor': {opts['rf']}}}",
+                timeout=SCHEMA_TIMEOUT_S,
             )
+            ks = cluster.metadata.keyspaces.get(opts["keyspace"])
+            strategy = ks.replication_strategy if ks is not None else None
+            have = getattr(strategy, "replication_factor", opts["rf"])
+            if have != opts["rf"]:
+                raise BadStorageURL(
+                    f"keyspace {opts['keyspace']} exists with replication_factor {have}, the URL "
+                    f"asks rf={opts['rf']}: ALTER KEYSPACE (then nodetool repair) or fix the URL"
+                )
             for ddl in SCHEMA:
-                await asyncio.to_thread(session.execute, _qualify(ddl, opts["keyspace"]))
+                await asyncio.to_thread(
+                    session.execute, _qualify(ddl, opts["keyspace"]), timeout=SCHEMA_TIMEOUT_S
+                )
             for table, column, cql_type in MIGRATIONS:
                 rows = await asyncio.to_thread(
                     session.execute,
@@ -173,10 +302,15 @@ class CassandraStore:
                     await asyncio.to_thread(
                         session.execute,
                         f"ALTER TABLE {opts['keyspace']}.{table} ADD {column} {cql_type}",
+                        timeout=SCHEMA_TIMEOUT_S,
                     )
+        except BadStorageURL:
+            cluster.shutdown()
+            raise
         except UNAVAILABLE as exc:
             cluster.shutdown()
-            raise StorageUnavailable(f"cassandra at {opts['host']}:{opts['port']}: {exc}") from exc
+            why = unavailable_message(exc, "schema setup").removeprefix("cassandra: ")
+            raise StorageUnavailable(f"cassandra at {_where(opts)}: {why}") from exc
         store = cls(cluster, session, opts, bucket_span_ms)
         await store._prepare()
         return store
@@ -309,6 +443,9 @@ class CassandraStore:
             )
             ps.consistency_level = level
             self._ps[name] = ps
+            verb, table = cql.split()[0].upper(), _TABLE_REF.search(cql).group(2)  # type: ignore[union-attr]
+            kind = {"INSERT": "write to", "DELETE": "delete from"}.get(verb, "read of")
+            self._what[name] = f"{kind} {table}"
 
     async def close(self) -> None:
         await asyncio.to_thread(self._cluster.shutdown)
@@ -321,7 +458,7 @@ class CassandraStore:
         try:
             fut = self._session.execute_async(self._ps[name], params)
         except UNAVAILABLE as exc:
-            raise StorageUnavailable(str(exc)) from exc
+            raise StorageUnavailable(unavailable_message(exc, name)) from exc
 
         def ok(page: Any) -> None:
             rows.extend(page or [])
@@ -337,7 +474,7 @@ class CassandraStore:
         try:
             return await done
         except UNAVAILABLE as exc:
-            raise StorageUnavailable(f"cassandra: {type(exc).__name__}: {exc}") from exc
+            raise StorageUnavailable(unavailable_message(exc, self._what.get(name, name))) from exc
 
     # ---- history ----------------------------------------------------------------------------
 

@@ -1,4 +1,6 @@
-"""A real single-node Apache Cassandra 5.0, run from Maven Central jars, without Docker.
+"""A real Apache Cassandra 5.0 node — or a ring of them (:class:`CassandraCluster`, ``run
+--nodes 3``: 127.0.0.1-3, every node a seed, one initial token each) — run from Maven Central
+jars, without Docker.
 
 The picture: Apache publishes the whole server as ``org.apache.cassandra:cassandra-all`` with its
 runtime dependencies, so Maven (``maven-dependency-plugin:copy-dependencies``) can put every jar
@@ -79,6 +81,7 @@ from chatscale.procutil import die_with_parent
 
 __all__ = [
     "DEFAULT_VERSION",
+    "CassandraCluster",
     "FALLBACK_VERSIONS",
     "CassandraNode",
     "CassandraNodeError",
@@ -425,7 +428,11 @@ class CassandraNode:
         c1_only: bool = True,
         java: str | None = None,
         extra_jvm_args: tuple[str, ...] | list[str] = (),
+        seeds: str | None = None,
+        initial_token: int | str = 0,
     ) -> None:
+        """``seeds`` (``host:port,...``; default this node alone) and ``initial_token`` (its one
+        token) are what a member of a :class:`CassandraCluster` sets differently."""
         self.lib_dir = Path(lib_dir).resolve()
         self.workdir = Path(workdir).resolve()
         self.heap = heap
@@ -441,6 +448,8 @@ class CassandraNode:
         self.initial_heap = initial_heap
         self.c1_only = c1_only
         self.extra_jvm_args = tuple(extra_jvm_args)
+        self.seeds = seeds
+        self.initial_token = str(initial_token)
         self._proc: subprocess.Popen | None = None
         self._finalizer: weakref.finalize | None = None
         self._started_in: float | None = None
@@ -513,13 +522,14 @@ class CassandraNode:
         return f"""# Written by chatscale (storage/cassandra_node.py) for a single local test node.
 cluster_name: {_q(self.cluster_name)}
 num_tokens: 1
-initial_token: '0'
+initial_token: {_q(self.initial_token)}
+auto_bootstrap: false
 partitioner: org.apache.cassandra.dht.Murmur3Partitioner
 endpoint_snitch: SimpleSnitch
 seed_provider:
   - class_name: org.apache.cassandra.locator.SimpleSeedProvider
     parameters:
-      - seeds: {_q(f"{self._host}:{self._storage_port}")}
+      - seeds: {_q(self.seeds or f"{self._host}:{self._storage_port}")}
 listen_address: {self._host}
 rpc_address: {self._host}
 storage_port: {self._storage_port}
@@ -654,6 +664,18 @@ compaction_throughput: 64MiB/s
 
     def start(self, timeout: float = 180.0) -> CassandraNode:
         """Launch the JVM and block until a CQL query succeeds; raise with the log tail if not."""
+        t0 = self.launch()
+        try:
+            self._wait_ready(t0, timeout)
+        except BaseException:
+            self.kill()
+            raise
+        self._started_in = time.monotonic() - t0
+        return self
+
+    def launch(self) -> float:
+        """Start the JVM without waiting (a cluster launches all its nodes, then waits for
+        them); returns the launch time (``time.monotonic()``)."""
         if self.running:
             raise CassandraNodeError(f"node already running (pid {self.pid})")
         self._write_config()
@@ -679,13 +701,7 @@ compaction_throughput: 64MiB/s
         self._paused = False
         self._started_in = None
         self._finalizer = weakref.finalize(self, _reap, proc, log_file)
-        try:
-            self._wait_ready(t0, timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self._started_in = time.monotonic() - t0
-        return self
+        return t0
 
     def _wait_ready(self, t0: float, timeout: float) -> None:
         assert self._proc is not None
@@ -766,6 +782,263 @@ compaction_throughput: 64MiB/s
         return f"<CassandraNode {self._host}:{self._cql_port} pid={self.pid} {state}>"
 
 
+# --------------------------------------------------------------------------- cluster
+
+#: JVM flags a cluster member adds to a single node's: a stopping node announces it to its peers
+#: (they mark it down at once instead of after the failure detector's ~10 s), and a fresh node
+#: whose seeds are all starting too waits at most 2 s in the gossip shadow round.
+CLUSTER_JVM_ARGS = (
+    "-Dcassandra.shutdown_announce_in_ms=300",
+    "-Dcassandra.ring_delay_ms=2000",
+)
+
+
+def _free_port_on(hosts: list[str], exclude: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+    """A port free on every one of ``hosts`` (all members listen on the same ports)."""
+    for _ in range(50):
+        port = _free_port(hosts[0])
+        if port in exclude:
+            continue
+        try:
+            for host in hosts[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise CassandraNodeError(f"no port free on all of {', '.join(hosts)}")
+
+
+def cluster_tokens(n: int) -> list[int]:
+    """One Murmur3 token per node, evenly spaced: each node owns 1/n of the ring."""
+    return [-(2**63) + i * (2**64 // n) for i in range(n)]
+
+
+class CassandraCluster:
+    """N real Cassandra 5.0 nodes on this machine, one per loopback address (127.0.0.1, .2, .3:
+    Linux routes all of 127/8 to ``lo``), all on the same CQL and storage ports.
+
+    A fresh ring, made to start fast: every node is a seed (so none waits for another to boot
+    first: all JVMs start at once), each has one pre-computed token (``initial_token``, evenly
+    spaced; ``auto_bootstrap: false``: there is no data to stream), and gossip settle waits are
+    skipped. Ready means every node answers CQL, the driver sees all N hosts up, and a read at
+    consistency ALL of ``system_distributed`` (RF=3) succeeds with each node as coordinator, i.e.
+    every node's gossip sees every other one up.
+
+    Faults per node: ``cluster.nodes[i].stop() / kill() / pause() / resume()``, and
+    :meth:`restart` to bring one back with its data.
+    """
+
+    def __init__(
+        self,
+        *,
+        lib_dir: Path,
+        workdir: Path,
+        nodes: int = 3,
+        hosts: list[str] | None = None,
+        cql_port: int | None = None,
+        storage_port: int | None = None,
+        heap: str = "1g",
+        cluster_name: str = "chatscale",
+        c1_only: bool = True,
+        extra_jvm_args: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        hosts = list(hosts or [f"127.0.0.{i + 1}" for i in range(nodes)])
+        if len(set(hosts)) != len(hosts) or not hosts:
+            raise CassandraNodeError(f"cluster hosts must be distinct: {hosts}")
+        self.workdir = Path(workdir).resolve()
+        self.cql_port = cql_port or _free_port_on(hosts)
+        self.storage_port = storage_port or _free_port_on(hosts, {self.cql_port})
+        seeds = ",".join(f"{h}:{self.storage_port}" for h in hosts)
+        self.nodes = [
+            CassandraNode(
+                lib_dir=lib_dir,
+                workdir=self.workdir / f"node{i + 1}",
+                heap=heap,
+                cql_port=self.cql_port,
+                storage_port=self.storage_port,
+                cluster_name=cluster_name,
+                host=host,
+                c1_only=c1_only,
+                extra_jvm_args=(*CLUSTER_JVM_ARGS, *extra_jvm_args),
+                seeds=seeds,
+                initial_token=token,
+            )
+            for i, (host, token) in enumerate(zip(hosts, cluster_tokens(len(hosts)), strict=True))
+        ]
+        self._started_in: float | None = None
+
+    @property
+    def hosts(self) -> list[str]:
+        return [n.host for n in self.nodes]
+
+    @property
+    def contact_points(self) -> str:
+        """``127.0.0.1:9042,127.0.0.2:9042,...`` - the host part of a ``cassandra://`` URL."""
+        return ",".join(f"{n.host}:{n.port}" for n in self.nodes)
+
+    def url(self, keyspace: str = "chatscale", **query: object) -> str:
+        """A storage URL for this cluster; keyword arguments become the query (``rf=3``)."""
+        q = "&".join(f"{k}={v}" for k, v in query.items())
+        return f"cassandra://{self.contact_points}/{keyspace}" + (f"?{q}" if q else "")
+
+    @property
+    def started_in(self) -> float | None:
+        """Seconds the last :meth:`start` took (first launch to ready)."""
+        return self._started_in
+
+    @property
+    def running(self) -> list[bool]:
+        return [n.running for n in self.nodes]
+
+    def start(self, timeout: float = 240.0) -> CassandraCluster:
+        """Launch every node at once, then wait until the whole ring is up (see the class)."""
+        t0 = time.monotonic()
+        try:
+            launched = [node.launch() for node in self.nodes]
+            for node, started in zip(self.nodes, launched, strict=True):
+                node._wait_ready(started, timeout - (started - t0))
+                node._started_in = time.monotonic() - started
+            self.wait_ring_up(timeout=max(10.0, t0 + timeout - time.monotonic()))
+        except BaseException:
+            for node in self.nodes:
+                node.kill()
+            raise
+        self._started_in = time.monotonic() - t0
+        return self
+
+    def restart(self, *indexes: int, timeout: float = 180.0) -> None:
+        """Start stopped members again (same data, token and ports; all at once) and wait for
+        the whole ring."""
+        nodes = [self.nodes[i] for i in indexes]
+        try:
+            launched = [node.launch() for node in nodes]
+            for node, started in zip(nodes, launched, strict=True):
+                node._wait_ready(started, timeout)
+                node._started_in = time.monotonic() - started
+        except BaseException:
+            for node in nodes:
+                node.kill()
+            raise
+        self.wait_ring_up(timeout=timeout)
+
+    def cluster(self, **kwargs: Any):
+        """A cassandra-driver ``Cluster`` with every node as a contact point."""
+        cluster = self.nodes[0].cluster(**kwargs)
+        cluster.contact_points = [n.host for n in self.nodes]
+        return cluster
+
+    def wait_ring_up(self, timeout: float = 60.0) -> None:
+        """Block until the driver sees every node up and each node, as coordinator, can reach
+        all replicas (a consistency-ALL read of ``system_distributed``, RF=3)."""
+        from cassandra import ConsistencyLevel
+        from cassandra.query import SimpleStatement
+
+        deadline = time.monotonic() + timeout
+        probe = SimpleStatement(
+            "SELECT id FROM system_distributed.repair_history LIMIT 1",
+            consistency_level=ConsistencyLevel.ALL,
+        )
+        last: object = None
+        cluster = self.cluster(connect_timeout=5, control_connection_timeout=5)
+        try:
+            session = cluster.connect()
+            while True:
+                hosts = cluster.metadata.all_hosts()
+                up = sorted(h.address for h in hosts if h.is_up)
+                if up == sorted(self.hosts):
+                    try:
+                        for h in hosts:
+                            session.execute(probe, host=h, timeout=5)
+                        return
+                    except Exception as exc:  # Unavailable while gossip converges
+                        last = exc
+                else:
+                    last = f"driver sees up: {up or 'none'} of {self.hosts}"
+                for node in self.nodes:
+                    if not node.running:
+                        raise CassandraNodeError(
+                            f"{node.host} exited while the ring formed\n{node.log_tail()}"
+                        )
+                if time.monotonic() > deadline:
+                    raise CassandraNodeError(
+                        f"ring of {len(self.nodes)} not up after {timeout:.0f}s (last: {last})"
+                    )
+                time.sleep(0.25)
+        finally:
+            cluster.shutdown()
+
+    def stop_node(self, index: int, timeout: float = 30.0) -> None:
+        """Stop one member gracefully, then wait until every running member sees it down."""
+        self.nodes[index].stop()
+        self.wait_down(timeout=timeout)
+
+    def wait_down(self, timeout: float = 30.0) -> None:
+        """Block until each running member, as coordinator, counts every stopped member as
+        down: a read of ``system_distributed`` (RF=3) at a consistency of one more replica
+        than are running (TWO with one running, THREE with two) must be refused as
+        Unavailable by each of them. For rings of up to 3 nodes."""
+        from cassandra import ConsistencyLevel, Unavailable
+        from cassandra.query import SimpleStatement
+
+        live = [n for n in self.nodes if n.running]
+        if not live or len(live) == len(self.nodes):
+            return
+        level = {1: ConsistencyLevel.TWO, 2: ConsistencyLevel.THREE}.get(len(live))
+        if level is None:
+            raise CassandraNodeError("wait_down covers rings of up to 3 nodes")
+        probe = SimpleStatement(
+            "SELECT id FROM system_distributed.repair_history LIMIT 1", consistency_level=level
+        )
+        deadline = time.monotonic() + timeout
+        cluster = self.cluster(connect_timeout=5, control_connection_timeout=5)
+        try:
+            session = cluster.connect()
+            pending = {n.host for n in live}
+            while pending:
+                for h in cluster.metadata.all_hosts():
+                    if h.address not in pending or not h.is_up:
+                        continue
+                    try:
+                        session.execute(probe, host=h, timeout=5)
+                    except Unavailable:
+                        pending.discard(h.address)
+                    except Exception:  # a timeout: the coordinator still waits on a dead peer
+                        pass
+                if pending and time.monotonic() > deadline:
+                    raise CassandraNodeError(
+                        f"{', '.join(sorted(pending))} still count a stopped node as up "
+                        f"after {timeout:.0f}s"
+                    )
+                if pending:
+                    time.sleep(0.1)
+        finally:
+            cluster.shutdown()
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, concurrently: each waits for its own drain)."""
+        for node in self.nodes:
+            if node.running:
+                _signal_group(node.pid, signal.SIGTERM)
+                if node._paused:
+                    node.resume()
+        for node in self.nodes:
+            node.stop()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def __enter__(self) -> CassandraCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"<CassandraCluster {self.contact_points} {self.running}>"
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -782,6 +1055,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     cache = args.cache_dir or default_cache_dir()
     lib = fetch_jars(args.version, cache)
+    if args.nodes > 1:
+        return _run_cluster(args, lib, cache)
     workdir = args.workdir or (cache / f"node-{args.port}")
     node = CassandraNode(
         lib_dir=lib,
@@ -826,11 +1101,64 @@ def _cmd_run(args: argparse.Namespace) -> int:
         node.stop()  # no-op when already stopped; SIGKILL fallback otherwise
 
 
+def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
+    hosts = [f"127.0.0.{i + 1}" for i in range(args.nodes)]
+    port = args.port or _free_port_on(hosts)
+    cluster = CassandraCluster(
+        lib_dir=lib,
+        workdir=args.workdir or (cache / f"cluster{args.nodes}-{port}"),
+        hosts=hosts,
+        cql_port=port,
+        storage_port=args.storage_port or None,
+        heap=args.heap,
+        cluster_name=args.cluster_name,
+        c1_only=not args.full_jit,
+    )
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    print(
+        f"cassandra: starting {args.nodes} nodes in {cluster.workdir} "
+        f"(logs: node<N>/logs/system.log) ...",
+        flush=True,
+    )
+    try:
+        cluster.start(timeout=args.timeout)
+    except CassandraNodeError as exc:
+        print(f"cassandra: {exc}", file=sys.stderr)
+        return 1
+    rss = sum(n.rss_bytes() or 0 for n in cluster.nodes)
+    print(
+        f"cassandra: {args.nodes} nodes up in {cluster.started_in:.1f}s "
+        f"(pids {', '.join(str(n.pid) for n in cluster.nodes)}, RSS {rss / 2**20:.0f} MiB in all)"
+        f"\ncassandra: CHATSCALE_STORAGE_URL={cluster.url('chatscale', rf=args.nodes)}"
+        "\ncassandra: Ctrl-C to stop",
+        flush=True,
+    )
+    try:
+        while all(cluster.running):
+            time.sleep(1)
+        gone = [n.host for n in cluster.nodes if not n.running]
+        print(f"cassandra: node {', '.join(gone)} exited unexpectedly", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        print("cassandra: stopping ...", flush=True)
+        cluster.stop()
+        print("cassandra: stopped", flush=True)
+        return 0
+    finally:
+        cluster.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m storage.cassandra_node",
         description=(
-            "Run a real single-node Apache Cassandra 5.0 from Maven Central jars, without Docker. "
+            "Run a real Apache Cassandra 5.0 node (or a ring of --nodes N on 127.0.0.1..N) from "
+            "Maven Central jars, without Docker. "
             f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT})."
         ),
     )
@@ -880,6 +1208,15 @@ def main(argv: list[str] | None = None) -> int:
         help="use the C2 JIT too: slower start (~2x on 2 cores), faster under sustained load",
     )
     p_run.add_argument("--cluster-name", default="chatscale", help="cluster_name in cassandra.yaml")
+    p_run.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="N > 1: a ring of N nodes on 127.0.0.1..N, same ports, every node a seed "
+        "(default <cache-dir>/clusterN-<port> for --workdir)",
+    )
     p_run.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )

@@ -3,6 +3,8 @@
 StorageError
  ├── StorageUnavailable   the backend cannot be reached or timed out: retry later
  └── UnknownBackend       the URL names no backend this build knows
+      └── BadStorageURL    the URL names a backend but says something wrong (a bad parameter,
+                           rf larger than the cluster, rf different from the keyspace's)
 """
 
 
@@ -15,4 +17,8 @@ class StorageUnavailable(StorageError):
 
 
 class UnknownBackend(StorageError):
+    pass
+
+
+class BadStorageURL(UnknownBackend):
     pass

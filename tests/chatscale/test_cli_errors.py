@@ -160,8 +160,23 @@ def test_chatscale_run_on_a_taken_port_says_which(clean_env: Path):
         (["bench", "chat"], ("no running topology", "--gateway")),
         (["migrate", "--storage-url", "bogus://x"], ("unknown storage URL", "sqlite:///")),
         (["loadtest", "steady", "--community", "nope"], ("no community 'nope'", "study-group")),
+        (
+            ["migrate", "--storage-url", "cassandra://127.0.0.1,127.0.0.2/ks?metadata=MOST"],
+            ("unknown consistency metadata='MOST'", "QUORUM"),
+        ),
+        (  # nothing listens on port 1: the outage is one line too
+            ["migrate", "--storage-url", "cassandra://127.0.0.1:1/ks?timeout=1"],
+            ("cassandra", "127.0.0.1:1"),
+        ),
     ],
-    ids=["gateway", "bench-chat", "migrate-bogus-url", "loadtest-unknown-community"],
+    ids=[
+        "gateway",
+        "bench-chat",
+        "migrate-bogus-url",
+        "loadtest-unknown-community",
+        "migrate-bad-cassandra-url",
+        "migrate-cassandra-down",
+    ],
 )
 def test_a_newcomers_mistake_is_one_line_not_a_traceback(
     clean_env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], words: tuple[str, ...]

@@ -124,6 +124,26 @@ def role(service: dict[str, Any]) -> str | None:
     return None
 
 
+def topology(service: dict[str, Any]) -> str:
+    """``cluster`` for the services of the `cluster` profile (Valkey cluster, Cassandra ring),
+    ``single`` for the rest: each topology is wired on its own."""
+    return "cluster" if "cluster" in (service.get("profiles") or []) else "single"
+
+
+def cluster_role(service: dict[str, Any]) -> str | None:
+    """``role`` for the chatscale services of the `cluster` profile."""
+    if topology(service) != "cluster" or not is_ours(service):
+        return None
+    runs = chatscale_commands(service)
+    return runs[0][0] if len(runs) == 1 and runs[0] and runs[0][0] in SERVICE_ROLES else None
+
+
+def url_hosts(url: str) -> list[str]:
+    """The hosts of a URL that may list several (``scheme://[auth@]h1:p,h2:p/...``)."""
+    netloc = urlparse(url).netloc.rpartition("@")[2]
+    return [part.rsplit(":", 1)[0] for part in netloc.split(",")]
+
+
 def replicas(service: dict[str, Any]) -> int:
     return int((service.get("deploy") or {}).get("replicas", 1))
 
@@ -216,12 +236,14 @@ def test_every_command_is_a_real_chatscale_subcommand():
 
 
 def test_the_seed_loaded_by_init_exists_in_the_image():
-    (init,) = [s for s in services().values() if is_ours(s) and len(chatscale_commands(s)) > 1]
-    runs = chatscale_commands(init)
-    assert [r[0] for r in runs] == ["migrate", "seed"]
-    seed = runs[1][1]
-    assert (ROOT / seed).exists() or (ROOT / "seeds" / f"{seed}.toml").exists()
-    assert f"COPY {seed.split('/')[0]}/" in DOCKERFILE.read_text()
+    inits = [s for s in services().values() if is_ours(s) and len(chatscale_commands(s)) > 1]
+    assert sorted(topology(s) for s in inits) == ["cluster", "single"]  # one per topology
+    for init in inits:
+        runs = chatscale_commands(init)
+        assert [r[0] for r in runs] == ["migrate", "seed"]
+        seed = runs[1][1]
+        assert (ROOT / seed).exists() or (ROOT / "seeds" / f"{seed}.toml").exists()
+        assert f"COPY {seed.split('/')[0]}/" in DOCKERFILE.read_text()
 
 
 def test_environment_holds_only_variables_the_config_reads_with_valid_values(monkeypatch):
@@ -237,7 +259,8 @@ def test_environment_holds_only_variables_the_config_reads_with_valid_values(mon
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         settings = Settings()  # raises on a value of the wrong type
-        assert settings.redis_url and settings.redis_url.startswith("redis://")
+        scheme = {"single": "redis://", "cluster": "redis+cluster://"}[topology(service)]
+        assert settings.redis_url and settings.redis_url.startswith(scheme), name
         assert settings.storage_url.startswith("cassandra://")
     dockerfile_env = set(re.findall(r"\b(CHATSCALE_[A-Z0-9_]+)=", DOCKERFILE.read_text()))
     assert dockerfile_env and dockerfile_env <= names
@@ -251,15 +274,19 @@ def test_services_share_one_configuration():
         "CHATSCALE_KEY_PREFIX",
         "CHATSCALE_TOKEN_SECRET",
     )
-    values = {
-        name: tuple(environment(s).get(k) for k in wiring)
-        for name, s in services().items()
-        if is_ours(s)
-    }
-    assert len(set(values.values())) == 1, values
-    redis_host = urlparse(next(iter(values.values()))[0]).hostname
-    storage_host = urlparse(next(iter(values.values()))[1]).hostname
-    assert redis_host in services() and storage_host in services()
+    for kind in ("single", "cluster"):  # each topology on its own
+        values = {
+            name: tuple(environment(s).get(k) for k in wiring)
+            for name, s in services().items()
+            if is_ours(s) and topology(s) == kind
+        }
+        assert len(set(values.values())) == 1, values
+        redis_url, storage_url = next(iter(values.values()))[:2]
+        assert set(url_hosts(redis_url)) | set(url_hosts(storage_url)) <= set(services())
+        if kind == "cluster":  # both names of the Redis URL say the same
+            for name, s in services().items():
+                if is_ours(s) and topology(s) == kind:
+                    assert environment(s)["CHATSCALE_REDIS_URL"] == redis_url, name
 
 
 def test_host_ports_do_not_collide_and_gateways_advertise_their_own():
@@ -361,9 +388,31 @@ def test_valkey_requires_the_password_every_client_uses():
     for host_ip, _, _ in published_ports(valkey):
         assert host_ip == "127.0.0.1", "valkey is published on the host's loopback only"
     for name, service in svc.items():
-        if is_ours(service):
+        if is_ours(service) and topology(service) == "single":
             url = urlparse(environment(service)["REDIS_URL"])
             assert url.password == password and url.hostname == "valkey", name
+    # The cluster profile: every node requires the password and uses it for replication, the
+    # cluster's clients (and its init) carry it, no node is published.
+    nodes = [
+        n
+        for n, s in svc.items()
+        if s.get("image", "").startswith("valkey/")
+        and topology(s) == "cluster"
+        and "valkey-server" in _words(s.get("command"))
+    ]
+    assert len(nodes) == 6
+    for name in nodes:
+        command = _words(svc[name]["command"])
+        assert command[command.index("--requirepass") + 1] == password, name
+        assert command[command.index("--masterauth") + 1] == password, name
+        assert environment(svc[name])["REDISCLI_AUTH"] == password, name
+        assert not published_ports(svc[name]), name
+    assert environment(svc["valkey-cluster-init"])["REDISCLI_AUTH"] == password
+    for name, service in svc.items():
+        if is_ours(service) and topology(service) == "cluster":
+            url = environment(service)["CHATSCALE_REDIS_URL"]
+            assert urlparse(url).password == password, name
+            assert set(url_hosts(url)) <= set(nodes), name
 
 
 def test_metrics_stay_inside_the_compose_network():
@@ -376,7 +425,7 @@ def test_metrics_stay_inside_the_compose_network():
         metrics_port = int(env.get("CHATSCALE_METRICS_PORT", "0"))
         for host_ip, host_port, target in published_ports(service):
             assert target != metrics_port, f"{name} publishes its /metrics port"
-            if role(service) not in ("gateway", "voice"):  # what clients connect to
+            if (role(service) or cluster_role(service)) not in ("gateway", "voice"):
                 assert host_ip == "127.0.0.1", f"{name} publishes {host_port} beyond loopback"
     steps = _instructions()
     exposed = {int(p) for w, arg in steps if w == "EXPOSE" for p in arg.split()}
@@ -423,7 +472,7 @@ def test_prometheus_scrapes_every_service_on_the_metrics_port():
                 assert name in svc, f"job {job['job_name']} scrapes unknown service {name}"
                 assert sd["port"] == int(environment(svc[name])["CHATSCALE_METRICS_PORT"])
                 scraped.add(name)
-    assert scraped == {n for n, s in svc.items() if role(s)}
+    assert scraped == {n for n, s in svc.items() if role(s) or cluster_role(s)}
     prom = svc["prometheus"]
     assert prom.get("profiles") == ["metrics"]
     mount = next(v for v in prom["volumes"] if "prometheus.yml" in v)
@@ -496,7 +545,8 @@ def test_docker_compose_config_accepts_the_file():
     if probe.returncode != 0:
         pytest.skip("docker CLI without the compose plugin; the checks above still ran")
     result = subprocess.run(
-        [docker, "compose", "--profile", "loadtest", "--profile", "metrics", "config", "-q"],
+        [docker, "compose", "--profile", "loadtest", "--profile", "metrics", "--profile", "cluster"]
+        + ["config", "-q"],
         cwd=ROOT,
         env={
             **os.environ,
@@ -528,6 +578,8 @@ def test_the_cold_tier_is_the_s3_service_with_the_key_it_accepts():
     assert s3_env["JCLOUDS_PROVIDER"] == "filesystem"
     assert s3_env["JCLOUDS_FILESYSTEM_BASEDIR"] in {v.split(":")[1] for v in s3["volumes"]}
     for name, service in svc.items():
+        if topology(service) == "cluster":
+            continue  # the cluster profile runs the chat path only
         if role(service) in ("gateway", "archive"):  # they read or write cold pages
             assert depends_on(service).get("s3") == "service_started", name
     # ... and the image can talk to it: the Dockerfile installs the `s3` extra (boto3)
@@ -551,6 +603,47 @@ def test_the_search_index_is_the_opensearch_service_that_its_users_wait_for():
     assert urlparse(base).hostname == "opensearch" and urlparse(base).port == 9200 and index
     assert "9200/_cluster/health" in " ".join(_words(node["healthcheck"]["test"]))
     for name, service in svc.items():
+        if topology(service) == "cluster":
+            continue  # the cluster profile runs the chat path only
         if role(service) in ("gateway", "indexer"):
             assert depends_on(service).get("opensearch") == "service_healthy", name
     assert "['optional-dependencies']['opensearch']" in DOCKERFILE.read_text()
+def test_cluster_profile_is_a_valkey_cluster_and_a_cassandra_ring_with_the_same_services():
+    """`--profile cluster`: 3 Valkey masters + 3 replicas formed by a one-shot init, 3 Cassandra
+    nodes, and chatscale's services (same roles as the single-node topology, minus the optional
+    ones) wired to them: the cluster Redis URL and a Cassandra URL with every node at RF=3."""
+    svc = services()
+    cluster = {n: s for n, s in svc.items() if topology(s) == "cluster"}
+    valkeys = [n for n, s in cluster.items() if "--cluster-enabled" in _words(s.get("command"))]
+    assert len(valkeys) == 6
+    for name in valkeys:
+        command = _words(svc[name]["command"])
+        assert command[command.index("--cluster-enabled") + 1] == "yes"
+        assert command[command.index("--appendonly") + 1] == "yes"
+        assert command[command.index("--cluster-announce-hostname") + 1] == name
+    init = cluster["valkey-cluster-init"]
+    script = interpolate(_words(init["command"])[0])
+    assert "--cluster create" in script and "--cluster-replicas 1" in script
+    assert all(name in script for name in valkeys)
+    assert depends_on(init) == dict.fromkeys(valkeys, "service_healthy")
+    ring = [n for n, s in cluster.items() if s.get("image") == "cassandra:5.0"]
+    assert len(ring) == 3
+    seeds = {environment(svc[n])["CASSANDRA_SEEDS"] for n in ring}
+    assert len(seeds) == 1 and set(seeds.pop().split(",")) <= set(ring)
+    roles: Counter[str] = Counter()
+    for service in cluster.values():
+        if cluster_role(service):
+            roles[cluster_role(service)] += replicas(service)
+    assert roles == {"gateway": 2, "worker": 2, "presence": 1}
+    for name, service in cluster.items():
+        if is_ours(service):
+            env = environment(service)
+            assert env["CHATSCALE_REDIS_URL"].startswith("redis+cluster://"), name
+            assert sorted(url_hosts(env["CHATSCALE_REDIS_URL"])) == valkeys[:3], name
+            storage = env["CHATSCALE_STORAGE_URL"]
+            assert sorted(url_hosts(storage)) == sorted(ring), name
+            assert "rf=3" in urlparse(storage).query, name
+            # the chat path only: nothing points at the single-node topology's s3/opensearch
+            assert env.get("CHATSCALE_SEARCH_URL") == "" == env.get("CHATSCALE_COLD_URL"), name
+            deps = depends_on(service)
+            assert "valkey" not in deps and "cassandra" not in deps, name

@@ -165,3 +165,23 @@ def test_real_node_cql_pause_resume_stop(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not Path(f"/proc/{pid}").exists()
+
+
+def test_cluster_config_without_starting(tmp_path: Path) -> None:
+    """Three members on 127.0.0.1-3, same ports, all seeds, evenly spaced single tokens."""
+    ring = cn.CassandraCluster(lib_dir=_fake_lib(tmp_path), workdir=tmp_path / "ring")
+    assert ring.hosts == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    assert {(n.port, n.storage_port) for n in ring.nodes} == {(ring.cql_port, ring.storage_port)}
+    assert ring.url("ks", rf=3) == (
+        f"cassandra://127.0.0.1:{ring.cql_port},127.0.0.2:{ring.cql_port},"
+        f"127.0.0.3:{ring.cql_port}/ks?rf=3"
+    )
+    seeds = ",".join(f"127.0.0.{i}:{ring.storage_port}" for i in (1, 2, 3))
+    tokens = []
+    for node in ring.nodes:
+        text = node._write_config()[0].read_text()
+        assert f"seeds: '{seeds}'" in text and f"listen_address: {node.host}" in text
+        assert "auto_bootstrap: false" in text and "num_tokens: 1" in text
+        tokens.append(int(text.split("initial_token: '")[1].split("'")[0]))
+        assert "-Dcassandra.shutdown_announce_in_ms=300" in node.command()
+    assert tokens == [-(2**63), -(2**63) + 2**64 // 3, -(2**63) + 2 * (2**64 // 3)]
