@@ -608,6 +608,8 @@ def test_the_search_index_is_the_opensearch_service_that_its_users_wait_for():
         if role(service) in ("gateway", "indexer"):
             assert depends_on(service).get("opensearch") == "service_healthy", name
     assert "['optional-dependencies']['opensearch']" in DOCKERFILE.read_text()
+
+
 def test_cluster_profile_is_a_valkey_cluster_and_a_cassandra_ring_with_the_same_services():
     """`--profile cluster`: 3 Valkey masters + 3 replicas formed by a one-shot init, 3 Cassandra
     nodes, and chatscale's services (same roles as the single-node topology, minus the optional
