@@ -300,3 +300,21 @@ async def join_voice(
     stack.clients.append(conn)  # closed with the chat clients at teardown
     await relay.wait_admitted(admitted + 1)  # the relay's XADD to presence follows its READY
     return conn
+
+
+# ---- running under pytest-xdist (addopts: -n 2 --dist loadgroup) ---------------------------------
+
+#: Fixtures through which a test reaches the session's Cassandra node (``compose_storage`` asks
+#: for it with ``getfixturevalue``, so it is not in the static closure).
+USES_CASSANDRA = frozenset({"cassandra_node", "cassandra_url", "compose_storage"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs Cassandra runs on one xdist worker: one JVM for the session, as
+    without xdist, instead of one node per worker (each costs a core for half a minute and
+    ~1 GB). Without xdist the marker means nothing."""
+    for item in items:
+        if item.get_closest_marker("cassandra") or USES_CASSANDRA & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.xdist_group("cassandra"))
