@@ -406,9 +406,31 @@ def search_url_for(request, tmp_path):
     return make
 
 
+# ---- running under pytest-xdist (addopts: -n 2 --dist loadgroup) ---------------------------------
+
+#: Fixtures through which a test reaches the session's Cassandra node (``compose_storage`` asks
+#: for it with ``getfixturevalue``, so it is not in the static closure).
+USES_CASSANDRA = frozenset({"cassandra_node", "cassandra_url", "compose_storage"})
+#: ... and the session's other JVM servers (``search_url_for`` starts OpenSearch only for its
+#: ``opensearch`` parameter, so the parameter counts too).
+USES_SEARCH_OR_S3 = frozenset({"opensearch_node", "s3proxy_node", "s3_cold_url"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test runs on the Redis Cluster with the SQLite store only: the cluster-and-Cassandra
-    combination would add a slow run that tests nothing the two single runs do not."""
+    """Two things. (1) A test runs on the Redis Cluster with the SQLite store only: the
+    cluster-and-Cassandra combination would add a slow run that tests nothing the two single
+    runs do not. (2) Under xdist, every test that needs Cassandra runs on one worker (one JVM
+    for the session, as without xdist, instead of one node per worker: each costs a core for
+    half a minute and ~1 GB), and every test that needs OpenSearch or S3Proxy on one worker
+    too (one start of each). Without xdist the groups mean nothing."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        values = {v for v in params.values() if isinstance(v, str)}
+        if item.get_closest_marker("cassandra") or USES_CASSANDRA & names or "cassandra" in values:
+            item.add_marker(pytest.mark.xdist_group("cassandra"))
+        elif USES_SEARCH_OR_S3 & names or values & {"opensearch", "s3"}:
+            item.add_marker(pytest.mark.xdist_group("search-s3"))
     dropped = []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
