@@ -109,11 +109,15 @@ class LocalFanout:
                 pipe.srem(self.gateway.keys.route(guild_id), self.gateway.id)
             await pipe.execute()
 
-    async def run(self, redis: aioredis.Redis) -> None:
+    async def run(self, redis: aioredis.Redis, start_id: bytes | None = None) -> None:
         """Read this gateway's delivery stream until the gateway stops (new entries only: a
-        fresh gateway has no sessions that could be owed older ones)."""
+        fresh gateway has no sessions that could be owed older ones).
+
+        The start is a concrete entry id (the stream's last, or 0-0), never ``$``: ``$`` means
+        "what arrives during this call", so entries written between two calls — while the loop
+        was busy after an empty read — would be skipped for good."""
         stream = self.gateway.keys.deliver(self.gateway.id)
-        last = b"$"
+        last = start_id if start_id is not None else await self.start_id(redis)
         while not self.gateway.stopping:
             try:
                 reply = await redis.xread({stream: last}, count=512, block=1000)
@@ -129,6 +133,18 @@ class LocalFanout:
                     last = entry_id
                     with contextlib.suppress(ValueError):
                         self.deliver(Delivery.model_validate(orjson.loads(fields[b"e"])))
+
+    async def start_id(self, redis: aioredis.Redis) -> bytes:
+        """The delivery stream's newest entry id now (0-0 when it has none)."""
+        stream = self.gateway.keys.deliver(self.gateway.id)
+        while True:
+            try:
+                newest = await redis.xrevrange(stream, "+", "-", count=1)
+            except TRANSIENT as exc:
+                log.warning("delivery stream unreadable (%s); retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            return newest[0][0] if newest else b"0-0"
 
     def deliver(self, delivery: Delivery) -> int:
         """Dispatch one delivery to every local session that may see it; returns how many."""

@@ -251,8 +251,11 @@ class Gateway:
             self.id,
             dumps({"url": self.url, "pid": os.getpid(), "started": self.wall_clock()}),
         )
+        # where delivery reading starts: before the liveness key exists, so no worker can have
+        # written an entry for this gateway's sessions before it (workers skip dead gateways)
+        start_id = await self.fanout.start_id(self._reader_redis)
         await self._refresh_alive(create=True)
-        self._spawn(self.fanout.run(self._reader_redis))
+        self._spawn(self.fanout.run(self._reader_redis, start_id))
         self._spawn(self.control.run())
         self._spawn(self._liveness())
         self._spawn(self._housekeeping())

@@ -72,10 +72,12 @@ async def test_run_restarts_a_killed_valkey_with_its_data(tmp_path: Path):
 
         # The services reconnected by themselves: their keys are written again.
         await client.delete(*[keys.gateway_alive(f"gw-{i}") for i in range(2)])
-        await _until(
-            "both gateways to renew their liveness",
-            lambda: client.exists(*[keys.gateway_alive(f"gw-{i}") for i in range(2)]),
-        )
+        alive = [keys.gateway_alive(f"gw-{i}") for i in range(2)]
+
+        async def both_alive() -> bool:
+            return await client.exists(*alive) == 2  # EXISTS counts: one renewed is not both
+
+        await _until("both gateways to renew their liveness", both_alive)
 
         async def workers_alive() -> bool:
             return len([k async for k in client.scan_iter(keys.worker_health("*"))]) == 2
