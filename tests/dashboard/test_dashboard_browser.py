@@ -83,17 +83,24 @@ def test_dashboard_in_a_browser(dashboard_run, browser) -> None:
 
     # -- a traced message: its timeline has every hop, and the boxes are numbered
     d.find_element(By.ID, "trace-btn").click()
-    rows = until(
+    # attributes read inside the poll: the page may redraw between finding a node and reading it
+    hops = until(
         "the trace timeline",
-        lambda: d.find_elements(By.CSS_SELECTOR, "#trace-latest .hop"),
+        lambda: [
+            r.get_attribute("data-hop")
+            for r in d.find_elements(By.CSS_SELECTOR, "#trace-latest .hop")
+        ],
     )
-    assert [r.get_attribute("data-hop") for r in rows] == list(HOPS)
+    assert hops == list(HOPS)
     assert "ms" in text(d, "#trace-total")
     badges = until(
         "the hops on the topology",
-        lambda: d.find_elements(By.CSS_SELECTOR, "#topology .badge"),
+        lambda: {
+            b.get_attribute("data-hop")
+            for b in d.find_elements(By.CSS_SELECTOR, "#topology .badge")
+        },
     )
-    assert {b.get_attribute("data-hop") for b in badges} == set(HOPS)
+    assert badges == set(HOPS)
     shot(d, "dashboard.png")
 
     # -- a knob: slowmode on the chat's channel; dave (no MANAGE_MESSAGES) gets refused
