@@ -123,6 +123,15 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return None
 
 
+def _bad_setting(exc: ValidationError) -> str:
+    """One line naming the environment variable and what is wrong with it."""
+    parts = []
+    for err in exc.errors():
+        name = str(err["loc"][0]) if err.get("loc") else "?"
+        parts.append(f"CHATSCALE_{name.upper()}={err.get('input')!r}: {err['msg']}")
+    return "bad setting " + "; ".join(parts) + " (see README, 'Knobs')"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args.verbose)
@@ -133,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except EXPECTED_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except ValidationError as exc:  # a CHATSCALE_* variable the settings refuse
+        print(f"error: {_bad_setting(exc)}", file=sys.stderr, flush=True)
         return 2
     except RedisConnectionError as exc:
         print(f"error: Redis unreachable: {exc}", file=sys.stderr, flush=True)

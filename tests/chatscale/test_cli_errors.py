@@ -183,3 +183,17 @@ def test_a_newcomers_mistake_is_one_line_not_a_traceback(
 ):
     assert cli.main(argv) == 2, argv
     one_line_error(capsys, *words)
+
+
+def test_a_setting_the_settings_refuse_is_one_line_naming_the_variable(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    for name, value, says in (
+        ("CHATSCALE_PRESENCE_PARTITIONS", "0", "greater than or equal to 1"),
+        ("CHATSCALE_INGEST_SHARDS", "abc", "valid integer"),
+    ):
+        monkeypatch.setenv(name, value)
+        for argv in (["presence"], ["worker", "--burst"]):
+            assert cli.main(argv) == 2, (name, argv)
+            one_line_error(capsys, f"{name}={value!r}", says)
+        monkeypatch.delenv(name)
