@@ -61,7 +61,6 @@ Wrong or changed:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import re
@@ -71,13 +70,21 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chatscale.procutil import die_with_parent
+from storage.jvm import (
+    JvmError,
+    JvmProcess,
+    _free_port,
+    _port_open,
+    _signal_group,
+    _terminate,
+    java_major_version,
+    serve,
+)
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -100,31 +107,11 @@ _MARKER = ".chatscale-complete"
 _LOG_TAIL_LINES = 40
 
 
-class CassandraNodeError(RuntimeError):
+class CassandraNodeError(JvmError):
     """The node could not be fetched, started or stopped; the message carries the log tail."""
 
 
 # --------------------------------------------------------------------------- requirements
-
-
-def java_major_version(java: str = "java") -> int | None:
-    """Major version of ``java`` (8, 11, 17, 21, ...), or None if it cannot be run."""
-    exe = shutil.which(java)
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not m:
-        return None
-    major = int(m.group(1))
-    if major == 1 and m.group(2):  # "1.8.0_392" -> 8
-        major = int(m.group(2))
-    return major
 
 
 def missing_requirements() -> str | None:
@@ -289,20 +276,6 @@ def _size_bytes(size: str) -> int:
     return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
 
 
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 # JVM flags from Apache's conf/jvm17-server.options (5.0); harmless on Java 11.
 _ADD_EXPORTS = (
     "java.base/jdk.internal.misc",
@@ -389,30 +362,17 @@ def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _reap(proc: subprocess.Popen, log_file) -> None:
-    """Finalizer (also at interpreter exit): kill the node's process group, close the log."""
-    try:
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGKILL)
-            _signal_group(proc.pid, signal.SIGCONT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-    finally:
-        with contextlib.suppress(Exception):
-            log_file.close()
-
-
-class CassandraNode:
+class CassandraNode(JvmProcess):
     """One Cassandra 5.0 JVM on 127.0.0.1, with its config, data and logs in ``workdir``.
 
     >>> with CassandraNode(lib_dir=fetch_jars(), workdir=Path("/tmp/c1")) as node:
     ...     print(node.host, node.port, node.started_in)
     """
+
+    name = "Cassandra"
+    error = CassandraNodeError
+    start_timeout = 180.0
+    stop_timeout = 30.0
 
     def __init__(
         self,
@@ -433,8 +393,8 @@ class CassandraNode:
     ) -> None:
         """``seeds`` (``host:port,...``; default this node alone) and ``initial_token`` (its one
         token) are what a member of a :class:`CassandraCluster` sets differently."""
+        super().__init__(workdir=workdir, java=java)
         self.lib_dir = Path(lib_dir).resolve()
-        self.workdir = Path(workdir).resolve()
         self.heap = heap
         self.cluster_name = cluster_name
         self._host = host
@@ -442,7 +402,6 @@ class CassandraNode:
         self._storage_port = storage_port or _free_port(host)
         while self._storage_port == self._cql_port:
             self._storage_port = _free_port(host)
-        self.java = java
         if initial_heap is None or _size_bytes(initial_heap) >= _size_bytes(heap):
             initial_heap = heap
         self.initial_heap = initial_heap
@@ -450,9 +409,6 @@ class CassandraNode:
         self.extra_jvm_args = tuple(extra_jvm_args)
         self.seeds = seeds
         self.initial_token = str(initial_token)
-        self._proc: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._started_in: float | None = None
         self._paused = False
 
     # ---- properties
@@ -471,26 +427,8 @@ class CassandraNode:
         return self._storage_port
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def started_in(self) -> float | None:
-        """Seconds the last successful :meth:`start` took (launch to first CQL round trip)."""
-        return self._started_in
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def system_log(self) -> Path:
         return self.workdir / "logs" / "system.log"
-
-    @property
-    def console_log(self) -> Path:
-        """JVM stdout/stderr (WARN+ log lines, JVM errors)."""
-        return self.workdir / "logs" / "console.log"
 
     def rss_bytes(self) -> int | None:
         """Resident memory of the JVM, from /proc (Linux), or None."""
@@ -565,16 +503,8 @@ compaction_throughput: 64MiB/s
         logback_path.write_text(_LOGBACK.format(system_log=self.system_log))
         return yaml_path, logback_path
 
-    def _java(self) -> str:
-        if self.java:
-            return self.java
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and (Path(java_home) / "bin" / "java").is_file():
-            return str(Path(java_home) / "bin" / "java")
-        exe = shutil.which("java")
-        if exe is None:
-            raise CassandraNodeError(missing_requirements() or "java not found on PATH")
-        return exe
+    def _missing_requirements(self) -> str | None:
+        return missing_requirements()
 
     def command(self) -> list[str]:
         """The full ``java`` command line (config files are written by :meth:`start`)."""
@@ -662,96 +592,31 @@ compaction_throughput: 64MiB/s
         finally:
             cluster.shutdown()
 
-    def start(self, timeout: float = 180.0) -> CassandraNode:
-        """Launch the JVM and block until a CQL query succeeds; raise with the log tail if not."""
-        t0 = self.launch()
-        try:
-            self._wait_ready(t0, timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self._started_in = time.monotonic() - t0
-        return self
-
     def launch(self) -> float:
         """Start the JVM without waiting (a cluster launches all its nodes, then waits for
         them); returns the launch time (``time.monotonic()``)."""
-        if self.running:
-            raise CassandraNodeError(f"node already running (pid {self.pid})")
-        self._write_config()
-        cmd = self.command()
-        log_file = open(self.console_log, "ab")  # closed by the finalizer
-        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
-        log_file.flush()
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,  # own process group: signals reach only the node
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            log_file.close()
-            raise CassandraNodeError(f"could not launch {cmd[0]}: {exc}") from exc
-        self._proc = proc
+        t0 = super().launch()
         self._paused = False
-        self._started_in = None
-        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
         return t0
 
-    def _wait_ready(self, t0: float, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = t0 + timeout
-        last_error: Exception | None = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise CassandraNodeError(
-                    f"Cassandra exited with code {code} during startup "
-                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise CassandraNodeError(
-                    f"Cassandra not ready on {self._host}:{self._cql_port} after {timeout:.0f}s"
-                    f" (last error: {last_error!r})\n{self.log_tail()}"
-                )
-            if _port_open(self._host, self._cql_port):
-                try:
-                    self.query_release_version(
-                        timeout=min(10.0, max(1.0, deadline - time.monotonic()))
-                    )
-                    return
-                except Exception as exc:  # driver raises many types while the node warms up
-                    last_error = exc
-            time.sleep(0.25)
+    def _address(self) -> str:
+        return f"{self._host}:{self._cql_port}"
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            if self._paused:  # a stopped process only acts on SIGTERM once continued
-                _signal_group(proc.pid, signal.SIGCONT)
-                self._paused = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        if self._finalizer is not None:
-            self._finalizer()  # closes the log file; nothing left to kill
-        return proc.returncode
+    def _ready(self, deadline: float) -> bool:
+        """A real CQL round trip (the driver raises many types while the node warms up)."""
+        if not _port_open(self._host, self._cql_port):
+            return False
+        self.query_release_version(timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+        return True
+
+    def _after_sigterm(self, proc: subprocess.Popen) -> None:
+        if self._paused:  # a stopped process only acts on SIGTERM once continued
+            _signal_group(proc.pid, signal.SIGCONT)
+            self._paused = False
 
     def kill(self) -> None:
         """SIGKILL at once (no drain)."""
-        if self._finalizer is not None:
-            self._finalizer()
+        super().kill()
         self._paused = False
 
     def pause(self) -> None:
@@ -768,14 +633,6 @@ compaction_throughput: 64MiB/s
             raise CassandraNodeError("node is not running")
         _signal_group(self._proc.pid, signal.SIGCONT)
         self._paused = False
-
-    def __enter__(self) -> CassandraNode:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "paused" if self._paused else ("running" if self.running else "stopped")
@@ -1068,37 +925,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         c1_only=not args.full_jit,
     )
 
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
+    def _ready() -> str:
+        rss = node.rss_bytes()
+        return (
+            f"cassandra: ready at {node.host}:{node.port} (CQL, protocol v5, dc datacenter1) "
+            f"in {node.started_in:.1f}s, pid {node.pid}"
+            + (f", RSS {rss / 2**20:.0f} MiB" if rss else "")
+            + "; Ctrl-C to stop"
+        )
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)  # also when started with SIGINT ignored (nohup, &)
-    print(f"cassandra: starting node in {node.workdir} (log: {node.system_log}) ...", flush=True)
-    try:
-        node.start(timeout=args.timeout)
-    except CassandraNodeError as exc:
-        print(f"cassandra: {exc}", file=sys.stderr)
-        return 1
-    rss = node.rss_bytes()
-    print(
-        f"cassandra: ready at {node.host}:{node.port} (CQL, protocol v5, dc datacenter1) "
-        f"in {node.started_in:.1f}s, pid {node.pid}"
-        + (f", RSS {rss / 2**20:.0f} MiB" if rss else "")
-        + "; Ctrl-C to stop",
-        flush=True,
+    return serve(
+        "cassandra",
+        node,
+        timeout=args.timeout,
+        starting=f"starting node in {node.workdir} (log: {node.system_log}) ...",
+        ready=_ready,
+        stopping="stopping (signal again to kill at once) ...",
     )
-    try:
-        while node.running:
-            time.sleep(1)
-        print(f"cassandra: node exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        print("cassandra: stopping (signal again to kill at once) ...", flush=True)
-        code = node.stop()
-        print(f"cassandra: stopped (JVM exit code {code})", flush=True)
-        return 0
-    finally:
-        node.stop()  # no-op when already stopped; SIGKILL fallback otherwise
 
 
 def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
@@ -1114,9 +957,6 @@ def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
         cluster_name=args.cluster_name,
         c1_only=not args.full_jit,
     )
-
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
