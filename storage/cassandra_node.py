@@ -76,13 +76,19 @@ from pathlib import Path
 from typing import Any
 
 from storage.jvm import (
+    DEPENDENCY_PLUGIN,  # noqa: F401 (was defined here)
+    INSTALL_HINT,
     JvmError,
     JvmProcess,
     _free_port,
+    _maven_errors,
     _port_open,
     _signal_group,
     _terminate,
+    copy_dependencies,
+    default_cache_dir,
     java_major_version,
+    missing_java_or_maven,
     serve,
 )
 
@@ -100,9 +106,7 @@ __all__ = [
 
 DEFAULT_VERSION = "5.0.8"
 FALLBACK_VERSIONS = ("5.0.6", "5.0.4")
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 SUPPORTED_JAVA = (11, 17)
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 _MARKER = ".chatscale-complete"
 _LOG_TAIL_LINES = 40
 
@@ -116,21 +120,11 @@ class CassandraNodeError(JvmError):
 
 def missing_requirements() -> str | None:
     """None if ``java`` (11 or 17) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major not in SUPPORTED_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; Cassandra 5.0 runs on Java 11 or 17 only")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local Cassandra 5.0 node: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu), "
-        "or put a Java 17 JDK and Maven 3 on PATH."
+    return missing_java_or_maven(
+        "Cassandra 5.0 node",
+        lambda major: major in SUPPORTED_JAVA,
+        "Cassandra 5.0 runs on Java 11 or 17 only",
+        ", or put a Java 17 JDK and Maven 3 on PATH",
     )
 
 
@@ -157,12 +151,6 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def default_cache_dir() -> Path:
-    """``$CHATSCALE_CASSANDRA_CACHE`` or ``~/.cache/chatscale``."""
-    env = os.environ.get("CHATSCALE_CASSANDRA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "chatscale"
-
-
 def _lib_complete(lib: Path, version: str) -> bool:
     return (
         (lib / _MARKER).is_file()
@@ -171,41 +159,14 @@ def _lib_complete(lib: Path, version: str) -> bool:
     )
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_MAVEN_BOILERPLATE = re.compile(
-    r"^\[ERROR\]\s*(|To see the full stack.*|Re-run Maven.*|For more information.*|\[Help 1\].*)$"
-)
-
-
-def _maven_errors(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    kept = [
-        line
-        for line in _ANSI.sub("", text).splitlines()
-        if line.strip() and not _MAVEN_BOILERPLATE.match(line.strip())
-    ]
-    return "\n".join(kept[-lines:]) or "(no output)"
-
-
 def _run_maven(base: Path, version: str, progress: Callable[[str], Any]) -> Path:
     """Resolve one version into ``base/lib``; raise CassandraNodeError on failure."""
     lib = base / "lib"
     staging = base / f"lib.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     (base / "pom.xml").write_text(_POM.format(version=version))
-    cmd = [
-        shutil.which("mvn") or "mvn",
-        "-B",
-        "-q",
-        "-U",  # re-check artifacts an earlier failed download marked *.lastUpdated
-        "-Dstyle.color=never",
-        "-f",
-        str(base / "pom.xml"),
-        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={staging}",
-    ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = copy_dependencies(base / "pom.xml", staging)
     if proc.returncode != 0 or not (staging / f"cassandra-all-{version}.jar").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise CassandraNodeError(

@@ -31,8 +31,19 @@ from typing import Self
 
 from chatscale.procutil import die_with_parent
 
-__all__ = ["JvmError", "JvmProcess", "java_major_version", "serve"]
+__all__ = [
+    "DEPENDENCY_PLUGIN",
+    "JvmError",
+    "JvmProcess",
+    "copy_dependencies",
+    "default_cache_dir",
+    "java_major_version",
+    "missing_java_or_maven",
+    "serve",
+]
 
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 _LOG_TAIL_LINES = 40
 
 
@@ -58,6 +69,67 @@ def java_major_version(java: str = "java") -> int | None:
     if major == 1 and m.group(2):  # "1.8.0_392" -> 8
         major = int(m.group(2))
     return major
+
+
+def missing_java_or_maven(
+    server: str, java_ok: Callable[[int], bool], wrong_java: str, advice: str = ""
+) -> str | None:
+    """None if a ``java`` that ``java_ok`` accepts and ``mvn`` are on PATH, else a sentence
+    saying what to install ("Cannot run a local <server>: ...; <wrong_java>. Install ...")."""
+    problems = []
+    major = java_major_version()
+    if major is None:
+        problems.append("no `java` on PATH")
+    elif not java_ok(major):
+        problems.append(f"`java` on PATH is Java {major}; {wrong_java}")
+    if shutil.which("mvn") is None:
+        problems.append("no `mvn` (Maven) on PATH")
+    if not problems:
+        return None
+    return (
+        f"Cannot run a local {server}: "
+        + "; ".join(problems)
+        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu){advice}."
+    )
+
+
+def default_cache_dir() -> Path:
+    """``$CHATSCALE_CASSANDRA_CACHE`` or ``~/.cache/chatscale``."""
+    env = os.environ.get("CHATSCALE_CASSANDRA_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "chatscale"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_MAVEN_BOILERPLATE = re.compile(
+    r"^\[ERROR\]\s*(|To see the full stack.*|Re-run Maven.*|For more information.*|\[Help 1\].*)$"
+)
+
+
+def _maven_errors(text: str, lines: int = _LOG_TAIL_LINES) -> str:
+    kept = [
+        line
+        for line in _ANSI.sub("", text).splitlines()
+        if line.strip() and not _MAVEN_BOILERPLATE.match(line.strip())
+    ]
+    return "\n".join(kept[-lines:]) or "(no output)"
+
+
+def copy_dependencies(pom: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    """``mvn dependency:copy-dependencies``: every runtime jar of ``pom``'s dependencies into
+    ``out``. The caller checks the result (``_maven_errors`` makes its output readable)."""
+    cmd = [
+        shutil.which("mvn") or "mvn",
+        "-B",
+        "-q",
+        "-U",  # re-check artifacts an earlier failed download marked *.lastUpdated
+        "-Dstyle.color=never",
+        "-f",
+        str(pom),
+        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={out}",
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
 def _free_port(host: str = "127.0.0.1") -> int:

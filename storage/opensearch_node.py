@@ -43,7 +43,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -52,8 +51,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage.cassandra_node import DEPENDENCY_PLUGIN, _maven_errors, default_cache_dir
-from storage.jvm import JvmError, JvmProcess, _free_port, java_major_version, serve
+from storage.jvm import (
+    INSTALL_HINT,
+    JvmError,
+    JvmProcess,
+    _free_port,
+    _maven_errors,
+    copy_dependencies,
+    default_cache_dir,
+    missing_java_or_maven,
+    serve,
+)
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -66,7 +74,6 @@ __all__ = [
 DEFAULT_VERSION = "2.19.6"
 LOG4J_VERSION = "2.25.4"  # the log4j-api the server depends on
 SUPPORTED_JAVA = (11, 17, 21)
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 _MARKER = ".chatscale-complete"
 
 # module directory -> (Maven coordinates, plugin class, description)
@@ -99,20 +106,10 @@ class OpenSearchNodeError(JvmError):
 
 def missing_requirements() -> str | None:
     """None if ``java`` (11, 17 or 21) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major not in SUPPORTED_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; OpenSearch 2.19 runs on 11, 17 or 21")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local OpenSearch node: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu)."
+    return missing_java_or_maven(
+        "OpenSearch node",
+        lambda major: major in SUPPORTED_JAVA,
+        "OpenSearch 2.19 runs on 11, 17 or 21",
     )
 
 
@@ -144,19 +141,7 @@ def _dep(coordinates: str) -> str:
 def _copy_dependencies(work: Path, name: str, coordinates: list[str], out: Path) -> None:
     pom = work / f"pom-{name}.xml"
     pom.write_text(_POM.format(name=name, deps="\n".join(_dep(c) for c in coordinates)))
-    cmd = [
-        shutil.which("mvn") or "mvn",
-        "-B",
-        "-q",
-        "-U",
-        "-Dstyle.color=never",
-        "-f",
-        str(pom),
-        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={out}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = copy_dependencies(pom, out)
     if proc.returncode != 0:
         raise OpenSearchNodeError(
             f"mvn failed for {', '.join(coordinates)} (exit {proc.returncode}):\n"

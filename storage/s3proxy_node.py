@@ -35,7 +35,6 @@ import argparse
 import fcntl
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -43,8 +42,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from storage.cassandra_node import DEPENDENCY_PLUGIN, _maven_errors, default_cache_dir
-from storage.jvm import JvmError, JvmProcess, _free_port, _port_open, java_major_version, serve
+from storage.jvm import (
+    INSTALL_HINT,
+    JvmError,
+    JvmProcess,
+    _free_port,
+    _maven_errors,
+    _port_open,
+    copy_dependencies,
+    default_cache_dir,
+    missing_java_or_maven,
+    serve,
+)
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -56,7 +65,6 @@ __all__ = [
 
 DEFAULT_VERSION = "2.6.0"
 MIN_JAVA = 17
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 MAIN_CLASS = "org.gaul.s3proxy.Main"
 _MARKER = ".chatscale-complete"
 
@@ -67,20 +75,8 @@ class S3ProxyNodeError(JvmError):
 
 def missing_requirements() -> str | None:
     """None if ``java`` (17 or newer) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major < MIN_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; S3Proxy 2.6 needs Java {MIN_JAVA}+")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local S3Proxy: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu)."
+    return missing_java_or_maven(
+        "S3Proxy", lambda major: major >= MIN_JAVA, f"S3Proxy 2.6 needs Java {MIN_JAVA}+"
     )
 
 
@@ -133,20 +129,8 @@ def fetch_jars(
         staging = base / f"lib.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         (base / "pom.xml").write_text(_POM.format(version=version))
-        cmd = [
-            shutil.which("mvn") or "mvn",
-            "-B",
-            "-q",
-            "-U",
-            "-Dstyle.color=never",
-            "-f",
-            str(base / "pom.xml"),
-            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={staging}",
-        ]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = copy_dependencies(base / "pom.xml", staging)
         if proc.returncode != 0 or not (staging / f"s3proxy-{version}.jar").is_file():
             shutil.rmtree(staging, ignore_errors=True)
             raise S3ProxyNodeError(
