@@ -87,8 +87,10 @@ from storage.jvm import (
     _terminate,
     copy_dependencies,
     default_cache_dir,
+    jar_cli,
     java_major_version,
     missing_java_or_maven,
+    run_cli,
     serve,
 )
 
@@ -860,12 +862,6 @@ class CassandraCluster:
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    lib = fetch_jars(args.version, args.cache_dir)
-    print(lib)
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     problem = missing_requirements()
     if problem:
@@ -955,39 +951,21 @@ def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.cassandra_node",
-        description=(
-            "Run a real Apache Cassandra 5.0 node (or a ring of --nodes N on 127.0.0.1..N) from "
-            "Maven Central jars, without Docker. "
-            f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT})."
-        ),
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--cassandra-version",
-        dest="version",
-        default=DEFAULT_VERSION,
-        help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
+    parser, p_run = jar_cli(
+        "python -m storage.cassandra_node",
+        "Run a real Apache Cassandra 5.0 node (or a ring of --nodes N on 127.0.0.1..N) from "
+        "Maven Central jars, without Docker. "
+        f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT}).",
+        version_flag="--cassandra-version",
+        default_version=DEFAULT_VERSION,
+        version_help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
         + ", ".join(FALLBACK_VERSIONS)
         + ")",
-    )
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser(
-        "fetch", parents=[common], help="download the jars (cached) and print the lib dir"
-    )
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="start a node and keep it running until Ctrl-C / SIGTERM",
-        description="Start a node, print its CQL address when a query succeeds, run until "
+        fetch=fetch_jars,
+        fetch_help="download the jars (cached) and print the lib dir",
+        run=_cmd_run,
+        run_help="start a node and keep it running until Ctrl-C / SIGTERM",
+        run_description="Start a node, print its CQL address when a query succeeds, run until "
         "Ctrl-C or SIGTERM, then stop it gracefully. Data persists in --workdir.",
     )
     p_run.add_argument("--port", type=int, default=9042, help="CQL port (default 9042; 0 = free)")
@@ -1021,13 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CassandraNodeError as exc:
-        print(f"cassandra: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "cassandra", CassandraNodeError)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ A core module: imports nothing above storage/.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -37,8 +38,10 @@ __all__ = [
     "JvmProcess",
     "copy_dependencies",
     "default_cache_dir",
+    "jar_cli",
     "java_major_version",
     "missing_java_or_maven",
+    "run_cli",
     "serve",
 ]
 
@@ -396,3 +399,48 @@ def serve(
         return 0
     finally:
         node.stop()  # no-op when already stopped; SIGKILL fallback otherwise
+
+
+def jar_cli(
+    prog: str,
+    description: str,
+    *,
+    version_flag: str,
+    default_version: str,
+    version_help: str | None = None,
+    fetch: Callable[[str, Path | None], Path],
+    fetch_help: str,
+    run: Callable[[argparse.Namespace], int],
+    run_help: str,
+    run_description: str | None = None,
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parser of ``python -m storage.<x>_node``: ``fetch`` (resolve the jars, print where
+    they are) and ``run``, both with ``version_flag`` and ``--cache-dir``. Returns the parser
+    and the ``run`` subparser, for the module's own options; :func:`run_cli` runs it."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(version_flag, dest="version", default=default_version, help=version_help)
+    common.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", parents=[common], help=fetch_help)
+    p_fetch.set_defaults(func=lambda args: print(fetch(args.version, args.cache_dir)) or 0)
+    p_run = sub.add_parser("run", parents=[common], help=run_help, description=run_description)
+    p_run.set_defaults(func=run)
+    return parser, p_run
+
+
+def run_cli(
+    parser: argparse.ArgumentParser, argv: list[str] | None, tag: str, error: type[Exception]
+) -> int:
+    """Parse ``argv`` and run the command; ``error`` becomes one line on stderr and exit 1."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except error as exc:
+        print(f"{tag}: {exc}", file=sys.stderr)
+        return 1

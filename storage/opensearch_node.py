@@ -59,7 +59,9 @@ from storage.jvm import (
     _maven_errors,
     copy_dependencies,
     default_cache_dir,
+    jar_cli,
     missing_java_or_maven,
+    run_cli,
     serve,
 )
 
@@ -350,11 +352,6 @@ class OpenSearchNode(JvmProcess):
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(fetch_jars(args.version, args.cache_dir))
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     problem = missing_requirements()
     if problem:
@@ -380,33 +377,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.opensearch_node",
-        description="Run a real single-node OpenSearch 2.19 from Maven Central jars, without "
+    parser, p_run = jar_cli(
+        "python -m storage.opensearch_node",
+        "Run a real single-node OpenSearch 2.19 from Maven Central jars, without "
         f"Docker (no security plugin: plain HTTP). Needs Java 17 and Maven ({INSTALL_HINT}).",
+        version_flag="--opensearch-version",
+        default_version=DEFAULT_VERSION,
+        fetch=fetch_jars,
+        fetch_help="assemble the jars, print the home",
+        run=_cmd_run,
+        run_help="start a node until Ctrl-C",
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--opensearch-version", dest="version", default=DEFAULT_VERSION)
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", parents=[common], help="assemble the jars, print the home")
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser("run", parents=[common], help="start a node until Ctrl-C")
     p_run.add_argument("--port", type=int, default=9200, help="HTTP port (default 9200)")
     p_run.add_argument("--workdir", type=Path, default=None, help="config, data and logs")
     p_run.add_argument("--timeout", type=float, default=180.0, help="readiness wait, seconds")
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except OpenSearchNodeError as exc:
-        print(f"opensearch: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "opensearch", OpenSearchNodeError)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,9 @@ from storage.jvm import (
     _port_open,
     copy_dependencies,
     default_cache_dir,
+    jar_cli,
     missing_java_or_maven,
+    run_cli,
     serve,
 )
 
@@ -294,11 +296,6 @@ class S3ProxyNode(JvmProcess):
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(fetch_jars(args.version, args.cache_dir))
-    return 0
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     problem = missing_requirements()
     if problem:
@@ -333,26 +330,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.s3proxy_node",
-        description="Run a real S3-compatible server (S3Proxy, filesystem backend) from Maven "
+    parser, p_run = jar_cli(
+        "python -m storage.s3proxy_node",
+        "Run a real S3-compatible server (S3Proxy, filesystem backend) from Maven "
         f"Central jars, without Docker. Needs Java 17+ and Maven ({INSTALL_HINT}).",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--s3proxy-version", dest="version", default=DEFAULT_VERSION, help="org.gaul:s3proxy"
-    )
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", parents=[common], help="download the jars, print the dir")
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser(
-        "run", parents=[common], help="start a server and keep it running until Ctrl-C"
+        version_flag="--s3proxy-version",
+        default_version=DEFAULT_VERSION,
+        version_help="org.gaul:s3proxy",
+        fetch=fetch_jars,
+        fetch_help="download the jars, print the dir",
+        run=_cmd_run,
+        run_help="start a server and keep it running until Ctrl-C",
     )
     p_run.add_argument("--port", type=int, default=8081, help="HTTP port (default 8081)")
     p_run.add_argument("--workdir", type=Path, default=None, help="config, objects and log")
@@ -360,13 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--access-key", default="chatscale")
     p_run.add_argument("--secret-key", default="chatscale-secret-key")
     p_run.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except S3ProxyNodeError as exc:
-        print(f"s3proxy: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "s3proxy", S3ProxyNodeError)
 
 
 if __name__ == "__main__":
