@@ -862,13 +862,7 @@ class CassandraCluster:
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    lib = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, lib: Path) -> int:
     if args.nodes > 1:
         return _run_cluster(args, lib, cache)
     workdir = args.workdir or (cache / f"node-{args.port}")
@@ -958,6 +952,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT}).",
         version_flag="--cassandra-version",
         default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
         version_help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
         + ", ".join(FALLBACK_VERSIONS)
         + ")",

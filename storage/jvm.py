@@ -408,15 +408,27 @@ def jar_cli(
     version_flag: str,
     default_version: str,
     version_help: str | None = None,
+    missing: Callable[[], str | None],
     fetch: Callable[[str, Path | None], Path],
     fetch_help: str,
-    run: Callable[[argparse.Namespace], int],
+    run: Callable[[argparse.Namespace, Path, Path], int],
     run_help: str,
     run_description: str | None = None,
 ) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     """The parser of ``python -m storage.<x>_node``: ``fetch`` (resolve the jars, print where
-    they are) and ``run``, both with ``version_flag`` and ``--cache-dir``. Returns the parser
-    and the ``run`` subparser, for the module's own options; :func:`run_cli` runs it."""
+    they are) and ``run``, both with ``version_flag`` and ``--cache-dir``. ``run`` exits 2 with
+    ``missing()``'s sentence if Java or Maven is missing, else fetches and calls
+    ``run(args, cache_dir, fetched)``. Returns the parser and the ``run`` subparser, for the
+    module's own options; :func:`run_cli` runs it."""
+
+    def _run(args: argparse.Namespace) -> int:
+        problem = missing()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
+        cache = args.cache_dir or default_cache_dir()
+        return run(args, cache, fetch(args.version, cache))
+
     parser = argparse.ArgumentParser(prog=prog, description=description)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(version_flag, dest="version", default=default_version, help=version_help)
@@ -430,7 +442,7 @@ def jar_cli(
     p_fetch = sub.add_parser("fetch", parents=[common], help=fetch_help)
     p_fetch.set_defaults(func=lambda args: print(fetch(args.version, args.cache_dir)) or 0)
     p_run = sub.add_parser("run", parents=[common], help=run_help, description=run_description)
-    p_run.set_defaults(func=run)
+    p_run.set_defaults(func=_run)
     return parser, p_run
 
 

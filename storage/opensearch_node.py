@@ -352,13 +352,7 @@ class OpenSearchNode(JvmProcess):
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    home = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, home: Path) -> int:
     node = OpenSearchNode(
         home=home,
         workdir=args.workdir or (cache / f"opensearch-node-{args.port}"),
@@ -383,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Docker (no security plugin: plain HTTP). Needs Java 17 and Maven ({INSTALL_HINT}).",
         version_flag="--opensearch-version",
         default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
         fetch=fetch_jars,
         fetch_help="assemble the jars, print the home",
         run=_cmd_run,

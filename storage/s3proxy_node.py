@@ -296,13 +296,7 @@ class S3ProxyNode(JvmProcess):
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    lib = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, lib: Path) -> int:
     node = S3ProxyNode(
         lib_dir=lib,
         workdir=args.workdir or (cache / f"s3proxy-node-{args.port}"),
@@ -336,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Central jars, without Docker. Needs Java 17+ and Maven ({INSTALL_HINT}).",
         version_flag="--s3proxy-version",
         default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
         version_help="org.gaul:s3proxy",
         fetch=fetch_jars,
         fetch_help="download the jars, print the dir",
