@@ -6,8 +6,12 @@ the same life: config files into a work directory, the JVM in its own process gr
 reaches the server and nothing else) with stdout/stderr appended to a console log, a readiness
 probe polled until it answers, SIGTERM then SIGKILL to stop, and a finalizer that kills the group
 if the owner forgets (also at interpreter exit). :class:`JvmProcess` is that life; a subclass says
-only what is its own: files, command line, readiness probe, address. :func:`serve` is the
-``python -m storage.<x>_node run`` loop around one of them.
+only what is its own: files, command line, readiness probe, address.
+
+Also shared: the Java/Maven check (:func:`missing_java_or_maven`), the jar cache
+(:func:`default_cache_dir`) and Maven's ``copy-dependencies`` run (:func:`copy_dependencies`),
+and the ``python -m storage.<x>_node fetch|run`` command line (:func:`jar_cli`, :func:`run_cli`;
+:func:`serve` is the run loop: start, print the address, wait for SIGINT/SIGTERM, stop).
 
 A core module: imports nothing above storage/.
 """
@@ -34,6 +38,7 @@ from chatscale.procutil import die_with_parent
 
 __all__ = [
     "DEPENDENCY_PLUGIN",
+    "INSTALL_HINT",
     "JvmError",
     "JvmProcess",
     "copy_dependencies",
