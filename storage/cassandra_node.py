@@ -61,7 +61,6 @@ Wrong or changed:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import os
 import re
@@ -71,13 +70,29 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chatscale.procutil import die_with_parent
+from storage.jvm import (
+    DEPENDENCY_PLUGIN,  # noqa: F401 (was defined here)
+    INSTALL_HINT,
+    JvmError,
+    JvmProcess,
+    _free_port,
+    _maven_errors,
+    _port_open,
+    _signal_group,
+    _terminate,
+    copy_dependencies,
+    default_cache_dir,
+    jar_cli,
+    java_major_version,
+    missing_java_or_maven,
+    run_cli,
+    serve,
+)
 
 __all__ = [
     "DEFAULT_VERSION",
@@ -93,57 +108,25 @@ __all__ = [
 
 DEFAULT_VERSION = "5.0.8"
 FALLBACK_VERSIONS = ("5.0.6", "5.0.4")
-DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 SUPPORTED_JAVA = (11, 17)
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 _MARKER = ".chatscale-complete"
 _LOG_TAIL_LINES = 40
 
 
-class CassandraNodeError(RuntimeError):
+class CassandraNodeError(JvmError):
     """The node could not be fetched, started or stopped; the message carries the log tail."""
 
 
 # --------------------------------------------------------------------------- requirements
 
 
-def java_major_version(java: str = "java") -> int | None:
-    """Major version of ``java`` (8, 11, 17, 21, ...), or None if it cannot be run."""
-    exe = shutil.which(java)
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "-version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    m = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
-    if not m:
-        return None
-    major = int(m.group(1))
-    if major == 1 and m.group(2):  # "1.8.0_392" -> 8
-        major = int(m.group(2))
-    return major
-
-
 def missing_requirements() -> str | None:
     """None if ``java`` (11 or 17) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major not in SUPPORTED_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; Cassandra 5.0 runs on Java 11 or 17 only")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local Cassandra 5.0 node: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu), "
-        "or put a Java 17 JDK and Maven 3 on PATH."
+    return missing_java_or_maven(
+        "Cassandra 5.0 node",
+        lambda major: major in SUPPORTED_JAVA,
+        "Cassandra 5.0 runs on Java 11 or 17 only",
+        ", or put a Java 17 JDK and Maven 3 on PATH",
     )
 
 
@@ -170,12 +153,6 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def default_cache_dir() -> Path:
-    """``$CHATSCALE_CASSANDRA_CACHE`` or ``~/.cache/chatscale``."""
-    env = os.environ.get("CHATSCALE_CASSANDRA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "chatscale"
-
-
 def _lib_complete(lib: Path, version: str) -> bool:
     return (
         (lib / _MARKER).is_file()
@@ -184,41 +161,14 @@ def _lib_complete(lib: Path, version: str) -> bool:
     )
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_MAVEN_BOILERPLATE = re.compile(
-    r"^\[ERROR\]\s*(|To see the full stack.*|Re-run Maven.*|For more information.*|\[Help 1\].*)$"
-)
-
-
-def _maven_errors(text: str, lines: int = _LOG_TAIL_LINES) -> str:
-    kept = [
-        line
-        for line in _ANSI.sub("", text).splitlines()
-        if line.strip() and not _MAVEN_BOILERPLATE.match(line.strip())
-    ]
-    return "\n".join(kept[-lines:]) or "(no output)"
-
-
 def _run_maven(base: Path, version: str, progress: Callable[[str], Any]) -> Path:
     """Resolve one version into ``base/lib``; raise CassandraNodeError on failure."""
     lib = base / "lib"
     staging = base / f"lib.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     (base / "pom.xml").write_text(_POM.format(version=version))
-    cmd = [
-        shutil.which("mvn") or "mvn",
-        "-B",
-        "-q",
-        "-U",  # re-check artifacts an earlier failed download marked *.lastUpdated
-        "-Dstyle.color=never",
-        "-f",
-        str(base / "pom.xml"),
-        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={staging}",
-    ]
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = copy_dependencies(base / "pom.xml", staging)
     if proc.returncode != 0 or not (staging / f"cassandra-all-{version}.jar").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise CassandraNodeError(
@@ -287,20 +237,6 @@ def _size_bytes(size: str) -> int:
     if not m:
         raise ValueError(f"not a JVM memory size: {size!r} (use e.g. 512m, 1g)")
     return int(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 # JVM flags from Apache's conf/jvm17-server.options (5.0); harmless on Java 11.
@@ -389,30 +325,17 @@ def _wait_all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.005)
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def _reap(proc: subprocess.Popen, log_file) -> None:
-    """Finalizer (also at interpreter exit): kill the node's process group, close the log."""
-    try:
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGKILL)
-            _signal_group(proc.pid, signal.SIGCONT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-    finally:
-        with contextlib.suppress(Exception):
-            log_file.close()
-
-
-class CassandraNode:
+class CassandraNode(JvmProcess):
     """One Cassandra 5.0 JVM on 127.0.0.1, with its config, data and logs in ``workdir``.
 
     >>> with CassandraNode(lib_dir=fetch_jars(), workdir=Path("/tmp/c1")) as node:
     ...     print(node.host, node.port, node.started_in)
     """
+
+    name = "Cassandra"
+    error = CassandraNodeError
+    start_timeout = 180.0
+    stop_timeout = 30.0
 
     def __init__(
         self,
@@ -433,8 +356,8 @@ class CassandraNode:
     ) -> None:
         """``seeds`` (``host:port,...``; default this node alone) and ``initial_token`` (its one
         token) are what a member of a :class:`CassandraCluster` sets differently."""
+        super().__init__(workdir=workdir, java=java)
         self.lib_dir = Path(lib_dir).resolve()
-        self.workdir = Path(workdir).resolve()
         self.heap = heap
         self.cluster_name = cluster_name
         self._host = host
@@ -442,7 +365,6 @@ class CassandraNode:
         self._storage_port = storage_port or _free_port(host)
         while self._storage_port == self._cql_port:
             self._storage_port = _free_port(host)
-        self.java = java
         if initial_heap is None or _size_bytes(initial_heap) >= _size_bytes(heap):
             initial_heap = heap
         self.initial_heap = initial_heap
@@ -450,9 +372,6 @@ class CassandraNode:
         self.extra_jvm_args = tuple(extra_jvm_args)
         self.seeds = seeds
         self.initial_token = str(initial_token)
-        self._proc: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
-        self._started_in: float | None = None
         self._paused = False
 
     # ---- properties
@@ -471,26 +390,8 @@ class CassandraNode:
         return self._storage_port
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def started_in(self) -> float | None:
-        """Seconds the last successful :meth:`start` took (launch to first CQL round trip)."""
-        return self._started_in
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def system_log(self) -> Path:
         return self.workdir / "logs" / "system.log"
-
-    @property
-    def console_log(self) -> Path:
-        """JVM stdout/stderr (WARN+ log lines, JVM errors)."""
-        return self.workdir / "logs" / "console.log"
 
     def rss_bytes(self) -> int | None:
         """Resident memory of the JVM, from /proc (Linux), or None."""
@@ -565,16 +466,8 @@ compaction_throughput: 64MiB/s
         logback_path.write_text(_LOGBACK.format(system_log=self.system_log))
         return yaml_path, logback_path
 
-    def _java(self) -> str:
-        if self.java:
-            return self.java
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and (Path(java_home) / "bin" / "java").is_file():
-            return str(Path(java_home) / "bin" / "java")
-        exe = shutil.which("java")
-        if exe is None:
-            raise CassandraNodeError(missing_requirements() or "java not found on PATH")
-        return exe
+    def _missing_requirements(self) -> str | None:
+        return missing_requirements()
 
     def command(self) -> list[str]:
         """The full ``java`` command line (config files are written by :meth:`start`)."""
@@ -662,96 +555,31 @@ compaction_throughput: 64MiB/s
         finally:
             cluster.shutdown()
 
-    def start(self, timeout: float = 180.0) -> CassandraNode:
-        """Launch the JVM and block until a CQL query succeeds; raise with the log tail if not."""
-        t0 = self.launch()
-        try:
-            self._wait_ready(t0, timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self._started_in = time.monotonic() - t0
-        return self
-
     def launch(self) -> float:
         """Start the JVM without waiting (a cluster launches all its nodes, then waits for
         them); returns the launch time (``time.monotonic()``)."""
-        if self.running:
-            raise CassandraNodeError(f"node already running (pid {self.pid})")
-        self._write_config()
-        cmd = self.command()
-        log_file = open(self.console_log, "ab")  # closed by the finalizer
-        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
-        log_file.flush()
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,  # own process group: signals reach only the node
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            log_file.close()
-            raise CassandraNodeError(f"could not launch {cmd[0]}: {exc}") from exc
-        self._proc = proc
+        t0 = super().launch()
         self._paused = False
-        self._started_in = None
-        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
         return t0
 
-    def _wait_ready(self, t0: float, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = t0 + timeout
-        last_error: Exception | None = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise CassandraNodeError(
-                    f"Cassandra exited with code {code} during startup "
-                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise CassandraNodeError(
-                    f"Cassandra not ready on {self._host}:{self._cql_port} after {timeout:.0f}s"
-                    f" (last error: {last_error!r})\n{self.log_tail()}"
-                )
-            if _port_open(self._host, self._cql_port):
-                try:
-                    self.query_release_version(
-                        timeout=min(10.0, max(1.0, deadline - time.monotonic()))
-                    )
-                    return
-                except Exception as exc:  # driver raises many types while the node warms up
-                    last_error = exc
-            time.sleep(0.25)
+    def _address(self) -> str:
+        return f"{self._host}:{self._cql_port}"
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (graceful drain), then SIGKILL after ``timeout``. Returns the exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            if self._paused:  # a stopped process only acts on SIGTERM once continued
-                _signal_group(proc.pid, signal.SIGCONT)
-                self._paused = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        if self._finalizer is not None:
-            self._finalizer()  # closes the log file; nothing left to kill
-        return proc.returncode
+    def _ready(self, deadline: float) -> bool:
+        """A real CQL round trip (the driver raises many types while the node warms up)."""
+        if not _port_open(self._host, self._cql_port):
+            return False
+        self.query_release_version(timeout=min(10.0, max(1.0, deadline - time.monotonic())))
+        return True
+
+    def _after_sigterm(self, proc: subprocess.Popen) -> None:
+        if self._paused:  # a stopped process only acts on SIGTERM once continued
+            _signal_group(proc.pid, signal.SIGCONT)
+            self._paused = False
 
     def kill(self) -> None:
         """SIGKILL at once (no drain)."""
-        if self._finalizer is not None:
-            self._finalizer()
+        super().kill()
         self._paused = False
 
     def pause(self) -> None:
@@ -768,14 +596,6 @@ compaction_throughput: 64MiB/s
             raise CassandraNodeError("node is not running")
         _signal_group(self._proc.pid, signal.SIGCONT)
         self._paused = False
-
-    def __enter__(self) -> CassandraNode:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "paused" if self._paused else ("running" if self.running else "stopped")
@@ -1042,19 +862,7 @@ class CassandraCluster:
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    lib = fetch_jars(args.version, args.cache_dir)
-    print(lib)
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    lib = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, lib: Path) -> int:
     if args.nodes > 1:
         return _run_cluster(args, lib, cache)
     workdir = args.workdir or (cache / f"node-{args.port}")
@@ -1068,37 +876,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         c1_only=not args.full_jit,
     )
 
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
+    def _ready() -> str:
+        rss = node.rss_bytes()
+        return (
+            f"cassandra: ready at {node.host}:{node.port} (CQL, protocol v5, dc datacenter1) "
+            f"in {node.started_in:.1f}s, pid {node.pid}"
+            + (f", RSS {rss / 2**20:.0f} MiB" if rss else "")
+            + "; Ctrl-C to stop"
+        )
 
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)  # also when started with SIGINT ignored (nohup, &)
-    print(f"cassandra: starting node in {node.workdir} (log: {node.system_log}) ...", flush=True)
-    try:
-        node.start(timeout=args.timeout)
-    except CassandraNodeError as exc:
-        print(f"cassandra: {exc}", file=sys.stderr)
-        return 1
-    rss = node.rss_bytes()
-    print(
-        f"cassandra: ready at {node.host}:{node.port} (CQL, protocol v5, dc datacenter1) "
-        f"in {node.started_in:.1f}s, pid {node.pid}"
-        + (f", RSS {rss / 2**20:.0f} MiB" if rss else "")
-        + "; Ctrl-C to stop",
-        flush=True,
+    return serve(
+        "cassandra",
+        node,
+        timeout=args.timeout,
+        starting=f"starting node in {node.workdir} (log: {node.system_log}) ...",
+        ready=_ready,
+        stopping="stopping (signal again to kill at once) ...",
     )
-    try:
-        while node.running:
-            time.sleep(1)
-        print(f"cassandra: node exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        print("cassandra: stopping (signal again to kill at once) ...", flush=True)
-        code = node.stop()
-        print(f"cassandra: stopped (JVM exit code {code})", flush=True)
-        return 0
-    finally:
-        node.stop()  # no-op when already stopped; SIGKILL fallback otherwise
 
 
 def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
@@ -1114,9 +908,6 @@ def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
         cluster_name=args.cluster_name,
         c1_only=not args.full_jit,
     )
-
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
@@ -1154,39 +945,22 @@ def _run_cluster(args: argparse.Namespace, lib: Path, cache: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.cassandra_node",
-        description=(
-            "Run a real Apache Cassandra 5.0 node (or a ring of --nodes N on 127.0.0.1..N) from "
-            "Maven Central jars, without Docker. "
-            f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT})."
-        ),
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--cassandra-version",
-        dest="version",
-        default=DEFAULT_VERSION,
-        help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
+    parser, p_run = jar_cli(
+        "python -m storage.cassandra_node",
+        "Run a real Apache Cassandra 5.0 node (or a ring of --nodes N on 127.0.0.1..N) from "
+        "Maven Central jars, without Docker. "
+        f"Needs Java 11 or 17 and Maven on PATH ({INSTALL_HINT}).",
+        version_flag="--cassandra-version",
+        default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
+        version_help=f"cassandra-all version (default {DEFAULT_VERSION}; falls back to "
         + ", ".join(FALLBACK_VERSIONS)
         + ")",
-    )
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser(
-        "fetch", parents=[common], help="download the jars (cached) and print the lib dir"
-    )
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser(
-        "run",
-        parents=[common],
-        help="start a node and keep it running until Ctrl-C / SIGTERM",
-        description="Start a node, print its CQL address when a query succeeds, run until "
+        fetch=fetch_jars,
+        fetch_help="download the jars (cached) and print the lib dir",
+        run=_cmd_run,
+        run_help="start a node and keep it running until Ctrl-C / SIGTERM",
+        run_description="Start a node, print its CQL address when a query succeeds, run until "
         "Ctrl-C or SIGTERM, then stop it gracefully. Data persists in --workdir.",
     )
     p_run.add_argument("--port", type=int, default=9042, help="CQL port (default 9042; 0 = free)")
@@ -1220,13 +994,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument(
         "--timeout", type=float, default=180.0, help="seconds to wait for readiness (default 180)"
     )
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except CassandraNodeError as exc:
-        print(f"cassandra: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "cassandra", CassandraNodeError)
 
 
 if __name__ == "__main__":

@@ -43,27 +43,26 @@ import fcntl
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import weakref
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from chatscale.procutil import die_with_parent
-from storage.cassandra_node import (
-    DEPENDENCY_PLUGIN,
+from storage.jvm import (
+    INSTALL_HINT,
+    JvmError,
+    JvmProcess,
     _free_port,
     _maven_errors,
-    _reap,
-    _signal_group,
+    copy_dependencies,
     default_cache_dir,
-    java_major_version,
+    jar_cli,
+    missing_java_or_maven,
+    run_cli,
+    serve,
 )
 
 __all__ = [
@@ -77,9 +76,7 @@ __all__ = [
 DEFAULT_VERSION = "2.19.6"
 LOG4J_VERSION = "2.25.4"  # the log4j-api the server depends on
 SUPPORTED_JAVA = (11, 17, 21)
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 _MARKER = ".chatscale-complete"
-_LOG_TAIL_LINES = 40
 
 # module directory -> (Maven coordinates, plugin class, description)
 MODULES = {
@@ -105,26 +102,16 @@ _NETTY_POLICY = """grant {
 """
 
 
-class OpenSearchNodeError(RuntimeError):
+class OpenSearchNodeError(JvmError):
     """The node could not be fetched, started or stopped; the message carries the log tail."""
 
 
 def missing_requirements() -> str | None:
     """None if ``java`` (11, 17 or 21) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major not in SUPPORTED_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; OpenSearch 2.19 runs on 11, 17 or 21")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local OpenSearch node: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu)."
+    return missing_java_or_maven(
+        "OpenSearch node",
+        lambda major: major in SUPPORTED_JAVA,
+        "OpenSearch 2.19 runs on 11, 17 or 21",
     )
 
 
@@ -156,19 +143,7 @@ def _dep(coordinates: str) -> str:
 def _copy_dependencies(work: Path, name: str, coordinates: list[str], out: Path) -> None:
     pom = work / f"pom-{name}.xml"
     pom.write_text(_POM.format(name=name, deps="\n".join(_dep(c) for c in coordinates)))
-    cmd = [
-        shutil.which("mvn") or "mvn",
-        "-B",
-        "-q",
-        "-U",
-        "-Dstyle.color=never",
-        "-f",
-        str(pom),
-        f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-        "-DincludeScope=runtime",
-        f"-DoutputDirectory={out}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = copy_dependencies(pom, out)
     if proc.returncode != 0:
         raise OpenSearchNodeError(
             f"mvn failed for {', '.join(coordinates)} (exit {proc.returncode}):\n"
@@ -252,8 +227,15 @@ logger.deprecation.level = error
 """
 
 
-class OpenSearchNode:
-    """One OpenSearch JVM on 127.0.0.1 with config, data and logs in ``workdir``."""
+class OpenSearchNode(JvmProcess):
+    """One OpenSearch JVM on 127.0.0.1 with config, data and logs in ``workdir``; ready when
+    ``GET /_cluster/health?wait_for_status=green`` answers."""
+
+    name = "OpenSearch"
+    error = OpenSearchNodeError
+    start_timeout = 180.0
+    stop_timeout = 30.0
+    probe_errors = (OSError, urllib.error.URLError, ValueError)
 
     def __init__(
         self,
@@ -266,8 +248,8 @@ class OpenSearchNode:
         c1_only: bool = True,
         java: str | None = None,
     ) -> None:
+        super().__init__(workdir=workdir, java=java)
         self.home = Path(home).resolve()
-        self.workdir = Path(workdir).resolve()
         self.host = "127.0.0.1"
         self.port = http_port or _free_port(self.host)
         self.transport_port = transport_port or _free_port(self.host)
@@ -275,26 +257,10 @@ class OpenSearchNode:
             self.transport_port = _free_port(self.host)
         self.heap = heap
         self.c1_only = c1_only
-        self.java = java
-        self._proc: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
-        self.started_in: float | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def console_log(self) -> Path:
-        return self.workdir / "logs" / "console.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def search_url(self, index: str) -> str:
         """The ``CHATSCALE_SEARCH_URL`` for an index on this node."""
@@ -323,16 +289,11 @@ class OpenSearchNode:
         (self.workdir / "config" / "log4j2.properties").write_text(_LOG4J2)
         (self.workdir / "config" / "jvm.options").write_text("")
 
-    def _java(self) -> str:
-        if self.java:
-            return self.java
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and (Path(java_home) / "bin" / "java").is_file():
-            return str(Path(java_home) / "bin" / "java")
-        exe = shutil.which("java")
-        if exe is None:
-            raise OpenSearchNodeError(missing_requirements() or "java not found on PATH")
-        return exe
+    def _missing_requirements(self) -> str | None:
+        return missing_requirements()
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "OPENSEARCH_PATH_CONF": str(self.workdir / "config")}
 
     def command(self) -> list[str]:
         if not any((self.home / "lib").glob("opensearch-*.jar")):
@@ -377,99 +338,12 @@ class OpenSearchNode:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return json.loads(resp.read() or b"null")
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.console_log, errors="replace") as f:
-                tail = "".join(deque(f, maxlen=lines)).rstrip()
-        except OSError:
-            return "(no log output)"
-        return f"--- last {lines} lines of {self.console_log} ---\n{tail or '(empty)'}"
+    def _address(self) -> str:
+        return self.url
 
-    def start(self, timeout: float = 180.0) -> OpenSearchNode:
-        """Launch the JVM; block until ``GET /_cluster/health?wait_for_status=green`` answers."""
-        if self.running:
-            raise OpenSearchNodeError(f"node already running (pid {self.pid})")
-        self._write_config()
-        cmd = self.command()
-        log_file = open(self.console_log, "ab")  # closed by the finalizer
-        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
-        log_file.flush()
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                env={**os.environ, "OPENSEARCH_PATH_CONF": str(self.workdir / "config")},
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            log_file.close()
-            raise OpenSearchNodeError(f"could not launch {cmd[0]}: {exc}") from exc
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
-        try:
-            self._wait_ready(t0, timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self.started_in = time.monotonic() - t0
-        return self
-
-    def _wait_ready(self, t0: float, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = t0 + timeout
-        last_error: Exception | None = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise OpenSearchNodeError(
-                    f"OpenSearch exited with code {code} during startup "
-                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise OpenSearchNodeError(
-                    f"OpenSearch not ready on {self.url} after {timeout:.0f}s "
-                    f"(last error: {last_error!r})\n{self.log_tail()}"
-                )
-            try:
-                health = self.request("GET", "/_cluster/health?wait_for_status=green&timeout=1s")
-                if health.get("status") == "green":
-                    return
-            except (OSError, urllib.error.URLError, ValueError) as exc:
-                last_error = exc
-            time.sleep(0.25)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``. Returns the JVM's exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        if self._finalizer is not None:
-            self._finalizer()
-        return proc.returncode
-
-    def kill(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def __enter__(self) -> OpenSearchNode:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _ready(self, deadline: float) -> bool:
+        health = self.request("GET", "/_cluster/health?wait_for_status=green&timeout=1s")
+        return health.get("status") == "green"
 
     def __repr__(self) -> str:
         return f"<OpenSearchNode {self.url} pid={self.pid} running={self.running}>"
@@ -478,81 +352,41 @@ class OpenSearchNode:
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(fetch_jars(args.version, args.cache_dir))
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    home = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, home: Path) -> int:
     node = OpenSearchNode(
         home=home,
         workdir=args.workdir or (cache / f"opensearch-node-{args.port}"),
         http_port=args.port,
     )
-
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    print(f"opensearch: starting in {node.workdir} ...", flush=True)
-    try:
-        node.start(timeout=args.timeout)
-    except OpenSearchNodeError as exc:
-        print(f"opensearch: {exc}", file=sys.stderr)
-        return 1
-    print(
-        f"opensearch: ready at {node.url} in {node.started_in:.1f}s, pid {node.pid}; "
-        f"CHATSCALE_SEARCH_URL='{node.search_url('chatscale-messages')}'; Ctrl-C to stop",
-        flush=True,
+    return serve(
+        "opensearch",
+        node,
+        timeout=args.timeout,
+        starting=f"starting in {node.workdir} ...",
+        ready=lambda: (
+            f"opensearch: ready at {node.url} in {node.started_in:.1f}s, pid {node.pid}; "
+            f"CHATSCALE_SEARCH_URL='{node.search_url('chatscale-messages')}'; Ctrl-C to stop"
+        ),
     )
-    try:
-        while node.running:
-            time.sleep(1)
-        print(f"opensearch: node exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        code = node.stop()
-        print(f"opensearch: stopped (JVM exit code {code})", flush=True)
-        return 0
-    finally:
-        node.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.opensearch_node",
-        description="Run a real single-node OpenSearch 2.19 from Maven Central jars, without "
+    parser, p_run = jar_cli(
+        "python -m storage.opensearch_node",
+        "Run a real single-node OpenSearch 2.19 from Maven Central jars, without "
         f"Docker (no security plugin: plain HTTP). Needs Java 17 and Maven ({INSTALL_HINT}).",
+        version_flag="--opensearch-version",
+        default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
+        fetch=fetch_jars,
+        fetch_help="assemble the jars, print the home",
+        run=_cmd_run,
+        run_help="start a node until Ctrl-C",
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--opensearch-version", dest="version", default=DEFAULT_VERSION)
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", parents=[common], help="assemble the jars, print the home")
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser("run", parents=[common], help="start a node until Ctrl-C")
     p_run.add_argument("--port", type=int, default=9200, help="HTTP port (default 9200)")
     p_run.add_argument("--workdir", type=Path, default=None, help="config, data and logs")
     p_run.add_argument("--timeout", type=float, default=180.0, help="readiness wait, seconds")
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except OpenSearchNodeError as exc:
-        print(f"opensearch: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "opensearch", OpenSearchNodeError)
 
 
 if __name__ == "__main__":

@@ -35,27 +35,26 @@ import argparse
 import fcntl
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from chatscale.procutil import die_with_parent
-from storage.cassandra_node import (
-    DEPENDENCY_PLUGIN,
+from storage.jvm import (
+    INSTALL_HINT,
+    JvmError,
+    JvmProcess,
     _free_port,
     _maven_errors,
     _port_open,
-    _reap,
-    _signal_group,
+    copy_dependencies,
     default_cache_dir,
-    java_major_version,
+    jar_cli,
+    missing_java_or_maven,
+    run_cli,
+    serve,
 )
 
 __all__ = [
@@ -68,32 +67,18 @@ __all__ = [
 
 DEFAULT_VERSION = "2.6.0"
 MIN_JAVA = 17
-INSTALL_HINT = "apt-get install openjdk-17-jre-headless maven"
 MAIN_CLASS = "org.gaul.s3proxy.Main"
 _MARKER = ".chatscale-complete"
-_LOG_TAIL_LINES = 40
 
 
-class S3ProxyNodeError(RuntimeError):
+class S3ProxyNodeError(JvmError):
     """The server could not be fetched, started or stopped; the message carries the log tail."""
 
 
 def missing_requirements() -> str | None:
     """None if ``java`` (17 or newer) and ``mvn`` are on PATH, else what to install."""
-    problems = []
-    major = java_major_version()
-    if major is None:
-        problems.append("no `java` on PATH")
-    elif major < MIN_JAVA:
-        problems.append(f"`java` on PATH is Java {major}; S3Proxy 2.6 needs Java {MIN_JAVA}+")
-    if shutil.which("mvn") is None:
-        problems.append("no `mvn` (Maven) on PATH")
-    if not problems:
-        return None
-    return (
-        "Cannot run a local S3Proxy: "
-        + "; ".join(problems)
-        + f". Install them, e.g. `{INSTALL_HINT}` (Debian/Ubuntu)."
+    return missing_java_or_maven(
+        "S3Proxy", lambda major: major >= MIN_JAVA, f"S3Proxy 2.6 needs Java {MIN_JAVA}+"
     )
 
 
@@ -146,20 +131,8 @@ def fetch_jars(
         staging = base / f"lib.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         (base / "pom.xml").write_text(_POM.format(version=version))
-        cmd = [
-            shutil.which("mvn") or "mvn",
-            "-B",
-            "-q",
-            "-U",
-            "-Dstyle.color=never",
-            "-f",
-            str(base / "pom.xml"),
-            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
-            "-DincludeScope=runtime",
-            f"-DoutputDirectory={staging}",
-        ]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        proc = copy_dependencies(base / "pom.xml", staging)
         if proc.returncode != 0 or not (staging / f"s3proxy-{version}.jar").is_file():
             shutil.rmtree(staging, ignore_errors=True)
             raise S3ProxyNodeError(
@@ -188,12 +161,19 @@ _LOGBACK = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-class S3ProxyNode:
+class S3ProxyNode(JvmProcess):
     """One S3Proxy JVM on ``host:port`` with the filesystem blob store in ``workdir/data``.
 
     >>> with S3ProxyNode(lib_dir=fetch_jars(), workdir=Path("/tmp/s3")) as node:
     ...     node.create_bucket("cold"); print(node.cold_url("cold"))
     """
+
+    name = "S3Proxy"
+    noun = "S3Proxy"
+    error = S3ProxyNodeError
+    start_timeout = 60.0
+    stop_timeout = 15.0
+    poll_interval = 0.1
 
     def __init__(
         self,
@@ -208,18 +188,15 @@ class S3ProxyNode:
         c1_only: bool = True,
         java: str | None = None,
     ) -> None:
+        super().__init__(workdir=workdir, java=java)
         self.lib_dir = Path(lib_dir).resolve()
-        self.workdir = Path(workdir).resolve()
         self.host = host
         self.port = port or _free_port(host)
         self.access_key = access_key
         self.secret_key = secret_key
         self.heap = heap
         self.c1_only = c1_only
-        self.java = java
-        self._proc: subprocess.Popen | None = None
-        self._finalizer: weakref.finalize | None = None
-        self.started_in: float | None = None
+        self._probe = None  # the boto3 client of the readiness wait
 
     @property
     def endpoint(self) -> str:
@@ -232,14 +209,6 @@ class S3ProxyNode:
     @property
     def console_log(self) -> Path:
         return self.workdir / "console.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def cold_url(self, bucket: str, prefix: str = "") -> str:
         """The ``CHATSCALE_COLD_URL`` for a bucket here (credentials in the URL's user part)."""
@@ -265,16 +234,8 @@ class S3ProxyNode:
         (self.workdir / "logback.xml").write_text(_LOGBACK)
         return conf
 
-    def _java(self) -> str:
-        if self.java:
-            return self.java
-        java_home = os.environ.get("JAVA_HOME")
-        if java_home and (Path(java_home) / "bin" / "java").is_file():
-            return str(Path(java_home) / "bin" / "java")
-        exe = shutil.which("java")
-        if exe is None:
-            raise S3ProxyNodeError(missing_requirements() or "java not found on PATH")
-        return exe
+    def _missing_requirements(self) -> str | None:
+        return missing_requirements()
 
     def command(self) -> list[str]:
         if not any(self.lib_dir.glob("s3proxy-*.jar")):
@@ -316,101 +277,17 @@ class S3ProxyNode:
     def create_bucket(self, name: str) -> None:
         self.client().create_bucket(Bucket=name)
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.console_log, errors="replace") as f:
-                tail = "".join(deque(f, maxlen=lines)).rstrip()
-        except OSError:
-            return "(no log output)"
-        return f"--- last {lines} lines of {self.console_log} ---\n{tail or '(empty)'}"
+    def _address(self) -> str:
+        return self.endpoint
 
-    def start(self, timeout: float = 60.0) -> S3ProxyNode:
-        """Launch the JVM and block until a signed S3 request (ListBuckets) succeeds."""
-        if self.running:
-            raise S3ProxyNodeError(f"S3Proxy already running (pid {self.pid})")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._write_config()
-        cmd = self.command()
-        log_file = open(self.console_log, "ab")  # closed by the finalizer
-        log_file.write(f"\n=== {time.strftime('%F %T')} chatscale start ===\n".encode())
-        log_file.flush()
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=self.workdir,
-                start_new_session=True,  # own process group: signals reach only the server
-                preexec_fn=die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            log_file.close()
-            raise S3ProxyNodeError(f"could not launch {cmd[0]}: {exc}") from exc
-        self._proc = proc
-        self._finalizer = weakref.finalize(self, _reap, proc, log_file)
-        try:
-            self._wait_ready(t0, timeout)
-        except BaseException:
-            self.kill()
-            raise
-        self.started_in = time.monotonic() - t0
-        return self
-
-    def _wait_ready(self, t0: float, timeout: float) -> None:
-        assert self._proc is not None
-        deadline = t0 + timeout
-        last_error: Exception | None = None
-        client = None
-        while True:
-            code = self._proc.poll()
-            if code is not None:
-                raise S3ProxyNodeError(
-                    f"S3Proxy exited with code {code} during startup "
-                    f"(after {time.monotonic() - t0:.1f}s)\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise S3ProxyNodeError(
-                    f"S3Proxy not ready on {self.endpoint} after {timeout:.0f}s "
-                    f"(last error: {last_error!r})\n{self.log_tail()}"
-                )
-            if _port_open(self.host, self.port):
-                try:
-                    client = client or self.client(timeout=5.0)
-                    client.list_buckets()
-                    return
-                except Exception as exc:  # connection reset while Jetty starts, etc.
-                    last_error = exc
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``. Returns the JVM's exit code."""
-        proc = self._proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        if self._finalizer is not None:
-            self._finalizer()
-        return proc.returncode
-
-    def kill(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer()
-
-    def __enter__(self) -> S3ProxyNode:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _ready(self, deadline: float) -> bool:
+        """A signed S3 request (ListBuckets) succeeds."""
+        if not _port_open(self.host, self.port):
+            return False
+        if self._probe is None:
+            self._probe = self.client(timeout=5.0)
+        self._probe.list_buckets()  # connection reset while Jetty starts, etc.
+        return True
 
     def __repr__(self) -> str:
         return f"<S3ProxyNode {self.endpoint} pid={self.pid} running={self.running}>"
@@ -419,18 +296,7 @@ class S3ProxyNode:
 # --------------------------------------------------------------------------- CLI
 
 
-def _cmd_fetch(args: argparse.Namespace) -> int:
-    print(fetch_jars(args.version, args.cache_dir))
-    return 0
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    problem = missing_requirements()
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    cache = args.cache_dir or default_cache_dir()
-    lib = fetch_jars(args.version, cache)
+def _cmd_run(args: argparse.Namespace, cache: Path, lib: Path) -> int:
     node = S3ProxyNode(
         lib_dir=lib,
         workdir=args.workdir or (cache / f"s3proxy-node-{args.port}"),
@@ -439,63 +305,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         secret_key=args.secret_key,
     )
 
-    def _terminate(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
-    try:
-        node.start(timeout=args.timeout)
+    def _bucket() -> None:
         if args.bucket and args.bucket not in {
             b["Name"] for b in node.client().list_buckets().get("Buckets", [])
         }:
             node.create_bucket(args.bucket)
-    except S3ProxyNodeError as exc:
-        print(f"s3proxy: {exc}", file=sys.stderr)
-        node.stop()
-        return 1
-    print(
-        f"s3proxy: ready at {node.endpoint} in {node.started_in:.1f}s, pid {node.pid}, "
-        f"objects in {node.data_dir}",
-        flush=True,
-    )
-    if args.bucket:
-        print(f"s3proxy: CHATSCALE_COLD_URL='{node.cold_url(args.bucket)}'", flush=True)
-    print("s3proxy: Ctrl-C to stop", flush=True)
-    try:
-        while node.running:
-            time.sleep(1)
-        print(f"s3proxy: server exited unexpectedly\n{node.log_tail()}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, SystemExit):
-        code = node.stop()
-        print(f"s3proxy: stopped (JVM exit code {code})", flush=True)
-        return 0
-    finally:
-        node.stop()
+
+    def _ready() -> str:
+        lines = [
+            f"s3proxy: ready at {node.endpoint} in {node.started_in:.1f}s, pid {node.pid}, "
+            f"objects in {node.data_dir}"
+        ]
+        if args.bucket:
+            lines.append(f"s3proxy: CHATSCALE_COLD_URL='{node.cold_url(args.bucket)}'")
+        return "\n".join([*lines, "s3proxy: Ctrl-C to stop"])
+
+    return serve("s3proxy", node, timeout=args.timeout, setup=_bucket, ready=_ready, what="server")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m storage.s3proxy_node",
-        description="Run a real S3-compatible server (S3Proxy, filesystem backend) from Maven "
+    parser, p_run = jar_cli(
+        "python -m storage.s3proxy_node",
+        "Run a real S3-compatible server (S3Proxy, filesystem backend) from Maven "
         f"Central jars, without Docker. Needs Java 17+ and Maven ({INSTALL_HINT}).",
-    )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--s3proxy-version", dest="version", default=DEFAULT_VERSION, help="org.gaul:s3proxy"
-    )
-    common.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=None,
-        help="jar cache (default $CHATSCALE_CASSANDRA_CACHE or ~/.cache/chatscale)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", parents=[common], help="download the jars, print the dir")
-    p_fetch.set_defaults(func=_cmd_fetch)
-    p_run = sub.add_parser(
-        "run", parents=[common], help="start a server and keep it running until Ctrl-C"
+        version_flag="--s3proxy-version",
+        default_version=DEFAULT_VERSION,
+        missing=missing_requirements,
+        version_help="org.gaul:s3proxy",
+        fetch=fetch_jars,
+        fetch_help="download the jars, print the dir",
+        run=_cmd_run,
+        run_help="start a server and keep it running until Ctrl-C",
     )
     p_run.add_argument("--port", type=int, default=8081, help="HTTP port (default 8081)")
     p_run.add_argument("--workdir", type=Path, default=None, help="config, objects and log")
@@ -503,13 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--access-key", default="chatscale")
     p_run.add_argument("--secret-key", default="chatscale-secret-key")
     p_run.add_argument("--timeout", type=float, default=60.0, help="readiness wait, seconds")
-    p_run.set_defaults(func=_cmd_run)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except S3ProxyNodeError as exc:
-        print(f"s3proxy: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(parser, argv, "s3proxy", S3ProxyNodeError)
 
 
 if __name__ == "__main__":
