@@ -116,11 +116,15 @@ class ComposeEnv:
         env.update(
             REDIS_URL=self.redis_url,  # valkey:6379
             CHATSCALE_STORAGE_URL=self.storage_url,  # cassandra:9042
-            CHATSCALE_METRICS_PORT=str(free_port()),  # 9100 in every container
+            # 9100 in every container: here each process binds a free one itself and registers
+            # it (-1), since a port found free and bound later can be taken in between
+            CHATSCALE_METRICS_PORT="-1",
             **({"CHATSCALE_SEARCH_URL": self.search_url} if self.search_url else {}),
             **({"CHATSCALE_COLD_URL": self.cold_url} if self.cold_url else {}),
             **overrides,
         )
+        if "CHATSCALE_VOICE_PORT" in env:  # the relay's 8790: a free one, registered in Redis
+            env["CHATSCALE_VOICE_PORT"] = "0"
         return {**self.base, **env}
 
 
