@@ -348,14 +348,35 @@ async def test_slow_consumer_is_aborted_after_a_bounded_wait_and_its_session_exp
 # ---- item 4: unauthenticated connections, caps, open files, log floods --------------------------
 
 
+async def _connect_batch(port: int, n: int) -> list[RawClient]:
+    """``n`` raw connections at once. On a loaded machine a handshake can be dropped (EOF before
+    the 101: the server's opening handshake timed out): such a one is made again, sequentially,
+    at most 3 times, so the test still holds ``n`` live connections or says why it cannot."""
+    got = await asyncio.gather(
+        *(RawClient.connect(port, rcvbuf=65536) for _ in range(n)), return_exceptions=True
+    )
+    raws = [g for g in got if isinstance(g, RawClient)]
+    for failed in [g for g in got if not isinstance(g, RawClient)]:
+        for attempt in range(3):
+            try:
+                raws.append(await RawClient.connect(port, rcvbuf=65536))
+                break
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError) as exc:
+                if attempt == 2:
+                    for raw in raws:
+                        raw.abort()
+                    raise AssertionError(
+                        f"a handshake failed 4 times ({failed!r}, {exc!r})"
+                    ) from exc
+    return raws
+
+
 async def test_unauthenticated_connections_close_at_the_identify_deadline(stack: Stack):
     gw = stack.gateways[0]
     raws: list[RawClient] = []
-    for i in range(0, UNAUTHENTICATED, 50):
-        raws += await asyncio.gather(
-            *(RawClient.connect(gw.port, rcvbuf=65536) for _ in range(min(50, UNAUTHENTICATED - i)))
-        )
     try:
+        for i in range(0, UNAUTHENTICATED, 50):
+            raws += await _connect_batch(gw.port, min(50, UNAUTHENTICATED - i))
         for step in range(4):  # heartbeats do not extend the deadline (5 s)
             stack.clock.advance(1.0)
             await raw_heartbeats(raws)
