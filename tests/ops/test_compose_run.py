@@ -39,7 +39,9 @@ from ops.top import parse, total
 from storage import open_store
 from tests.ops.test_compose import ROOT, chatscale_commands, environment, replicas, role, services
 
-pytestmark = pytest.mark.slow
+# Every compose service as a process (about ten interpreters starting on two cores): 77-98 s
+# when another suite loads the machine, so the suite's 120 s per-test timeout is too close.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def free_port() -> int:
