@@ -661,25 +661,7 @@ class Pipeline:
                 # EVALSHA straight into the pipeline: a registered script in a pipeline costs a
                 # SCRIPT EXISTS round trip per batch (``_execute_fanout`` loads it when missing).
                 pipe.evalsha(self._fanout.sha, len(keys), *keys, *args)
-            for m, code in rejected:
-                reply = Delivery(
-                    t="MESSAGE_REJECTED",
-                    session_id=m.session_id,
-                    payload=dumps(
-                        {
-                            "id": str(m.id),
-                            "channel_id": str(m.channel_id),
-                            "nonce": m.nonce,
-                            "code": code,
-                        }
-                    ),
-                )
-                pipe.xadd(
-                    self.keys.deliver(m.gateway_id),
-                    encode_entry(reply),
-                    maxlen=maxlen,
-                    approximate=True,
-                )
+            self._queue_rejections(pipe, rejected, maxlen)
             results = await self._execute_fanout(pipe)
         for written in results[: len(accepted)]:
             if written == -1:
@@ -723,25 +705,7 @@ class Pipeline:
                         maxlen,
                     )
                 spans.append(len(routes[m.guild_id]))
-            for m, code in rejected:
-                reply = Delivery(
-                    t="MESSAGE_REJECTED",
-                    session_id=m.session_id,
-                    payload=dumps(
-                        {
-                            "id": str(m.id),
-                            "channel_id": str(m.channel_id),
-                            "nonce": m.nonce,
-                            "code": code,
-                        }
-                    ),
-                )
-                pipe.xadd(
-                    self.keys.deliver(m.gateway_id),
-                    encode_entry(reply),
-                    maxlen=maxlen,
-                    approximate=True,
-                )
+            self._queue_rejections(pipe, rejected, maxlen)
             results = await pipe.execute() if len(pipe) else []
         at = 0
         for span in spans:
@@ -750,6 +714,30 @@ class Pipeline:
             if mine and all(r == 0 for r in mine):
                 self.stats.fanout_skipped += 1  # every gateway had it: a redelivery
             self.stats.gateway_writes += sum(1 for r in mine if r == 1)
+
+    def _queue_rejections(
+        self, pipe: Any, rejected: list[tuple[IngestMessage, str]], maxlen: int
+    ) -> None:
+        """MESSAGE_REJECTED to each refused message's sender, on its gateway's stream."""
+        for m, code in rejected:
+            reply = Delivery(
+                t="MESSAGE_REJECTED",
+                session_id=m.session_id,
+                payload=dumps(
+                    {
+                        "id": str(m.id),
+                        "channel_id": str(m.channel_id),
+                        "nonce": m.nonce,
+                        "code": code,
+                    }
+                ),
+            )
+            pipe.xadd(
+                self.keys.deliver(m.gateway_id),
+                encode_entry(reply),
+                maxlen=maxlen,
+                approximate=True,
+            )
 
     async def _execute_fanout(self, pipe: Any) -> list[Any]:
         """Run the fan-out pipeline; if Valkey lost the script (a restart flushes the script
