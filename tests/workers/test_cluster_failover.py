@@ -13,7 +13,10 @@ network.
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +31,24 @@ pytestmark = pytest.mark.slow
 
 MESSAGES_PER_SENDER = 30
 KILL_AFTER = 10  # acks of the first sender before its shard's master is killed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collect_the_killed_masters_connections() -> Iterator[None]:
+    """redis-py's cluster client drops a node that left its slot map (the killed master)
+    without closing the connections that were busy on it, e.g. a blocking read. They become
+    garbage only once the test's event loop is closed, and whichever later test the collector
+    happened to run in then failed on their ResourceWarnings ("Unclosed ClusterNode object",
+    unclosed transports). Collect them here, where they are expected, and drop those reports."""
+    yield
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
 
 
 @pytest.fixture
