@@ -345,6 +345,15 @@ class Settings(BaseSettings):
         "(docs/benchmarks.md), so it is not the default.",
     )
 
+    redis_autopipeline: bool = Field(
+        default=True,
+        description="A gateway's per-message Redis commands (the nonce claim, the rate-limit "
+        "script, the XADD that queues a message) issued during one event-loop turn go to Redis "
+        "as one pipeline (chatscale/autopipe.py): one send() and one reply read for many "
+        "connections' messages instead of one each. Same replies and errors per command, no "
+        "atomicity added; false: one round trip per command, for the comparison.",
+    )
+
     # --- the dashboard -----------------------------------------------------------------------
     dashboard_admin_token: str = Field(
         default="",

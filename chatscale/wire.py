@@ -104,10 +104,11 @@ class Intent(IntFlag):
 #: IDENTIFY without ``intents``: every event, as before intents existed.
 ALL_INTENTS = int(Intent.GUILD_PRESENCES | Intent.GUILD_MESSAGES | Intent.GUILD_MESSAGE_TYPING)
 #: The intent a fanned-out dispatch needs; a dispatch type not listed here needs none.
+#: (plain ints: ``int & IntFlag`` would run IntFlag's Python-level ``__rand__`` per recipient)
 INTENT_OF: dict[str, int] = {
-    "PRESENCE_UPDATE": Intent.GUILD_PRESENCES,
-    "MESSAGE_CREATE": Intent.GUILD_MESSAGES,
-    "TYPING_START": Intent.GUILD_MESSAGE_TYPING,
+    "PRESENCE_UPDATE": int(Intent.GUILD_PRESENCES),
+    "MESSAGE_CREATE": int(Intent.GUILD_MESSAGES),
+    "TYPING_START": int(Intent.GUILD_MESSAGE_TYPING),
 }
 
 
@@ -369,4 +370,4 @@ class IngestDelete(BaseModel):
     session_id: str
 
 
-INTENT_OF["MESSAGE_DELETE"] = Intent.GUILD_MESSAGES  # as Discord: the messages intent
+INTENT_OF["MESSAGE_DELETE"] = int(Intent.GUILD_MESSAGES)  # as Discord: the messages intent

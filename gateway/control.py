@@ -162,7 +162,11 @@ class GatewayControl:
     def __init__(self, gateway: GatewayHost) -> None:
         self.gw = gateway
         self.limiter = RateLimiter(
-            gateway.redis, gateway.keys, gateway.settings, clock=gateway.wall_clock
+            gateway.redis,
+            gateway.keys,
+            gateway.settings,
+            clock=gateway.wall_clock,
+            execute=gateway.batched.execute,
         )
         self.seen_version = 0
         self._refreshed_at = gateway.clock()  # last periodic reload (PERMISSION_MODE=cached)

@@ -29,6 +29,7 @@ from gateway import metrics
 from gateway.host import Client, GatewayHost
 from gateway.lazy import Watchers, deliver_watched, is_lazy
 from gateway.session import Session
+from gateway.wsframe import DispatchBytes
 
 log = logging.getLogger("chatscale.gateway.fanout")
 
@@ -159,8 +160,9 @@ class LocalFanout:
             targets: list[Session] = [session] if session is not None else []
         else:
             members = self.by_guild.get(delivery.guild_id, ())
-            if delivery.channel_id:
-                targets = [s for s in members if delivery.channel_id in s.channels]
+            channel_id = delivery.channel_id
+            if channel_id:
+                targets = [s for s in members if channel_id in s.channels]
             else:  # guild-wide (presence): every member session of the guild that is READY
                 # (one still identifying is in ``by_guild`` for routing, but READY must be its
                 # first dispatch; it carries the guild's presences as of then).
@@ -180,15 +182,18 @@ class LocalFanout:
             tr = list(delivery.trace)
             trace.stamp(tr, "gateway_deliver")
             suffix = orjson.dumps(tr).decode()
-        send = self.gateway.send
         if self.per_recipient:
             self._deliver_per_recipient(delivery, targets, suffix)
             return len(targets)
+        t, payload, attached = delivery.t, delivery.payload, self.attached
+        to = []
         for session in targets:
-            text = session.dispatch(delivery.t, delivery.payload, suffix)
-            client = self.attached.get(session)
-            if client is not None:
-                send(client, text)
+            seq = session.number(t, payload, suffix)  # numbered and kept for RESUME
+            client = attached.get(session)
+            if client is not None:  # (a detached session keeps it for RESUME only)
+                to.append((client, seq))
+        # the bytes every recipient shares, written around each one's number
+        self.gateway.send_dispatches(DispatchBytes(t, payload, suffix), to)
         self.delivered += len(targets)
         metrics.delivered(delivery, len(targets))
         return len(targets)

@@ -43,6 +43,7 @@ class GatewayHost(Protocol):
     id: str
     keys: Keys
     redis: aioredis.Redis
+    batched: Any  # chatscale.autopipe.AutoPipeline over ``redis`` (per-message commands)
     store: Store
     sessions: dict[str, Session]
     clients: set[Client]
@@ -56,6 +57,10 @@ class GatewayHost(Protocol):
 
     def send(self, client: Client, text: str) -> None:
         """Queue one frame to one client without waiting (bounded by its buffer)."""
+
+    def send_dispatches(self, dispatch: Any, to: list[tuple[Client, int]]) -> None:
+        """``send`` of one fan-out dispatch (``gateway.wsframe.DispatchBytes``) to each
+        ``(client, its sequence number)``."""
 
     def send_error(self, client: Client, code: str, message: str, **extra: Any) -> None:
         """Queue an ERROR reply; the connection stays open."""

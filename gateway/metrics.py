@@ -108,8 +108,8 @@ def frame_in() -> None:
     FRAMES_IN.inc()
 
 
-def frame_out() -> None:
-    FRAMES_OUT.inc()
+def frame_out(frames: int = 1) -> None:
+    FRAMES_OUT.inc(frames)
 
 
 def error_reply(code: str) -> None:

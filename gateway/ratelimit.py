@@ -28,11 +28,13 @@ import itertools
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from chatscale.config import Settings
 from chatscale.keys import Keys
@@ -68,8 +70,11 @@ class RateLimiter:
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        execute: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self._redis = redis
+        # how a command is sent: the gateway's AutoPipeline (one pipeline per loop turn)
+        self._execute = execute or redis.execute_command
         self._keys = keys
         self.settings = settings
         self.clock = clock
@@ -113,7 +118,13 @@ class RateLimiter:
         args: list[int | str] = [now_ms, f"{self._origin}.{next(self._ids)}"]
         for _, _, limit, span_s in windows:
             args += [max(0, int(limit)), max(1, math.ceil(span_s * 1000))]
-        which, wait_ms = await self._script(keys=[key for _, key, _, _ in windows], args=args)
+        keys = [key for _, key, _, _ in windows]
+        try:
+            which, wait_ms = await self._execute(
+                "EVALSHA", self._script.sha, len(keys), *keys, *args
+            )
+        except NoScriptError:  # a fresh or flushed server: the Script object loads it, once
+            which, wait_ms = await self._script(keys=keys, args=args)
         if int(which) == 0:
             return ALLOWED
         return Verdict(False, windows[int(which) - 1][0], int(wait_ms) / 1000)

@@ -48,6 +48,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State as WsState
 
 from chatscale import metrics, snowflake, trace
+from chatscale.autopipe import AutoPipeline
 from chatscale.cancel import cancel_and_wait
 from chatscale.closecodes import Close
 from chatscale.config import Settings
@@ -96,6 +97,7 @@ from gateway.session import (
 )
 from gateway.storm import StormGuard
 from gateway.voice import VoiceSignaling
+from gateway.wsframe import DispatchBytes
 from guilds.permissions import Permission
 from storage import StorageUnavailable, Store
 from storage.hot import HotCache
@@ -190,6 +192,8 @@ class Gateway:
             if settings.processing == "inline"
             else None
         )
+        # per-message commands (nonce claim, rate-limit script, XADD): one pipeline per turn
+        self.batched = AutoPipeline(self.redis, enabled=settings.redis_autopipeline)
         self.control = GatewayControl(self)  # permissions of sessions, rate limits
         self.voice = VoiceSignaling(self, self.control)  # VOICE_STATE_UPDATE, grants, relays
         self.presence = PresenceReporter(
@@ -323,6 +327,7 @@ class Gateway:
         for what, closing in (
             ("the control subscription", self.control.close),
             ("the voice waiter", self.voice.close),
+            ("the batched commands in flight", self.batched.aclose),
             ("the Redis client", self.redis.aclose),
             ("the delivery reader", self._reader_redis.aclose),
         ):
@@ -556,6 +561,43 @@ class Gateway:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         gateway_metrics.frame_out()
 
+    def send_dispatches(self, dispatch: DispatchBytes, to: list[tuple[Client, int]]) -> None:
+        """``send`` for one fan-out dispatch to many clients, each ``(client, its sequence
+        number)``: each frame is the delivery's shared bytes around the number
+        (``gateway/wsframe.py``), written straight to the transport — one join and one
+        ``write`` per client, none of the library's per-frame objects. Only while the library
+        has nothing of its own queued for the connection and no extension was negotiated
+        (``compression``); otherwise, and with ``client_writes=coalesced``, the library's path
+        (``send``). The same buffer bound as ``send``; a failed write never stops the rest."""
+        if self.coalesce:
+            for client, seq in to:
+                self.send(client, dispatch.text(seq))
+            return
+        limit = self.settings.client_buffer_bytes if not self.slow_unbounded else None
+        frame, open_, written = dispatch.frame, WsState.OPEN, 0
+        for client, seq in to:
+            ws = client.ws
+            protocol, transport = ws.protocol, ws.transport
+            if (
+                protocol.extensions
+                or protocol.writes
+                or ws.send_in_progress is not None
+                or transport is None
+                or protocol.state is not open_
+            ):
+                self.send(client, dispatch.text(seq))
+                continue
+            if limit is not None and transport.get_write_buffer_size() > limit:
+                self.close_client(client, Close.SLOW_CONSUMER, "send buffer overflow")
+                continue
+            try:
+                transport.write(frame(seq))
+                written += 1
+            except Exception as exc:  # as broadcast: one failed connection never stops the rest
+                log.debug("write to a client failed: %s", exc)
+        if written:
+            gateway_metrics.frame_out(written)  # one counter update per delivery
+
     def _flush(self) -> None:
         """Write what ``send`` queued this turn: one write per client (``client_writes``)."""
         self._flush_handle = None
@@ -757,8 +799,15 @@ class Gateway:
                 session.user_id, request.channel_id, request.nonce, request.content
             )
             try:
-                claimed = await self.redis.set(
-                    nonce_key, message_id, nx=True, get=True, ex=self.settings.nonce_ttl_s
+                claimed = await self.batched.execute(  # SET NX GET EX, batched with the turn's
+                    "SET",
+                    nonce_key,
+                    message_id,
+                    "NX",
+                    "GET",
+                    "EX",
+                    self.settings.nonce_ttl_s,
+                    get=True,
                 )
             except TRANSIENT:
                 self._unavailable(client, request)
@@ -806,7 +855,9 @@ class Gateway:
         else:
             shard = request.channel_id % self.settings.ingest_shards
             try:
-                await self.redis.xadd(self.keys.ingest(shard), encode_entry(envelope))
+                await self.batched.execute(  # XADD key * e <entry>, batched with the turn's
+                    "XADD", self.keys.ingest(shard), "*", *encode_entry(envelope).popitem()
+                )
             except TRANSIENT:
                 self._unavailable(client, request)
                 return

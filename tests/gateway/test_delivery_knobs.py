@@ -23,19 +23,17 @@ from chatscale.wire import Delivery
 from gateway.fanout import LocalFanout
 from gateway.session import Session
 from tests.conftest import Stack
+from tests.recording import RecordingSends
 
 GUILD, CHANNEL = 10, 20
 
 
-class RecordingGateway:
+class RecordingGateway(RecordingSends):
     """What ``LocalFanout.deliver`` touches: the sessions, and a ``send`` that records."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: dict[str, Session] = {}
-        self.sent: list[tuple[object, str]] = []
-
-    def send(self, client: object, text: str) -> None:
-        self.sent.append((client, text))
 
 
 def fanout_with_sessions(serialize: str, n: int = 3) -> tuple[RecordingGateway, LocalFanout]:

@@ -13,20 +13,18 @@ from chatscale.redisconn import connect
 from chatscale.wire import Delivery, Intent
 from gateway.fanout import EARLY_LIMIT, LocalFanout
 from gateway.session import Session
+from tests.recording import RecordingSends
 
 GUILD = 10
 
 
-class Host:
+class Host(RecordingSends):
     def __init__(self, settings: Settings) -> None:
+        super().__init__()
         self.keys = Keys(settings.key_prefix)
         self.redis = connect(settings)
         self.id = "gw-race"
         self.sessions: dict[str, Session] = {}
-        self.sent: list[tuple[object, str]] = []
-
-    def send(self, client: object, text: str) -> None:
-        self.sent.append((client, text))
 
 
 def presence(user: int, status: str) -> Delivery:

@@ -40,6 +40,7 @@ from guilds.permissions import (
 )
 from storage import Channel, ChannelOverwrite, Guild, GuildRole
 from tests.guilds.test_permissions import reference
+from tests.recording import RecordingSends
 
 P = Permission
 G = 100  # the guild, and so its @everyone role
@@ -184,15 +185,12 @@ def change(model: Model, op: tuple) -> int | None:
     return op[1]
 
 
-class LocalGateway:
+class LocalGateway(RecordingSends):
     """Just what ``LocalFanout.deliver`` touches: the sessions and a ``send`` that records."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.sessions: dict[str, Session] = {}
-        self.sent: list[tuple[object, str]] = []
-
-    def send(self, client: object, text: str) -> None:
-        self.sent.append((client, text))
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
