@@ -161,8 +161,14 @@ class LocalFanout:
         else:
             members = self.by_guild.get(delivery.guild_id, ())
             channel_id = delivery.channel_id
-            if channel_id:
-                targets = [s for s in members if channel_id in s.channels]
+            # IDENTIFY's intents: a session without this event group does not get it
+            need = INTENT_OF.get(delivery.t, 0)
+            if channel_id:  # one pass: the channel visible, and the intent
+                targets = [
+                    s
+                    for s in members
+                    if channel_id in s.channels and (s.intents & need or not need)
+                ]
             else:  # guild-wide (presence): every member session of the guild that is READY
                 # (one still identifying is in ``by_guild`` for routing, but READY must be its
                 # first dispatch; it carries the guild's presences as of then).
@@ -172,9 +178,8 @@ class LocalFanout:
                         if len(held) >= EARLY_LIMIT:  # bounded: IDENTIFY itself is bounded
                             del held[0]
                         held.append(delivery)
-            need = INTENT_OF.get(delivery.t, 0)
-            if need:  # IDENTIFY's intents: a session without this event group does not get it
-                targets = [s for s in targets if s.intents & need]
+                if need:
+                    targets = [s for s in targets if s.intents & need]
         if not targets:
             return 0
         suffix = ""
