@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     # the control plane (guilds, channels, roles, overwrites, bans), explain-permissions, seed;
     # seed also reads the load tester's behaviour files, which generate a community
     admin.add_commands(sub, community_readers=[lambda path: communities.load(path).community])
-    loadtest_command.add_bench_command(sub)  # bench chat|idle|storage|presence
+    loadtest_command.add_bench_command(sub)  # bench chat|idle|storage|presence|compare|ingest
     loadtest_command.add_command(sub)  # loadtest SCENARIO
     lab_commands.add_commands(sub)  # lab list|run|report
     discover_commands.add_commands(sub)  # discover list|search|top|suggest|eval|bench|...

@@ -342,6 +342,12 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     for name, per_mode in BENCH_DEFAULTS.items():  # each mode has its own defaults
         if getattr(args, name) is None:
             setattr(args, name, per_mode.get(args.mode, per_mode["chat"]))
+    if args.mode == "ingest":
+        return await _bench_ingest(args)
+    try:
+        args.rate = float(args.rate)
+    except ValueError:
+        raise UsageError(f"bench {args.mode}: --rate {args.rate!r} is not a number") from None
     if args.mode == "presence":
         from presence.simulate import simulate_guild
 
@@ -441,8 +447,36 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _bench_ingest(args: argparse.Namespace) -> int:
+    from loadtest import ingest_bench
+
+    try:
+        rates = ingest_bench.parse_rates(args.rate)
+        ingest_bench.check(
+            rates=rates,
+            clients=args.clients,
+            group=args.group,
+            duration=args.duration,
+            warmup=args.warmup,
+            repeat=args.repeat,
+        )
+    except ValueError as exc:
+        raise UsageError(f"bench ingest: {exc}") from None
+    result = await ingest_bench.ingest(
+        rates=rates,
+        clients=args.clients,
+        group=args.group,
+        duration=args.duration,
+        warmup=args.warmup,
+        repeat=args.repeat,
+        say=lambda text: print(text, file=sys.stderr, flush=True),
+    )
+    print(json.dumps(result, indent=2) if args.json else ingest_bench.render(result))
+    return 0
+
+
 def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """``chatscale bench``: baseline figures (chat, idle, storage, presence)."""
+    """``chatscale bench``: baseline figures (chat, idle, storage, presence, compare, ingest)."""
     b = sub.add_parser(
         "bench",
         help="baseline figures against the topology `chatscale run` started",
@@ -450,12 +484,14 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     b.add_argument(
         "mode",
-        choices=["chat", "idle", "storage", "presence", "compare"],
+        choices=["chat", "idle", "storage", "presence", "compare", "ingest"],
         help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
         "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced; "
         "compare: server CPU per delivery of chatscale's fan-out against a bare websockets "
-        "broadcast() server, same load generator, alternating fresh runs "
-        "(storage, presence and compare need no running topology)",
+        "broadcast() server, same load generator, alternating fresh runs; "
+        "ingest: the highest msg/s sustained with ack p99 < 100 ms, open loop, clients in "
+        "small guilds, and server CPU and Valkey commands per message, a fresh topology per "
+        "rate (storage, presence, compare and ingest need no running topology)",
     )
     b.add_argument(
         "--members",
@@ -473,14 +509,23 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument("--senders", type=int, default=4, help="chat: members that send")
     b.add_argument(
         "--rate",
-        type=float,
-        default=100.0,
-        help="chat: total messages/s (0: as fast as acks return)",
+        help="chat: total messages/s (default 100; 0: as fast as acks return); ingest: target "
+        "msg/s, a comma list, one fresh topology each (default 250,500,1000,2000)",
     )
     b.add_argument(
         "--duration",
         type=float,
-        help="chat: seconds of sending (default 10); presence: simulated seconds (default 60)",
+        help="chat: seconds of sending (default 10); presence: simulated seconds (default 60); "
+        "ingest: measured seconds per rate, after the warm-up (default 10)",
+    )
+    b.add_argument(
+        "--clients", type=int, default=1000, help="ingest mode: clients, every one a sender"
+    )
+    b.add_argument(
+        "--group", type=int, default=4, help="ingest mode: members per guild (one channel each)"
+    )
+    b.add_argument(
+        "--warmup", type=float, default=2.0, help="ingest mode: seconds sent before the window"
     )
     b.add_argument("--connections", type=int, default=1000, help="idle mode: connections to open")
     b.add_argument(
@@ -499,17 +544,25 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="compare mode: messages per run (default: 200,000 deliveries / members)",
     )
     b.add_argument("--window", type=int, default=16, help="compare mode: sends awaiting an ack")
-    b.add_argument("--repeat", type=int, default=3, help="compare mode: alternating rounds")
+    b.add_argument(
+        "--repeat",
+        type=int,
+        help="compare and ingest modes: alternating rounds (default 3; ingest 1)",
+    )
     b.add_argument(
         "--coalesced",
         action="store_true",
         help="compare mode: also run chatscale with CHATSCALE_CLIENT_WRITES=coalesced",
     )
-    b.add_argument("--json", action="store_true", help="compare mode: print the result as JSON")
+    b.add_argument(
+        "--json", action="store_true", help="compare and ingest modes: print the result as JSON"
+    )
     b.set_defaults(fn=cmd_bench)
 
 
-BENCH_DEFAULTS: dict[str, dict[str, float]] = {
+BENCH_DEFAULTS: dict[str, dict[str, float | str]] = {
     "members": {"chat": 20, "idle": 20, "presence": 5000, "compare": 1000},
-    "duration": {"chat": 10.0, "presence": 60.0},
+    "duration": {"chat": 10.0, "presence": 60.0, "ingest": 10.0},
+    "rate": {"chat": "100", "ingest": "250,500,1000,2000"},
+    "repeat": {"chat": 3, "ingest": 1},
 }

@@ -1,10 +1,11 @@
 """``chatscale bench compare``: chatscale's fan-out beside the bare-websockets floor.
 
-One load generator for both systems, in this process: ``subscribers`` light receivers (the
-websockets sans-I/O protocol inside an ``asyncio.Protocol``; a frame is only searched for the
-bench's marker, never parsed) and one sender that sends ``messages`` SEND_MESSAGE frames with
-``window`` awaiting their ack (a burst: as fast as the server acknowledges). Each message goes
-to every receiver and back to the sender. The systems, each started fresh per run:
+One load generator for both systems, in this process: ``subscribers`` light receivers
+(``loadtest/lightclient.py``: the websockets sans-I/O protocol inside an ``asyncio.Protocol``;
+a frame is only searched for the bench's marker, never parsed) and one sender that sends
+``messages`` SEND_MESSAGE frames with ``window`` awaiting their ack (a burst: as fast as the
+server acknowledges). Each message goes to every receiver and back to the sender. The systems,
+each started fresh per run:
 
 - ``chatscale``: the embedded topology (1 gateway, 1 worker, presence, Valkey, SQLite), every
   receiver a member of one guild on the one gateway;
@@ -32,107 +33,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psutil
-from websockets.client import ClientProtocol
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Response
 from websockets.protocol import State
-from websockets.uri import parse_uri
 
 from chatscale import tokens
 from chatscale.discovery import TopologyError
 from chatscale.wire import Op
 from guilds import community
+from loadtest.lightclient import cpu_seconds, open_receivers
 from loadtest.topology import Embedded
 
-MARK = b'"content":"B'  # every bench message's content starts with "B"
 SYSTEMS = ("chatscale", "chatscale-coalesced", "floor")
-
-
-class Receiver(asyncio.Protocol):
-    """One connection: identifies, then counts the bench messages it receives."""
-
-    def __init__(self, url: str, token: str, on_message: Any) -> None:
-        self.proto = ClientProtocol(parse_uri(url), max_size=None)
-        self.token = token
-        self.on_message = on_message
-        self.transport: asyncio.Transport | None = None
-        self.ready = asyncio.get_running_loop().create_future()
-        self.acks = 0
-        self.on_ack: Any = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.proto.send_request(self.proto.connect())
-        self.flush()
-
-    def flush(self) -> None:
-        for data in self.proto.data_to_send():
-            if data:
-                self.transport.write(data)  # type: ignore[union-attr]
-            else:
-                self.transport.close()  # type: ignore[union-attr]
-
-    def send(self, obj: Any) -> None:
-        if self.proto.state is not State.OPEN:
-            raise TopologyError(
-                f"the server closed the sender's connection mid-burst ({self.closed_by()}); "
-                "the machine may be too busy for this burst: retry, or use a smaller --members"
-            )
-        self.proto.send_text(orjson.dumps(obj))
-        self.flush()
-
-    def closed_by(self) -> str:
-        close = self.proto.close_rcvd
-        return f"close {close.code} {close.reason!r}" if close else "connection lost"
-
-    def data_received(self, data: bytes) -> None:
-        self.proto.receive_data(data)
-        for event in self.proto.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
-                raw = event.data
-                if MARK in raw:
-                    self.on_message()
-                elif b'"MESSAGE_ACK"' in raw:
-                    self.on_ack()
-                elif not self.ready.done():
-                    if b'"op":10' in raw:
-                        self.send({"op": int(Op.IDENTIFY), "d": {"token": self.token}})
-                    elif b'"READY"' in raw:
-                        self.ready.set_result(None)
-            elif isinstance(event, Response) and self.proto.handshake_exc is not None:
-                if not self.ready.done():
-                    self.ready.set_exception(self.proto.handshake_exc)
-        self.flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.ready.done():
-            self.ready.set_exception(ConnectionError("closed before READY"))
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
-async def _open(url: str, token: str, on_message: Any) -> Receiver:
-    loop = asyncio.get_running_loop()
-    uri = parse_uri(url)
-    _, rcv = await loop.create_connection(
-        lambda: Receiver(url, token, on_message), uri.host, uri.port
-    )
-    await asyncio.wait_for(rcv.ready, 30)
-    return rcv
-
-
-async def _receivers(urls_tokens: list[tuple[str, str]], on_message: Any) -> list[Receiver]:
-    gate = asyncio.Semaphore(64)
-
-    async def one(url: str, token: str) -> Receiver:
-        async with gate:
-            return await _open(url, token, on_message)
-
-    return list(await asyncio.gather(*(one(u, t) for u, t in urls_tokens)))
 
 
 async def _burst(
@@ -149,13 +60,13 @@ async def _burst(
     total = len(url_tokens) * messages
     all_in = asyncio.Event()
 
-    def on_message() -> None:
+    def on_message(_raw: bytes) -> None:
         nonlocal received
         received += 1
         if received >= total:
             all_in.set()
 
-    conns = await _receivers(url_tokens, on_message)
+    conns = await open_receivers(url_tokens, on_message)
     sender = conns[0]  # receives its own copies like every other member
     acked = 0
     sent = 0
@@ -168,7 +79,7 @@ async def _burst(
         d = {"channel_id": str(channel_id), "content": body, "nonce": f"b{next(nonces)}"}
         sender.send({"op": int(Op.SEND_MESSAGE), "d": d})
 
-    def on_ack() -> None:
+    def on_ack(_raw: bytes) -> None:
         nonlocal acked
         acked += 1
         if sent < messages:
@@ -176,7 +87,7 @@ async def _burst(
 
     sender.on_ack = on_ack
     try:
-        before = _cpu(procs)
+        before = cpu_seconds(procs)
         t0 = time.monotonic()
         for _ in range(min(window, messages)):
             send_one()
@@ -189,7 +100,7 @@ async def _burst(
                 + (f" (first: {shut[0]})" if shut else "")
             ) from None
         elapsed = time.monotonic() - t0
-        after = _cpu(procs)
+        after = cpu_seconds(procs)
     finally:
         for c in conns:
             c.close()
@@ -200,14 +111,6 @@ async def _burst(
         "deliveries_per_s": received / elapsed,
         **{f"cpu_s:{name}": v for name, v in spent.items()},
     }
-
-
-def _cpu(procs: dict[str, psutil.Process]) -> dict[str, float]:
-    out = {}
-    for name, p in procs.items():
-        t = p.cpu_times()
-        out[name] = t.user + t.system
-    return out
 
 
 def _spec(members: int) -> community.Community:
