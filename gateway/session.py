@@ -199,17 +199,17 @@ class Session:
     def number(self, t: str, d_json: str, trace_json: str = "", *, replay: bool = True) -> int:
         """``dispatch`` without building the frame: the next sequence number, the dispatch
         remembered for RESUME (as ``dispatch``); the caller encodes the frame itself."""
-        self.seq += 1
+        seq = self.seq = self.seq + 1  # (locals: this runs once per recipient of a fan-out)
         if replay:
-            self._replay.append((self.seq, t, d_json, trace_json))
-            self._replay_held += len(d_json) + len(trace_json)
-            while len(self._replay) > self.replay_size or (
-                self._replay_held > self.replay_bytes and len(self._replay) > 1
-            ):
-                s, _, d, tr = self._replay.popleft()
-                self._replay_held -= len(d) + len(tr)
+            kept = self._replay
+            kept.append((seq, t, d_json, trace_json))
+            held = self._replay_held + len(d_json) + len(trace_json)
+            while len(kept) > self.replay_size or (held > self.replay_bytes and len(kept) > 1):
+                s, _, d, tr = kept.popleft()
+                held -= len(d) + len(tr)
                 self._evicted_seq = s
-        return self.seq
+            self._replay_held = held
+        return seq
 
     @property
     def replay_held(self) -> int:
