@@ -489,19 +489,30 @@ class Settings(BaseSettings):
         "today's gateway, to show the herd (the lab's thundering-herd unmitigated arm).",
     )
     identify_concurrency: int = Field(
-        default=32,
+        default=128,
         ge=1,
-        description="IDENTIFYs one gateway works on at once (Discord's max_concurrency). More "
-        "in flight cost event-loop time that heartbeats and deliveries of connected sessions "
-        "need; fewer make a herd queue longer.",
+        description="IDENTIFYs one gateway works on at once (Discord's max_concurrency). An "
+        "IDENTIFY mostly waits on Redis and the store, so more in flight serve a herd faster, "
+        "until they take the event-loop time that heartbeats and deliveries of connected "
+        "sessions need (32 here served a 3,000-viewer herd 4x slower: docs/benchmarks.md).",
     )
     identify_queue: int = Field(
-        default=512,
+        default=4096,
         ge=0,
         description="IDENTIFYs waiting for a slot, beyond IDENTIFY_CONCURRENCY, as long as the "
-        "predicted wait is within IDENTIFY_BUDGET_S; beyond either the gateway answers ERROR GATEWAY_BUSY with retry_after and closes 4017 (the client comes "
-        "back later instead of holding a socket and a timer). Longer: fewer refusals, longer "
-        "waits before READY.",
+        "predicted wait is within IDENTIFY_QUEUE_WAIT_S; beyond either the gateway answers "
+        "ERROR GATEWAY_BUSY with retry_after and closes 4017 (the client comes back later "
+        "instead of holding a socket and a timer). Longer: fewer refusals, longer waits "
+        "before READY; a queued IDENTIFY costs a socket and a future, no work.",
+    )
+    identify_queue_wait_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long an IDENTIFY may wait in the queue (predicted at admission from "
+        "the measured IDENTIFY time, and enforced): beyond it, 4017 with retry_after. The "
+        "prediction runs high during a herd (IDENTIFYs are slow while it arrives, fast once "
+        "it has), so a bound near the work budget refused clients the gateway would have "
+        "served within seconds, and sent them away for up to 30 s.",
     )
     identify_budget_s: float = Field(
         default=10.0,

@@ -34,6 +34,10 @@ from gateway.wsframe import DispatchBytes
 log = logging.getLogger("chatscale.gateway.fanout")
 
 EARLY_LIMIT = 1024  # guild-wide deliveries held per identifying session (oldest dropped beyond)
+# Recipients served before the reader yields to the event loop: a read of 512 entries to a
+# streamer's 1,500 local viewers is ~750k writes, seconds of CPU in one callback, during which
+# no ack, IDENTIFY or heartbeat would be handled (senders fell behind by p99 16 s). ~5-10 ms.
+YIELD_EVERY = 500
 
 
 class LocalFanout:
@@ -130,10 +134,16 @@ class LocalFanout:
                 if entries and self.observe_age is not None:  # the batch's oldest entry
                     ms = int(entries[0][0].split(b"-", 1)[0])
                     self.observe_age(max(0.0, time.time() - ms / 1000))
+                since_yield = 0
                 for entry_id, fields in entries:
                     last = entry_id
                     with contextlib.suppress(ValueError):
-                        self.deliver(Delivery.model_validate(orjson.loads(fields[b"e"])))
+                        since_yield += self.deliver(
+                            Delivery.model_validate(orjson.loads(fields[b"e"]))
+                        )
+                    if since_yield >= YIELD_EVERY:  # let acks, IDENTIFYs and heartbeats in
+                        since_yield = 0
+                        await asyncio.sleep(0)
 
     async def start_id(self, redis: aioredis.Redis) -> bytes:
         """The delivery stream's newest entry id now (0-0 when it has none)."""

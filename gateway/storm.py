@@ -4,7 +4,7 @@ The decisions are ``gateway.admission``'s (pure); this module holds what they ne
 
 - **Admission**: ``admit`` runs, queues or refuses an IDENTIFY; a refusal is ERROR
   ``GATEWAY_BUSY`` with ``retry_after`` then close 4017 (docs/protocol.md). ``finish`` hands the
-  slot to the next queued IDENTIFY. A queued IDENTIFY waits at most ``identify_budget_s``.
+  slot to the next queued IDENTIFY. A queued IDENTIFY waits at most ``identify_queue_wait_s``.
 - **Transient failures of an IDENTIFY** (a Redis or store call that timed out, the budget
   spent): with mitigations on, answered like a refusal (4017 with ``retry_after``) — under load
   the gateway's own timeouts are not an outage; off, today's 4000 UNKNOWN_ERROR.
@@ -53,11 +53,12 @@ class StormGuard:
         s = gw.settings
         self.on = s.storm_mitigations == "on"
         self.budget_s: float | None = s.identify_budget_s if self.on else None
+        self.queue_wait_s = s.identify_queue_wait_s
         self.admission = Admission(
             s.identify_concurrency,
             s.identify_queue,
             clock=time.monotonic,
-            max_wait_s=s.identify_budget_s,
+            max_wait_s=s.identify_queue_wait_s,
         )
         self.degrade = Degrade(
             lag_s=s.degrade_lag_ms / 1000,
@@ -143,7 +144,7 @@ class StormGuard:
             return None
         if verdict.kind == "queue":
             try:
-                async with asyncio.timeout(self.budget_s):
+                async with asyncio.timeout(self.queue_wait_s):
                     await asyncio.shield(ticket)
             except TimeoutError:
                 if self.admission.withdraw(ticket):
