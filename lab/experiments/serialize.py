@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from typing import Any
 
 from chatscale import wire
 from gateway.fanout import LocalFanout
@@ -100,6 +101,10 @@ class _Discard:
 
     def send(self, client: object, text: str) -> None:
         text.encode()  # as websockets.broadcast does before framing
+
+    def send_dispatches(self, dispatch: Any, to: list[tuple[object, int]]) -> None:
+        for _, seq in to:
+            dispatch.frame(seq)  # the bytes the gateway writes (gateway/wsframe.py)
 
 
 def fanout_alone(serialize: str, p: dict, spec: community.Community) -> float:
