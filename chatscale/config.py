@@ -506,10 +506,11 @@ class Settings(BaseSettings):
         "before READY; a queued IDENTIFY costs a socket and a future, no work.",
     )
     identify_queue_wait_s: float = Field(
-        default=30.0,
+        default=20.0,
         gt=0,
         description="How long an IDENTIFY may wait in the queue (predicted at admission from "
-        "the measured IDENTIFY time, and enforced): beyond it, 4017 with retry_after. The "
+        "the measured IDENTIFY time, and enforced): beyond it, 4017 with retry_after. Kept "
+        "under the heartbeat timeout (a queued connection's heartbeats are read after READY). The "
         "prediction runs high during a herd (IDENTIFYs are slow while it arrives, fast once "
         "it has), so a bound near the work budget refused clients the gateway would have "
         "served within seconds, and sent them away for up to 30 s.",
