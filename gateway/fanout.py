@@ -200,15 +200,9 @@ class LocalFanout:
         if self.per_recipient:
             self._deliver_per_recipient(delivery, targets, suffix)
             return len(targets)
-        t, payload, attached = delivery.t, delivery.payload, self.attached
-        to = []
-        for session in targets:
-            seq = session.number(t, payload, suffix)  # numbered and kept for RESUME
-            client = attached.get(session)
-            if client is not None:  # (a detached session keeps it for RESUME only)
-                to.append((client, seq))
-        # the bytes every recipient shares, written around each one's number
-        self.gateway.send_dispatches(DispatchBytes(t, payload, suffix), to)
+        # the bytes every recipient shares, numbered and written per session by the gateway
+        dispatch = DispatchBytes(delivery.t, delivery.payload, suffix)
+        self.gateway.send_dispatches(dispatch, targets, self.attached)
         self.delivered += len(targets)
         metrics.delivered(delivery, len(targets))
         return len(targets)

@@ -58,9 +58,11 @@ class GatewayHost(Protocol):
     def send(self, client: Client, text: str) -> None:
         """Queue one frame to one client without waiting (bounded by its buffer)."""
 
-    def send_dispatches(self, dispatch: Any, to: list[tuple[Client, int]]) -> None:
-        """``send`` of one fan-out dispatch (``gateway.wsframe.DispatchBytes``) to each
-        ``(client, its sequence number)``."""
+    def send_dispatches(
+        self, dispatch: Any, sessions: list[Session], attached: dict[Session, Client]
+    ) -> None:
+        """One fan-out dispatch (``gateway.wsframe.DispatchBytes``) to ``sessions``: each
+        numbers it (kept for RESUME); the attached ones' clients are sent its frame."""
 
     def send_error(self, client: Client, code: str, message: str, **extra: Any) -> None:
         """Queue an ERROR reply; the connection stays open."""

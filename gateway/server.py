@@ -561,25 +561,30 @@ class Gateway:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         gateway_metrics.frame_out()
 
-    def send_dispatches(self, dispatch: DispatchBytes, to: list[tuple[Client, int]]) -> None:
-        """``send`` for one fan-out dispatch to many clients, each ``(client, its sequence
-        number)``: each frame is the delivery's shared bytes around the number
-        (``gateway/wsframe.py``), written straight to the transport — one join and one
-        ``write`` per client, none of the library's per-frame objects. Only while the library
-        has nothing of its own queued for the connection and no extension was negotiated
-        (``compression``); otherwise, and with ``client_writes=coalesced``, the library's path
-        (``send``). The same buffer bound as ``send``; a failed write never stops the rest."""
-        if self.coalesce:
-            for client, seq in to:
-                self.send(client, dispatch.text(seq))
-            return
+    def send_dispatches(
+        self, dispatch: DispatchBytes, sessions: list[Session], attached: dict[Session, Client]
+    ) -> None:
+        """One fan-out dispatch to ``sessions``: each numbers it and keeps it for RESUME
+        (``Session.number``); each attached one's client is sent its frame — the delivery's
+        shared bytes around the session's number (``gateway/wsframe.py``), written straight to
+        the transport: one join and one ``write`` per client, none of the library's per-frame
+        objects. Only while the library has nothing of its own queued for the connection and
+        no extension was negotiated (``compression``); otherwise, and with
+        ``client_writes=coalesced``, the library's path (``send``). The same buffer bound as
+        ``send``; a failed write never stops the rest. One loop: it runs per recipient."""
+        t, d_json, trace_json = dispatch.t, dispatch.d_json, dispatch.trace_json
         limit = self.settings.client_buffer_bytes if not self.slow_unbounded else None
-        frame, open_, written = dispatch.frame, WsState.OPEN, 0
-        for client, seq in to:
+        frame, open_, coalesce, written = dispatch.frame, WsState.OPEN, self.coalesce, 0
+        for session in sessions:
+            seq = session.number(t, d_json, trace_json)
+            client = attached.get(session)
+            if client is None:  # detached: kept for RESUME only
+                continue
             ws = client.ws
             protocol, transport = ws.protocol, ws.transport
             if (
-                protocol.extensions
+                coalesce
+                or protocol.extensions
                 or protocol.writes
                 or ws.send_in_progress is not None
                 or transport is None

@@ -13,8 +13,9 @@ each started fresh per run:
   client per event-loop turn instead of one per frame), with ``--coalesced``;
 - ``floor``: ``loadtest.floor``, ``websockets.broadcast()`` of one frame built once.
 
-Measured per run: server CPU seconds from ``/proc`` (every chatscale process, and the gateway
-alone; the floor process) over the burst, divided by the deliveries received, and deliveries per
+Measured per run, once the servers are idle after the connection setup (``_settle``): server
+CPU seconds from ``/proc`` (every chatscale process, and the gateway alone; the floor process)
+over the burst, divided by the deliveries received, and deliveries per
 second. Runs alternate between systems, ``repeat`` rounds; the summary is the median and the
 values of every run, and the ratio of medians chatscale / floor.
 """
@@ -46,6 +47,22 @@ from loadtest.topology import Embedded
 SYSTEMS = ("chatscale", "chatscale-coalesced", "floor")
 
 
+SETTLE_QUIET = 0.05  # of a core: the servers count as idle below this
+SETTLE_LIMIT_S = 20.0
+
+
+async def _settle(procs: dict[str, psutil.Process], window_s: float = 0.5) -> None:
+    """Before the burst, wait (at most ``SETTLE_LIMIT_S``) until the servers are idle: the
+    connection setup leaves work behind (presence's online events, routes), which would
+    otherwise be charged to the deliveries. Both systems wait the same way."""
+    deadline = time.monotonic() + SETTLE_LIMIT_S
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(procs).values())
+        await asyncio.sleep(window_s)
+        if sum(cpu_seconds(procs).values()) - before < SETTLE_QUIET * window_s:
+            return
+
+
 async def _burst(
     url_tokens: list[tuple[str, str]],
     channel_id: int,
@@ -67,6 +84,7 @@ async def _burst(
             all_in.set()
 
     conns = await open_receivers(url_tokens, on_message)
+    await _settle(procs)
     sender = conns[0]  # receives its own copies like every other member
     acked = 0
     sent = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.session import Session
 from gateway.wsframe import DispatchBytes
 
 
@@ -14,8 +15,13 @@ class RecordingSends:
     def send(self, client: object, text: str) -> None:
         self.sent.append((client, text))
 
-    def send_dispatches(self, dispatch: DispatchBytes, to: list[tuple[object, int]]) -> None:
-        for client, seq in to:
-            text = dispatch.text(seq)
-            assert dispatch.frame(seq).endswith(text.encode())  # what the gateway writes
-            self.sent.append((client, text))
+    def send_dispatches(
+        self, dispatch: DispatchBytes, sessions: list[Session], attached: dict[Session, object]
+    ) -> None:
+        for session in sessions:
+            seq = session.number(dispatch.t, dispatch.d_json, dispatch.trace_json)
+            client = attached.get(session)
+            if client is not None:
+                text = dispatch.text(seq)
+                assert dispatch.frame(seq).endswith(text.encode())  # what the gateway writes
+                self.sent.append((client, text))

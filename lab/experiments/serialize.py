@@ -102,9 +102,9 @@ class _Discard:
     def send(self, client: object, text: str) -> None:
         text.encode()  # as websockets.broadcast does before framing
 
-    def send_dispatches(self, dispatch: Any, to: list[tuple[object, int]]) -> None:
-        for _, seq in to:
-            dispatch.frame(seq)  # the bytes the gateway writes (gateway/wsframe.py)
+    def send_dispatches(self, dispatch: Any, sessions: list[Session], attached: Any) -> None:
+        for session in sessions:  # as the gateway: number, then the bytes it writes
+            dispatch.frame(session.number(dispatch.t, dispatch.d_json, dispatch.trace_json))
 
 
 def fanout_alone(serialize: str, p: dict, spec: community.Community) -> float:
