@@ -11,10 +11,9 @@ connected are late, and Redis calls time out. Two mechanisms keep the loop respo
   that the gateway refuses with ERROR ``GATEWAY_BUSY`` carrying ``retry_after`` and closes with
   4017: the client comes back later instead of holding a socket and a timer in a queue that
   cannot serve it in time. ``retry_after`` is an appointment: the time the queue ahead needs at
-  the pace the gateway serves (IDENTIFYs finished over the last 2 s, or the measured IDENTIFY
-  duration over ``concurrency`` if shorter), plus one slot for every client refused before it,
-  within [``min_retry_s``, ``max_retry_s``]; so the refused herd comes back spread at the pace
-  the gateway serves (clients add jitter on top).
+  the measured IDENTIFY duration (an exponentially weighted mean), plus one slot for every
+  client refused before it, within [``min_retry_s``, ``max_retry_s``]; so the refused herd comes
+  back spread at the pace the gateway serves (clients add jitter on top).
 - **Degrade mode** (``Degrade``): when event-loop lag or the age of the delivery being
   dispatched passes a threshold, the gateway sheds PRESENCE_UPDATE and TYPING_START dispatches
   (counted, never messages) until both stay under half their threshold for ``hold_s``.
@@ -28,9 +27,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-
-PACE_WINDOW_S = 2.0  # the measured serving pace counts the IDENTIFYs finished this recently
-PACE_SAMPLES = 16  # ... once there are this many (fewer: the cost-based estimate)
 
 #: Event types a degraded gateway stops dispatching (never MESSAGE_CREATE or anything else).
 SHEDDABLE = frozenset({"PRESENCE_UPDATE", "TYPING_START"})
@@ -77,26 +73,10 @@ class Admission:
         self.queued = 0
         self.refused = 0
         self._booked_until = 0.0  # clock time of the last refused client's appointment
-        self._finished: deque[float] = deque()  # clock times of recent IDENTIFYs' ends (pace)
-
-    def interval(self) -> float:
-        """Seconds between two IDENTIFYs finishing at the pace the gateway serves them: the
-        measured pace (completions over the last ``PACE_WINDOW_S``, once there are
-        ``PACE_SAMPLES``), or ``cost_s / concurrency`` if that is shorter or there is no pace
-        yet. During a herd the cost runs high while the herd arrives (each IDENTIFY shares the
-        loop with many) and drops as it passes; predicted from the cost alone, refused clients
-        were given appointments up to 30 s away while the gateway idled after 7 s."""
-        by_cost = self.cost_s / self.concurrency
-        now = self.clock()
-        while self._finished and self._finished[0] < now - PACE_WINDOW_S:
-            self._finished.popleft()
-        if len(self._finished) < PACE_SAMPLES:
-            return by_cost
-        return min(by_cost, PACE_WINDOW_S / len(self._finished))
 
     def predicted_wait(self) -> float:
         """Seconds until the IDENTIFYs ahead of a newcomer would have drained."""
-        return (self.running + len(self.waiting)) * self.interval()
+        return (self.running + len(self.waiting)) / self.concurrency * self.cost_s
 
     def retry_after(self) -> float:
         """``predicted_wait`` within [``min_retry_s``, ``max_retry_s``]."""
@@ -110,7 +90,7 @@ class Admission:
         together as a second herd. Within [``min_retry_s``, ``max_retry_s``]."""
         now = self.clock()
         start = max(now + self.predicted_wait(), self._booked_until)
-        self._booked_until = start + self.interval()
+        self._booked_until = start + self.cost_s / self.concurrency
         return round(min(self.max_retry_s, max(self.min_retry_s, start - now)), 3)
 
     def offer(self, ticket: object) -> Verdict:
@@ -134,7 +114,6 @@ class Admission:
         if started is not None:
             took = max(0.0, self.clock() - started)
             self.cost_s = 0.8 * self.cost_s + 0.2 * took
-            self._finished.append(self.clock())
         if self.waiting:
             self.admitted += 1
             return self.waiting.popleft()  # the slot passes on: ``running`` is unchanged

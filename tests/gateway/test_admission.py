@@ -144,23 +144,3 @@ def test_a_wait_longer_than_the_budget_is_refused_at_once_not_queued():
 
     late = adm.offer("g")
     assert late.kind == "refuse" and late.retry_after == 12.0
-
-
-def test_appointments_follow_the_measured_pace_when_it_beats_the_cost():
-    """During a herd each IDENTIFY is slow (it shares the loop with many) while many finish
-    each second: the refused are given appointments at the pace they are served, not at
-    cost / concurrency."""
-    clock = Clock()
-    adm = Admission(4, 0, clock=clock, initial_cost_s=8.0, min_retry_s=0.0, max_retry_s=30.0)
-    for _ in range(4):
-        adm.offer("x")
-    assert adm.interval() == pytest.approx(2.0)  # no pace yet: 8 s / 4 slots
-    for _ in range(40):  # 40 finish within 1 s (each taking 8 s), the slot re-taken each time
-        clock.now += 0.025
-        adm.finish(clock() - 8.0)
-        adm.offer("x")
-    assert adm.interval() == pytest.approx(2.0 / 40)  # 40 in the 2 s window
-    waits = [adm.offer(n).retry_after for n in "ab"]
-    assert waits == pytest.approx([4 * 0.05, 5 * 0.05])  # 4 ahead, then one slot later
-    clock.now += 3.0  # the pace is forgotten after its window: back to the cost
-    assert adm.interval() == pytest.approx(adm.cost_s / 4)
