@@ -18,8 +18,8 @@ Guarantees, the same as awaiting the command alone on ``redis``:
 - commands of one turn are sent in call order; no atomicity between them (no MULTI).
 
 What it costs: a command waits for the end of the loop turn in which it was issued, never for
-a timer. ``REDIS_AUTOPIPELINE=off`` (``chatscale.config``) sends each command on its own,
-for the lab's comparison.
+a timer. ``REDIS_AUTOPIPELINE=false`` (``chatscale.config``) sends each command on its own,
+for the comparison (``chatscale bench ingest``, docs/benchmarks.md).
 """
 
 from __future__ import annotations

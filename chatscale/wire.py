@@ -170,14 +170,21 @@ def frame(op: Op, d: Any = None) -> str:
     return dumps({"op": int(op), "d": d})
 
 
-def dispatch_frame(t: str, seq: int, d_json: str, trace_json: str = "") -> str:
-    """A dispatch built around an already-serialized payload (serialized once per gateway).
+def dispatch_parts(t: str, d_json: str, trace_json: str = "") -> tuple[str, str]:
+    """A dispatch's text before and after its sequence number: every recipient of one
+    delivery shares both (``gateway/wsframe.py`` encodes them once per delivery).
 
     ``trace_json``, when given, adds the hop timeline of a traced message as key ``trace``.
     """
     if trace_json:
-        return f'{{"op":0,"t":"{t}","s":{seq},"d":{d_json},"trace":{trace_json}}}'
-    return f'{{"op":0,"t":"{t}","s":{seq},"d":{d_json}}}'
+        return f'{{"op":0,"t":"{t}","s":', f',"d":{d_json},"trace":{trace_json}}}'
+    return f'{{"op":0,"t":"{t}","s":', f',"d":{d_json}}}'
+
+
+def dispatch_frame(t: str, seq: int, d_json: str, trace_json: str = "") -> str:
+    """A dispatch built around an already-serialized payload (serialized once per gateway)."""
+    head, tail = dispatch_parts(t, d_json, trace_json)
+    return f"{head}{seq}{tail}"
 
 
 # ---- stream envelopes -------------------------------------------------------------------

@@ -861,7 +861,7 @@ class Gateway:
             shard = request.channel_id % self.settings.ingest_shards
             try:
                 await self.batched.execute(  # XADD key * e <entry>, batched with the turn's
-                    "XADD", self.keys.ingest(shard), "*", *encode_entry(envelope).popitem()
+                    "XADD", self.keys.ingest(shard), "*", "e", encode_entry(envelope)["e"]
                 )
             except TRANSIENT:
                 self._unavailable(client, request)

@@ -2,19 +2,19 @@
 
 A delivery reaches each local session as the same dispatch but for the session's sequence
 number (``chatscale.wire.dispatch_frame``). ``DispatchBytes`` encodes what the recipients share
-once — the JSON before and after ``"s":`` — and ``frame(seq)`` joins it around one session's
+once — the JSON before and after the number (``chatscale.wire.dispatch_parts``) — and ``frame(seq)`` joins it around one session's
 number behind an RFC 6455 header: a final, unmasked text frame (section 5.2; a server never
 masks). That is one ``bytes`` join per recipient, where websockets' ``send_text`` encodes the
 text and builds a ``Frame`` object and a ``BytesIO`` for it.
 
 Only for connections without extensions (no permessage-deflate, ``compression`` off, the
-default): the gateway checks that before it writes these bytes itself (``Gateway.send_dispatch``),
-and uses the library's path otherwise. Pure: no I/O.
+default): the gateway checks that before it writes these bytes itself
+(``Gateway.send_dispatches``), and uses the library's path otherwise. Pure: no I/O.
 """
 
 from __future__ import annotations
 
-from chatscale.wire import dispatch_frame
+from chatscale.wire import dispatch_frame, dispatch_parts
 
 _FIN_TEXT = 0x81  # FIN bit + opcode 1 (text)
 
@@ -38,11 +38,8 @@ class DispatchBytes:
 
     def __init__(self, t: str, d_json: str, trace_json: str = "") -> None:
         self.t, self.d_json, self.trace_json = t, d_json, trace_json
-        self._head = f'{{"op":0,"t":"{t}","s":'.encode()
-        if trace_json:
-            self._tail = f',"d":{d_json},"trace":{trace_json}}}'.encode()
-        else:
-            self._tail = f',"d":{d_json}}}'.encode()
+        head, tail = dispatch_parts(t, d_json, trace_json)
+        self._head, self._tail = head.encode(), tail.encode()
         self._headers: dict[int, bytes] = {}  # digits of the sequence number -> frame header
 
     def text(self, seq: int) -> str:

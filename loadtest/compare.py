@@ -37,12 +37,10 @@ from typing import Any
 import psutil
 from websockets.protocol import State
 
-from chatscale import tokens
 from chatscale.discovery import TopologyError
 from chatscale.wire import Op
 from guilds import community
-from loadtest.lightclient import cpu_seconds, open_receivers
-from loadtest.topology import Embedded
+from loadtest.lightclient import cpu_seconds, open_receivers, seeded_topology
 
 SYSTEMS = ("chatscale", "chatscale-coalesced", "floor")
 
@@ -145,24 +143,13 @@ async def run_chatscale(workdir: Path, subscribers: int, *, coalesced: bool, **l
     env = {"CHATSCALE_HEARTBEAT_INTERVAL_MS": "60000"}
     if coalesced:
         env["CHATSCALE_CLIENT_WRITES"] = "coalesced"
-    topo = Embedded(
-        workdir, storage_url=f"sqlite:///{workdir}/history.db", gateways=1, workers=1, env=env
-    )
-    await asyncio.wait_for(topo.start(say=lambda _t: None), 60)
-    try:
-        settings = topo.settings
-        spec = _spec(subscribers)
-        await community.apply_to(spec, settings)
-        users, _, channels, _ = spec.plan()
-        now = time.time()
-        url = topo.urls[0]
-        pairs = [
-            (url, tokens.mint(u.id, secret=settings.token_secret, ttl_s=3600, now=now))
-            for u in users
-        ]
+    async with seeded_topology(workdir, _spec(subscribers), env=env, start_timeout_s=60) as (
+        topo,
+        minted,
+        channels,
+    ):
+        pairs = [(topo.urls[0], token) for token in minted.values()]  # the owner first
         out = await _burst(pairs, channels[0].id, procs=topo.processes(), **load)
-    finally:
-        await topo.stop()
     out["server_cpu_s"] = sum(v for k, v in out.items() if k.startswith("cpu_s:"))
     out["gateway_cpu_s"] = sum(v for k, v in out.items() if k.startswith("cpu_s:gateway"))
     return out

@@ -38,21 +38,18 @@ import math
 import re
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from chatscale import tokens
 from chatscale.discovery import TopologyError
 from chatscale.redisconn import connect
 from chatscale.wire import Op
 from guilds import community
 from loadtest.latency import LatencyRecorder
-from loadtest.lightclient import Receiver, cpu_seconds, open_receivers
-from loadtest.topology import Embedded
+from loadtest.lightclient import Receiver, cpu_seconds, open_receivers, seeded_topology
 
 #: The limits a bench must not hit: it measures the pipeline, not the rate limits.
 ENV = {
@@ -229,53 +226,33 @@ async def run_once(
     drain_s: float = 10.0,
 ) -> dict[str, Any]:
     """One fresh topology, one target rate: the run's figures (see the module docstring)."""
-    topo = Embedded(
-        workdir, storage_url=f"sqlite:///{workdir}/history.db", gateways=1, workers=1, env=ENV
-    )
-    try:
-        await asyncio.wait_for(topo.start(say=lambda _t: None), 120)
-    except BaseException as exc:  # what did start is stopped
-        await topo.stop()
-        if isinstance(exc, TimeoutError):
-            raise TopologyError("the embedded topology did not start within 120 s") from None
-        raise
     conns: list[Receiver] = []
     valkey = None
-    try:
-        settings = topo.settings
-        plan = spec(clients, group)
-        await community.apply_to(plan, settings)
-        users, _, channels, _ = plan.plan()
-        ids = {u.username: u.id for u in users}
-        now = time.time()
-        url = topo.urls[0]
-        pairs = [
-            (
-                url,
-                tokens.mint(
-                    ids[f"ingest-{c:05d}"], secret=settings.token_secret, ttl_s=3600, now=now
-                ),
-            )
-            for c in range(clients)
-        ]
-        load = _Load(rate=rate, clients=clients, group=group, warmup=warmup, duration=duration)
+    async with seeded_topology(workdir, spec(clients, group), env=ENV, start_timeout_s=120) as (
+        topo,
+        minted,
+        channels,
+    ):
         try:
-            conns = await open_receivers(pairs, load.on_message)
-        except (OSError, TimeoutError) as exc:
-            raise TopologyError(f"could not connect {clients} clients: {exc!r}") from None
-        for conn in conns:
-            conn.on_ack = load.on_ack
-            conn.on_other = load.on_other
-        valkey = connect(settings)
-        await valkey.ping()
-        channel_of = [channels[c // group].id for c in range(clients)]
-        return await load.run(conns, channel_of, topo.processes(), valkey, drain_s=drain_s)
-    finally:
-        for conn in conns:
-            conn.close()
-        if valkey is not None:
-            await valkey.aclose()
-        await topo.stop()
+            url = topo.urls[0]
+            pairs = [(url, minted[f"ingest-{c:05d}"]) for c in range(clients)]
+            load = _Load(rate=rate, clients=clients, group=group, warmup=warmup, duration=duration)
+            try:
+                conns = await open_receivers(pairs, load.on_message)
+            except (OSError, TimeoutError) as exc:
+                raise TopologyError(f"could not connect {clients} clients: {exc!r}") from None
+            for conn in conns:
+                conn.on_ack = load.on_ack
+                conn.on_other = load.on_other
+            valkey = connect(topo.settings)
+            await valkey.ping()
+            channel_of = [channels[c // group].id for c in range(clients)]
+            return await load.run(conns, channel_of, topo.processes(), valkey, drain_s=drain_s)
+        finally:
+            for conn in conns:
+                conn.close()
+            if valkey is not None:
+                await valkey.aclose()
 
 
 class _Load:

@@ -12,7 +12,10 @@ Used by ``chatscale bench compare`` (``loadtest/compare.py``) and ``chatscale be
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,8 +26,11 @@ from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from chatscale import tokens
 from chatscale.discovery import TopologyError
 from chatscale.wire import Op
+from guilds import community
+from loadtest.topology import Embedded
 
 MARK = b'"content":"B'  # every bench message's content starts with "B"
 
@@ -140,3 +146,36 @@ def cpu_seconds(procs: dict[str, psutil.Process]) -> dict[str, float]:
         t = p.cpu_times()
         out[name] = t.user + t.system
     return out
+
+
+@contextlib.asynccontextmanager
+async def seeded_topology(
+    workdir: Path, spec: community.Community, *, env: dict[str, str], start_timeout_s: float
+) -> AsyncIterator[tuple[Embedded, dict[str, str], list[Any]]]:
+    """A fresh embedded topology (1 gateway, 1 worker, presence, Valkey, SQLite history) with
+    ``spec`` seeded: the topology, each user's name -> a token for it (in the plan's order)
+    and the plan's channels. Stopped on exit, and if it failed to start."""
+    topo = Embedded(
+        workdir, storage_url=f"sqlite:///{workdir}/history.db", gateways=1, workers=1, env=env
+    )
+    try:
+        await asyncio.wait_for(topo.start(say=lambda _t: None), start_timeout_s)
+    except BaseException as exc:  # what did start is stopped
+        await topo.stop()
+        if isinstance(exc, TimeoutError):
+            raise TopologyError(
+                f"the embedded topology did not start within {start_timeout_s:.0f} s"
+            ) from None
+        raise
+    try:
+        settings = topo.settings
+        await community.apply_to(spec, settings)
+        users, _, channels, _ = spec.plan()
+        now = time.time()
+        minted = {
+            u.username: tokens.mint(u.id, secret=settings.token_secret, ttl_s=3600, now=now)
+            for u in users
+        }
+        yield topo, minted, channels
+    finally:
+        await topo.stop()
