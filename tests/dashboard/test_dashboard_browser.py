@@ -92,7 +92,7 @@ def test_dashboard_in_a_browser(dashboard_run, browser) -> None:
         ],
     )
     assert hops == list(HOPS)
-    assert "ms" in text(d, "#trace-total")
+    until("the trace's total in ms", lambda: "ms" in text(d, "#trace-total"))  # (redraws)
     badges = until(
         "the hops on the topology",
         lambda: {
@@ -138,7 +138,9 @@ def test_dashboard_in_a_browser(dashboard_run, browser) -> None:
     shot(d, "dashboard-fault.png")
 
     # -- results: the lab's experiment is listed and its page opens
-    link = d.find_element(By.CSS_SELECTOR, "#lab-results a")
-    assert "Slowmode sheds a burst" in link.text
-    d.get(link.get_attribute("href"))
+    def lab_link() -> str | None:  # found and read in one poll: the list may redraw between
+        link = d.find_element(By.CSS_SELECTOR, "#lab-results a")
+        return link.get_attribute("href") if "Slowmode sheds a burst" in link.text else None
+
+    d.get(until("the lab experiment's link", lab_link))
     assert "lab page: slowmode" in d.page_source
