@@ -395,6 +395,13 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         from loadtest import compare
 
         subscribers = int(args.members)
+        binary = None
+        if args.peer == "centrifugo":
+            from loadtest import centrifugo
+
+            binary = centrifugo.DEFAULT_BINARY
+            if missing := centrifugo.missing_binary(binary):
+                raise UsageError(f"bench compare: {missing}")
         try:
             result = await compare.compare(
                 subscribers=subscribers,
@@ -402,6 +409,7 @@ async def cmd_bench(args: argparse.Namespace) -> int:
                 window=args.window,
                 repeat=args.repeat,
                 coalesced=args.coalesced,
+                centrifugo=binary,
                 say=lambda text: print(text, file=sys.stderr),
             )
         except ValueError as exc:
@@ -553,6 +561,13 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--coalesced",
         action="store_true",
         help="compare mode: also run chatscale with CHATSCALE_CLIENT_WRITES=coalesced",
+    )
+    b.add_argument(
+        "--peer",
+        choices=["centrifugo"],
+        help="compare mode: also run a peer system in the same harness: centrifugo (the binary "
+        "at ~/.cache/chatscale/centrifugo/centrifugo, built by the command in "
+        "docs/benchmarks.md; its Redis engine on its own Valkey)",
     )
     b.add_argument(
         "--json", action="store_true", help="compare and ingest modes: print the result as JSON"

@@ -5,7 +5,8 @@ no task and no queue per connection, so one process holds thousands of them. It 
 then hands each text frame to a callback by a byte search: frames holding ``MARK`` (a bench
 message, whose content starts with "B") to ``on_message``, MESSAGE_ACKs to ``on_ack``,
 anything else after READY to ``on_other`` (when set). Each callback gets the raw frame.
-Used by ``chatscale bench compare`` (``loadtest/compare.py``) and ``chatscale bench ingest``
+Used by ``chatscale bench compare`` (``loadtest/compare.py``; its Centrifugo peer subclasses
+``Receiver``, ``loadtest/centrifugo.py``) and ``chatscale bench ingest``
 (``loadtest/ingest_bench.py``); ``cpu_seconds`` reads the server processes' CPU time.
 """
 
@@ -109,25 +110,31 @@ class Receiver(asyncio.Protocol):
             self.transport.abort()
 
 
-async def open_receiver(url: str, token: str, on_message: FrameHandler) -> Receiver:
+async def open_receiver(
+    url: str, token: str, on_message: FrameHandler, factory: type[Receiver] = Receiver
+) -> Receiver:
+    """One connection, ready; ``factory``: a ``Receiver`` speaking another system's protocol
+    (``loadtest.centrifugo.CentrifugoReceiver``)."""
     loop = asyncio.get_running_loop()
     uri = parse_uri(url)
     _, rcv = await loop.create_connection(
-        lambda: Receiver(url, token, on_message), uri.host, uri.port
+        lambda: factory(url, token, on_message), uri.host, uri.port
     )
     await asyncio.wait_for(rcv.ready, 30)
     return rcv
 
 
 async def open_receivers(
-    urls_tokens: list[tuple[str, str]], on_message: FrameHandler
+    urls_tokens: list[tuple[str, str]],
+    on_message: FrameHandler,
+    factory: type[Receiver] = Receiver,
 ) -> list[Receiver]:
     """One identified connection per (url, token), at most 64 handshakes at a time."""
     gate = asyncio.Semaphore(64)
 
     async def one(url: str, token: str) -> Receiver:
         async with gate:
-            return await open_receiver(url, token, on_message)
+            return await open_receiver(url, token, on_message, factory)
 
     got = await asyncio.gather(*(one(u, t) for u, t in urls_tokens), return_exceptions=True)
     failed = [r for r in got if isinstance(r, BaseException)]
