@@ -45,7 +45,7 @@ VERSION = "v6.9.1"
 DEFAULT_BINARY = Path("~/.cache/chatscale/centrifugo/centrifugo").expanduser()
 BUILD_COMMAND = (
     "GOBIN=~/.cache/chatscale/centrifugo go install -ldflags "
-    '"-X github.com/centrifugal/centrifugo/v6/internal/build.Version=6.9.1" '
+    '"-s -w -X github.com/centrifugal/centrifugo/v6/internal/build.Version=6.9.1" '
     f"github.com/centrifugal/centrifugo/v6@{VERSION}"
 )
 CHANNEL = "bench"
