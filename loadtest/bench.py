@@ -9,7 +9,7 @@ Two measurements, both against real gateways over real WebSockets:
   coordinated-omission correction at fixed rates. Every delivery is checked against the
   ledger, so lost and duplicated deliveries are counted, not guessed.
 - ``idle``: opens K identified connections to one gateway and reports the gateway's RSS growth
-  per connection.
+  per connection, then every server process's CPU while the crowd sits idle.
 
 The generator runs in one process; its CPU is reported next to the servers' so a reader can
 tell which side saturated. The full load generator with scenarios is ``loadtest`` (issue 6).
@@ -266,22 +266,42 @@ async def idle(
     urls: list[str],
     *,
     connections: int,
+    duration: float = 20.0,
+    settle: float = 5.0,
     state: dict[str, Any] | None = None,
     say=print,
 ) -> dict[str, Any]:  # noqa: ANN001
+    """K identified connections held on one gateway: its RSS growth per connection, then the
+    CPU every server process spends over ``duration`` seconds while nobody sends (heartbeats,
+    housekeeping, presence's snapshots: what a quiet crowd costs). ``settle`` seconds are left
+    first for the connections' own after-effects (presence's online events, routes)."""
     procs = await server_processes(settings, state)
     gws = [p for n, p in sorted(procs.items()) if n.startswith(("gw", "gateway"))]
+    # a topology whose gateways run inside the `run` process itself (in-process) is measured there
+    gws = gws or [p for n, p in procs.items() if n.startswith("run-")]
     if not gws:
         raise LookupError("no gateway process of this topology on this machine to measure")
     gw = next((p for p in gws if _listens_on(p, urls[0])), gws[0])
     before = gw.memory_info().rss
+    say(f"  connecting {connections:,} identified clients to {urls[0]}")
     clients, _ = await _connect_members(settings, urls[:1], connections)
     after = gw.memory_info().rss
-    for c in clients:
-        await c.close()
+    try:
+        say(f"  {settle:g} s to settle, then {duration:g} s of idle CPU")
+        await asyncio.sleep(settle)
+        meter = CpuMeter(procs)
+        await asyncio.sleep(duration)
+        cpu = meter.stop()
+    finally:
+        for c in clients:
+            await c.close()
+    measured = {k: v for k, v in cpu.items() if isinstance(v, float)}
     return {
         "connections": connections,
         "gateway_rss_before_mib": round(before / 2**20, 1),
         "gateway_rss_after_mib": round(after / 2**20, 1),
         "kib_per_connection": round((after - before) / connections / 1024, 1),
+        "idle_seconds": duration,
+        "server_cpu_percent_of_a_core": round(sum(measured.values()), 2),
+        "cpu_percent": {k: (round(v, 2) if isinstance(v, float) else v) for k, v in cpu.items()},
     }

@@ -437,7 +437,14 @@ async def cmd_bench(args: argparse.Namespace) -> int:
         run_state = None
     try:
         if args.mode == "idle":
-            result = await bench.idle(settings, urls, connections=args.connections, state=run_state)
+            result = await bench.idle(
+                settings,
+                urls,
+                connections=args.connections,
+                duration=args.duration,
+                state=run_state,
+                say=lambda text: print(text, file=sys.stderr, flush=True),
+            )
         else:
             result = await bench.chat(
                 settings,
@@ -493,7 +500,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument(
         "mode",
         choices=["chat", "idle", "storage", "presence", "compare", "ingest"],
-        help="chat: rate/latency/loss; idle: memory per connection; storage: history inserts/s, "
+        help="chat: rate/latency/loss; idle: memory per connection and idle server CPU; storage: history inserts/s, "
         "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced; "
         "compare: server CPU per delivery of chatscale's fan-out against a bare websockets "
         "broadcast() server, same load generator, alternating fresh runs; "
@@ -523,7 +530,8 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument(
         "--duration",
         type=float,
-        help="chat: seconds of sending (default 10); presence: simulated seconds (default 60); "
+        help="chat: seconds of sending (default 10); idle: seconds of idle CPU measured (default "
+        "20); presence: simulated seconds (default 60); "
         "ingest: measured seconds per rate, after the warm-up (default 10)",
     )
     b.add_argument(
@@ -577,7 +585,7 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 BENCH_DEFAULTS: dict[str, dict[str, float | str]] = {
     "members": {"chat": 20, "idle": 20, "presence": 5000, "compare": 1000},
-    "duration": {"chat": 10.0, "presence": 60.0, "ingest": 10.0},
+    "duration": {"chat": 10.0, "idle": 20.0, "presence": 60.0, "ingest": 10.0},
     "rate": {"chat": "100", "ingest": "250,500,1000,2000"},
     "repeat": {"chat": 3, "ingest": 1},
 }

@@ -117,3 +117,27 @@ async def test_bench_chat_samples_only_its_topology_and_outlives_its_processes(s
         run.wait(10)
         if run.stdout is not None:
             run.stdout.close()
+
+
+async def test_bench_idle_reports_memory_and_idle_cpu_of_its_topology(stack: Stack):
+    # the in-process stack is this test's own process: the stand-in for `chatscale run`
+    state = {"pid": psutil.Process().pid, "gateways": [gw.url for gw in stack.gateways]}
+    said: list[str] = []
+    result = await bench.idle(
+        stack.settings,
+        state["gateways"],
+        connections=3,
+        duration=0.2,
+        settle=0.0,
+        state=state,
+        say=said.append,
+    )
+    assert result["connections"] == 3 and result["idle_seconds"] == 0.2
+    me = f"run-{psutil.Process().pid}"
+    assert set(result["cpu_percent"]) >= {me}, result["cpu_percent"]
+    assert result["server_cpu_percent_of_a_core"] == pytest.approx(
+        sum(v for v in result["cpu_percent"].values() if isinstance(v, float)), abs=0.05
+    )
+    assert any("3 identified clients" in line for line in said)
+    # the three were identified sessions on the gateway (kept there for RESUME after the close)
+    assert sum(len(gw.sessions) for gw in stack.gateways) == 3
