@@ -107,11 +107,13 @@ class Admission:
         self.refused += 1
         return Verdict("refuse", self._appointment())
 
-    def finish(self, started: float | None) -> object | None:
-        """A running IDENTIFY ended (READY, refusal or failure): record its duration (unless
-        ``started`` is None: a slot passed on by a ticket that was gone) and hand the slot to
+    def finish(self, started: float | None, *, served: bool = True) -> object | None:
+        """A running IDENTIFY ended (READY, refusal or failure): record its duration if it was
+        ``served`` (READY; not a Redis timeout or a run out of budget, whose seconds say
+        nothing of what serving one costs and would stretch every appointment after it; and
+        not ``started`` None: a slot passed on by a ticket that was gone) and hand the slot to
         the oldest waiting ticket, which is returned (None: the slot is free)."""
-        if started is not None:
+        if started is not None and served:
             took = max(0.0, self.clock() - started)
             self.cost_s = 0.8 * self.cost_s + 0.2 * took
         if self.waiting:

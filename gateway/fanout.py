@@ -36,8 +36,11 @@ log = logging.getLogger("chatscale.gateway.fanout")
 EARLY_LIMIT = 1024  # guild-wide deliveries held per identifying session (oldest dropped beyond)
 # Recipients served before the reader yields to the event loop: a read of 512 entries to a
 # streamer's 1,500 local viewers is ~750k writes, seconds of CPU in one callback, during which
-# no ack, IDENTIFY or heartbeat would be handled (senders fell behind by p99 16 s). ~5-10 ms.
-YIELD_EVERY = 500
+# no ack, IDENTIFY or heartbeat would be handled (senders fell behind by p99 16 s). One
+# delivery to a big audience is split too (``_deliver_yielding``): a sender's message waits
+# for several loop turns (its Redis round trips, then its ack), each as long as one chunk.
+# 200 sessions are ~2-5 ms of writes.
+YIELD_EVERY = 200
 
 
 class LocalFanout:
@@ -138,7 +141,7 @@ class LocalFanout:
                 for entry_id, fields in entries:
                     last = entry_id
                     with contextlib.suppress(ValueError):
-                        since_yield += self.deliver(
+                        since_yield += await self._deliver_yielding(
                             Delivery.model_validate(orjson.loads(fields[b"e"]))
                         )
                     if since_yield >= YIELD_EVERY:  # let acks, IDENTIFYs and heartbeats in
@@ -159,6 +162,40 @@ class LocalFanout:
 
     def deliver(self, delivery: Delivery) -> int:
         """Dispatch one delivery to every local session that may see it; returns how many."""
+        prepared = self._prepare(delivery)
+        if isinstance(prepared, int):
+            return prepared
+        dispatch, targets = prepared
+        self.gateway.send_dispatches(dispatch, targets, self.attached)
+        self._count(delivery, len(targets))
+        return len(targets)
+
+    async def _deliver_yielding(self, delivery: Delivery) -> int:
+        """``deliver`` for the delivery reader: a big audience is served ``YIELD_EVERY``
+        sessions at a time, with the event loop's other work (a sender's Redis replies and ack,
+        IDENTIFYs, heartbeats) between the chunks, not after all of them. Each session still
+        gets its frames in delivery order: the reader is the only one dispatching them."""
+        prepared = self._prepare(delivery)
+        if isinstance(prepared, int):
+            return prepared
+        dispatch, targets = prepared
+        for start in range(0, len(targets), YIELD_EVERY):
+            if start:
+                await asyncio.sleep(0)
+            self.gateway.send_dispatches(
+                dispatch, targets[start : start + YIELD_EVERY], self.attached
+            )
+        self._count(delivery, len(targets))
+        return len(targets) % YIELD_EVERY  # served since the last yield
+
+    def _count(self, delivery: Delivery, n: int) -> None:
+        self.delivered += n
+        metrics.delivered(delivery, n)
+
+    def _prepare(self, delivery: Delivery) -> int | tuple[DispatchBytes, list[Session]]:
+        """Whom ``delivery`` goes to and its shared bytes; or, when it was handled here
+        already (shed, a lazy guild's watchers, per-recipient encoding, nobody), how many got
+        it."""
         if self.shed is not None and self.shed(
             delivery.t, len(self.by_guild.get(delivery.guild_id, ()))
         ):
@@ -201,11 +238,7 @@ class LocalFanout:
             self._deliver_per_recipient(delivery, targets, suffix)
             return len(targets)
         # the bytes every recipient shares, numbered and written per session by the gateway
-        dispatch = DispatchBytes(delivery.t, delivery.payload, suffix)
-        self.gateway.send_dispatches(dispatch, targets, self.attached)
-        self.delivered += len(targets)
-        metrics.delivered(delivery, len(targets))
-        return len(targets)
+        return DispatchBytes(delivery.t, delivery.payload, suffix), targets
 
     def _deliver_per_recipient(
         self, delivery: Delivery, targets: list[Session], suffix: str

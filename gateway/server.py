@@ -647,7 +647,9 @@ class Gateway:
                 if c is client and not session.seq:  # registered, never READY: forget it
                     await self._forget(session)
         finally:
-            self.storm.finish(started)
+            # only an IDENTIFY that ended in READY is a sample of what one costs: one that timed
+            # out on Redis or ran out of budget would make the next refusals' appointments long
+            self.storm.finish(started, served=not client.closing)
 
     async def _identify_admitted(self, client: Client, request: Authenticate) -> None:
         if not await self.control.admit_identify(client, request.user_id):  # identify rate

@@ -160,9 +160,10 @@ class StormGuard:
             return None
         return time.monotonic()
 
-    def finish(self, started: float | None) -> None:
-        """Hand the slot to the next queued IDENTIFY still waiting (skipping any gone)."""
-        nxt = self.admission.finish(started)
+    def finish(self, started: float | None, *, served: bool = True) -> None:
+        """Hand the slot to the next queued IDENTIFY still waiting (skipping any gone);
+        ``served``: it ended in READY (only then is its duration a cost sample)."""
+        nxt = self.admission.finish(started, served=served)
         while nxt is not None:
             if isinstance(nxt, asyncio.Future) and not nxt.done():
                 nxt.set_result(None)

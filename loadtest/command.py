@@ -174,6 +174,13 @@ def add_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         "READY p99 exceeds this",
     )
     lt.add_argument(
+        "--talkers-together",
+        action="store_true",
+        help="the clients that send share the generator processes with everyone else (default: "
+        "when they are at most 10%% of the clients they get one process of their own, so their "
+        "send lag measures the server, not a generator busy receiving for thousands)",
+    )
+    lt.add_argument(
         "--cpu-hog",
         action="store_true",
         help="run a competing process that keeps one core busy for the whole run (default off)",
@@ -315,6 +322,7 @@ async def cmd_loadtest(args: argparse.Namespace) -> int:
         storage_url=args.storage_url,
         ready_bound_s=args.ready_bound,
         cpu_hog=args.cpu_hog,
+        talkers_apart=not args.talkers_together,
         redis_cluster=args.redis_cluster,
         command="chatscale " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )

@@ -127,6 +127,9 @@ class RunConfig:
     # storms (connect-storm, reconnect-storm) are NOT CLEAN above this READY p99
     ready_bound_s: float = 10.0
     cpu_hog: bool = False  # a competing process keeps one core busy for the run
+    # the talkers (clients that send) get a generator process of their own when they are few
+    # (at most TALKERS_APART_SHARE of the clients): see ``split``
+    talkers_apart: bool = True
     redis_cluster: int = 0  # embedded topology on a local Valkey Cluster of N masters
 
 
@@ -426,6 +429,11 @@ def setup_timeout(cfg: RunConfig, clients: int) -> float:
     return clients / max(1.0, cfg.connect_rate) + 8 * cfg.ready_timeout
 
 
+#: ``split``: talkers get a generator process of their own when they are at most this share of
+#: the online clients (a streamer's chat: 60 talkers among 3,000 viewers), not when most send
+TALKERS_APART_SHARE = 0.1
+
+
 class LoadTestError(RuntimeError):
     """The run could not be measured (a generator died or hung, clients were refused): the
     message says what happened in one line, for the command line to print as is."""
@@ -440,10 +448,22 @@ def split(
     cfg: RunConfig,
     parts: int,
 ) -> list[Part]:
-    """One Part per generator process; a client (and so a sender) lives in exactly one."""
+    """One Part per generator process; a client (and so a sender) lives in exactly one.
+
+    With ``talkers_apart`` and few talkers (at most ``TALKERS_APART_SHARE`` of the online
+    clients, at least two generator processes), the clients that send get one more process of
+    their own: a real talker's device is not shared with a thousand other viewers, and a
+    stop-and-wait sender in a process busy receiving everyone's deliveries waits for that
+    process's event loop, not for the server, before it sees its ack and sends again; its send
+    lag would measure the load generator. Everyone else is spread over the ``parts``."""
     now = time.time()
     ttl = int(cfg.ready_timeout * 4 + (cfg.duration or 60) * 4 + 3600)
     user_ids = load["user_ids"]
+    online = sorted(plan.online)
+    talkers = {m.sender for m in plan.sends}
+    apart = (
+        cfg.talkers_apart and parts >= 2 and 0 < len(talkers) <= TALKERS_APART_SHARE * len(online)
+    )
     out = [
         Part(
             index=i,
@@ -460,14 +480,18 @@ def split(
             window=cfg.window,
             jitter=settings.reconnect_jitter,
         )
-        for i in range(parts)
+        for i in range(parts + (1 if apart else 0))
     ]
     owner: dict[int, int] = {}
-    online = sorted(plan.online)
     watched_by_observers = sorted({cid for _, cid, _ in plan.statuses})
+    spread = 0  # the clients that are not talkers kept apart, round robin over ``parts``
     for k, cid in enumerate(online):
         member = sim.members[cid]
-        part = out[k % parts]
+        if apart and cid in talkers:
+            part = out[parts]
+        else:
+            part = out[spread % parts]
+            spread += 1
         owner[cid] = part.index
         part.clients.append(
             ClientPlan(
@@ -540,6 +564,12 @@ async def run(cfg: RunConfig, *, topology: Topology | None = None, say=print) ->
         load = await load_community(sim, settings, say=say)
         nparts = max(1, cfg.processes)
         parts = split(plan, sim, load, topology.urls, settings, cfg, nparts)
+        if len(parts) > nparts:
+            say(
+                f"generators  {len(parts[-1].clients)} talkers in a process of their own "
+                f"(generator-{nparts}), the other clients over {nparts} (--talkers-together: "
+                "all over the same processes)"
+            )
         load["home"] = {c.cid: c.url for p in parts for c in p.clients}
         for part in parts:
             drivers.append(_Inline(part, inbox) if cfg.processes == 0 else _Child(part, inbox))
@@ -961,7 +991,7 @@ def build_report(
         "plan": {
             "duration_s": plan.duration,
             "notes": plan.notes,
-            "processes": cfg.processes,
+            "processes": len(results) if cfg.processes else 0,  # talkers apart: one more
             **plan.offered(),
         },
         "timings": timings,
@@ -1055,7 +1085,7 @@ def build_report(
         "faults": faults,
         "processes": processes,
         "generator": {
-            "processes": max(1, cfg.processes),
+            "processes": max(1, len(results)),
             "cpu_s": round(generator_cpu_s, 2),
             "cpu_us_per_delivery": round(generator_cpu_s / max(1, received) * 1e6, 1),
             "in_process": cfg.processes == 0,

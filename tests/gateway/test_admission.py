@@ -135,6 +135,19 @@ def test_a_slot_passed_on_for_a_gone_ticket_records_no_duration():
     assert adm.cost_s == cost and adm.running == 1
 
 
+def test_an_identify_that_failed_is_no_sample_of_the_cost():
+    clock = Clock()
+    adm = Admission(1, 2, clock=clock, initial_cost_s=0.2)
+    adm.offer("a")
+    adm.offer("b")
+    clock.now += 5.0  # "a" timed out on Redis after 5 s: refused 4017, not served
+    assert adm.finish(clock() - 5.0, served=False) == "b"
+    assert adm.cost_s == 0.2
+    clock.now += 0.4  # "b" reached READY in 0.4 s
+    adm.finish(clock() - 0.4)
+    assert adm.cost_s == pytest.approx(0.8 * 0.2 + 0.2 * 0.4)
+
+
 def test_a_wait_longer_than_the_budget_is_refused_at_once_not_queued():
     adm = Admission(2, 100, clock=Clock(), initial_cost_s=4.0, max_wait_s=10.0)
     assert [adm.offer(n).kind for n in "ab"] == ["run", "run"]
