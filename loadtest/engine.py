@@ -430,7 +430,7 @@ def setup_timeout(cfg: RunConfig, clients: int) -> float:
 
 
 #: ``split``: talkers get a generator process of their own when they are at most this share of
-#: the online clients (a streamer's chat: 60 talkers among 3,000 viewers), not when most send
+#: the online clients (a streamer's chat: 117 talkers among 3,000 viewers), not when most send
 TALKERS_APART_SHARE = 0.1
 
 
