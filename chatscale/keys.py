@@ -74,6 +74,13 @@ class Keys:
     def gateway_alive(self, gateway_id: str) -> str:
         return f"{self.prefix}:gw:{{gw:{gateway_id}}}:alive"
 
+    def gateway_key_parts(self) -> tuple[str, str, str, str]:
+        """``gateway_alive`` and ``deliver`` as the text before and after the gateway id, for a
+        script that builds them from the ids it reads (``storage/lua/fanout.lua``, routed)."""
+        alive = self.gateway_alive("\0").split("\0")
+        deliver = self.deliver("\0").split("\0")
+        return alive[0], alive[1], deliver[0], deliver[1]
+
     def route(self, guild_id: int) -> str:
         """Set of gateway ids holding at least one session of a member of the guild."""
         return f"{self.prefix}:route:{{g{guild_id}}}"

@@ -40,10 +40,10 @@ from storage import StorageUnavailable, Store, StoredMessage
 from storage.hot import member_bytes
 from storage.scripts import (
     FANOUT,
-    FANOUT_MARKER_TTL_S,
     HOT_ADD,
     queue_fanout_gateway,
     queue_hot_add_channel,
+    routed_fanout,
     version_holds,
 )
 
@@ -138,8 +138,8 @@ class InlineProcessor:
             payload=m.payload,
             trace=m.trace,
         )
-        gateways = sorted(await self.redis.smembers(self.keys.route(m.guild_id)))
         if self.cluster:  # one script per gateway, each in its gateway's slot
+            gateways = sorted(await self.redis.smembers(self.keys.route(m.guild_id)))
             if gateways:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for gw in gateways:
@@ -154,17 +154,14 @@ class InlineProcessor:
                     await pipe.execute()
             return
         shard = m.channel_id % self.settings.ingest_shards
-        keys = [self.keys.fanned_out(m.id), self.keys.lease(shard)]
-        for gw in gateways:
-            gateway = gw.decode()
-            keys += [self.keys.gateway_alive(gateway), self.keys.deliver(gateway)]
-        await self._fanout(
-            keys=keys,
-            args=[
-                encode_entry(entry)["e"],
-                self.settings.delivery_maxlen,
-                FANOUT_MARKER_TTL_S,
-                "0",  # no shard lease to check: this gateway is the only one with this message
-                self.gateway_id,
-            ],
+        keys, args = routed_fanout(
+            self.keys,
+            marker=self.keys.fanned_out(m.id),
+            lease=self.keys.lease(shard),
+            guild_id=m.guild_id,
+            entry=encode_entry(entry)["e"],
+            maxlen=self.settings.delivery_maxlen,
+            fenced=False,  # no shard lease to check: this gateway is the only one with this message
+            consumer=self.gateway_id,
         )
+        await self._fanout(keys=keys, args=args)

@@ -18,6 +18,34 @@ FANOUT = resources.files("storage").joinpath("lua/fanout.lua").read_text()
 #: How long a message's fanned-out marker lives: a redelivery within it skips fan-out.
 FANOUT_MARKER_TTL_S = 24 * 3600
 
+
+def routed_fanout(
+    keys: Any,
+    *,
+    marker: str,
+    lease: str,
+    guild_id: int,
+    entry: bytes | str,
+    maxlen: int,
+    fenced: bool,
+    consumer: str,
+) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``FANOUT`` in its routed form (one node): the script reads the guild's
+    route set itself, so the fan-out costs no SMEMBERS round trip before it and sees the routes
+    as they are when it runs."""
+    return (
+        [marker, lease, keys.route(guild_id)],
+        [
+            entry,
+            maxlen,
+            FANOUT_MARKER_TTL_S,
+            "1" if fenced else "0",
+            consumer,
+            *keys.gateway_key_parts(),
+        ],
+    )
+
+
 # ---- Redis Cluster: the same work split into per-slot steps (chatscale/redisconn.py) ---------
 #
 # On a cluster one script may only touch keys of one hash slot (chatscale/keys.py has the

@@ -70,6 +70,7 @@ from storage.scripts import (
     HOT_ADD,
     queue_fanout_gateway,
     queue_hot_add_channel,
+    routed_fanout,
     version_holds,
 )
 from storage.search_index import SearchIndex
@@ -620,7 +621,7 @@ class Pipeline:
         guilds = sorted({m.guild_id for m in accepted})
         routes: dict[int, list[bytes]] = {}
         fence = self.cluster and self.fenced and bool(accepted)
-        if guilds:
+        if guilds and self.cluster:  # on one node the fan-out script reads the routes itself
             async with self.redis.pipeline(transaction=False) as pipe:
                 for guild_id in guilds:
                     pipe.smembers(self.keys.route(guild_id))
@@ -647,17 +648,16 @@ class Pipeline:
                     payload=m.payload,
                     trace=m.trace,
                 )
-                keys = [self.keys.fanned_out(m.id), self.keys.lease(batch.shard)]
-                for gw in routes[m.guild_id]:
-                    gateway = gw.decode()
-                    keys += [self.keys.gateway_alive(gateway), self.keys.deliver(gateway)]
-                args = [
-                    encode_entry(entry)["e"],
-                    maxlen,
-                    FANOUT_MARKER_TTL_S,
-                    "1" if self.fenced else "0",
-                    self.consumer,
-                ]
+                keys, args = routed_fanout(
+                    self.keys,
+                    marker=self.keys.fanned_out(m.id),
+                    lease=self.keys.lease(batch.shard),
+                    guild_id=m.guild_id,
+                    entry=encode_entry(entry)["e"],
+                    maxlen=maxlen,
+                    fenced=self.fenced,
+                    consumer=self.consumer,
+                )
                 # EVALSHA straight into the pipeline: a registered script in a pipeline costs a
                 # SCRIPT EXISTS round trip per batch (``_execute_fanout`` loads it when missing).
                 pipe.evalsha(self._fanout.sha, len(keys), *keys, *args)
@@ -840,10 +840,10 @@ class Pipeline:
             return
         await self.hot.remove_many([(d.channel_id, d.id) for d in allowed])
         await self.store.delete_messages([(d.channel_id, d.id) for d in allowed])
-        routes: dict[int, list[bytes]] = {}
-        for guild_id in {d.guild_id for d in allowed}:
-            routes[guild_id] = sorted(await self.redis.smembers(self.keys.route(guild_id)))
         if self.cluster:
+            routes: dict[int, list[bytes]] = {}
+            for guild_id in {d.guild_id for d in allowed}:
+                routes[guild_id] = sorted(await self.redis.smembers(self.keys.route(guild_id)))
             await self._delete_fan_out_by_slot(batch, allowed, routes)
             batch.deleted = allowed
             return
@@ -852,16 +852,16 @@ class Pipeline:
             self._fanout_loaded = True
         for d in allowed:
             entry = _delete_delivery(d)
-            keys = [self.keys.delete_fanned_out(d.channel_id, d.id), self.keys.lease(batch.shard)]
-            for gw in routes[d.guild_id]:
-                keys += [self.keys.gateway_alive(gw.decode()), self.keys.deliver(gw.decode())]
-            args = [
-                encode_entry(entry)["e"],
-                self.settings.delivery_maxlen,
-                FANOUT_MARKER_TTL_S,
-                "1" if self.fenced else "0",
-                self.consumer,
-            ]
+            keys, args = routed_fanout(
+                self.keys,
+                marker=self.keys.delete_fanned_out(d.channel_id, d.id),
+                lease=self.keys.lease(batch.shard),
+                guild_id=d.guild_id,
+                entry=encode_entry(entry)["e"],
+                maxlen=self.settings.delivery_maxlen,
+                fenced=self.fenced,
+                consumer=self.consumer,
+            )
             if await self._fanout(keys=keys, args=args) == -1:
                 raise LeaseLost(batch.stream)
         batch.deleted = allowed
