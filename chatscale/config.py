@@ -250,6 +250,14 @@ class Settings(BaseSettings):
     redis_timeout_s: float = Field(
         default=5.0, description="Socket timeout on every Redis call; never the library default."
     )
+    redis_max_connections: int = Field(
+        default=256,
+        ge=1,
+        description="Connections one process may hold to Redis (one Valkey; a cluster client "
+        "keeps its own per-node pools). A call beyond them waits up to REDIS_TIMEOUT_S for one "
+        "to come back instead of failing at once: under a herd of IDENTIFYs the library's "
+        "100-connection default was the cause of 'metadata store unavailable' refusals.",
+    )
     redis_retries: int = Field(
         default=1,
         description="Retries per Redis call (redis-py's default of 10 turns a pause into stalls).",

@@ -9,6 +9,10 @@ redis-py retries 10 times by default; against a paused server that turns every c
 many-second stall and hides the fault. Here a call fails after ``redis_timeout_s`` with at most
 ``redis_retries`` quick retries, and the caller decides what a failure means (a worker keeps the
 entry pending, a gateway answers the client with an error).
+
+The pool is a blocking one of ``redis_max_connections``: a call that finds every connection in
+use waits for one (within ``redis_timeout_s``) instead of failing at once, which is what
+redis-py's default pool of 100 did to a gateway's herd of IDENTIFYs.
 """
 
 from __future__ import annotations
@@ -89,8 +93,12 @@ def connect(settings: Settings, *, url: str | None = None, block_ms: int = 0) ->
             health_check_interval=30,
             decode_responses=False,
         )
-    return aioredis.Redis.from_url(
+    # A blocking pool: a call that finds every connection busy waits (at most the Redis
+    # timeout) for one, where redis-py's default pool raises MaxConnectionsError at once.
+    pool = aioredis.BlockingConnectionPool.from_url(
         target,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_s,
         socket_timeout=settings.redis_timeout_s + block_ms / 1000,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), settings.redis_retries),
@@ -98,6 +106,7 @@ def connect(settings: Settings, *, url: str | None = None, block_ms: int = 0) ->
         health_check_interval=30,
         decode_responses=False,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def connect_sync(url: str, *, timeout_s: float, **kwargs: object) -> redis.Redis:
