@@ -6,8 +6,8 @@ all at once and the event loop stalls, heartbeats and deliveries of the sessions
 connected are late, and Redis calls time out. Two mechanisms keep the loop responsive:
 
 - **Admission** (``Admission``): at most ``concurrency`` IDENTIFYs are worked on at once
-  (Discord's ``max_concurrency``); up to ``queue`` more wait in FIFO order for a slot while the predicted
-  wait is within ``max_wait_s`` (a wait the gateway would give up on is refused at once). Beyond
+  (Discord's ``max_concurrency``); up to ``queue`` more wait in FIFO order for a slot, at most
+  ``max_wait_s`` each (a predicted wait of ``HOPELESS`` times that is refused at once). Beyond
   that the gateway refuses with ERROR ``GATEWAY_BUSY`` carrying ``retry_after`` and closes with
   4017: the client comes back later instead of holding a socket and a timer in a queue that
   cannot serve it in time. ``retry_after`` is an appointment: the time the queue ahead needs at
@@ -27,6 +27,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+#: An IDENTIFY is refused at once only when its predicted wait is this many times the queue's
+#: bound (``max_wait_s``); up to that it queues, and the bound itself is enforced on the wait
+#: (``StormGuard.admit``). The prediction is pessimistic in a herd's first seconds: the first
+#: IDENTIFYs share the loop with a thousand WebSocket handshakes and are slow, so refusing at
+#: the bound turned away clients the gateway then served within seconds, with 20-30 s
+#: appointments (docs/benchmarks.md, issue 14).
+HOPELESS = 2.0
 
 #: Event types a degraded gateway stops dispatching (never MESSAGE_CREATE or anything else).
 SHEDDABLE = frozenset({"PRESENCE_UPDATE", "TYPING_START"})
@@ -99,7 +107,7 @@ class Admission:
             self.admitted += 1
             return Verdict("run")
         if len(self.waiting) < self.queue_size and (
-            self.max_wait_s is None or self.predicted_wait() <= self.max_wait_s
+            self.max_wait_s is None or self.predicted_wait() <= HOPELESS * self.max_wait_s
         ):
             self.waiting.append(ticket)
             self.queued += 1

@@ -149,11 +149,12 @@ def test_an_identify_that_failed_is_no_sample_of_the_cost():
 
 
 def test_a_wait_longer_than_the_budget_is_refused_at_once_not_queued():
-    adm = Admission(2, 100, clock=Clock(), initial_cost_s=4.0, max_wait_s=10.0)
+    # refused at once only past HOPELESS (2x) the bound: the queue's own wait enforces the bound
+    adm = Admission(2, 100, clock=Clock(), initial_cost_s=4.0, max_wait_s=5.0)
     assert [adm.offer(n).kind for n in "ab"] == ["run", "run"]
     assert [adm.offer(n).kind for n in "cd"] == ["queue", "queue"]  # waits of 4 s and 6 s
     assert adm.offer("e").kind == "queue"  # 4 ahead over 2 slots at 4 s: 8 s
-    assert adm.offer("f").kind == "queue"  # 5 ahead: 10 s, just within
+    assert adm.offer("f").kind == "queue"  # 5 ahead: 10 s, just within 2 x 5 s
 
     late = adm.offer("g")
     assert late.kind == "refuse" and late.retry_after == 12.0
