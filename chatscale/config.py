@@ -508,7 +508,7 @@ class Settings(BaseSettings):
         default=4096,
         ge=0,
         description="IDENTIFYs waiting for a slot, beyond IDENTIFY_CONCURRENCY, as long as the "
-        "predicted wait is within IDENTIFY_QUEUE_WAIT_S; beyond either the gateway answers "
+        "predicted wait is within twice IDENTIFY_QUEUE_WAIT_S; beyond either the gateway answers "
         "ERROR GATEWAY_BUSY with retry_after and closes 4017 (the client comes back later "
         "instead of holding a socket and a timer). Longer: fewer refusals, longer waits "
         "before READY; a queued IDENTIFY costs a socket and a future, no work.",
