@@ -36,6 +36,7 @@ Keys added later: say their tag here (a new row) when they must share a slot wit
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -76,10 +77,8 @@ class Keys:
 
     def gateway_key_parts(self) -> tuple[str, str, str, str]:
         """``gateway_alive`` and ``deliver`` as the text before and after the gateway id, for a
-        script that builds them from the ids it reads (``storage/lua/fanout.lua``, routed)."""
-        alive = self.gateway_alive("\0").split("\0")
-        deliver = self.deliver("\0").split("\0")
-        return alive[0], alive[1], deliver[0], deliver[1]
+        script that builds them from the ids it reads (``storage/lua/fanout.lua``)."""
+        return _gateway_key_parts(self.prefix)
 
     def route(self, guild_id: int) -> str:
         """Set of gateway ids holding at least one session of a member of the guild."""
@@ -318,3 +317,12 @@ def presence_partition(user_id: int, partitions: int) -> int:
         return 0
     digest = hashlib.blake2b(user_id.to_bytes(8, "big", signed=True), digest_size=8).digest()
     return int.from_bytes(digest, "big") % partitions
+
+
+@functools.cache
+def _gateway_key_parts(prefix: str) -> tuple[str, str, str, str]:
+    """``Keys.gateway_key_parts``, built once per prefix (it is on every fan-out's path)."""
+    keys = Keys(prefix)
+    alive = keys.gateway_alive("\0").split("\0")
+    deliver = keys.deliver("\0").split("\0")
+    return alive[0], alive[1], deliver[0], deliver[1]

@@ -508,8 +508,8 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     b.add_argument(
         "mode",
         choices=["chat", "idle", "storage", "presence", "compare", "ingest"],
-        help="chat: rate/latency/loss; idle: memory per connection and idle server CPU; storage: history inserts/s, "
-        "hot vs cold page latency; presence: deliveries per status change, raw vs coalesced; "
+        help="chat: rate/latency/loss; idle: memory per connection and idle server CPU; "
+        "storage: history inserts/s, hot vs cold page latency; presence: deliveries per status change, raw vs coalesced; "
         "compare: server CPU per delivery of chatscale's fan-out against a bare websockets "
         "broadcast() server, same load generator, alternating fresh runs; "
         "ingest: the highest msg/s sustained with ack p99 < 100 ms, open loop, clients in "

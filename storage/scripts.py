@@ -30,9 +30,9 @@ def routed_fanout(
     fenced: bool,
     consumer: str,
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of ``FANOUT`` in its routed form (one node): the script reads the guild's
-    route set itself, so the fan-out costs no SMEMBERS round trip before it and sees the routes
-    as they are when it runs."""
+    """KEYS and ARGV of ``FANOUT`` (one node): the script reads the guild's route set itself,
+    so the fan-out costs no SMEMBERS round trip before it and sees the routes as they are when
+    it runs."""
     return (
         [marker, lease, keys.route(guild_id)],
         [

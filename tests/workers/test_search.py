@@ -59,7 +59,9 @@ def test_user_text_cannot_inject_query_syntax():
 async def test_search_sees_only_what_the_requester_may_read_now(stack: Stack, plane: ControlPlane):
     alice = await stack.client("alice", gateway=0)
     carol = await stack.client("carol", gateway=1)
-    erin = await stack.client("erin", gateway=0)
+    # erin on carol's gateway: one snowflake generator, so her later message has the larger id
+    # (ids from two gateways in the same millisecond order by node, not by time)
+    erin = await stack.client("erin", gateway=1)
     bob = await stack.client("bob", gateway=1)
     dave = await stack.client("dave", gateway=0)
     general, mentors, papers = (stack.channels[c] for c in ("general", "mentors-only", "papers"))
