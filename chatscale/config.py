@@ -165,6 +165,14 @@ class Settings(BaseSettings):
     )
     worker_batch: int = Field(default=128, description="Entries read per XREADGROUP call.")
     worker_block_ms: int = Field(default=1000, description="How long XREADGROUP blocks when idle.")
+    worker_linger_ms: float = Field(
+        default=5.0,
+        ge=0,
+        description="After a read that found entries but no full batch, the worker waits this "
+        "long before reading again, so the next batch gathers more messages: fewer Redis round "
+        "trips per message, at up to this much more latency (0: read again at once). A message "
+        "arriving while the worker is idle is read at once whatever the value.",
+    )
     reclaim_idle_ms: int = Field(
         default=15_000, description="An entry pending this long on a silent worker is reclaimed."
     )

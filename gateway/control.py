@@ -480,21 +480,60 @@ class GatewayControl:
         checked visibility before awaiting (the nonce claim), so a ban or permission change may
         have removed the channel since: that answer is UNKNOWN_CHANNEL, as for any channel the
         session cannot see."""
-        if channel_id not in session.channels:
-            return Refusal("UNKNOWN_CHANNEL", "no such guild or channel visible to you")
-        perms = _P(session.perms.get(channel_id, 0))
-        if not perms & _P.SEND_MESSAGES:
-            return Refusal("MISSING_PERMISSIONS", "you may not send messages in this channel")
-        if not count:
-            return None
-        slowmode = 0 if bypasses_slowmode(perms) else self.slowmode.get(channel_id, 0)
+        refusal = self.send_permission(session, channel_id)
+        if refusal is not None or not count:
+            return refusal
         try:
-            verdict = await self.limiter.message(session.user_id, channel_id, slowmode_s=slowmode)
+            verdict = await self.limiter.message(
+                session.user_id, channel_id, slowmode_s=self._slowmode(session, channel_id)
+            )
         except TRANSIENT:
             return Refusal("UNAVAILABLE", "could not check rate limits; retry", 1.0)
         if verdict.allowed:
             return None
         return Refusal("RATE_LIMITED", verdict.message(), verdict.retry_after)
+
+    def send_permission(self, session: Session, channel_id: int) -> Refusal | None:
+        """The channel is visible and SEND_MESSAGES is granted (no Redis: the session's view)."""
+        if channel_id not in session.channels:
+            return Refusal("UNKNOWN_CHANNEL", "no such guild or channel visible to you")
+        if not session.perms.get(channel_id, 0) & _P.SEND_MESSAGES:
+            return Refusal("MISSING_PERMISSIONS", "you may not send messages in this channel")
+        return None
+
+    async def queue_send(
+        self,
+        session: Session,
+        channel_id: int,
+        *,
+        stream: str,
+        entry: bytes,
+        message_id: int,
+        nonce_key: str,
+    ) -> tuple[Refusal | None, int | None]:
+        """One node: a new message's rate limits, nonce claim and XADD in one script call
+        (``RateLimiter.queue_message``); the caller checked ``send_permission`` in the same
+        loop turn. Returns (refusal, None) when a window refused it (nothing queued or
+        claimed), (None, id) when its nonce already held ``id`` (nothing queued: the caller
+        queues the retry under that id), (None, None) when it was queued. Raises TRANSIENT."""
+        queued = await self.limiter.queue_message(
+            session.user_id,
+            channel_id,
+            slowmode_s=self._slowmode(session, channel_id),
+            stream=stream,
+            entry=entry,
+            message_id=message_id,
+            nonce_key=nonce_key,
+            nonce_ttl_s=self.gw.settings.nonce_ttl_s,
+        )
+        verdict = queued.verdict
+        if not verdict.allowed:
+            return Refusal("RATE_LIMITED", verdict.message(), verdict.retry_after), None
+        return None, queued.claimed
+
+    def _slowmode(self, session: Session, channel_id: int) -> int:
+        perms = _P(session.perms.get(channel_id, 0))
+        return 0 if bypasses_slowmode(perms) else self.slowmode.get(channel_id, 0)
 
     def voice_refusal(
         self, session: Session, guild_id: int, channel_id: int | None

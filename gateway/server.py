@@ -53,7 +53,7 @@ from chatscale.cancel import cancel_and_wait
 from chatscale.closecodes import Close
 from chatscale.config import Settings
 from chatscale.keys import Keys
-from chatscale.redisconn import TRANSIENT, connect
+from chatscale.redisconn import TRANSIENT, connect, is_cluster
 from chatscale.wire import (
     Author,
     DeleteMessage,
@@ -194,6 +194,8 @@ class Gateway:
         )
         # per-message commands (nonce claim, rate-limit script, XADD): one pipeline per turn
         self.batched = AutoPipeline(self.redis, enabled=settings.redis_autopipeline)
+        # one Redis node and processing=log: those three are one script call (lua/send.lua)
+        self.one_step = self.inline is None and not is_cluster(self.redis)
         self.control = GatewayControl(self)  # permissions of sessions, rate limits
         self.voice = VoiceSignaling(self, self.control)  # VOICE_STATE_UPDATE, grants, relays
         self.presence = PresenceReporter(
@@ -800,11 +802,122 @@ class Gateway:
         # A retry (same user, channel, nonce and content within nonce_ttl_s, from any session
         # or gateway) reuses the id the first attempt claimed: the worker stores and fans out
         # an id once, so a client may retry an UNAVAILABLE or unanswered send after reconnecting.
-        message_id, retry, nonce_key = self._ids.next(), False, ""
-        if request.nonce is not None:
-            nonce_key = self.keys.send_nonce(
+        message_id = self._ids.next()
+        nonce_key = (
+            self.keys.send_nonce(
                 session.user_id, request.channel_id, request.nonce, request.content
             )
+            if request.nonce is not None
+            else ""
+        )
+        trace.stamp(tr, "gateway_publish")
+        queue = self._queue_one_step if self.one_step else self._queue_steps
+        queued = await queue(client, request, guild_id, message_id, nonce_key, tr)
+        if queued is None:  # the client was answered with an ERROR
+            return
+        message_id = queued  # a retry's: the id its first attempt claimed
+        metrics.stage("gateway_publish", started)
+        ack = dumps(
+            {"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce}
+        )
+        self.send(client, session.dispatch("MESSAGE_ACK", ack))
+
+    def _envelope(
+        self,
+        session: Session,
+        request: SendMessage,
+        guild_id: int,
+        message_id: int,
+        tr: list[tuple[str, int]] | None,
+    ) -> IngestMessage:
+        payload = message_payload(
+            message_id=message_id,
+            channel_id=request.channel_id,
+            guild_id=guild_id,
+            author=Author(id=str(session.user_id), username=session.username),
+            content=request.content,
+            timestamp_ms=snowflake.timestamp_ms(message_id),
+        )  # no nonce: only the sender's MESSAGE_ACK carries it (stored and fanned out as is)
+        return IngestMessage(
+            id=message_id,
+            channel_id=request.channel_id,
+            guild_id=guild_id,
+            author_id=session.user_id,
+            gateway_id=self.id,
+            session_id=session.session_id,
+            nonce=request.nonce,
+            payload=payload,
+            trace=tr,
+        )
+
+    async def _queue_one_step(
+        self,
+        client: Client,
+        request: SendMessage,
+        guild_id: int,
+        message_id: int,
+        nonce_key: str,
+        tr: list[tuple[str, int]] | None,
+    ) -> int | None:
+        """One Redis node, processing=log: permissions from the session, then the nonce claim,
+        the rate limits and the XADD in one script call (``lua/send.lua``): one round trip per
+        message. The id queued, or None when the client was answered with an ERROR."""
+        session = client.session
+        assert session is not None
+        refusal = self.control.send_permission(session, request.channel_id)
+        if refusal is not None:
+            self.send_error(client, refusal.code, refusal.message, nonce=request.nonce)
+            return None
+        shard = self.keys.ingest(request.channel_id % self.settings.ingest_shards)
+        envelope = self._envelope(session, request, guild_id, message_id, tr)
+        try:
+            refusal, claimed = await self.control.queue_send(
+                session,
+                request.channel_id,
+                stream=shard,
+                entry=encode_entry(envelope)["e"],
+                message_id=message_id,
+                nonce_key=nonce_key,
+            )
+        except TRANSIENT:
+            self._unavailable(client, request)
+            return None
+        if refusal is not None:
+            self.send_error(
+                client,
+                refusal.code,
+                refusal.message,
+                nonce=request.nonce,
+                retry_after=refusal.retry_after,
+            )
+            return None
+        if claimed is None:
+            return message_id
+        # a retry of a message already queued: queued again under its id, not counted again
+        envelope = self._envelope(session, request, guild_id, claimed, tr)
+        try:
+            await self.batched.execute("XADD", shard, "*", "e", encode_entry(envelope)["e"])
+        except TRANSIENT:
+            self._unavailable(client, request)
+            return None
+        return claimed
+
+    async def _queue_steps(
+        self,
+        client: Client,
+        request: SendMessage,
+        guild_id: int,
+        message_id: int,
+        nonce_key: str,
+        tr: list[tuple[str, int]] | None,
+    ) -> int | None:
+        """A Redis Cluster (the keys are in different slots), or processing=inline: the nonce
+        claim, then permissions and rate limits, then the XADD (or the inline processing), each
+        its own command. The id queued, or None when the client was answered with an ERROR."""
+        session = client.session
+        assert session is not None
+        retry = False
+        if nonce_key:
             try:
                 claimed = await self.batched.execute(  # SET NX GET EX, batched with the turn's
                     "SET",
@@ -818,7 +931,7 @@ class Gateway:
                 )
             except TRANSIENT:
                 self._unavailable(client, request)
-                return
+                return None
             if claimed is not None:
                 message_id, retry = int(claimed), True
         # SEND_MESSAGES here is a fast answer; the worker re-checks with current metadata.
@@ -835,44 +948,19 @@ class Gateway:
                 nonce=request.nonce,
                 retry_after=refusal.retry_after,
             )
-            return
-        payload = message_payload(
-            message_id=message_id,
-            channel_id=request.channel_id,
-            guild_id=guild_id,
-            author=Author(id=str(session.user_id), username=session.username),
-            content=request.content,
-            timestamp_ms=snowflake.timestamp_ms(message_id),
-        )  # no nonce: only the sender's MESSAGE_ACK carries it (stored and fanned out as is)
-        trace.stamp(tr, "gateway_publish")
-        envelope = IngestMessage(
-            id=message_id,
-            channel_id=request.channel_id,
-            guild_id=guild_id,
-            author_id=session.user_id,
-            gateway_id=self.id,
-            session_id=session.session_id,
-            nonce=request.nonce,
-            payload=payload,
-            trace=tr,
-        )
+            return None
+        envelope = self._envelope(session, request, guild_id, message_id, tr)
         if self.inline is not None:
-            if not await self._process_inline(client, request, envelope):
-                return
-        else:
-            shard = request.channel_id % self.settings.ingest_shards
-            try:
-                await self.batched.execute(  # XADD key * e <entry>, batched with the turn's
-                    "XADD", self.keys.ingest(shard), "*", "e", encode_entry(envelope)["e"]
-                )
-            except TRANSIENT:
-                self._unavailable(client, request)
-                return
-        metrics.stage("gateway_publish", started)
-        ack = dumps(
-            {"id": str(message_id), "channel_id": str(request.channel_id), "nonce": request.nonce}
-        )
-        self.send(client, session.dispatch("MESSAGE_ACK", ack))
+            return message_id if await self._process_inline(client, request, envelope) else None
+        shard = request.channel_id % self.settings.ingest_shards
+        try:
+            await self.batched.execute(  # XADD key * e <entry>, batched with the turn's
+                "XADD", self.keys.ingest(shard), "*", "e", encode_entry(envelope)["e"]
+            )
+        except TRANSIENT:
+            self._unavailable(client, request)
+            return None
+        return message_id
 
     async def _process_inline(
         self, client: Client, request: SendMessage, envelope: IngestMessage

@@ -28,6 +28,7 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import redis.asyncio as aioredis
@@ -57,6 +58,7 @@ class Worker:
         ordering: Literal["shard", "parallel"] = "shard",
         lease_ttl_ms: int = 5000,
         stop_after: int | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         """
         settings: shards, batch size, block time, reclaim idle and max deliveries come from here.
@@ -67,6 +69,8 @@ class Worker:
         lease_ttl_ms: how long a silent worker keeps its shards.
         stop_after: fault injection for tests — SIGSTOP this process after that many entries of
             a batch have been fanned out, so a test can SIGKILL it mid-batch.
+        sleep: how the worker lingers between partial batches (``worker_linger_ms``); tests
+            pass their own.
         """
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
@@ -90,12 +94,14 @@ class Worker:
             ttl_ms=lease_ttl_ms,
         )
         self._stop_after = stop_after
+        self._sleep = sleep
         self._stopping = asyncio.Event()
         self._retry: list[Batch] = []
         self._history_backlog: list[Batch] = []  # fanned out, waiting for history storage
         self._last_reclaim = 0.0
         self._last_trim = 0.0
         self._last_maintain = 0.0
+        self._partial = False  # the last read returned entries, but no shard a full batch
         # Redis Cluster: shards' streams are on different slots, read one XREADGROUP each;
         # a blocking read still outstanding from an earlier step, per stream (``_read_each``)
         self._reads: dict[str, asyncio.Task] = {}
@@ -142,6 +148,10 @@ class Worker:
                     return
                 if self._history_backlog and not worked:
                     await self._backoff(self.pipeline.breaker_s)
+                elif self._partial and not burst and self.settings.worker_linger_ms > 0:
+                    # the read found fewer entries than a batch holds: let the next batch
+                    # gather more (fewer round trips per message, up to this much more latency)
+                    await self._sleep(self.settings.worker_linger_ms / 1000)
         finally:
             if not burst:  # a drained test worker keeps its leases for the next drain
                 with contextlib.suppress(*TRANSIENT):
@@ -194,6 +204,8 @@ class Worker:
                 count=self.settings.worker_batch,
                 block=None if burst else self.settings.worker_block_ms,
             )
+        sizes = [len(entries) for _, entries in reply or [] if entries]
+        self._partial = bool(sizes) and max(sizes) < self.settings.worker_batch
         for stream, entries in reply or []:
             if entries:
                 worked = True

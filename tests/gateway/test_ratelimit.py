@@ -109,6 +109,47 @@ async def test_identify_rate(limiter: RateLimiter):
     assert (await limiter.identify(7)).allowed
 
 
+async def test_queue_message_claims_counts_and_queues_in_one_step_or_not_at_all(
+    limiter: RateLimiter, settings: Settings
+):
+    """lua/send.lua: a new message is queued iff its windows admit it, and then its nonce holds
+    its id; a retry finds the nonce and is neither counted nor queued; a refusal claims and
+    queues nothing and consumes no slot."""
+    keys, redis = Keys(settings.key_prefix), limiter._redis
+    stream = keys.ingest(0)
+
+    async def send(message_id: int, nonce_key: str):
+        return await limiter.queue_message(
+            7,
+            1,
+            slowmode_s=0,
+            stream=stream,
+            entry=b"entry-%d" % message_id,
+            message_id=message_id,
+            nonce_key=nonce_key,
+            nonce_ttl_s=60,
+        )
+
+    first = await send(101, "nonce-a")
+    assert first.verdict.allowed and first.claimed is None
+    assert await redis.get("nonce-a") == b"101" and 0 < await redis.ttl("nonce-a") <= 60
+    retry = await send(102, "nonce-a")
+    assert retry.verdict.allowed and retry.claimed == 101
+    for message_id in range(103, 107):  # 4 more new messages, one without a nonce: 5 in all
+        assert (
+            await send(message_id, f"nonce-{message_id}" if message_id % 2 else "")
+        ).claimed is None
+    refused = await send(107, "nonce-b")
+    assert (refused.verdict.allowed, refused.verdict.scope) == (False, "user")
+    assert refused.verdict.retry_after == pytest.approx(5.0)
+    assert await redis.get("nonce-b") is None  # not claimed: its retry is counted then
+    queued = [fields[b"e"] for _, fields in await redis.xrange(stream)]
+    assert queued == [b"entry-101", b"entry-103", b"entry-104", b"entry-105", b"entry-106"]
+    assert await redis.zcard(keys.rate_messages(7)) == 5  # the retry and the refusal took none
+    limiter.clock.advance(5.0)
+    assert (await send(108, "nonce-b")).claimed is None
+
+
 # ---- through the gateway --------------------------------------------------------------------------
 
 
