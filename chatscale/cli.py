@@ -126,7 +126,9 @@ def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop]
 
 def _tune_gc(settings: Settings) -> None:
     """``CHATSCALE_GC_YOUNG_THRESHOLD``: freeze the start's heap and collect young objects
-    less often (0: Python's defaults). Called once the commands' modules are imported."""
+    less often (0: Python's defaults). Called once the commands' modules are imported, only
+    when ``main`` runs a program: frozen objects are invisible to ``gc.get_referrers``, which
+    a test process's tools (hypothesis) rely on."""
     if settings.gc_young_threshold > 0:
         gc.freeze()
         _, gen1, gen2 = gc.get_threshold()
@@ -147,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         settings = Settings()
-        _tune_gc(settings)
+        if argv is None:  # a program (not a test calling main in its own process)
+            _tune_gc(settings)
         with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
             return runner.run(args.fn(args))
     except KeyboardInterrupt:

@@ -350,6 +350,9 @@ async def cmd_bench(args: argparse.Namespace) -> int:
     for name, per_mode in BENCH_DEFAULTS.items():  # each mode has its own defaults
         if getattr(args, name) is None:
             setattr(args, name, per_mode.get(args.mode, per_mode["chat"]))
+    if args.peer is not None and (args.mode, args.peer) not in PEERS:
+        modes = ", ".join(f"{peer} with {mode}" for mode, peer in PEERS)
+        raise UsageError(f"bench {args.mode}: --peer {args.peer} is not measured here ({modes})")
     if args.mode == "ingest":
         return await _bench_ingest(args)
     try:
@@ -492,6 +495,7 @@ async def _bench_ingest(args: argparse.Namespace) -> int:
         duration=args.duration,
         warmup=args.warmup,
         repeat=args.repeat,
+        peer=args.peer,
         say=lambda text: print(text, file=sys.stderr, flush=True),
     )
     print(json.dumps(result, indent=2) if args.json else ingest_bench.render(result))
@@ -580,16 +584,21 @@ def add_bench_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )
     b.add_argument(
         "--peer",
-        choices=["centrifugo"],
-        help="compare mode: also run a peer system in the same harness: centrifugo (the binary "
-        "at ~/.cache/chatscale/centrifugo/centrifugo, built by the command in "
-        "docs/benchmarks.md; its Redis engine on its own Valkey)",
+        choices=["centrifugo", "floor"],
+        help="also run a peer system in the same harness, alternating with chatscale; compare "
+        "mode: centrifugo (the binary at ~/.cache/chatscale/centrifugo/centrifugo, built by the "
+        "command in docs/benchmarks.md; its Redis engine on its own Valkey); ingest mode: floor "
+        "(loadtest/floor.py, a bare websockets server that acknowledges each message and sends "
+        "it to its channel's members, nothing behind it)",
     )
     b.add_argument(
         "--json", action="store_true", help="compare and ingest modes: print the result as JSON"
     )
     b.set_defaults(fn=cmd_bench)
 
+
+#: (mode, --peer) pairs that exist
+PEERS = (("compare", "centrifugo"), ("ingest", "floor"))
 
 BENCH_DEFAULTS: dict[str, dict[str, float | str]] = {
     "members": {"chat": 20, "idle": 20, "presence": 5000, "compare": 1000},

@@ -27,12 +27,8 @@ chatscale's deliveries/s and CPU per delivery as ratios of Centrifugo's medians.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +42,7 @@ from chatscale.discovery import TopologyError
 from chatscale.wire import Op
 from guilds import community
 from loadtest import centrifugo as peer
+from loadtest import floor
 from loadtest.lightclient import Receiver, cpu_seconds, open_receivers, seeded_topology
 
 SYSTEMS = ("chatscale", "chatscale-coalesced", "floor", "centrifugo")
@@ -184,31 +181,9 @@ async def run_chatscale(workdir: Path, subscribers: int, *, coalesced: bool, **l
 
 
 async def run_floor(workdir: Path, subscribers: int, **load: Any) -> dict:
-    port_file = workdir / "floor.port"
-    port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.floor", str(port_file)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    try:
-        for _ in range(200):
-            if port_file.exists() and port_file.read_text():
-                break
-            if proc.poll() is not None:
-                raise RuntimeError("the floor server exited")
-            await asyncio.sleep(0.05)
-        else:
-            raise TimeoutError("the floor server did not listen within 10 s")
-        url = f"ws://127.0.0.1:{port_file.read_text()}/"
+    async with floor.running(workdir) as (url, proc):
         pairs = [(url, "-")] * subscribers
-        procs = {"floor": psutil.Process(proc.pid)}
-        out = await _burst(pairs, send_message(1), procs=procs, **load)
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-        if proc.poll() is None:
-            proc.kill()
+        out = await _burst(pairs, send_message(1), procs={"floor": proc}, **load)
     out["server_cpu_s"] = out["gateway_cpu_s"] = out["cpu_s:floor"]
     return out
 

@@ -48,6 +48,7 @@ from chatscale.discovery import TopologyError
 from chatscale.redisconn import connect
 from chatscale.wire import Op
 from guilds import community
+from loadtest import floor
 from loadtest.latency import LatencyRecorder
 from loadtest.lightclient import Receiver, cpu_seconds, open_receivers, seeded_topology
 
@@ -61,7 +62,7 @@ ENV = {
 SUSTAIN_FRACTION = 0.95  # achieved / target
 SUSTAIN_P99_MS = 100.0  # ack p99 below this
 CONTENT_CHARS = 64  # "B<j> " padded: a short chat message
-ROLES = ("gateway", "worker", "presence", "valkey")
+ROLES = ("gateway", "worker", "presence", "valkey", "floor")
 
 _CONTENT_INDEX = re.compile(rb'"content":"B(\d+)')
 _NONCE_INDEX = re.compile(rb'"nonce":"i(\d+)"')
@@ -189,7 +190,9 @@ def spec(clients: int, group: int) -> community.Community:
 
 
 class _Snapshot:
-    def __init__(self, at: float, cpu: dict[str, float], me: float, commands: dict[str, int]):
+    def __init__(
+        self, at: float, cpu: dict[str, float], me: float, commands: dict[str, int] | None
+    ):
         self.at, self.cpu, self.me, self.commands = at, cpu, me, commands
 
 
@@ -202,12 +205,14 @@ async def _snapshot(
         raise TopologyError(f"a server process went away mid-run: {exc}") from None
     at = clock()
     t = psutil.Process().cpu_times()
-    stats = await valkey.info("commandstats")
-    commands = {
-        k.removeprefix("cmdstat_"): int(v["calls"])
-        for k, v in stats.items()
-        if k.startswith("cmdstat_") and k != "cmdstat_info"
-    }
+    commands = None  # no Valkey behind the system measured (the floor)
+    if valkey is not None:
+        stats = await valkey.info("commandstats")
+        commands = {
+            k.removeprefix("cmdstat_"): int(v["calls"])
+            for k, v in stats.items()
+            if k.startswith("cmdstat_") and k != "cmdstat_info"
+        }
     return _Snapshot(at, cpu, t.user + t.system, commands)
 
 
@@ -226,33 +231,76 @@ async def run_once(
     drain_s: float = 10.0,
 ) -> dict[str, Any]:
     """One fresh topology, one target rate: the run's figures (see the module docstring)."""
-    conns: list[Receiver] = []
-    valkey = None
     async with seeded_topology(workdir, spec(clients, group), env=ENV, start_timeout_s=120) as (
         topo,
         minted,
         channels,
     ):
+        valkey = connect(topo.settings)
         try:
-            url = topo.urls[0]
-            pairs = [(url, minted[f"ingest-{c:05d}"]) for c in range(clients)]
-            load = _Load(rate=rate, clients=clients, group=group, warmup=warmup, duration=duration)
-            try:
-                conns = await open_receivers(pairs, load.on_message)
-            except (OSError, TimeoutError) as exc:
-                raise TopologyError(f"could not connect {clients} clients: {exc!r}") from None
-            for conn in conns:
-                conn.on_ack = load.on_ack
-                conn.on_other = load.on_other
-            valkey = connect(topo.settings)
             await valkey.ping()
-            channel_of = [channels[c // group].id for c in range(clients)]
-            return await load.run(conns, channel_of, topo.processes(), valkey, drain_s=drain_s)
+            url = topo.urls[0]
+            return await _drive(
+                [(url, minted[f"ingest-{c:05d}"]) for c in range(clients)],
+                [channels[c // group].id for c in range(clients)],
+                topo.processes(),
+                valkey,
+                _Load(rate=rate, clients=clients, group=group, warmup=warmup, duration=duration),
+                drain_s=drain_s,
+            )
         finally:
-            for conn in conns:
-                conn.close()
-            if valkey is not None:
-                await valkey.aclose()
+            await valkey.aclose()
+
+
+async def run_floor_once(
+    workdir: Path,
+    *,
+    rate: float,
+    clients: int,
+    group: int,
+    duration: float,
+    warmup: float,
+    drain_s: float = 10.0,
+) -> dict[str, Any]:
+    """The same load against the bare-websockets floor (``loadtest/floor.py``) in its grouped
+    mode: each message acknowledged and sent to the members of its channel, nothing else (no
+    Redis, no storage, no permissions)."""
+    tokens = [f"floor-{c}" for c in range(clients)]
+    channel_of = [1 + c // group for c in range(clients)]
+    groups = {t: str(ch) for t, ch in zip(tokens, channel_of, strict=True)}
+    async with floor.running(workdir, groups) as (url, proc):
+        return await _drive(
+            [(url, t) for t in tokens],
+            channel_of,
+            {"floor": proc},
+            None,
+            _Load(rate=rate, clients=clients, group=group, warmup=warmup, duration=duration),
+            drain_s=drain_s,
+        )
+
+
+async def _drive(
+    pairs: list[tuple[str, str]],
+    channel_of: list[int],
+    procs: dict[str, psutil.Process],
+    valkey: Any,
+    load: _Load,
+    *,
+    drain_s: float,
+) -> dict[str, Any]:
+    conns: list[Receiver] = []
+    try:
+        try:
+            conns = await open_receivers(pairs, load.on_message)
+        except (OSError, TimeoutError) as exc:
+            raise TopologyError(f"could not connect {len(pairs)} clients: {exc!r}") from None
+        for conn in conns:
+            conn.on_ack = load.on_ack
+            conn.on_other = load.on_other
+        return await load.run(conns, channel_of, procs, valkey, drain_s=drain_s)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 class _Load:
@@ -430,9 +478,11 @@ class _Load:
         for name, s in spent.items():
             by_role[_role(name)] = by_role.get(_role(name), 0.0) + s
         calls = {
-            cmd: after.commands.get(cmd, 0) - before.commands.get(cmd, 0) for cmd in after.commands
+            cmd: (after.commands or {}).get(cmd, 0) - (before.commands or {}).get(cmd, 0)
+            for cmd in after.commands or {}
         }
         calls = {cmd: n for cmd, n in calls.items() if n > 0}
+        has_valkey = after.commands is not None
         has_acks = self.ack_latency.count > 0
         has_copies = self.delivery_latency.count > 0
         out: dict[str, Any] = {
@@ -465,7 +515,9 @@ class _Load:
             "server_cores": sum(spent.values()) / span if span > 0 else None,
             "cpu_ms_per_msg": per_msg(sum(spent.values())),
             "cpu_ms_per_msg_by_role": {role: per_msg(s) for role, s in sorted(by_role.items())},
-            "valkey_commands_per_msg": (sum(calls.values()) / in_window) if in_window else None,
+            "valkey_commands_per_msg": (sum(calls.values()) / in_window)
+            if in_window and has_valkey
+            else None,
             "valkey_commands": {
                 cmd: round(n / in_window, 2)
                 for cmd, n in sorted(calls.items(), key=lambda kv: -kv[1])
@@ -499,31 +551,51 @@ async def ingest(
     warmup: float = 2.0,
     repeat: int = 1,
     drain_s: float = 10.0,
+    peer: str | None = None,
     say: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Every rate on a fresh topology, ``repeat`` alternating rounds; per rate the runs, the
-    medians and the verdict, and the highest sustained rate."""
+    medians and the verdict, and the highest sustained rate. ``peer="floor"``: each run is
+    followed by the same load against the bare-websockets floor, summarised the same way,
+    with the ratio of server CPU per message."""
     check(
         rates=rates, clients=clients, group=group, duration=duration, warmup=warmup, repeat=repeat
     )
-    runs: dict[float, list[dict[str, Any]]] = {rate: [] for rate in rates}
+    systems = {"chatscale": run_once, **({"floor": run_floor_once} if peer == "floor" else {})}
+    runs = {name: {rate: [] for rate in rates} for name in systems}
     with tempfile.TemporaryDirectory(prefix="chatscale-ingest-") as tmp:
         for r in range(repeat):
             for i, rate in enumerate(rates):
-                workdir = Path(tmp) / f"{r}-{i}"
-                workdir.mkdir()
-                out = await run_once(
-                    workdir,
-                    rate=rate,
-                    clients=clients,
-                    group=group,
-                    duration=duration,
-                    warmup=warmup,
-                    drain_s=drain_s,
+                for name, run in systems.items():
+                    workdir = Path(tmp) / f"{r}-{i}-{name}"
+                    workdir.mkdir()
+                    out = await run(
+                        workdir,
+                        rate=rate,
+                        clients=clients,
+                        group=group,
+                        duration=duration,
+                        warmup=warmup,
+                        drain_s=drain_s,
+                    )
+                    runs[name][rate].append(out)
+                    label = "" if peer is None else f"{name} "
+                    say(f"  round {r + 1}/{repeat} {label}" + progress_line(out))
+    per_rate = [{**summarize(rate, rs), "runs": rs} for rate, rs in runs["chatscale"].items()]
+    peers = {}
+    if "floor" in runs:
+        floor_rates = [{**summarize(rate, rs), "runs": rs} for rate, rs in runs["floor"].items()]
+        peers["floor"] = {
+            "rates": floor_rates,
+            "highest_sustained_msg_per_s": highest_sustained(floor_rates),
+            "cpu_ratio": {  # chatscale / floor, server CPU per message, ratio of the medians
+                str(a["rate"]): _ratio(
+                    a["summary"]["cpu_ms_per_msg"]["median"],
+                    b["summary"]["cpu_ms_per_msg"]["median"],
                 )
-                runs[rate].append(out)
-                say(f"  round {r + 1}/{repeat} " + progress_line(out))
-    per_rate = [{**summarize(rate, rs), "runs": rs} for rate, rs in runs.items()]
+                for a, b in zip(per_rate, floor_rates, strict=True)
+            },
+        }
     return {
         "clients": clients,
         "group": group,
@@ -534,7 +606,12 @@ async def ingest(
         "sustain_rule": {"achieved_fraction": SUSTAIN_FRACTION, "ack_p99_ms_below": SUSTAIN_P99_MS},
         "rates": per_rate,
         "highest_sustained_msg_per_s": highest_sustained(per_rate),
+        "peers": peers,
     }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -567,49 +644,70 @@ def _summed_codes(runs: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(total.items()))
 
 
-def render(result: dict[str, Any]) -> str:
-    def fmt(m: dict[str, Any], digits: int) -> str:
-        text = _num(m["median"], digits)
-        if len(m["runs"]) > 1:
-            text += " (" + ", ".join(_num(v, digits) for v in m["runs"]) + ")"
-        return text
+def _fmt(m: dict[str, Any], digits: int) -> str:
+    text = _num(m["median"], digits)
+    if len(m["runs"]) > 1:
+        text += " (" + ", ".join(_num(v, digits) for v in m["runs"]) + ")"
+    return text
 
+
+def _rate_lines(r: dict[str, Any], who: str = "") -> list[str]:
+    s = r["summary"]
+    verdict = "sustained" if r["sustained"] else "NOT sustained"
+    roles = ", ".join(
+        f"{role} {_fmt(s['cpu_ms_per_msg_by_role'][role], 2)}"
+        for role in ROLES
+        if role in s["cpu_ms_per_msg_by_role"]
+    )
+    lines = [
+        f"  {who}{r['rate']:g} msg/s: {verdict}",
+        f"    achieved            {_fmt(s['achieved_msg_per_s'], 1)} msg/s",
+        f"    ack latency         p50 {_fmt(s['ack_p50_ms'], 1)} ms, p99 "
+        f"{_fmt(s['ack_p99_ms'], 1)} ms, max {_fmt(s['ack_max_ms'], 1)} ms",
+        f"    delivery latency    p50 {_fmt(s['delivery_p50_ms'], 1)} ms, p99 "
+        f"{_fmt(s['delivery_p99_ms'], 1)} ms",
+        f"    lost / unacked      {_fmt(s['lost'], 0)} / {_fmt(s['unacked'], 0)}",
+        f"    refused             {_fmt(s['refused'], 0)}"
+        + _codes(_summed_codes(r["runs"]))
+        + (" in all runs" if len(r["runs"]) > 1 and s["refused"]["median"] else ""),
+        f"    server CPU          {_fmt(s['cpu_ms_per_msg'], 2)} ms per message ({roles})",
+    ]
+    if s["valkey_commands_per_msg"]["median"] is not None:
+        lines.append(f"    Valkey commands     {_fmt(s['valkey_commands_per_msg'], 1)} per message")
+    lines.append(f"    generator lag p99   {_fmt(s['send_lag_p99_ms'], 1)} ms")
+    return lines
+
+
+def _highest(best: float | None, who: str = "") -> str:
+    rule = f"achieved >= {SUSTAIN_FRACTION:.0%} of the target and ack p99 < {SUSTAIN_P99_MS:g} ms"
+    if best is None:
+        return f"{who}no rate sustained ({rule})"
+    return f"{who}highest sustained rate: {best:g} msg/s ({rule})"
+
+
+def render(result: dict[str, Any]) -> str:
     repeat = result["repeat"]
+    floor_peer = result.get("peers", {}).get("floor")
     lines = [
         f"bench ingest: {result['clients']:,} clients in {result['guilds']:,} guilds of "
         f"{result['group']} (one channel each, every member sends), open loop, "
         f"{result['duration_s']:g} s measured after {result['warmup_s']:g} s of warm-up; a fresh "
         "topology per run (1 gateway, 1 worker, presence, Valkey, SQLite)"
+        + ("; then the bare-websockets floor under the same load" if floor_peer else "")
         + (f"; median of {repeat} alternating runs (every run in brackets)" if repeat > 1 else ""),
     ]
+    who = "chatscale " if floor_peer else ""
     for r in result["rates"]:
-        s = r["summary"]
-        verdict = "sustained" if r["sustained"] else "NOT sustained"
-        roles = ", ".join(
-            f"{role} {fmt(s['cpu_ms_per_msg_by_role'][role], 2)}"
-            for role in ROLES
-            if role in s["cpu_ms_per_msg_by_role"]
-        )
+        lines += _rate_lines(r, who)
+    lines.append(_highest(result["highest_sustained_msg_per_s"], who))
+    if floor_peer:
+        for r in floor_peer["rates"]:
+            lines += _rate_lines(r, "floor ")
+        lines.append(_highest(floor_peer["highest_sustained_msg_per_s"], "floor "))
         lines += [
-            f"  {r['rate']:g} msg/s: {verdict}",
-            f"    achieved            {fmt(s['achieved_msg_per_s'], 1)} msg/s",
-            f"    ack latency         p50 {fmt(s['ack_p50_ms'], 1)} ms, p99 "
-            f"{fmt(s['ack_p99_ms'], 1)} ms, max {fmt(s['ack_max_ms'], 1)} ms",
-            f"    delivery latency    p50 {fmt(s['delivery_p50_ms'], 1)} ms, p99 "
-            f"{fmt(s['delivery_p99_ms'], 1)} ms",
-            f"    lost / unacked      {fmt(s['lost'], 0)} / {fmt(s['unacked'], 0)}",
-            f"    refused             {fmt(s['refused'], 0)}"
-            + _codes(_summed_codes(r["runs"]))
-            + (" in all runs" if len(r["runs"]) > 1 and s["refused"]["median"] else ""),
-            f"    server CPU          {fmt(s['cpu_ms_per_msg'], 2)} ms per message ({roles})",
-            f"    Valkey commands     {fmt(s['valkey_commands_per_msg'], 1)} per message",
-            f"    generator lag p99   {fmt(s['send_lag_p99_ms'], 1)} ms",
+            f"  chatscale / floor at {rate} msg/s: "
+            + ("-" if ratio is None else f"{ratio:.2f}x")
+            + " server CPU per message"
+            for rate, ratio in floor_peer["cpu_ratio"].items()
         ]
-    best = result["highest_sustained_msg_per_s"]
-    rule = f"achieved >= {SUSTAIN_FRACTION:.0%} of the target and ack p99 < {SUSTAIN_P99_MS:g} ms"
-    lines.append(
-        f"highest sustained rate: {best:g} msg/s ({rule})"
-        if best is not None
-        else f"no rate sustained ({rule})"
-    )
     return "\n".join(lines)

@@ -4,6 +4,7 @@ interpreter: freezing this test process's heap would change the rest of the suit
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -11,12 +12,15 @@ import sys
 
 import pytest
 
+from chatscale import cli
+
+# main() as a program (argv from sys.argv); a bad --rate makes the command end at once
 PROBE = """
-import gc, json
-from chatscale.cli import _tune_gc
-from chatscale.config import Settings
+import gc, json, sys
+from chatscale import cli
 before = gc.get_threshold()
-_tune_gc(Settings())
+sys.argv = ["chatscale", "bench", "ingest", "--rate", "abc"]
+assert cli.main() == 2
 print(json.dumps({"before": before, "after": gc.get_threshold(), "frozen": gc.get_freeze_count()}))
 """
 
@@ -42,3 +46,9 @@ def test_the_start_heap_is_frozen_and_young_collections_are_rarer(value: str | N
 def test_zero_leaves_python_alone():
     got = _probe("0")
     assert got["after"] == got["before"] and got["frozen"] == 0
+
+
+def test_main_called_with_argv_in_a_test_process_tunes_nothing(clean_env):
+    before = gc.get_threshold()
+    assert cli.main(["bench", "ingest", "--rate", "abc"]) == 2
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0

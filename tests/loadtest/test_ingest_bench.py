@@ -113,6 +113,7 @@ def test_the_community_is_guilds_of_group_members_with_one_channel_each():
         (["--rate", "abc"], "--rate: 'abc' is not a number"),
         (["--group", "0"], "--group must be between 1 and --clients"),
         (["--clients", "8", "--group", "4", "--duration", "0"], "--duration must be positive"),
+        (["--peer", "centrifugo"], "--peer centrifugo is not measured here"),
     ],
 )
 def test_bad_input_is_one_line(argv, says, clean_env: Path, capsys: pytest.CaptureFixture[str]):
@@ -145,3 +146,33 @@ async def test_a_tiny_run_acks_and_delivers_every_message():
     assert set(ingest_bench.SUMMARY_KEYS) <= set(per_rate["summary"])
     text = ingest_bench.render(result)
     assert "20 msg/s:" in text and ("highest sustained rate" in text or "no rate" in text)
+
+
+@pytest.mark.slow  # the floor's start and stop (~1 s) and 1.5 s of load, with no topology
+async def test_the_floor_peer_delivers_each_message_to_its_channel_only(tmp_path: Path):
+    """``--peer floor``: the bare server in grouped mode under the same load, summarised the
+    same way; a copy to anyone outside the sender's channel would count as a duplicate."""
+    run = await ingest_bench.run_floor_once(
+        tmp_path, rate=20.0, clients=8, group=4, duration=1.0, warmup=0.5
+    )
+    assert run["sent"] == 30 and run["acked"] == 30
+    assert (run["unacked"], run["lost"], run["duplicated"], run["refused"]) == (0, 0, 0, 0)
+    assert set(run["cpu_ms_per_msg_by_role"]) == {"floor"}
+    assert run["valkey_commands_per_msg"] is None and run["valkey_commands"] == {}
+    assert isinstance(run["delivery_p99_ms"], float)
+
+
+def test_the_floor_ratio_is_rendered():
+    def rate(cpu: float) -> dict:
+        runs = [{"cpu_ms_per_msg": cpu, "achieved_msg_per_s": 100.0, "ack_p99_ms": 5.0}]
+        return {**ingest_bench.summarize(100.0, runs), "runs": runs}
+
+    result = {
+        "clients": 8, "group": 4, "guilds": 2, "duration_s": 1.0, "warmup_s": 0.5, "repeat": 1,
+        "rates": [rate(1.0)], "highest_sustained_msg_per_s": 100.0,
+        "peers": {"floor": {"rates": [rate(0.25)], "highest_sustained_msg_per_s": 100.0,
+                            "cpu_ratio": {"100.0": 4.0}}},
+    }  # fmt: skip
+    text = ingest_bench.render(result)
+    assert "chatscale 100 msg/s: sustained" in text and "floor 100 msg/s: sustained" in text
+    assert "chatscale / floor at 100.0 msg/s: 4.00x server CPU per message" in text
