@@ -73,7 +73,7 @@ from chatscale.wire import (
 )
 from gateway import discover
 from gateway import metrics as gateway_metrics
-from gateway.control import GatewayControl
+from gateway.control import GatewayControl, Refusal
 from gateway.delete import delete_message
 from gateway.fanout import LocalFanout
 from gateway.host import Client
@@ -850,6 +850,15 @@ class Gateway:
             trace=tr,
         )
 
+    def _refuse(self, client: Client, request: SendMessage, refusal: Refusal) -> None:
+        self.send_error(
+            client,
+            refusal.code,
+            refusal.message,
+            nonce=request.nonce,
+            retry_after=refusal.retry_after,
+        )
+
     async def _queue_one_step(
         self,
         client: Client,
@@ -866,7 +875,7 @@ class Gateway:
         assert session is not None
         refusal = self.control.send_permission(session, request.channel_id)
         if refusal is not None:
-            self.send_error(client, refusal.code, refusal.message, nonce=request.nonce)
+            self._refuse(client, request, refusal)
             return None
         shard = self.keys.ingest(request.channel_id % self.settings.ingest_shards)
         envelope = self._envelope(session, request, guild_id, message_id, tr)
@@ -883,13 +892,7 @@ class Gateway:
             self._unavailable(client, request)
             return None
         if refusal is not None:
-            self.send_error(
-                client,
-                refusal.code,
-                refusal.message,
-                nonce=request.nonce,
-                retry_after=refusal.retry_after,
-            )
+            self._refuse(client, request, refusal)
             return None
         if claimed is None:
             return message_id
@@ -941,13 +944,7 @@ class Gateway:
             if nonce_key and not retry:  # not queued: free the nonce, or a retry would skip limits
                 with contextlib.suppress(*TRANSIENT):
                     await self.redis.delete(nonce_key)
-            self.send_error(
-                client,
-                refusal.code,
-                refusal.message,
-                nonce=request.nonce,
-                retry_after=refusal.retry_after,
-            )
+            self._refuse(client, request, refusal)
             return None
         envelope = self._envelope(session, request, guild_id, message_id, tr)
         if self.inline is not None:
