@@ -64,8 +64,10 @@ def _close_dead_connections() -> None:
     them are marked disconnected, so no destructor reports them wherever they are freed."""
     dead: set[int] = set()
     for obj in gc.get_objects():
+        # type(), not isinstance(): gc.get_objects() may hold a dead weakref.proxy, which
+        # isinstance() dereferences (ReferenceError)
         if (
-            isinstance(obj, _SelectorSocketTransport)
+            issubclass(type(obj), _SelectorSocketTransport)
             and obj._loop is not None
             and obj._loop.is_closed()
         ):
@@ -75,7 +77,7 @@ def _close_dead_connections() -> None:
                 sock, obj._sock = obj._sock, None
                 sock.close()
     for obj in gc.get_objects():
-        if isinstance(obj, AbstractConnection) and obj._writer is not None:
+        if issubclass(type(obj), AbstractConnection) and obj._writer is not None:
             if id(obj._writer.transport) in dead:
                 obj._reader = obj._writer = None
 
