@@ -15,8 +15,8 @@ session state machine, ``gateway/session.py``: it needs no shared state.)
 A message's user window and slowmode window are checked and recorded in one script call:
 either both admit it or neither records it. On one Redis node a new message's nonce claim,
 windows and queueing are one script call too (``lua/send.lua``, ``RateLimiter.queue_message``):
-the gateway's one round trip per message instead of three. A sliding-window log (a sorted set of admitted
-times) rather than a fixed window, because it answers ``retry_after`` exactly and has no burst
+the gateway's one round trip per message instead of three. A sliding-window log (a sorted set
+of admitted times) rather than a fixed window, because it answers ``retry_after`` exactly and has no burst
 of 2x at window edges; it costs O(limit) memory per user, which is small for these limits.
 
 Time comes from an injected clock (``clock``, wall seconds) and travels to Redis as an
@@ -124,9 +124,8 @@ class RateLimiter:
         (``lua/send.lua``). Raises what the Redis call raises (the message may or may not be
         queued then, as with an XADD that failed)."""
         windows = self._message_windows(user_id, channel_id, slowmode_s)
-        args = self._window_args(windows)
         keys = [stream, *([nonce_key] if nonce_key else []), *(key for _, key, _, _ in windows)]
-        args[2:2] = [message_id, nonce_ttl_s if nonce_key else 0, entry]
+        args = self._window_args(windows, message_id, nonce_ttl_s if nonce_key else 0, entry)
         reply = await self._eval(self._send, keys, args)
         if int(reply[0]) == 0:
             return Queued(ALLOWED)
@@ -173,11 +172,11 @@ class RateLimiter:
             return ALLOWED
         return Verdict(False, windows[int(which) - 1][0], int(wait_ms) / 1000)
 
-    def _window_args(self, windows: list[tuple[str, str, int, float]]) -> list[Any]:
-        """ARGV as the scripts take it: now (ms), a unique event id, and each window's limit
-        and span (ms)."""
+    def _window_args(self, windows: list[tuple[str, str, int, float]], *extra: Any) -> list[Any]:
+        """ARGV as the scripts take it: now (ms), a unique event id, the script's own ``extra``
+        arguments, then each window's limit and span (ms)."""
         now_ms = math.floor(self.clock() * 1000)
-        args: list[Any] = [now_ms, f"{self._origin}.{next(self._ids)}"]
+        args: list[Any] = [now_ms, f"{self._origin}.{next(self._ids)}", *extra]
         for _, _, limit, span_s in windows:
             args += [max(0, int(limit)), max(1, math.ceil(span_s * 1000))]
         return args

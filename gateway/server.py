@@ -810,7 +810,6 @@ class Gateway:
             if request.nonce is not None
             else ""
         )
-        trace.stamp(tr, "gateway_publish")
         queue = self._queue_one_step if self.one_step else self._queue_steps
         queued = await queue(client, request, guild_id, message_id, nonce_key, tr)
         if queued is None:  # the client was answered with an ERROR
@@ -878,6 +877,7 @@ class Gateway:
             self._refuse(client, request, refusal)
             return None
         shard = self.keys.ingest(request.channel_id % self.settings.ingest_shards)
+        trace.stamp(tr, "gateway_publish")
         envelope = self._envelope(session, request, guild_id, message_id, tr)
         try:
             refusal, claimed = await self.control.queue_send(
@@ -898,12 +898,7 @@ class Gateway:
             return message_id
         # a retry of a message already queued: queued again under its id, not counted again
         envelope = self._envelope(session, request, guild_id, claimed, tr)
-        try:
-            await self.batched.execute("XADD", shard, "*", "e", encode_entry(envelope)["e"])
-        except TRANSIENT:
-            self._unavailable(client, request)
-            return None
-        return claimed
+        return claimed if await self._xadd(client, request, shard, envelope) else None
 
     async def _queue_steps(
         self,
@@ -946,18 +941,24 @@ class Gateway:
                     await self.redis.delete(nonce_key)
             self._refuse(client, request, refusal)
             return None
+        trace.stamp(tr, "gateway_publish")
         envelope = self._envelope(session, request, guild_id, message_id, tr)
         if self.inline is not None:
             return message_id if await self._process_inline(client, request, envelope) else None
-        shard = request.channel_id % self.settings.ingest_shards
+        shard = self.keys.ingest(request.channel_id % self.settings.ingest_shards)
+        return message_id if await self._xadd(client, request, shard, envelope) else None
+
+    async def _xadd(
+        self, client: Client, request: SendMessage, shard: str, envelope: IngestMessage
+    ) -> bool:
+        """XADD the envelope to its ingest shard, batched with the loop turn's other commands;
+        False when Redis failed and the client was told to retry (UNAVAILABLE)."""
         try:
-            await self.batched.execute(  # XADD key * e <entry>, batched with the turn's
-                "XADD", self.keys.ingest(shard), "*", "e", encode_entry(envelope)["e"]
-            )
+            await self.batched.execute("XADD", shard, "*", "e", encode_entry(envelope)["e"])
         except TRANSIENT:
             self._unavailable(client, request)
-            return None
-        return message_id
+            return False
+        return True
 
     async def _process_inline(
         self, client: Client, request: SendMessage, envelope: IngestMessage

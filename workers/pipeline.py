@@ -618,26 +618,14 @@ class Pipeline:
     async def _fan_out(
         self, batch: Batch, accepted: list[IngestMessage], rejected: list[tuple[IngestMessage, str]]
     ) -> None:
-        guilds = sorted({m.guild_id for m in accepted})
-        routes: dict[int, list[bytes]] = {}
-        fence = self.cluster and self.fenced and bool(accepted)
-        if guilds and self.cluster:  # on one node the fan-out script reads the routes itself
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for guild_id in guilds:
-                    pipe.smembers(self.keys.route(guild_id))
-                if fence:  # the cluster's lease fence: a GET before the writes (scripts.py)
-                    pipe.get(self.keys.lease(batch.shard))
-                replies = await pipe.execute()
-                for guild_id, members in zip(guilds, replies, strict=False):
-                    routes[guild_id] = sorted(members)
-            if fence and replies[-1] != self.consumer.encode():
-                raise LeaseLost(batch.stream)
         maxlen = self.settings.delivery_maxlen
         if self.cluster:
-            await self._fan_out_by_slot(accepted, rejected, routes)
+            await self._fan_out_by_slot(batch, accepted, rejected)
             if self.settings.fanout_mode == "inbox":
                 await self._inbox(accepted)
             return
+        # one node: the fan-out script reads the guild's routes and checks the lease itself
+        lease = self.keys.lease(batch.shard)
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in accepted:
                 trace.stamp(m.trace, "fanout")
@@ -651,7 +639,7 @@ class Pipeline:
                 keys, args = routed_fanout(
                     self.keys,
                     marker=self.keys.fanned_out(m.id),
-                    lease=self.keys.lease(batch.shard),
+                    lease=lease,
                     guild_id=m.guild_id,
                     entry=encode_entry(entry)["e"],
                     maxlen=maxlen,
@@ -674,12 +662,27 @@ class Pipeline:
 
     async def _fan_out_by_slot(
         self,
+        batch: Batch,
         accepted: list[IngestMessage],
         rejected: list[tuple[IngestMessage, str]],
-        routes: dict[int, list[bytes]],
     ) -> None:
-        """``_fan_out``'s writes on a Redis Cluster: one ``FANOUT_GATEWAY`` per (message,
-        gateway), each atomic in its gateway's slot (storage/scripts.py)."""
+        """``_fan_out`` on a Redis Cluster: the guilds' routes and the lease fence (a GET)
+        first, then one ``FANOUT_GATEWAY`` per (message, gateway), each atomic in its
+        gateway's slot (storage/scripts.py)."""
+        guilds = sorted({m.guild_id for m in accepted})
+        routes: dict[int, list[bytes]] = {}
+        fence = self.fenced and bool(accepted)
+        if guilds:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for guild_id in guilds:
+                    pipe.smembers(self.keys.route(guild_id))
+                if fence:
+                    pipe.get(self.keys.lease(batch.shard))
+                replies = await pipe.execute()
+                for guild_id, members in zip(guilds, replies, strict=False):
+                    routes[guild_id] = sorted(members)
+            if fence and replies[-1] != self.consumer.encode():
+                raise LeaseLost(batch.stream)
         maxlen = self.settings.delivery_maxlen
         spans: list[int] = []  # how many scripts each accepted message queued
         async with self.redis.pipeline(transaction=False) as pipe:
