@@ -131,4 +131,7 @@ async def running(
 
 
 if __name__ == "__main__":
+    if len(sys.argv) not in (2, 3):
+        print("usage: python -m loadtest.floor PORT_FILE [GROUPS_FILE]", file=sys.stderr)
+        sys.exit(2)
     asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
