@@ -109,6 +109,13 @@ def _qualify(cql: str, keyspace: str) -> str:
 #: sharing two cores that takes seconds, far more than a query's ``timeout``.
 SCHEMA_TIMEOUT_S = 30.0
 
+#: Opening a session — the control connection's handshake and its reads of the system tables,
+#: then each node's pool — on a JVM sharing two cores with a busy process has taken over 2 s
+#: (a test suite beside another: NoHostAvailable, OperationTimedOut at the default query
+#: ``timeout``). A query's timeout bounds how long a stalled node holds a batch; opening only
+#: needs to wait, so it gets its own, longer bound (a node that refuses still fails at once).
+OPEN_TIMEOUT_S = 15.0
+
 LEVELS = {
     name: getattr(ConsistencyLevel, name)
     for name in ("ONE", "LOCAL_ONE", "TWO", "QUORUM", "LOCAL_QUORUM", "ALL")
@@ -262,7 +269,8 @@ class CassandraStore:
             port=opts["port"],
             protocol_version=5,
             execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            connect_timeout=opts["timeout"],
+            connect_timeout=max(opts["timeout"], OPEN_TIMEOUT_S),
+            control_connection_timeout=max(opts["timeout"], OPEN_TIMEOUT_S),
         )
         try:
             with _driver_quiet():
